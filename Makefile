@@ -1,0 +1,46 @@
+# runhub: `make run` starts the server with embedded defaults; `make test`
+# installs what the tests need (make deps) and runs the whole suite.
+
+GO          ?= go
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN)/staticcheck
+# Pinned tool versions (staticcheck 2026.2.2).
+STATICCHECK_VERSION := v0.8.2
+ADDR        ?= :8080
+DATA_DIR    ?= ./data
+FUZZTIME    ?= 30s
+BENCHTIME   ?= 2s
+
+.PHONY: run build test deps lint bench fuzz clean
+
+run:
+	$(GO) run ./cmd/runhub serve --addr $(ADDR) --data-dir $(DATA_DIR)
+
+build:
+	$(GO) build -o bin/runhub ./cmd/runhub
+
+# deps is idempotent: each step runs only when its tool is missing.
+deps:
+	$(GO) mod download
+	@test -x $(STATICCHECK) || { echo "installing staticcheck $(STATICCHECK_VERSION)"; \
+		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); }
+
+test: deps
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint: deps
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+
+# Each fuzz target for FUZZTIME; new interesting inputs stay in the Go cache,
+# failures are written to testdata/fuzz and must be committed with the fix.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLogEntry$$' -fuzztime $(FUZZTIME) ./store/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAppendLog$$' -fuzztime $(FUZZTIME) ./rest/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunPatch$$' -fuzztime $(FUZZTIME) ./rest/
+
+clean:
+	rm -rf bin

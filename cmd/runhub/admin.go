@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"runhub/store"
+	"runhub/store/sqlite"
+)
+
+// openStore opens the data directory's store for an admin command.
+func openStore(ctx context.Context, dataDir string) (*sqlite.Store, error) {
+	st, err := sqlite.Open(ctx, dbPath(dataDir))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return st, nil
+}
+
+func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"keys: want create, list or revoke\n" + usage}
+	}
+	sub, args := args[0], args[1:]
+	fs := newFlags("keys " + sub)
+	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
+	projects := fs.String("project", "", "project ids, comma-separated, or * for all")
+	scopes := fs.String("scopes", store.ScopeRead+","+store.ScopeWrite, "task:read, task:write or *")
+	label := fs.String("label", "", "a name to recognise the key by")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		nk, err := keySpec(*projects, *scopes, *label)
+		if err != nil {
+			return err
+		}
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, p := range nk.Projects {
+			if _, err := st.GetProject(ctx, p); err != nil {
+				return fmt.Errorf("project %d: %w", p, err)
+			}
+		}
+		secret, prefix, hash := store.GenerateAPIKey()
+		nk.Prefix, nk.Hash = prefix, hash
+		if _, err := st.CreateAPIKey(ctx, nk); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, secret)
+		return nil
+	case "list":
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		keys, err := st.ListAPIKeys(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPREFIX\tLABEL\tSCOPES\tPROJECTS\tCREATED\tREVOKED")
+		for _, k := range keys {
+			projects := "*"
+			if !k.AllProjects {
+				projects = joinInts(k.Projects)
+			}
+			revoked := "-"
+			if k.RevokedAt != nil {
+				revoked = store.FormatTime(*k.RevokedAt)
+			}
+			fmt.Fprintf(tw, "%d\t%s…\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, k.Label, strings.Join(k.Scopes, ","), projects,
+				store.FormatTime(k.CreatedAt), revoked)
+		}
+		return tw.Flush()
+	case "revoke":
+		if fs.NArg() != 1 {
+			return usageError{"keys revoke: want one key id"}
+		}
+		id, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+		if err != nil {
+			return usageError{"keys revoke: the key id is a number (see keys list)"}
+		}
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		if err := st.RevokeAPIKey(ctx, id); err != nil {
+			return fmt.Errorf("revoke key %d: %w", id, err)
+		}
+		return nil
+	}
+	return usageError{fmt.Sprintf("keys: unknown subcommand %q", sub)}
+}
+
+// keySpec validates the flags of keys create.
+func keySpec(projects, scopes, label string) (store.NewAPIKey, error) {
+	nk := store.NewAPIKey{Label: label}
+	if projects == "" {
+		return nk, usageError{"keys create: --project is required (ids, comma-separated, or *)"}
+	}
+	if projects == "*" {
+		nk.AllProjects = true
+	} else {
+		for _, p := range strings.Split(projects, ",") {
+			id, err := strconv.ParseInt(strings.TrimSpace(p), 10, 64)
+			if err != nil || id <= 0 {
+				return nk, usageError{fmt.Sprintf("keys create: bad project id %q", p)}
+			}
+			nk.Projects = append(nk.Projects, id)
+		}
+	}
+	for _, s := range strings.Split(scopes, ",") {
+		s = strings.TrimSpace(s)
+		switch s {
+		case store.ScopeRead, store.ScopeWrite, store.ScopeAll:
+			nk.Scopes = append(nk.Scopes, s)
+		default:
+			return nk, usageError{fmt.Sprintf("keys create: unknown scope %q (task:read, task:write or *)", s)}
+		}
+	}
+	return nk, nil
+}
+
+func joinInts(ids []int64) string {
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatInt(id, 10)
+	}
+	return strings.Join(parts, ",")
+}
+
+func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"projects: want create or list\n" + usage}
+	}
+	sub, args := args[0], args[1:]
+	fs := newFlags("projects " + sub)
+	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
+	// Accept the name before or after the flags.
+	var name string
+	if sub == "create" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		if name == "" && fs.NArg() > 0 {
+			name = fs.Arg(0)
+		}
+		if strings.TrimSpace(name) == "" {
+			return usageError{"projects create: want a NAME"}
+		}
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		p, err := st.CreateProject(ctx, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, p.ID)
+		return nil
+	case "list":
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		ps, err := st.ListProjects(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tCREATED")
+		for _, p := range ps {
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", p.ID, p.Name, store.FormatTime(p.CreatedAt))
+		}
+		return tw.Flush()
+	}
+	return usageError{fmt.Sprintf("projects: unknown subcommand %q", sub)}
+}

@@ -1,0 +1,80 @@
+// Command runhub serves the task-runs API (and, in later milestones, the
+// live hub and the sandbox proxy), and manages projects and API keys.
+//
+//	runhub [serve] [--addr :8080] [--data-dir ./data]
+//	runhub keys create --project 1 --scopes task:read,task:write [--label L]
+//	runhub keys list | keys revoke ID
+//	runhub projects create NAME | projects list
+//
+// Every flag has a RUNHUB_* environment variable (see config.go). The keys
+// and projects commands open the same SQLite file and work while the server
+// runs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, "runhub:", err)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "runhub:", err)
+		os.Exit(1)
+	}
+}
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, args, stderr)
+	case "keys":
+		return keysCmd(ctx, args, stdout)
+	case "projects":
+		return projectsCmd(ctx, args, stdout)
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown command %q\n%s", cmd, usage)}
+}
+
+const usage = `usage:
+  runhub [serve] [--addr :8080] [--data-dir ./data]
+  runhub keys create --project 1[,2|*] --scopes task:read,task:write [--label NAME]
+  runhub keys list
+  runhub keys revoke ID
+  runhub projects create NAME
+  runhub projects list
+`
+
+// newFlags is a FlagSet that reports errors instead of exiting.
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	return nil
+}

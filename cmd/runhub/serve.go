@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"runhub/rest"
+	"runhub/store"
+	"runhub/store/runs"
+	"runhub/store/sqlite"
+)
+
+// shutdownTimeout bounds a graceful stop: in-flight requests get this long
+// to finish after SIGINT/SIGTERM before connections are closed.
+const shutdownTimeout = 10 * time.Second
+
+// config is the server's configuration: flags, then RUNHUB_* variables,
+// then defaults.
+type config struct {
+	addr      string
+	dataDir   string
+	maxBody   int64
+	rateLimit *rest.RateLimit
+	logLevel  slog.Level
+	logJSON   bool
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// dataDirFlag is shared by every command that opens the store.
+func dataDirFlag(fsDefault string) string { return env("RUNHUB_DATA_DIR", fsDefault) }
+
+func loadConfig(args []string) (*config, error) {
+	fs := newFlags("serve")
+	c := &config{}
+	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
+	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
+	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
+	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
+	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
+	format := fs.String("log-format", env("RUNHUB_LOG_FORMAT", "text"), "text or json")
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	c.maxBody = *maxBody
+	if c.maxBody == 0 {
+		if v := os.Getenv("RUNHUB_MAX_BODY_BYTES"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, usageError{"RUNHUB_MAX_BODY_BYTES must be a positive integer"}
+			}
+			c.maxBody = n
+		}
+	}
+	var err error
+	if c.rateLimit, err = parseRateLimit(*rl); err != nil {
+		return nil, err
+	}
+	if err := c.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, usageError{fmt.Sprintf("bad log level %q", *level)}
+	}
+	c.logJSON = *format == "json"
+	return c, nil
+}
+
+func parseRateLimit(v string) (*rest.RateLimit, error) {
+	switch v {
+	case "", "off":
+		return nil, nil
+	case "on":
+		rl := rest.DefaultRateLimit
+		return &rl, nil
+	}
+	var rl rest.RateLimit
+	for _, part := range strings.Split(v, ",") {
+		n, unit, ok := strings.Cut(strings.TrimSpace(part), "/")
+		count, err := strconv.Atoi(n)
+		if !ok || err != nil || count <= 0 {
+			return nil, usageError{fmt.Sprintf("bad rate limit %q", v)}
+		}
+		switch unit {
+		case "min", "m":
+			rl.PerMinute = count
+		case "h", "hour":
+			rl.PerHour = count
+		default:
+			return nil, usageError{fmt.Sprintf("bad rate limit unit %q", unit)}
+		}
+	}
+	return &rl, nil
+}
+
+func dbPath(dataDir string) string { return filepath.Join(dataDir, "runhub.db") }
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := loadConfig(args)
+	if err != nil {
+		return err
+	}
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.logJSON {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	st, err := sqlite.Open(ctx, dbPath(cfg.dataDir))
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer st.Close()
+	if err := bootstrap(ctx, st, cfg.dataDir, log); err != nil {
+		return err
+	}
+
+	api := rest.New(rest.Config{
+		Store:        st,
+		Runs:         &runs.Service{Store: st},
+		Logger:       log,
+		MaxBodyBytes: cfg.maxBody,
+		RateLimit:    cfg.rateLimit,
+	})
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(h, slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("runhub listening", "addr", ln.Addr().String(), "url", publicURL(ln.Addr()), "data_dir", cfg.dataDir,
+		"try", fmt.Sprintf(`curl -H "Authorization: Bearer $(cat %s)" %s/api/projects/1/tasks/`,
+			filepath.Join(cfg.dataDir, bootstrapKeyFile), publicURL(ln.Addr())))
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", shutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown incomplete", "err", err)
+		srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// publicURL is the URL a person on this machine would open.
+func publicURL(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || tcp.IP.IsUnspecified() {
+		if ok {
+			return fmt.Sprintf("http://localhost:%d", tcp.Port)
+		}
+		return "http://" + a.String()
+	}
+	return "http://" + tcp.String()
+}
+
+// bootstrapKeyFile holds the first API key, readable by the owner only.
+const bootstrapKeyFile = "bootstrap-key"
+
+// bootstrap creates project 1 and an all-projects `*` key on first start.
+// The key goes to a 0600 file; only its path is logged.
+func bootstrap(ctx context.Context, st store.Store, dataDir string, log *slog.Logger) error {
+	projects, err := st.ListProjects(ctx)
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if len(projects) > 0 {
+		return nil
+	}
+	p, err := st.CreateProject(ctx, "Default")
+	if err != nil {
+		return fmt.Errorf("bootstrap project: %w", err)
+	}
+	secret, prefix, hash := store.GenerateAPIKey()
+	path := filepath.Join(dataDir, bootstrapKeyFile)
+	// Write the file before the key exists in the store, so that a crash
+	// between the two never leaves a valid key nobody can read.
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write bootstrap key: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("chmod bootstrap key: %w", err)
+	}
+	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Label: "bootstrap", Prefix: prefix, Hash: hash,
+		Scopes: []string{store.ScopeAll}, AllProjects: true}); err != nil {
+		return fmt.Errorf("bootstrap key: %w", err)
+	}
+	log.Info("bootstrap: created project and API key", "project_id", p.ID, "key_file", path)
+	return nil
+}

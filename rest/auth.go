@@ -1,0 +1,151 @@
+package rest
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+	"golang.org/x/time/rate"
+
+	"runhub/store"
+)
+
+// RateLimit is a per-key token-bucket limit with two windows, as PostHog
+// applies to personal API keys (burst 480/min, sustained 4800/h).
+type RateLimit struct {
+	PerMinute int // 0: no per-minute bucket
+	PerHour   int // 0: no per-hour bucket
+}
+
+// DefaultRateLimit is the contract's default when rate limiting is on.
+var DefaultRateLimit = RateLimit{PerMinute: 480, PerHour: 4800}
+
+// limiter holds one pair of buckets per key id.
+type limiter struct {
+	cfg  RateLimit
+	mu   sync.Mutex
+	keys map[int64][]*rate.Limiter
+}
+
+func newLimiter(cfg RateLimit) *limiter {
+	return &limiter{cfg: cfg, keys: map[int64][]*rate.Limiter{}}
+}
+
+// allow takes one token from every bucket of the key, or returns how many
+// seconds to wait. Tokens are only taken when all buckets have one.
+func (l *limiter) allow(key int64, now time.Time) (ok bool, retryAfter int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	bs, found := l.keys[key]
+	if !found {
+		if l.cfg.PerMinute > 0 {
+			bs = append(bs, rate.NewLimiter(rate.Limit(float64(l.cfg.PerMinute)/60), l.cfg.PerMinute))
+		}
+		if l.cfg.PerHour > 0 {
+			bs = append(bs, rate.NewLimiter(rate.Limit(float64(l.cfg.PerHour)/3600), l.cfg.PerHour))
+		}
+		l.keys[key] = bs
+	}
+	var wait time.Duration
+	for _, b := range bs {
+		if b.TokensAt(now) < 1 {
+			need := (1 - b.TokensAt(now)) / float64(b.Limit())
+			wait = max(wait, time.Duration(need*float64(time.Second)))
+		}
+	}
+	if wait > 0 {
+		return false, int(math.Ceil(wait.Seconds()))
+	}
+	for _, b := range bs {
+		b.AllowN(now, 1)
+	}
+	return true, 0
+}
+
+type ctxKey int
+
+const (
+	keyCtx ctxKey = iota
+	projectCtx
+)
+
+// apiKeyOf returns the authenticated key of a request that passed auth.
+func apiKeyOf(r *http.Request) *store.APIKey { return r.Context().Value(keyCtx).(*store.APIKey) }
+
+// projectOf returns the project id of a request that passed auth.
+func projectOf(r *http.Request) int64 { return r.Context().Value(projectCtx).(int64) }
+
+// bearer extracts the token of an "Authorization: Bearer" header.
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// authenticate resolves the API key of r: 401 when missing or unknown.
+func (s *Server) authenticate(r *http.Request) (*store.APIKey, error) {
+	secret := bearer(r)
+	if secret == "" {
+		return nil, errUnauthenticated
+	}
+	key, err := s.store.APIKeyByHash(r.Context(), store.HashAPIKey(secret))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errBadKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// handlerFunc is a handler that returns its error for writeError.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// project wraps h with the checks of a project-scoped endpoint, in the
+// order the contract gives them: key (401), rate limit (429), scope (403),
+// project membership (403), project existence (404).
+func (s *Server) project(scope string, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.authorize(w, r, scope, h); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string, h handlerFunc) error {
+	key, err := s.authenticate(r)
+	if err != nil {
+		return err
+	}
+	if s.limiter != nil {
+		if ok, after := s.limiter.allow(key.ID, time.Now()); !ok {
+			return throttled(after)
+		}
+	}
+	if !key.HasScope(scope) {
+		return missingScope(scope)
+	}
+	project, err := strconv.ParseInt(mux.Vars(r)["project_id"], 10, 64)
+	if err != nil || project <= 0 {
+		return errNotFound
+	}
+	if !key.CanReach(project) {
+		return errNoProject
+	}
+	if key.AllProjects {
+		if _, err := s.store.GetProject(r.Context(), project); err != nil {
+			return err
+		}
+	}
+	ctx := context.WithValue(r.Context(), keyCtx, key)
+	ctx = context.WithValue(ctx, projectCtx, project)
+	return h(w, r.WithContext(ctx))
+}

@@ -1,0 +1,134 @@
+package rest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"runhub/store"
+	"runhub/store/runs"
+)
+
+// apiError is the contract's standard error body:
+// {"type", "code", "detail", "attr"}.
+type apiError struct {
+	Status     int     `json:"-"`
+	Type       string  `json:"type"`
+	Code       string  `json:"code"`
+	Detail     string  `json:"detail"`
+	Attr       *string `json:"attr"`
+	RetryAfter int     `json:"-"` // seconds, for 429
+}
+
+func (e *apiError) Error() string { return e.Detail }
+
+// handlerError is the {"error": "sentence"} body of command, artifacts,
+// presign, relay and set_output.
+type handlerError struct {
+	Status int
+	Msg    string
+}
+
+func (e *handlerError) Error() string { return e.Msg }
+
+func attr(name string) *string {
+	if name == "" {
+		return nil
+	}
+	return &name
+}
+
+func validation(attrName, code, detail string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: code, Detail: detail, Attr: attr(attrName)}
+}
+
+func notFound(detail string) *apiError {
+	return &apiError{Status: http.StatusNotFound, Type: "invalid_request", Code: "not_found", Detail: detail}
+}
+
+var (
+	errUnauthenticated = &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Code: "not_authenticated",
+		Detail: "Authentication credentials were not provided."}
+	errBadKey = &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Code: "authentication_failed",
+		Detail: "Invalid personal API key."}
+	errNoProject = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: "API key does not have access to this project."}
+	errNotFound       = notFound("Not found.")
+	errTaskNotFound   = notFound("Task not found")
+	errMethod         = &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request", Code: "method_not_allowed", Detail: "Method not allowed."}
+	errTooLarge       = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large", Detail: "Request body is larger than the limit."}
+	errServer         = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error", Detail: "A server error occurred."}
+	errStoreTimeout   = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store is busy; retry shortly."}
+	errNotImplemented = &apiError{Status: http.StatusNotImplemented, Type: "server_error", Code: "not_implemented", Detail: "This endpoint is not available yet."}
+)
+
+func missingScope(scope string) *apiError {
+	return &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: fmt.Sprintf("API key missing required scope '%s'", scope)}
+}
+
+func throttled(retryAfter int) *apiError {
+	return &apiError{Status: http.StatusTooManyRequests, Type: "throttled_error", Code: "throttled",
+		Detail: fmt.Sprintf("Request was throttled. Expected available in %d seconds.", retryAfter), RetryAfter: retryAfter}
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"type":"server_error","code":"error","detail":"A server error occurred.","attr":null}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// writeError is the one place that turns an error into an HTTP response.
+// Anything it does not recognise is logged and answered with a bare 500:
+// no message of an internal error ever reaches the client.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	var he *handlerError
+	var ve *store.ValidationError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &he):
+		writeJSON(w, he.Status, map[string]string{"error": he.Msg})
+		return
+	case errors.As(err, &ve):
+		ae = validation(ve.Attr, ve.Code, ve.Detail)
+	case errors.As(err, &mbe):
+		ae = errTooLarge
+	case errors.Is(err, store.ErrNotFound):
+		ae = errNotFound
+	case errors.Is(err, store.ErrIdempotencyMismatch):
+		ae = validation("Idempotency-Key", "idempotency_key_reused", "This Idempotency-Key was already used with a different request.")
+	case errors.Is(err, runs.ErrOutputInvalid):
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Output validation error: " + strings.TrimPrefix(err.Error(), runs.ErrOutputInvalid.Error()+": ")})
+		return
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads the answer.
+		return
+	case isBusy(err):
+		ae = errStoreTimeout
+		w.Header().Set("Retry-After", "1")
+	default:
+		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = errServer
+	}
+	if ae.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
+	}
+	writeJSON(w, ae.Status, ae)
+}
+
+// isBusy reports SQLite's "database is locked" after the busy timeout: a
+// transient condition the client should retry, not a server fault.
+func isBusy(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
+}

@@ -1,0 +1,144 @@
+package rest
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"runhub/store"
+)
+
+// sessionLogsPageBytes caps one session_logs page (at least one entry is
+// always returned): PostHog added the same cap after huge pages timed out.
+// X-Has-More tells the client to fetch the rest.
+const sessionLogsPageBytes = 2 << 20
+
+// decodeAppendLog decodes an append_log body into its raw entries. It is the
+// decoder the fuzz target exercises.
+func decodeAppendLog(body []byte) ([]json.RawMessage, error) {
+	f, err := parseBody(body)
+	if err != nil {
+		return nil, err
+	}
+	return f.list("entries")
+}
+
+func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {
+	ref, err := s.runRef(r)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	entries, err := decodeAppendLog(body)
+	if err != nil {
+		return err
+	}
+	res, err := s.runs.AppendLog(r.Context(), ref, entries, idempotency(r, body))
+	return s.mutationDone(w, r, ref, res, err)
+}
+
+// runLogs streams every stored entry as JSONL, page by page from the store,
+// never holding the whole log.
+func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
+	ref, err := s.runRef(r)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	var bw *bufio.Writer
+	err = s.store.StreamLog(r.Context(), ref, func(entry []byte) error {
+		if bw == nil {
+			w.Header().Set("Content-Type", "application/jsonl")
+			w.WriteHeader(http.StatusOK)
+			bw = bufio.NewWriterSize(w, 64<<10)
+		}
+		bw.Write(entry)
+		return bw.WriteByte('\n')
+	})
+	if bw == nil {
+		if err == store.ErrNotFound {
+			return s.whichNotFound(r, ref.TaskID)
+		}
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/jsonl")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil && r.Context().Err() == nil {
+		// Headers are gone; all that is left is to cut the response short.
+		s.log.WarnContext(r.Context(), "log stream aborted", "run_id", ref.RunID, "err", err)
+	}
+	return nil
+}
+
+// splitList parses a comma-separated filter list.
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) error {
+	ref, err := s.runRef(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	lq := store.LogQuery{EventTypes: splitList(q.Get("event_types")), ExcludeTypes: splitList(q.Get("exclude_types"))}
+	if v := q.Get("after"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return validation("after", "invalid_input", "Datetime has wrong format. Use RFC 3339, e.g. 2026-01-02T15:04:05Z.")
+		}
+		lq.After = &t
+	}
+	if lq.Limit, err = queryInt(r, "limit", 1000, 1, 5000); err != nil {
+		return err
+	}
+	if lq.Offset, err = queryInt(r, "offset", 0, 0, 1<<31-1); err != nil {
+		return err
+	}
+	if v := q.Get("after_seq"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return validation("after_seq", "invalid_input", "after_seq must be a non-negative integer.")
+		}
+		lq.AfterSeq = n
+	}
+	p, err := s.store.QueryLog(r.Context(), ref, lq)
+	if err == store.ErrNotFound {
+		return s.whichNotFound(r, ref.TaskID)
+	}
+	if err != nil {
+		return err
+	}
+	size, n := 0, 0
+	for n < len(p.Entries) && (n == 0 || size+len(p.Entries[n]) <= sessionLogsPageBytes) {
+		size += len(p.Entries[n])
+		n++
+	}
+	entries := p.Entries[:n]
+	h := w.Header()
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Total-Count", strconv.FormatInt(p.Total, 10))
+	h.Set("X-Matching-Count", strconv.FormatInt(p.Matching, 10))
+	h.Set("X-Filtered-Count", strconv.Itoa(len(entries)))
+	h.Set("X-Has-More", strconv.FormatBool(int64(lq.Offset+len(entries)) < p.Matching))
+	writeJSON(w, http.StatusOK, entries)
+	return nil
+}

@@ -1,0 +1,195 @@
+package rest
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/mux"
+
+	"runhub/store"
+)
+
+// slash makes the trailing slash optional without a redirect.
+const slash = "{_s:/?}"
+
+const (
+	tasksPath = "/api/projects/{project_id}/tasks"
+	taskPath  = tasksPath + "/{task_id}"
+	runsPath  = taskPath + "/runs"
+	runPath   = runsPath + "/{run_id}"
+)
+
+func (s *Server) routes() {
+	r := s.router
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { s.writeError(w, req, errNotFound) })
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { s.writeError(w, req, errMethod) })
+	s.opsRoutes()
+
+	read, write := store.ScopeRead, store.ScopeWrite
+	handle := func(path, method, scope string, h handlerFunc) {
+		r.Handle(path+slash, s.project(scope, h)).Methods(method)
+	}
+	handle(tasksPath, http.MethodGet, read, s.listTasks)
+	handle(tasksPath, http.MethodPost, write, s.createTask)
+	handle(taskPath, http.MethodGet, read, s.getTask)
+	handle(taskPath, http.MethodPatch, write, s.updateTask)
+	handle(taskPath, http.MethodDelete, write, s.deleteTask)
+	handle(taskPath+"/run", http.MethodPost, write, s.runTask)
+
+	handle(runsPath, http.MethodGet, read, s.listRuns)
+	handle(runsPath, http.MethodPost, write, s.createRun)
+	handle(runPath, http.MethodGet, read, s.getRun)
+	handle(runPath, http.MethodPatch, write, s.updateRun)
+	handle(runPath+"/append_log", http.MethodPost, write, s.appendLog)
+	handle(runPath+"/logs", http.MethodGet, read, s.runLogs)
+	handle(runPath+"/session_logs", http.MethodGet, read, s.sessionLogs)
+	handle(runPath+"/set_output", http.MethodPatch, write, s.setOutput)
+
+	// Endpoints of later milestones: authenticated and resolved like the
+	// others, then 501 with the contract's error body.
+	later := func(path, method, scope string) {
+		handle(path, method, scope, func(w http.ResponseWriter, r *http.Request) error {
+			if _, err := s.runOf(r); err != nil {
+				return err
+			}
+			return errNotImplemented
+		})
+	}
+	later(runPath+"/artifacts", http.MethodPost, write)
+	later(runPath+"/artifacts/presign", http.MethodPost, read)
+	later(runPath+"/command", http.MethodPost, write)
+	later(runPath+"/connection_token", http.MethodGet, read)
+	later(runPath+"/relay_message", http.MethodPost, write)
+	later(runPath+"/stream", http.MethodGet, read)
+}
+
+// pathUUID returns the canonical form of a UUID path variable; anything
+// that is not a UUID is 404, as the contract asks.
+func pathUUID(r *http.Request, name string, notFoundErr error) (string, error) {
+	v := mux.Vars(r)[name]
+	if len(v) != 36 {
+		return "", notFoundErr
+	}
+	id, err := uuid.Parse(v)
+	if err != nil {
+		return "", notFoundErr
+	}
+	return id.String(), nil
+}
+
+// runRef resolves the project, task and run of a run path.
+func (s *Server) runRef(r *http.Request) (store.RunRef, error) {
+	task, err := pathUUID(r, "task_id", errTaskNotFound)
+	if err != nil {
+		return store.RunRef{}, err
+	}
+	run, err := pathUUID(r, "run_id", errNotFound)
+	if err != nil {
+		return store.RunRef{}, err
+	}
+	return store.RunRef{ProjectID: projectOf(r), TaskID: task, RunID: run}, nil
+}
+
+// runOf loads the run of a run path, telling an unknown task from an
+// unknown run.
+func (s *Server) runOf(r *http.Request) (*store.Run, error) {
+	ref, err := s.runRef(r)
+	if err != nil {
+		return nil, err
+	}
+	return s.getRunChecked(r, ref)
+}
+
+func (s *Server) getRunChecked(r *http.Request, ref store.RunRef) (*store.Run, error) {
+	run, err := s.store.GetRun(r.Context(), ref)
+	if err == store.ErrNotFound {
+		return nil, s.whichNotFound(r, ref.TaskID)
+	}
+	return run, err
+}
+
+// whichNotFound tells "Task not found" from a missing run.
+func (s *Server) whichNotFound(r *http.Request, task string) error {
+	if _, err := s.store.GetTask(r.Context(), projectOf(r), task); err == store.ErrNotFound {
+		return errTaskNotFound
+	} else if err != nil {
+		return err
+	}
+	return errNotFound
+}
+
+// page is a parsed limit/offset pair.
+type page struct{ limit, offset int }
+
+// Pagination defaults of the contract. Like DRF's LimitOffsetPagination, an
+// unparseable limit falls back to the default and one above the maximum is
+// clamped, rather than failing the request.
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+)
+
+func parsePage(r *http.Request) page {
+	p := page{limit: defaultPageLimit}
+	q := r.URL.Query()
+	if v, err := strconv.Atoi(q.Get("limit")); err == nil && v > 0 {
+		p.limit = min(v, maxPageLimit)
+	}
+	if v, err := strconv.Atoi(q.Get("offset")); err == nil && v > 0 {
+		p.offset = v
+	}
+	return p
+}
+
+// listBody renders {"count", "next", "previous", "results"} with absolute
+// next/previous links.
+func listBody(r *http.Request, p page, total int64, results any) map[string]any {
+	link := func(offset int) *string {
+		u := url.URL{Scheme: scheme(r), Host: r.Host, Path: r.URL.Path}
+		q := r.URL.Query()
+		q.Set("limit", strconv.Itoa(p.limit))
+		if offset > 0 {
+			q.Set("offset", strconv.Itoa(offset))
+		} else {
+			q.Del("offset")
+		}
+		u.RawQuery = q.Encode()
+		s := u.String()
+		return &s
+	}
+	var next, prev *string
+	if int64(p.offset+p.limit) < total {
+		next = link(p.offset + p.limit)
+	}
+	if p.offset > 0 {
+		prev = link(max(0, p.offset-p.limit))
+	}
+	return map[string]any{"count": total, "next": next, "previous": prev, "results": results}
+}
+
+func scheme(r *http.Request) string {
+	if p := r.Header.Get("X-Forwarded-Proto"); p == "https" || p == "http" {
+		return p
+	}
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// queryInt parses an integer query parameter within [lo, hi].
+func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < lo || n > hi {
+		return 0, validation(name, "invalid_input", fmt.Sprintf("Ensure %s is an integer between %d and %d.", name, lo, hi))
+	}
+	return n, nil
+}

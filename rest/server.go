@@ -1,0 +1,176 @@
+// Package rest serves runhub's HTTP API: the PostHog-compatible tasks and
+// task-runs endpoints, authentication (API keys, scopes, projects, rate
+// limits) and the operational endpoints.
+//
+// Guarantees: every error response has the contract's body shape and never
+// contains an internal message, a SQL fragment or a secret; bad input is a
+// 4xx that changes nothing; the trailing slash is optional on every path and
+// never answered with a redirect; a malformed UUID in a path is 404.
+// Run mutations go through runs.Service, the one path shared with the proxy.
+package rest
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"runhub/store"
+	"runhub/store/runs"
+)
+
+// DefaultMaxBodyBytes is the contract's default request body limit: large
+// enough for a 10,000-entry append or a 30 MiB artifact in base64's cousin,
+// small enough to bound one request's memory.
+const DefaultMaxBodyBytes = 32 << 20
+
+// Config wires a Server.
+type Config struct {
+	Store        store.Store
+	Runs         *runs.Service
+	Logger       *slog.Logger
+	MaxBodyBytes int64      // 0: DefaultMaxBodyBytes
+	RateLimit    *RateLimit // nil: no rate limit (the embedded default)
+	// Ready reports extra readiness conditions (the broker); nil: store only.
+	Ready func(ctx context.Context) error
+	// Extra mounts more handlers (hub, proxy, web) on the router.
+	Extra func(r *mux.Router)
+}
+
+// Server is the HTTP API.
+type Server struct {
+	store   store.Store
+	runs    *runs.Service
+	log     *slog.Logger
+	maxBody int64
+	limiter *limiter
+	ready   func(ctx context.Context) error
+	router  *mux.Router
+	reg     *prometheus.Registry
+	reqs    *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+// New builds the server and its routes.
+func New(cfg Config) *Server {
+	s := &Server{
+		store:   cfg.Store,
+		runs:    cfg.Runs,
+		log:     cfg.Logger,
+		maxBody: cfg.MaxBodyBytes,
+		ready:   cfg.Ready,
+		router:  mux.NewRouter().SkipClean(true),
+		reg:     prometheus.NewRegistry(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.runs == nil {
+		s.runs = &runs.Service{Store: cfg.Store}
+	}
+	if cfg.RateLimit != nil {
+		s.limiter = newLimiter(*cfg.RateLimit)
+	}
+	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "runhub_http_requests_total", Help: "HTTP requests by route template, method and status.",
+	}, []string{"route", "method", "status"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "runhub_http_request_duration_seconds", Help: "HTTP request latency by route template.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"route", "method"})
+	s.reg.MustRegister(s.reqs, s.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.routes()
+	if cfg.Extra != nil {
+		cfg.Extra(s.router)
+	}
+	return s
+}
+
+// Registry is where other packages register their Prometheus metrics so that
+// /metrics shows them.
+func (s *Server) Registry() prometheus.Registerer { return s.reg }
+
+// ServeHTTP wraps the router (mux middleware does not run for 404/405) with
+// the body limit and metrics.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	}
+	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	s.router.ServeHTTP(rw, r)
+	route := "unmatched"
+	if cr := mux.CurrentRoute(r); cr != nil {
+		if tpl, err := cr.GetPathTemplate(); err == nil {
+			route = tpl
+		}
+	}
+	s.reqs.WithLabelValues(route, r.Method, strconv.Itoa(rw.status)).Inc()
+	s.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+}
+
+// statusWriter records the status code; Unwrap lets http.ResponseController
+// and WebSocket upgrades reach the underlying writer.
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wroteHeader = true
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// opsRoutes are the unauthenticated operational endpoints.
+func (s *Server) opsRoutes() {
+	s.router.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}).Methods(http.MethodGet, http.MethodHead)
+	s.router.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ping(ctx); err != nil {
+			s.log.WarnContext(ctx, "not ready: store", "err", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "store"})
+			return
+		}
+		if s.ready != nil {
+			if err := s.ready(ctx); err != nil {
+				s.log.WarnContext(ctx, "not ready", "err", err)
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "broker"})
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	}).Methods(http.MethodGet, http.MethodHead)
+	s.router.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	s.router.HandleFunc("/api/schema{_s:/?}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPIDocument)
+	}).Methods(http.MethodGet)
+}

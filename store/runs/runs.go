@@ -1,0 +1,235 @@
+// Package runs is the one path every mutation of a run takes, whoever asks
+// for it (a REST client, a sandbox agent, a worker):
+//
+//	validate → store transaction (row + events + seq) → publish
+//
+// Guarantees: nothing invalid reaches the store (a *store.ValidationError
+// names the field instead); events are published only after their
+// transaction committed, in seq order, once per mutation; an idempotent replay
+// publishes nothing.
+package runs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"runhub/store"
+)
+
+// Limits of the contract.
+const (
+	MaxEntries     = 10_000  // log entries per append
+	MaxEntryBytes  = 1 << 20 // one log entry, compact JSON
+	MaxStageLen    = 100
+	MaxBranchLen   = 255
+	MaxTitleLen    = 255
+	MaxIdemKeyLen  = 255
+	maxSchemaError = 1000 // characters of a schema validation message returned to the client
+)
+
+// Publisher carries committed events to live subscribers (the hub). It must
+// not block on slow subscribers.
+type Publisher interface {
+	Publish(ctx context.Context, runID string, events []store.Event)
+}
+
+// Service validates, stores and publishes run mutations.
+type Service struct {
+	Store store.Store
+	Pub   Publisher // nil: nothing is published
+	Now   func() time.Time
+}
+
+// ErrOutputInvalid wraps the reason an output does not match the task's
+// JSON Schema.
+var ErrOutputInvalid = errors.New("output does not match the task's json_schema")
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Service) publish(ctx context.Context, runID string, res *store.MutationResult) {
+	if s.Pub != nil && !res.Replayed && len(res.Events) > 0 {
+		s.Pub.Publish(ctx, runID, res.Events)
+	}
+}
+
+// CreateRun validates and creates a run, then publishes its first state event.
+func (s *Service) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.Run, error) {
+	if err := validateFields(&nr.Status, optPtr(nr.Stage), optPtr(nr.Branch), &nr.Environment, nil); err != nil {
+		return nil, err
+	}
+	res, err := s.Store.CreateRun(ctx, project, task, nr)
+	if err != nil {
+		return nil, err
+	}
+	s.publish(ctx, res.Run.ID, res)
+	return res.Run, nil
+}
+
+// UpdateRun validates and applies a PATCH.
+func (s *Service) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
+	if err := validateFields(p.Status, p.Stage, p.Branch, p.Environment, idem); err != nil {
+		return nil, err
+	}
+	res, err := s.Store.UpdateRun(ctx, ref, p, idem)
+	if err != nil {
+		return nil, err
+	}
+	s.publish(ctx, ref.RunID, res)
+	return res, nil
+}
+
+// SetOutput replaces the run's output after checking it against the task's
+// JSON Schema, if the task has one.
+func (s *Service) SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
+	if err := validateIdem(idem); err != nil {
+		return nil, err
+	}
+	if output == nil {
+		output = map[string]json.RawMessage{}
+	}
+	task, err := s.Store.GetTask(ctx, ref.ProjectID, ref.TaskID)
+	if err != nil {
+		return nil, err
+	}
+	if task.JSONSchema != nil {
+		if err := ValidateOutput(task.JSONSchema, output); err != nil {
+			return nil, err
+		}
+	}
+	res, err := s.Store.SetOutput(ctx, ref, output, idem)
+	if err != nil {
+		return nil, err
+	}
+	s.publish(ctx, ref.RunID, res)
+	return res, nil
+}
+
+// AppendLog validates raw entries (1..MaxEntries JSON objects, each at most
+// MaxEntryBytes) and appends them; agent_message_chunk entries are published
+// but not stored.
+func (s *Service) AppendLog(ctx context.Context, ref store.RunRef, raw []json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
+	if err := validateIdem(idem); err != nil {
+		return nil, err
+	}
+	if len(raw) == 0 {
+		return nil, &store.ValidationError{Attr: "entries", Code: "min_length", Detail: "At least one log entry is required."}
+	}
+	if len(raw) > MaxEntries {
+		return nil, &store.ValidationError{Attr: "entries", Code: "max_length",
+			Detail: fmt.Sprintf("Ensure this field has no more than %d elements.", MaxEntries)}
+	}
+	now := s.now()
+	entries := make([]store.LogEntry, len(raw))
+	for i, r := range raw {
+		e, err := store.ParseLogEntry(r, now)
+		if err != nil {
+			return nil, &store.ValidationError{Attr: "entries", Code: "invalid",
+				Detail: fmt.Sprintf("Entry %d is not a JSON object.", i)}
+		}
+		if len(e.Data) > MaxEntryBytes {
+			return nil, &store.ValidationError{Attr: "entries", Code: "max_length",
+				Detail: fmt.Sprintf("Entry %d is larger than %d bytes.", i, MaxEntryBytes)}
+		}
+		entries[i] = e
+	}
+	res, err := s.Store.AppendLog(ctx, ref, entries, idem)
+	if err != nil {
+		return nil, err
+	}
+	s.publish(ctx, ref.RunID, res)
+	return res, nil
+}
+
+// optPtr turns an optional nullable string into the **string shape PATCH uses.
+func optPtr(p *string) **string {
+	if p == nil {
+		return nil
+	}
+	return &p
+}
+
+func validateIdem(idem *store.Idempotency) error {
+	if idem != nil && (idem.Key == "" || len(idem.Key) > MaxIdemKeyLen) {
+		return &store.ValidationError{Attr: "Idempotency-Key", Code: "invalid",
+			Detail: fmt.Sprintf("Idempotency-Key must be 1 to %d characters.", MaxIdemKeyLen)}
+	}
+	return nil
+}
+
+// validateFields checks the run fields shared by create and PATCH.
+func validateFields(status *string, stage, branch **string, env *string, idem *store.Idempotency) error {
+	if status != nil && *status != "" && !store.ValidStatus(*status) {
+		return &store.ValidationError{Attr: "status", Code: "invalid_choice", Detail: fmt.Sprintf("%q is not a valid choice.", *status)}
+	}
+	if env != nil && *env != "" && *env != store.EnvCloud && *env != store.EnvLocal {
+		return &store.ValidationError{Attr: "environment", Code: "invalid_choice", Detail: fmt.Sprintf("%q is not a valid choice.", *env)}
+	}
+	if err := maxLen("stage", stage, MaxStageLen); err != nil {
+		return err
+	}
+	if err := maxLen("branch", branch, MaxBranchLen); err != nil {
+		return err
+	}
+	return validateIdem(idem)
+}
+
+func maxLen(attr string, v **string, n int) error {
+	if v != nil && *v != nil && utf8.RuneCountInString(**v) > n {
+		return &store.ValidationError{Attr: attr, Code: "max_length",
+			Detail: fmt.Sprintf("Ensure this field has no more than %d characters.", n)}
+	}
+	return nil
+}
+
+// CompileSchema compiles a task's json_schema. No $ref is ever fetched from a
+// file or the network: only the document itself and the metaschemas resolve.
+func CompileSchema(schema json.RawMessage) (*jsonschema.Schema, error) {
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(schema))
+	if err != nil {
+		return nil, fmt.Errorf("parse schema: %w", err)
+	}
+	c := jsonschema.NewCompiler()
+	const loc = "urn:runhub:task-output-schema"
+	if err := c.AddResource(loc, doc); err != nil {
+		return nil, fmt.Errorf("add schema: %w", err)
+	}
+	sch, err := c.Compile(loc)
+	if err != nil {
+		return nil, fmt.Errorf("compile schema: %w", err)
+	}
+	return sch, nil
+}
+
+// ValidateOutput checks output against schema; the error wraps
+// ErrOutputInvalid with a short human reason.
+func ValidateOutput(schema json.RawMessage, output map[string]json.RawMessage) error {
+	sch, err := CompileSchema(schema)
+	if err != nil {
+		return fmt.Errorf("%w: the task's json_schema is invalid: %v", ErrOutputInvalid, err)
+	}
+	b, _ := json.Marshal(output)
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrOutputInvalid, err)
+	}
+	if err := sch.Validate(inst); err != nil {
+		msg := err.Error()
+		if len(msg) > maxSchemaError {
+			msg = msg[:maxSchemaError] + "…"
+		}
+		return fmt.Errorf("%w: %s", ErrOutputInvalid, msg)
+	}
+	return nil
+}

@@ -1,0 +1,145 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"runhub/store"
+)
+
+// CreateProject inserts a project and returns it with its new id.
+func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project, error) {
+	now := s.clock()
+	res, err := s.w.ExecContext(ctx, "INSERT INTO projects (name, created_at) VALUES (?, ?)", name, micros(now))
+	if err != nil {
+		return nil, fmt.Errorf("insert project: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, fmt.Errorf("project id: %w", err)
+	}
+	return &store.Project{ID: id, Name: name, CreatedAt: now}, nil
+}
+
+// GetProject returns one project or store.ErrNotFound.
+func (s *Store) GetProject(ctx context.Context, id int64) (*store.Project, error) {
+	var p store.Project
+	var created int64
+	err := s.r.QueryRowContext(ctx, "SELECT id, name, created_at FROM projects WHERE id = ?", id).Scan(&p.ID, &p.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get project: %w", err)
+	}
+	p.CreatedAt = fromMicros(created)
+	return &p, nil
+}
+
+// ListProjects returns every project, oldest first.
+func (s *Store) ListProjects(ctx context.Context) ([]store.Project, error) {
+	rows, err := s.r.QueryContext(ctx, "SELECT id, name, created_at FROM projects ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("list projects: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Project
+	for rows.Next() {
+		var p store.Project
+		var created int64
+		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
+			return nil, fmt.Errorf("scan project: %w", err)
+		}
+		p.CreatedAt = fromMicros(created)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// CreateAPIKey stores a key (its hash only).
+func (s *Store) CreateAPIKey(ctx context.Context, k store.NewAPIKey) (*store.APIKey, error) {
+	now := s.clock()
+	if k.Projects == nil {
+		k.Projects = []int64{}
+	}
+	scopes, _ := json.Marshal(k.Scopes)
+	projects, _ := json.Marshal(k.Projects)
+	res, err := s.w.ExecContext(ctx,
+		"INSERT INTO api_keys (label, prefix, hash, scopes, all_projects, projects, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		k.Label, k.Prefix, k.Hash, string(scopes), k.AllProjects, string(projects), micros(now))
+	if err != nil {
+		return nil, fmt.Errorf("insert api key: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, fmt.Errorf("api key id: %w", err)
+	}
+	return &store.APIKey{ID: id, Label: k.Label, Prefix: k.Prefix, Scopes: k.Scopes, AllProjects: k.AllProjects,
+		Projects: k.Projects, CreatedAt: now}, nil
+}
+
+const keyColumns = "id, label, prefix, scopes, all_projects, projects, created_at, revoked_at"
+
+func scanKey(sc interface{ Scan(...any) error }) (*store.APIKey, error) {
+	var k store.APIKey
+	var scopes, projects string
+	var created int64
+	var revoked sql.NullInt64
+	if err := sc.Scan(&k.ID, &k.Label, &k.Prefix, &scopes, &k.AllProjects, &projects, &created, &revoked); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(scopes), &k.Scopes); err != nil {
+		return nil, fmt.Errorf("decode key scopes: %w", err)
+	}
+	if err := json.Unmarshal([]byte(projects), &k.Projects); err != nil {
+		return nil, fmt.Errorf("decode key projects: %w", err)
+	}
+	k.CreatedAt = fromMicros(created)
+	k.RevokedAt = nullMicros(revoked)
+	return &k, nil
+}
+
+// APIKeyByHash returns the unrevoked key with that hash.
+func (s *Store) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, error) {
+	k, err := scanKey(s.r.QueryRowContext(ctx, "SELECT "+keyColumns+" FROM api_keys WHERE hash = ? AND revoked_at IS NULL", hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get api key: %w", err)
+	}
+	return k, nil
+}
+
+// ListAPIKeys returns every key (revoked ones too), oldest first.
+func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
+	rows, err := s.r.QueryContext(ctx, "SELECT "+keyColumns+" FROM api_keys ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("list api keys: %w", err)
+	}
+	defer rows.Close()
+	var out []store.APIKey
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan api key: %w", err)
+		}
+		out = append(out, *k)
+	}
+	return out, rows.Err()
+}
+
+// RevokeAPIKey marks a key revoked; revoking twice is not an error.
+func (s *Store) RevokeAPIKey(ctx context.Context, id int64) error {
+	res, err := s.w.ExecContext(ctx, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", micros(s.clock()), id)
+	if err != nil {
+		return fmt.Errorf("revoke api key: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}

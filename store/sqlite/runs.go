@@ -1,0 +1,387 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"runhub/store"
+)
+
+const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status, r.environment, r.error_message, r.output, r.state, r.artifacts, r.created_at, r.updated_at, r.completed_at, r.last_seq, r.log_count"
+
+const runFrom = " FROM runs r JOIN tasks t ON t.seq = r.task_rowid "
+
+// runRow is a run with its internal row id.
+type runRow struct {
+	store.Run
+	rid int64
+}
+
+func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
+	var r runRow
+	var stage, branch, errMsg, output sql.NullString
+	var state, artifacts string
+	var created, updated int64
+	var completed sql.NullInt64
+	if err := sc.Scan(&r.rid, &r.ID, &r.TaskID, &r.ProjectID, &stage, &branch, &r.Status, &r.Environment, &errMsg,
+		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount); err != nil {
+		return nil, err
+	}
+	r.Stage, r.Branch, r.ErrorMessage = nullString(stage), nullString(branch), nullString(errMsg)
+	if output.Valid {
+		if err := json.Unmarshal([]byte(output.String), &r.Output); err != nil {
+			return nil, fmt.Errorf("decode run output: %w", err)
+		}
+	}
+	if err := json.Unmarshal([]byte(state), &r.State); err != nil {
+		return nil, fmt.Errorf("decode run state: %w", err)
+	}
+	if r.State == nil {
+		r.State = map[string]json.RawMessage{}
+	}
+	if err := json.Unmarshal([]byte(artifacts), &r.Artifacts); err != nil {
+		return nil, fmt.Errorf("decode run artifacts: %w", err)
+	}
+	if r.Artifacts == nil {
+		r.Artifacts = []json.RawMessage{}
+	}
+	r.CreatedAt, r.UpdatedAt, r.CompletedAt = fromMicros(created), fromMicros(updated), nullMicros(completed)
+	return &r, nil
+}
+
+// findRun loads a run that lives in ref's project and (live) task.
+func findRun(ctx context.Context, q querier, ref store.RunRef) (*runRow, error) {
+	r, err := scanRun(q.QueryRowContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0",
+		ref.RunID, ref.ProjectID, ref.TaskID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get run: %w", err)
+	}
+	return r, nil
+}
+
+// GetRun returns one run.
+func (s *Store) GetRun(ctx context.Context, ref store.RunRef) (*store.Run, error) {
+	r, err := findRun(ctx, s.r, ref)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Run, nil
+}
+
+// ListRuns returns a page of a live task's runs, newest first, and the total.
+func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, 0, fmt.Errorf("begin read: %w", err)
+	}
+	defer tx.Rollback()
+	_, rowid, err := taskRow(ctx, tx, project, task)
+	if err != nil {
+		return nil, 0, err
+	}
+	var total int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM runs WHERE task_rowid = ?", rowid).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count runs: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.task_rowid = ? ORDER BY r.rid DESC LIMIT ? OFFSET ?", rowid, limit, offset)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list runs: %w", err)
+	}
+	defer rows.Close()
+	out := []store.Run{}
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, 0, fmt.Errorf("scan run: %w", err)
+		}
+		out = append(out, r.Run)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("list runs: %w", err)
+	}
+	return out, total, nil
+}
+
+// runStateEvent builds the task_run_state event body for r.
+func runStateEvent(r *store.Run) json.RawMessage {
+	var completed *string
+	if r.CompletedAt != nil {
+		c := store.FormatTime(*r.CompletedAt)
+		completed = &c
+	}
+	var output any
+	if r.Output != nil {
+		output = r.Output
+	}
+	b, _ := json.Marshal(struct {
+		Type         string  `json:"type"`
+		RunID        string  `json:"run_id"`
+		TaskID       string  `json:"task_id"`
+		Status       string  `json:"status"`
+		Stage        *string `json:"stage"`
+		Output       any     `json:"output"`
+		Branch       *string `json:"branch"`
+		ErrorMessage *string `json:"error_message"`
+		UpdatedAt    string  `json:"updated_at"`
+		CompletedAt  *string `json:"completed_at"`
+	}{store.KindRunState, r.ID, r.TaskID, r.Status, r.Stage, output, r.Branch, r.ErrorMessage, store.FormatTime(r.UpdatedAt), completed})
+	return b
+}
+
+// jsonOrNull renders v as JSON text, or SQL NULL for a nil map.
+func jsonOrNull(m map[string]json.RawMessage) any {
+	if m == nil {
+		return nil
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+// writeRun stores every column of r that a mutation may change.
+func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
+	state, _ := json.Marshal(r.State)
+	artifacts, _ := json.Marshal(r.Artifacts)
+	var completed any
+	if r.CompletedAt != nil {
+		completed = micros(*r.CompletedAt)
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE runs SET stage = ?, branch = ?, status = ?, environment = ?, error_message = ?, output = ?, state = ?,
+		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ? WHERE rid = ?`,
+		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
+		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
+	if err != nil {
+		return fmt.Errorf("update run: %w", err)
+	}
+	return nil
+}
+
+// insertEvent appends one event to the run's log with the run's next seq.
+func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, ts *time.Time, data []byte) (store.Event, error) {
+	r.LastSeq++
+	var tsv any
+	if ts != nil {
+		tsv = ts.UnixNano()
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
+		r.rid, r.LastSeq, kind, typ, tsv, data); err != nil {
+		return store.Event{}, fmt.Errorf("insert event: %w", err)
+	}
+	return store.Event{RunID: r.ID, Seq: r.LastSeq, Kind: kind, Type: typ, Data: data}, nil
+}
+
+// CreateRun inserts a run and its first task_run_state event.
+func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
+	now := s.clock()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	_, taskRowid, err := taskRow(ctx, tx, project, task)
+	if err != nil {
+		return nil, err
+	}
+	r := &runRow{Run: store.Run{
+		ID: uuid.NewString(), TaskID: task, ProjectID: project, Stage: nr.Stage, Branch: nr.Branch, Status: nr.Status,
+		Environment: nr.Environment, ErrorMessage: nr.ErrorMessage, Output: nr.Output, State: nr.State,
+		Artifacts: []json.RawMessage{}, CreatedAt: now, UpdatedAt: now,
+	}}
+	if r.Status == "" {
+		r.Status = store.StatusNotStarted
+	}
+	if r.Environment == "" {
+		r.Environment = store.EnvCloud
+	}
+	if r.State == nil {
+		r.State = map[string]json.RawMessage{}
+	}
+	if store.IsTerminal(r.Status) {
+		r.CompletedAt = &now
+	}
+	state, _ := json.Marshal(r.State)
+	res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
+	if err != nil {
+		return nil, fmt.Errorf("insert run: %w", err)
+	}
+	if r.rid, err = res.LastInsertId(); err != nil {
+		return nil, fmt.Errorf("run rowid: %w", err)
+	}
+	ev, err := insertEvent(ctx, tx, r, store.KindRunState, store.KindRunState, &now, runStateEvent(&r.Run))
+	if err != nil {
+		return nil, err
+	}
+	if err := writeRun(ctx, tx, r); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit run: %w", err)
+	}
+	return &store.MutationResult{Run: &r.Run, Events: []store.Event{ev}}, nil
+}
+
+// mutate runs fn on the run inside one write transaction, handling the
+// idempotency key: a key already applied returns its snapshot and runs
+// nothing; otherwise the run after fn is recorded under the key.
+func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
+	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	now := s.clock()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	r, err := findRun(ctx, tx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if idem != nil {
+		var hash, snapshot []byte
+		err := tx.QueryRowContext(ctx, "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?", r.rid, idem.Key).Scan(&hash, &snapshot)
+		switch {
+		case err == nil:
+			if !bytes.Equal(hash, idem.RequestHash) {
+				return nil, store.ErrIdempotencyMismatch
+			}
+			var prev store.Run
+			if err := json.Unmarshal(snapshot, &prev); err != nil {
+				return nil, fmt.Errorf("decode idempotent response: %w", err)
+			}
+			return &store.MutationResult{Run: &prev, Replayed: true}, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return nil, fmt.Errorf("idempotency lookup: %w", err)
+		}
+	}
+	events, err := fn(tx, r, now)
+	if err != nil {
+		return nil, err
+	}
+	if idem != nil {
+		snapshot, _ := json.Marshal(&r.Run)
+		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
+			r.rid, idem.Key, idem.RequestHash, snapshot, micros(now)); err != nil {
+			return nil, fmt.Errorf("record idempotency key: %w", err)
+		}
+		// Keys are kept at least IdempotencyTTL; older ones of this run go now.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(now.Add(-IdempotencyTTL))); err != nil {
+			return nil, fmt.Errorf("expire idempotency keys: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return &store.MutationResult{Run: &r.Run, Events: events}, nil
+}
+
+// IdempotencyTTL is how long an applied Idempotency-Key is remembered: the
+// contract promises at least 24 h; twice that covers clients that retry
+// across a day boundary.
+const IdempotencyTTL = 48 * time.Hour
+
+// stateChanged records the run row and its task_run_state event.
+func stateChanged(ctx context.Context, tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+	r.UpdatedAt = now
+	ev, err := insertEvent(ctx, tx, r, store.KindRunState, store.KindRunState, &now, runStateEvent(&r.Run))
+	if err != nil {
+		return nil, err
+	}
+	if err := writeRun(ctx, tx, r); err != nil {
+		return nil, err
+	}
+	return []store.Event{ev}, nil
+}
+
+// UpdateRun applies a PATCH: shallow merges of output and state, key
+// removal, and the completed_at rules.
+func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
+	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		if p.Status != nil {
+			r.Status = *p.Status
+			switch {
+			case !store.IsTerminal(r.Status):
+				r.CompletedAt = nil
+			case r.CompletedAt == nil:
+				r.CompletedAt = &now
+			}
+		}
+		if p.Stage != nil {
+			r.Stage = *p.Stage
+		}
+		if p.Branch != nil {
+			r.Branch = *p.Branch
+		}
+		if p.ErrorMessage != nil {
+			r.ErrorMessage = *p.ErrorMessage
+		}
+		if p.Environment != nil {
+			r.Environment = *p.Environment
+		}
+		if p.ClearOutput {
+			r.Output = nil
+		}
+		if p.Output != nil {
+			if r.Output == nil {
+				r.Output = make(map[string]json.RawMessage, len(p.Output))
+			}
+			for k, v := range p.Output {
+				r.Output[k] = v
+			}
+		}
+		for k, v := range p.State {
+			r.State[k] = v
+		}
+		for _, k := range p.StateRemoveKeys {
+			delete(r.State, k)
+		}
+		return stateChanged(ctx, tx, r, now)
+	})
+}
+
+// SetOutput replaces the run's output.
+func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
+	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		r.Output = output
+		return stateChanged(ctx, tx, r, now)
+	})
+}
+
+// AppendLog stores the entries (ephemeral ones excepted) with the run's next
+// seq values, contiguous and in order, and returns every entry as an event
+// (ephemeral ones with seq 0) in request order for publishing.
+func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
+	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		events := make([]store.Event, 0, len(entries))
+		stored := 0
+		for i := range entries {
+			e := &entries[i]
+			if e.Ephemeral() {
+				events = append(events, store.Event{RunID: r.ID, Kind: store.KindChunk, Type: e.Type, Data: e.Data})
+				continue
+			}
+			ev, err := insertEvent(ctx, tx, r, store.KindLog, e.Type, e.Time, e.Data)
+			if err != nil {
+				return nil, err
+			}
+			events = append(events, ev)
+			stored++
+		}
+		if stored == 0 {
+			return events, nil
+		}
+		r.LogCount += int64(stored)
+		if _, err := tx.ExecContext(ctx, "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?", r.LastSeq, r.LogCount, r.rid); err != nil {
+			return nil, fmt.Errorf("update run seq: %w", err)
+		}
+		return events, nil
+	})
+}

@@ -1,0 +1,222 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/google/uuid"
+
+	"runhub/store"
+)
+
+// querier is what both *sql.DB and *sql.Tx offer.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+const taskColumns = "t.seq, t.id, t.project_id, t.task_number, t.slug, t.title, t.description, t.origin_product, t.repository, t.json_schema, t.created_at, t.updated_at"
+
+func scanTask(sc interface{ Scan(...any) error }) (*store.Task, int64, error) {
+	var t store.Task
+	var rowid, created, updated int64
+	var repo, schema sql.NullString
+	if err := sc.Scan(&rowid, &t.ID, &t.ProjectID, &t.Number, &t.Slug, &t.Title, &t.Description, &t.OriginProduct,
+		&repo, &schema, &created, &updated); err != nil {
+		return nil, 0, err
+	}
+	t.Repository = nullString(repo)
+	if schema.Valid {
+		t.JSONSchema = []byte(schema.String)
+	}
+	t.CreatedAt = fromMicros(created)
+	t.UpdatedAt = fromMicros(updated)
+	return &t, rowid, nil
+}
+
+// slugPrefix is the first three letters of the project name, upper-cased
+// (PostHog's convention), or "TSK" when the name has fewer.
+func slugPrefix(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		if b.Len() == 3 {
+			break
+		}
+		if r < unicode.MaxASCII && unicode.IsLetter(r) {
+			b.WriteRune(unicode.ToUpper(r))
+		}
+	}
+	if b.Len() < 3 {
+		return "TSK"
+	}
+	return b.String()
+}
+
+// CreateTask inserts a task with the project's next task number.
+func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
+	now := s.clock()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	var name string
+	var number int64
+	err = tx.QueryRowContext(ctx, "UPDATE projects SET next_task_number = next_task_number + 1 WHERE id = ? RETURNING name, next_task_number - 1", project).Scan(&name, &number)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("next task number: %w", err)
+	}
+	t := &store.Task{
+		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: slugPrefix(name) + "-" + strconv.FormatInt(number, 10),
+		Title: nt.Title, Description: nt.Description, OriginProduct: nt.OriginProduct, Repository: nt.Repository,
+		JSONSchema: nt.JSONSchema, CreatedAt: now, UpdatedAt: now,
+	}
+	var schema any
+	if t.JSONSchema != nil {
+		schema = string(t.JSONSchema)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(now), micros(now)); err != nil {
+		return nil, fmt.Errorf("insert task: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit task: %w", err)
+	}
+	return t, nil
+}
+
+// taskRow finds a live task of the project and returns its rowid.
+func taskRow(ctx context.Context, q querier, project int64, id string) (*store.Task, int64, error) {
+	t, rowid, err := scanTask(q.QueryRowContext(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.id = ? AND t.project_id = ? AND t.deleted = 0", id, project))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, 0, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get task: %w", err)
+	}
+	return t, rowid, nil
+}
+
+// latestRun fills t.LatestRun with the task's newest run, if any.
+func latestRun(ctx context.Context, q querier, t *store.Task, rowid int64) error {
+	r, err := scanRun(q.QueryRowContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.task_rowid = ? ORDER BY r.rid DESC LIMIT 1", rowid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("latest run: %w", err)
+	}
+	t.LatestRun = &r.Run
+	return nil
+}
+
+// GetTask returns a live task of the project, with its latest run.
+func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.Task, error) {
+	t, rowid, err := taskRow(ctx, s.r, project, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := latestRun(ctx, s.r, t, rowid); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// ListTasks returns a page of the project's live tasks, newest first, and the total.
+func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
+	var total int64
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM tasks WHERE project_id = ? AND deleted = 0", project).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count tasks: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.project_id = ? AND t.deleted = 0 ORDER BY t.seq DESC LIMIT ? OFFSET ?", project, limit, offset)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list tasks: %w", err)
+	}
+	var out []store.Task
+	var rowids []int64
+	for rows.Next() {
+		t, rowid, err := scanTask(rows)
+		if err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("scan task: %w", err)
+		}
+		out = append(out, *t)
+		rowids = append(rowids, rowid)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("list tasks: %w", err)
+	}
+	for i := range out {
+		if err := latestRun(ctx, s.r, &out[i], rowids[i]); err != nil {
+			return nil, 0, err
+		}
+	}
+	return out, total, nil
+}
+
+// UpdateTask applies a PATCH to a live task.
+func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p store.TaskPatch) (*store.Task, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	t, rowid, err := taskRow(ctx, tx, project, id)
+	if err != nil {
+		return nil, err
+	}
+	if p.Title != nil {
+		t.Title = *p.Title
+	}
+	if p.Description != nil {
+		t.Description = *p.Description
+	}
+	if p.OriginProduct != nil {
+		t.OriginProduct = *p.OriginProduct
+	}
+	if p.Repository != nil {
+		t.Repository = *p.Repository
+	}
+	if p.JSONSchema != nil {
+		t.JSONSchema = *p.JSONSchema
+	}
+	t.UpdatedAt = s.clock()
+	var schema any
+	if t.JSONSchema != nil {
+		schema = string(t.JSONSchema)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE tasks SET title = ?, description = ?, origin_product = ?, repository = ?, json_schema = ?, updated_at = ? WHERE seq = ?",
+		t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(t.UpdatedAt), rowid); err != nil {
+		return nil, fmt.Errorf("update task: %w", err)
+	}
+	if err := latestRun(ctx, tx, t, rowid); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit task: %w", err)
+	}
+	return t, nil
+}
+
+// DeleteTask soft-deletes a live task; its runs become unreachable.
+func (s *Store) DeleteTask(ctx context.Context, project int64, id string) error {
+	res, err := s.w.ExecContext(ctx, "UPDATE tasks SET deleted = 1, updated_at = ? WHERE id = ? AND project_id = ? AND deleted = 0", micros(s.clock()), id, project)
+	if err != nil {
+		return fmt.Errorf("delete task: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}

@@ -1,0 +1,310 @@
+// Package store holds runhub's domain types (projects, API keys, tasks, runs
+// and their event log) and the Store interface that every backend implements.
+//
+// Guarantees every implementation must give:
+//   - Each mutation of a run (create, PATCH, set_output, append_log) writes its
+//     row change and its events in one transaction that assigns the run's next
+//     sequence numbers: seq is 1, 2, 3, ... per run, with no gap and no reuse.
+//     A reader therefore never sees a run row without its events, or events
+//     without the row change that caused them.
+//   - Entries of one append are stored contiguously and in request order.
+//   - A mutation carrying an Idempotency key that was already applied to the
+//     same run stores nothing and returns the snapshot recorded the first time.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors of the domain; rest maps them to HTTP in one place.
+var (
+	// ErrNotFound: the project, task, run or key does not exist (in the scope asked).
+	ErrNotFound = errors.New("not found")
+	// ErrIdempotencyMismatch: an Idempotency-Key was reused with a different request.
+	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
+)
+
+// ValidationError is a domain rule broken by a request; Attr names the field.
+type ValidationError struct {
+	Attr   string // field name, "" when the error concerns no single field
+	Code   string // machine code, e.g. "invalid_input", "invalid_choice"
+	Detail string // human sentence
+}
+
+func (e *ValidationError) Error() string {
+	if e.Attr == "" {
+		return e.Detail
+	}
+	return fmt.Sprintf("%s: %s", e.Attr, e.Detail)
+}
+
+// Invalid builds a ValidationError with code "invalid_input".
+func Invalid(attr, format string, args ...any) *ValidationError {
+	return &ValidationError{Attr: attr, Code: "invalid_input", Detail: fmt.Sprintf(format, args...)}
+}
+
+// Run statuses. The last three are terminal.
+const (
+	StatusNotStarted = "not_started"
+	StatusQueued     = "queued"
+	StatusInProgress = "in_progress"
+	StatusCompleted  = "completed"
+	StatusFailed     = "failed"
+	StatusCancelled  = "cancelled"
+)
+
+// ValidStatus reports whether s is one of the run statuses.
+func ValidStatus(s string) bool {
+	switch s {
+	case StatusNotStarted, StatusQueued, StatusInProgress, StatusCompleted, StatusFailed, StatusCancelled:
+		return true
+	}
+	return false
+}
+
+// IsTerminal reports whether a run in status s has finished.
+func IsTerminal(s string) bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// Environments of a run.
+const (
+	EnvCloud = "cloud"
+	EnvLocal = "local"
+)
+
+// Scopes of API keys. ScopeWrite implies ScopeRead; ScopeAll allows everything.
+const (
+	ScopeRead  = "task:read"
+	ScopeWrite = "task:write"
+	ScopeAll   = "*"
+)
+
+// Project is a tenant; tasks, runs and keys belong to projects.
+type Project struct {
+	ID        int64     `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// APIKey is a personal API key. Only a hash of its secret is stored.
+type APIKey struct {
+	ID          int64      `json:"id"`
+	Label       string     `json:"label"`
+	Prefix      string     `json:"prefix"` // first characters of the secret, for people to recognise it
+	Scopes      []string   `json:"scopes"`
+	AllProjects bool       `json:"all_projects"`
+	Projects    []int64    `json:"projects"`
+	CreatedAt   time.Time  `json:"created_at"`
+	RevokedAt   *time.Time `json:"revoked_at"`
+}
+
+// HasScope reports whether the key grants scope (task:write implies task:read).
+func (k *APIKey) HasScope(scope string) bool {
+	for _, s := range k.Scopes {
+		if s == ScopeAll || s == scope || (scope == ScopeRead && s == ScopeWrite) {
+			return true
+		}
+	}
+	return false
+}
+
+// CanReach reports whether the key may act on project id.
+func (k *APIKey) CanReach(project int64) bool {
+	if k.AllProjects {
+		return true
+	}
+	for _, p := range k.Projects {
+		if p == project {
+			return true
+		}
+	}
+	return false
+}
+
+// NewAPIKey describes a key to create.
+type NewAPIKey struct {
+	Label       string
+	Prefix      string
+	Hash        []byte
+	Scopes      []string
+	AllProjects bool
+	Projects    []int64
+}
+
+// Task is the parent of runs.
+type Task struct {
+	ID            string          `json:"id"`
+	ProjectID     int64           `json:"team"`
+	Number        int64           `json:"task_number"`
+	Slug          string          `json:"slug"`
+	Title         string          `json:"title"`
+	Description   string          `json:"description"`
+	OriginProduct string          `json:"origin_product"`
+	Repository    *string         `json:"repository"`
+	JSONSchema    json.RawMessage `json:"json_schema"` // nil when the task has none
+	CreatedAt     time.Time       `json:"created_at"`
+	UpdatedAt     time.Time       `json:"updated_at"`
+	LatestRun     *Run            `json:"latest_run"`
+}
+
+// NewTask holds the validated fields of a task to create.
+type NewTask struct {
+	Title         string
+	Description   string
+	OriginProduct string
+	Repository    *string
+	JSONSchema    json.RawMessage
+}
+
+// TaskPatch holds the fields of a task PATCH; a nil field is left unchanged.
+type TaskPatch struct {
+	Title         *string
+	Description   *string
+	OriginProduct *string
+	Repository    **string
+	JSONSchema    *json.RawMessage // pointer to nil clears the schema
+}
+
+// Run is one execution of a task.
+type Run struct {
+	ID           string                     `json:"id"`
+	TaskID       string                     `json:"task"`
+	ProjectID    int64                      `json:"team"`
+	Stage        *string                    `json:"stage"`
+	Branch       *string                    `json:"branch"`
+	Status       string                     `json:"status"`
+	Environment  string                     `json:"environment"`
+	ErrorMessage *string                    `json:"error_message"`
+	Output       map[string]json.RawMessage `json:"output"` // nil is JSON null
+	State        map[string]json.RawMessage `json:"state"`  // never nil
+	Artifacts    []json.RawMessage          `json:"artifacts"`
+	CreatedAt    time.Time                  `json:"created_at"`
+	UpdatedAt    time.Time                  `json:"updated_at"`
+	CompletedAt  *time.Time                 `json:"completed_at"`
+	LastSeq      int64                      `json:"last_seq"`  // highest seq of the run's event log
+	LogCount     int64                      `json:"log_count"` // stored log entries
+}
+
+// RunRef names a run inside its project and task; every lookup checks all three.
+type RunRef struct {
+	ProjectID int64
+	TaskID    string
+	RunID     string
+}
+
+// NewRun holds the validated fields of a run to create.
+type NewRun struct {
+	Stage        *string
+	Branch       *string
+	Status       string // "" means not_started
+	Environment  string // "" means cloud
+	ErrorMessage *string
+	Output       map[string]json.RawMessage
+	State        map[string]json.RawMessage
+}
+
+// RunPatch holds a validated PATCH. Nil pointers leave a field unchanged.
+type RunPatch struct {
+	Status          *string
+	Stage           **string
+	Branch          **string
+	ErrorMessage    **string
+	Environment     *string
+	ClearOutput     bool                       // "output": null
+	Output          map[string]json.RawMessage // merged shallowly into the stored output
+	State           map[string]json.RawMessage // merged shallowly into the stored state
+	StateRemoveKeys []string
+}
+
+// Idempotency identifies a request that must be applied at most once per run.
+type Idempotency struct {
+	Key         string
+	RequestHash []byte // a digest of the request; a reused key with another digest is refused
+}
+
+// Event kinds in a run's log.
+const (
+	KindLog      = "log"                 // a log entry from append_log
+	KindRunState = "task_run_state"      // a change of the run row
+	KindArtifact = "artifact"            // an uploaded artifact
+	KindSystem   = "system"              // agent_connected and the like
+	KindChunk    = "agent_message_chunk" // ephemeral: published, never stored
+)
+
+// Event is one element of a run's stream. Seq is 0 for ephemeral events.
+type Event struct {
+	RunID string
+	Seq   int64
+	Kind  string
+	Type  string          // the entry's event type (see LogEntry.Type)
+	Data  json.RawMessage // the JSON object delivered to clients
+}
+
+// MutationResult is what a run mutation returns: the run after it, the
+// events it stored (to publish after the commit), and whether it was an
+// idempotent replay that stored nothing.
+type MutationResult struct {
+	Run      *Run
+	Events   []Event
+	Replayed bool
+}
+
+// LogQuery filters a run's stored log entries (session_logs).
+type LogQuery struct {
+	After        *time.Time // only entries whose timestamp is strictly later
+	EventTypes   []string
+	ExcludeTypes []string
+	AfterSeq     int64
+	Limit        int
+	Offset       int
+}
+
+// LogPage is one page of session_logs.
+type LogPage struct {
+	Entries  []json.RawMessage
+	Total    int64 // stored entries of the run
+	Matching int64 // entries matching the filters
+}
+
+// Store is the source of truth of runhub. Implementations are safe for
+// concurrent use.
+type Store interface {
+	Close() error
+	Ping(ctx context.Context) error
+
+	CreateProject(ctx context.Context, name string) (*Project, error)
+	GetProject(ctx context.Context, id int64) (*Project, error)
+	ListProjects(ctx context.Context) ([]Project, error)
+
+	CreateAPIKey(ctx context.Context, k NewAPIKey) (*APIKey, error)
+	// APIKeyByHash returns the unrevoked key with that hash, or ErrNotFound.
+	APIKeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
+	ListAPIKeys(ctx context.Context) ([]APIKey, error)
+	RevokeAPIKey(ctx context.Context, id int64) error
+
+	CreateTask(ctx context.Context, project int64, t NewTask) (*Task, error)
+	GetTask(ctx context.Context, project int64, id string) (*Task, error)
+	ListTasks(ctx context.Context, project int64, limit, offset int) ([]Task, int64, error)
+	UpdateTask(ctx context.Context, project int64, id string, p TaskPatch) (*Task, error)
+	DeleteTask(ctx context.Context, project int64, id string) error
+
+	CreateRun(ctx context.Context, project int64, task string, r NewRun) (*MutationResult, error)
+	GetRun(ctx context.Context, ref RunRef) (*Run, error)
+	ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]Run, int64, error)
+	UpdateRun(ctx context.Context, ref RunRef, p RunPatch, idem *Idempotency) (*MutationResult, error)
+	SetOutput(ctx context.Context, ref RunRef, output map[string]json.RawMessage, idem *Idempotency) (*MutationResult, error)
+	AppendLog(ctx context.Context, ref RunRef, entries []LogEntry, idem *Idempotency) (*MutationResult, error)
+
+	// Events returns up to limit events of run with seq > after, in order.
+	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)
+	// QueryLog returns a filtered page of stored log entries.
+	QueryLog(ctx context.Context, ref RunRef, q LogQuery) (*LogPage, error)
+	// StreamLog calls fn with every stored log entry of the run, in order,
+	// reading in pages so that a long log is never held in memory whole.
+	StreamLog(ctx context.Context, ref RunRef, fn func(entry []byte) error) error
+}
