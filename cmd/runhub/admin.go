@@ -31,7 +31,8 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	projects := fs.String("project", "", "project ids, comma-separated, or * for all")
 	scopes := fs.String("scopes", store.ScopeRead+","+store.ScopeWrite, "task:read, task:write or *")
 	label := fs.String("label", "", "a name to recognise the key by")
-	if err := parseFlags(fs, args); err != nil {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
 		return err
 	}
 	switch sub {
@@ -83,10 +84,10 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return tw.Flush()
 	case "revoke":
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			return usageError{"keys revoke: want one key id"}
 		}
-		id, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+		id, err := strconv.ParseInt(pos[0], 10, 64)
 		if err != nil {
 			return usageError{"keys revoke: the key id is a number (see keys list)"}
 		}
@@ -147,20 +148,13 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	sub, args := args[0], args[1:]
 	fs := newFlags("projects " + sub)
 	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
-	// Accept the name before or after the flags.
-	var name string
-	if sub == "create" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parseFlags(fs, args); err != nil {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
 		return err
 	}
 	switch sub {
 	case "create":
-		if name == "" && fs.NArg() > 0 {
-			name = fs.Arg(0)
-		}
-		if strings.TrimSpace(name) == "" {
+		if len(pos) != 1 || strings.TrimSpace(pos[0]) == "" {
 			return usageError{"projects create: want a NAME"}
 		}
 		st, err := openStore(ctx, *dataDir)
@@ -168,7 +162,7 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		defer st.Close()
-		p, err := st.CreateProject(ctx, name)
+		p, err := st.CreateProject(ctx, pos[0])
 		if err != nil {
 			return err
 		}

@@ -56,8 +56,10 @@ func loadConfig(args []string) (*config, error) {
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
 	format := fs.String("log-format", env("RUNHUB_LOG_FORMAT", "text"), "text or json")
-	if err := parseFlags(fs, args); err != nil {
+	if rest, err := parseFlags(fs, args); err != nil {
 		return nil, err
+	} else if len(rest) > 0 {
+		return nil, usageError{fmt.Sprintf("serve: unexpected argument %q", rest[0])}
 	}
 	c.maxBody = *maxBody
 	if c.maxBody == 0 {
