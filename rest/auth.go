@@ -75,9 +75,6 @@ const (
 	projectCtx
 )
 
-// apiKeyOf returns the authenticated key of a request that passed auth.
-func apiKeyOf(r *http.Request) *store.APIKey { return r.Context().Value(keyCtx).(*store.APIKey) }
-
 // projectOf returns the project id of a request that passed auth.
 func projectOf(r *http.Request) int64 { return r.Context().Value(projectCtx).(int64) }
 

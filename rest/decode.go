@@ -3,6 +3,7 @@ package rest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -54,21 +55,37 @@ func jsonKind(raw json.RawMessage) string {
 
 func isNull(raw json.RawMessage) bool { return jsonKind(raw) == "null" }
 
-// parseBody decodes a request body that must be one JSON object.
-func parseBody(body []byte) (fields, error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return fields{}, nil
+// unmarshalBody decodes a request body that must be one JSON object into v,
+// mapping syntax errors to parse_error and a non-object body to a
+// validation error.
+func unmarshalBody(body []byte, v any) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		body = []byte("{}")
 	}
-	if !json.Valid(body) {
-		return nil, &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "parse_error",
+	err := json.Unmarshal(body, v)
+	if err == nil {
+		return nil
+	}
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) {
+		return &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "parse_error",
 			Detail: "JSON parse error - the request body is not valid JSON."}
 	}
 	if k := jsonKind(body); k != "dict" {
-		return nil, validation("", "invalid_input", fmt.Sprintf("Invalid data. Expected a dictionary, but got %s.", k))
+		return validation("", "invalid_input", fmt.Sprintf("Invalid data. Expected a dictionary, but got %s.", k))
 	}
+	return validation(te.Field, "invalid_input", fmt.Sprintf("Expected %s.", te.Type))
+}
+
+// parseBody decodes a request body that must be one JSON object.
+func parseBody(body []byte) (fields, error) {
 	var f fields
-	if err := json.Unmarshal(body, &f); err != nil {
-		return nil, validation("", "invalid_input", "Invalid data. Expected a dictionary.")
+	if err := unmarshalBody(body, &f); err != nil {
+		return nil, err
+	}
+	if f == nil { // the body was "null"
+		return nil, validation("", "invalid_input", "Invalid data. Expected a dictionary, but got null.")
 	}
 	return f, nil
 }

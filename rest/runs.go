@@ -42,6 +42,11 @@ func decodeRunFields(f fields) (*runFields, error) {
 	if _, rf.environment, err = f.str("environment", false); err != nil {
 		return nil, err
 	}
+	for name, v := range map[string]*string{"status": rf.status, "environment": rf.environment} {
+		if v != nil && *v == "" {
+			return nil, validation(name, "invalid_choice", `"" is not a valid choice.`)
+		}
+	}
 	for _, nf := range []struct {
 		name string
 		dst  ***string

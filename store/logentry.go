@@ -39,21 +39,45 @@ func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
 	if len(raw) == 0 || raw[0] != '{' {
 		return LogEntry{}, ErrEntryNotObject
 	}
-	var top struct {
-		Type         json.RawMessage `json:"type"`
-		Timestamp    json.RawMessage `json:"timestamp"`
-		Notification json.RawMessage `json:"notification"`
-	}
-	if err := json.Unmarshal(raw, &top); err != nil {
-		return LogEntry{}, ErrEntryNotObject
-	}
 	var buf bytes.Buffer
 	buf.Grow(len(raw) + 48)
 	if err := json.Compact(&buf, raw); err != nil {
 		return LogEntry{}, ErrEntryNotObject
 	}
 	data := buf.Bytes()
+	// One decode reaches every field the event type needs. A field of the
+	// wrong JSON type is skipped by encoding/json with an UnmarshalTypeError,
+	// which only means the entry does not follow the agent's shape.
+	var top struct {
+		Type         json.RawMessage `json:"type"`
+		Timestamp    json.RawMessage `json:"timestamp"`
+		Notification struct {
+			Method json.RawMessage `json:"method"`
+			Params struct {
+				Update struct {
+					SessionUpdate json.RawMessage `json:"sessionUpdate"`
+				} `json:"update"`
+			} `json:"params"`
+		} `json:"notification"`
+	}
+	if err := json.Unmarshal(data, &top); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			return LogEntry{}, ErrEntryNotObject
+		}
+	}
+	e := LogEntry{Type: stringOf(top.Type)}
+	if method := stringOf(top.Notification.Method); method != "" {
+		e.Type = method
+		if method == "session/update" {
+			if su := stringOf(top.Notification.Params.Update.SessionUpdate); su != "" {
+				e.Type = su
+			}
+		}
+	}
 	if top.Timestamp == nil {
+		t := now.UTC()
+		e.Time = &t
 		ts, _ := json.Marshal(FormatTime(now))
 		out := make([]byte, 0, len(data)+len(ts)+14)
 		out = append(out, `{"timestamp":`...)
@@ -62,44 +86,13 @@ func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
 			out = append(out, ',')
 		}
 		data = append(out, data[1:]...)
-	}
-	e := LogEntry{Data: data, Type: stringOf(top.Type)}
-	if top.Timestamp == nil {
-		t := now.UTC()
-		e.Time = &t
 	} else if s := stringOf(top.Timestamp); s != "" {
 		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 			t = t.UTC()
 			e.Time = &t
 		}
 	}
-	if len(top.Notification) > 0 && top.Notification[0] == '{' {
-		var n struct {
-			Method json.RawMessage `json:"method"`
-			Params json.RawMessage `json:"params"`
-		}
-		if json.Unmarshal(top.Notification, &n) == nil {
-			method := stringOf(n.Method)
-			if method == "session/update" && len(n.Params) > 0 && n.Params[0] == '{' {
-				var p struct {
-					Update json.RawMessage `json:"update"`
-				}
-				if json.Unmarshal(n.Params, &p) == nil && len(p.Update) > 0 && p.Update[0] == '{' {
-					var u struct {
-						SessionUpdate json.RawMessage `json:"sessionUpdate"`
-					}
-					if json.Unmarshal(p.Update, &u) == nil {
-						if su := stringOf(u.SessionUpdate); su != "" {
-							method = su
-						}
-					}
-				}
-			}
-			if method != "" {
-				e.Type = method
-			}
-		}
-	}
+	e.Data = data
 	return e, nil
 }
 

@@ -66,7 +66,7 @@ func (s *Service) publish(ctx context.Context, runID string, res *store.Mutation
 
 // CreateRun validates and creates a run, then publishes its first state event.
 func (s *Service) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.Run, error) {
-	if err := validateFields(&nr.Status, optPtr(nr.Stage), optPtr(nr.Branch), &nr.Environment, nil); err != nil {
+	if err := validateFields(nonEmpty(nr.Status), optPtr(nr.Stage), optPtr(nr.Branch), nonEmpty(nr.Environment), nil); err != nil {
 		return nil, err
 	}
 	res, err := s.Store.CreateRun(ctx, project, task, nr)
@@ -152,6 +152,14 @@ func (s *Service) AppendLog(ctx context.Context, ref store.RunRef, raw []json.Ra
 	return res, nil
 }
 
+// nonEmpty is nil for "" (a create's "use the default") and &v otherwise.
+func nonEmpty(v string) *string {
+	if v == "" {
+		return nil
+	}
+	return &v
+}
+
 // optPtr turns an optional nullable string into the **string shape PATCH uses.
 func optPtr(p *string) **string {
 	if p == nil {
@@ -170,10 +178,10 @@ func validateIdem(idem *store.Idempotency) error {
 
 // validateFields checks the run fields shared by create and PATCH.
 func validateFields(status *string, stage, branch **string, env *string, idem *store.Idempotency) error {
-	if status != nil && *status != "" && !store.ValidStatus(*status) {
+	if status != nil && !store.ValidStatus(*status) {
 		return &store.ValidationError{Attr: "status", Code: "invalid_choice", Detail: fmt.Sprintf("%q is not a valid choice.", *status)}
 	}
-	if env != nil && *env != "" && *env != store.EnvCloud && *env != store.EnvLocal {
+	if env != nil && *env != store.EnvCloud && *env != store.EnvLocal {
 		return &store.ValidationError{Attr: "environment", Code: "invalid_choice", Detail: fmt.Sprintf("%q is not a valid choice.", *env)}
 	}
 	if err := maxLen("stage", stage, MaxStageLen); err != nil {

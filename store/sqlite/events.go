@@ -50,7 +50,7 @@ func logFilter(rid int64, q store.LogQuery) (string, []any) {
 	b.WriteString(" WHERE rid = ? AND kind = 'log' AND seq > ?")
 	if q.After != nil {
 		b.WriteString(" AND ts > ?")
-		args = append(args, q.After.UnixNano())
+		args = append(args, q.After.UnixMicro())
 	}
 	in := func(op string, types []string) {
 		if len(types) == 0 {

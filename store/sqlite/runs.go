@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -56,10 +57,21 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 	return &r, nil
 }
 
-// findRun loads a run that lives in ref's project and (live) task.
-func findRun(ctx context.Context, q querier, ref store.RunRef) (*runRow, error) {
-	r, err := scanRun(q.QueryRowContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0",
-		ref.RunID, ref.ProjectID, ref.TaskID))
+const updateSeqSQL = "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?"
+
+const findRunSQL = "SELECT " + runColumns + runFrom + "WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0"
+
+// findRun loads a run that lives in ref's project and (live) task, through
+// q (a prepared findRunSQL) or a plain querier.
+func findRun(ctx context.Context, q any, ref store.RunRef) (*runRow, error) {
+	var row *sql.Row
+	switch q := q.(type) {
+	case *sql.Stmt:
+		row = q.QueryRowContext(ctx, ref.RunID, ref.ProjectID, ref.TaskID)
+	case querier:
+		row = q.QueryRowContext(ctx, findRunSQL, ref.RunID, ref.ProjectID, ref.TaskID)
+	}
+	r, err := scanRun(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
 	}
@@ -170,7 +182,7 @@ func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, t
 	r.LastSeq++
 	var tsv any
 	if ts != nil {
-		tsv = ts.UnixNano()
+		tsv = ts.UnixMicro()
 	}
 	if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
 		r.rid, r.LastSeq, kind, typ, tsv, data); err != nil {
@@ -241,7 +253,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	r, err := findRun(ctx, tx, ref)
+	r, err := findRun(ctx, tx.StmtContext(ctx, s.stmts[findRunSQL]), ref)
 	if err != nil {
 		return nil, err
 	}
@@ -355,31 +367,64 @@ func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[stri
 	})
 }
 
+// insertChunk is the most events one INSERT statement carries: 6
+// parameters each stays far below SQLite's parameter limit, and one
+// statement per chunk instead of per entry is most of append_log's speed.
+const insertChunk = 64
+
+// insertEventsSQL returns the INSERT of n events.
+func insertEventsSQL(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES ")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?)")
+	}
+	return b.String()
+}
+
 // AppendLog stores the entries (ephemeral ones excepted) with the run's next
 // seq values, contiguous and in order, and returns every entry as an event
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
 		events := make([]store.Event, 0, len(entries))
-		stored := 0
+		stored := make([]store.Event, 0, len(entries))
+		var stamps []*time.Time
 		for i := range entries {
 			e := &entries[i]
 			if e.Ephemeral() {
 				events = append(events, store.Event{RunID: r.ID, Kind: store.KindChunk, Type: e.Type, Data: e.Data})
 				continue
 			}
-			ev, err := insertEvent(ctx, tx, r, store.KindLog, e.Type, e.Time, e.Data)
-			if err != nil {
-				return nil, err
-			}
+			r.LastSeq++
+			ev := store.Event{RunID: r.ID, Seq: r.LastSeq, Kind: store.KindLog, Type: e.Type, Data: e.Data}
 			events = append(events, ev)
-			stored++
+			stored = append(stored, ev)
+			stamps = append(stamps, e.Time)
 		}
-		if stored == 0 {
+		if len(stored) == 0 {
 			return events, nil
 		}
-		r.LogCount += int64(stored)
-		if _, err := tx.ExecContext(ctx, "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?", r.LastSeq, r.LogCount, r.rid); err != nil {
+		args := make([]any, 0, 6*min(len(stored), insertChunk))
+		for start := 0; start < len(stored); start += insertChunk {
+			chunk := stored[start:min(start+insertChunk, len(stored))]
+			args = args[:0]
+			for i, ev := range chunk {
+				var ts any
+				if t := stamps[start+i]; t != nil {
+					ts = t.UnixMicro()
+				}
+				args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
+			}
+			if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
+				return nil, fmt.Errorf("insert log entries: %w", err)
+			}
+		}
+		r.LogCount += int64(len(stored))
+		if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
 			return nil, fmt.Errorf("update run seq: %w", err)
 		}
 		return events, nil

@@ -40,9 +40,10 @@ const busyTimeout = 10 * time.Second
 
 // Store is the SQLite implementation of store.Store.
 type Store struct {
-	w   *sql.DB // exactly one connection: all writes
-	r   *sql.DB // read-only pool
-	now func() time.Time
+	w     *sql.DB // exactly one connection: all writes
+	r     *sql.DB // read-only pool
+	now   func() time.Time
+	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
 }
 
 var _ store.Store = (*Store)(nil)
@@ -91,6 +92,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		w.Close()
 		return nil, err
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -105,6 +110,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 
 // Close closes both pools.
 func (s *Store) Close() error {
+	for _, st := range s.stmts {
+		st.Close()
+	}
 	err := s.w.Close()
 	if s.r != nil {
 		if e := s.r.Close(); err == nil {
@@ -164,6 +172,33 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// preparedQueries are prepared once on the writer connection at Open:
+// SQLite parses SQL on every unprepared Exec, which costs more than running
+// these small statements, and append_log runs them for every request. They
+// must be prepared before any transaction exists, since the writer pool has
+// one connection and a transaction holds it.
+var preparedQueries = []string{findRunSQL, updateSeqSQL, insertEventsSQL(1), insertEventsSQL(insertChunk)}
+
+func (s *Store) prepare(ctx context.Context) error {
+	s.stmts = make(map[string]*sql.Stmt, len(preparedQueries))
+	for _, q := range preparedQueries {
+		st, err := s.w.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// execTx runs query in tx, through its prepared statement when it has one.
+func (s *Store) execTx(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	if st, ok := s.stmts[query]; ok {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, query, args...)
 }
 
 // micros converts a time to the stored form.

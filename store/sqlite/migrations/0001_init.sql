@@ -64,7 +64,7 @@ CREATE TABLE run_events (
     seq        INTEGER NOT NULL,
     kind       TEXT    NOT NULL,
     event_type TEXT    NOT NULL,
-    ts         INTEGER,          -- entry timestamp, NULL when unparseable
+    ts         INTEGER,          -- entry timestamp (Unix µs), NULL when unparseable
     data       BLOB    NOT NULL, -- compact JSON object
     PRIMARY KEY (rid, seq)
 ) WITHOUT ROWID;

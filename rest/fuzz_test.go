@@ -1,0 +1,102 @@
+package rest
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"runhub/store"
+)
+
+var fuzzSeeds = []string{
+	``,
+	`{}`,
+	`null`,
+	`[]`,
+	`{"entries": []}`,
+	`{"entries": [{"type": "notification", "timestamp": "2026-11-28T21:04:05.123456Z", "notification": {"jsonrpc": "2.0", "method": "session/update", "params": {"update": {"sessionUpdate": "tool_call"}}}}]}`,
+	`{"entries": [{}, 1, "x", null, [], {"a": {"b": [1, 2]}}]}`,
+	`{"entries": {"a": 1}}`,
+	`{"status": "completed", "output": {"a": 1}, "state": {"x": null}, "state_remove_keys": ["x"], "stage": null}`,
+	`{"output": null, "state": null}`,
+	`{"status": 1, "branch": {}, "environment": "mars"}`,
+	"{\"entries\": [{\"timestamp\": \"\xff\xfe\"}]}",
+	`{"a":`,
+}
+
+// wantBadRequest is the fuzz invariant on decoder errors: a client error
+// (*apiError with status 400 or a store.ValidationError, both answered 400),
+// never anything writeError would turn into a 5xx.
+func wantBadRequest(t *testing.T, body []byte, err error) {
+	t.Helper()
+	var ae *apiError
+	var ve *store.ValidationError
+	switch {
+	case errors.As(err, &ae):
+		if ae.Status != http.StatusBadRequest || ae.Type != "validation_error" || ae.Detail == "" {
+			t.Fatalf("body %q: error %+v, want a 400 validation_error", body, ae)
+		}
+	case errors.As(err, &ve):
+	default:
+		t.Fatalf("body %q: error %T %v is neither *apiError nor *store.ValidationError", body, err, err)
+	}
+}
+
+func FuzzDecodeAppendLog(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	now := time.Date(2026, 11, 28, 21, 4, 5, 123456000, time.UTC)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		entries, err := decodeAppendLog(body)
+		if err != nil {
+			wantBadRequest(t, body, err)
+			return
+		}
+		for i, raw := range entries {
+			e, err := store.ParseLogEntry(raw, now)
+			if err != nil {
+				if !errors.Is(err, store.ErrEntryNotObject) {
+					t.Fatalf("entry %d %q: unexpected error type %T %v", i, raw, err, err)
+				}
+				continue
+			}
+			// A parsed entry is one compact JSON object with a timestamp.
+			if len(e.Data) < 2 || e.Data[0] != '{' || e.Data[len(e.Data)-1] != '}' {
+				t.Fatalf("entry %d %q: stored data %q is not an object", i, raw, e.Data)
+			}
+			for _, c := range e.Data {
+				if c == '\n' || c == '\r' {
+					t.Fatalf("entry %d: stored data %q is not one line (JSONL)", i, e.Data)
+				}
+			}
+			if utf8.Valid(raw) && !json.Valid(e.Data) {
+				t.Fatalf("entry %d %q: stored data %q is not valid JSON", i, raw, e.Data)
+			}
+		}
+	})
+}
+
+func FuzzDecodeRunPatch(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p, err := decodeRunPatch(body)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+				t.Fatalf("body %q: error %T %v, want *apiError with status 400", body, err, err)
+			}
+			wantBadRequest(t, body, err)
+			return
+		}
+		// "output": null clears; an object merges; never both.
+		if p.ClearOutput && p.Output != nil {
+			t.Fatalf("body %q: ClearOutput with an output", body)
+		}
+	})
+}
