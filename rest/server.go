@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -88,6 +89,7 @@ func New(cfg Config) *Server {
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	}, []string{"route", "method"})
 	s.reg.MustRegister(s.reqs, s.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.router.Use(recordRoute)
 	s.routes()
 	if cfg.Extra != nil {
 		cfg.Extra(s.router)
@@ -107,15 +109,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 	}
 	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	s.router.ServeHTTP(rw, r)
+	// mux attaches the matched route to a copy of the request; the
+	// middleware installed in New reports it back through this holder.
 	route := "unmatched"
-	if cr := mux.CurrentRoute(r); cr != nil {
-		if tpl, err := cr.GetPathTemplate(); err == nil {
-			route = tpl
-		}
-	}
+	s.router.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeHolderKey{}, &route)))
 	s.reqs.WithLabelValues(route, r.Method, strconv.Itoa(rw.status)).Inc()
 	s.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+}
+
+type routeHolderKey struct{}
+
+// recordRoute stores the matched route's template for the metrics labels.
+func recordRoute(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, ok := r.Context().Value(routeHolderKey{}).(*string); ok {
+			if cr := mux.CurrentRoute(r); cr != nil {
+				if tpl, err := cr.GetPathTemplate(); err == nil {
+					*h = strings.TrimSuffix(tpl, slash)
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // statusWriter records the status code; Unwrap lets http.ResponseController

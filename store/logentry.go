@@ -35,7 +35,7 @@ var ErrEntryNotObject = errors.New("log entry must be a JSON object")
 // the entry's "type". An entry without a "timestamp" gets now, so that
 // session_logs' `after` filter sees every entry.
 func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
-	raw = bytes.TrimSpace(raw)
+	raw = bytes.Trim(raw, " \t\r\n") // JSON's whitespace, nothing more
 	if len(raw) == 0 || raw[0] != '{' {
 		return LogEntry{}, ErrEntryNotObject
 	}
@@ -66,6 +66,11 @@ func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
 			return LogEntry{}, ErrEntryNotObject
 		}
 	}
+	if mayHaveKeyVariant(data) {
+		// encoding/json matches field names case-insensitively; the
+		// contract's keys are exact, so re-read them from a map.
+		exactFields(data, &top.Type, &top.Timestamp, &top.Notification.Method, &top.Notification.Params.Update.SessionUpdate)
+	}
 	e := LogEntry{Type: stringOf(top.Type)}
 	if method := stringOf(top.Notification.Method); method != "" {
 		e.Type = method
@@ -76,9 +81,9 @@ func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
 		}
 	}
 	if top.Timestamp == nil {
-		t := now.UTC()
+		t := now.UTC().Truncate(time.Microsecond) // exactly what is written
 		e.Time = &t
-		ts, _ := json.Marshal(FormatTime(now))
+		ts, _ := json.Marshal(FormatTime(t))
 		out := make([]byte, 0, len(data)+len(ts)+14)
 		out = append(out, `{"timestamp":`...)
 		out = append(out, ts...)
@@ -106,4 +111,72 @@ func stringOf(raw json.RawMessage) string {
 		return ""
 	}
 	return s
+}
+
+// entryKeys are the keys ParseLogEntry reads, exactly as the contract spells them.
+var entryKeys = []string{"timestamp", "type", "notification", "method", "params", "update", "sessionUpdate"}
+
+// mayHaveKeyVariant reports whether data may hold a key that differs from
+// one of entryKeys only by case, or an escaped key. False positives only
+// cost the slower exact path; it never misses a variant.
+func mayHaveKeyVariant(data []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(data[i:], []byte(`":`))
+		if j < 0 {
+			return false
+		}
+		end := i + j
+		i = end + 2
+		key := data[bytes.LastIndexByte(data[:end], '"')+1 : end]
+		if len(key) < len("type") {
+			continue
+		}
+		switch key[0] | 0x20 { // first letters in any case; 0xC5 starts U+017F (long s), which folds to s
+		case 't', 'n', 'm', 'p', 'u', 's', 0xC5 | 0x20:
+		default:
+			continue
+		}
+		if bytes.IndexByte(key, '\\') >= 0 {
+			return true
+		}
+		ascii := true
+		for _, c := range key {
+			if c >= 0x80 {
+				ascii = false
+				break
+			}
+		}
+		for _, k := range entryKeys { // only non-ASCII folds (K, ſ) change the length
+			if len(key) < len(k) || (ascii && len(key) != len(k)) || string(key) == k {
+				continue
+			}
+			if bytes.EqualFold(key, []byte(k)) {
+				return true
+			}
+		}
+	}
+}
+
+// exactFields reads the entry's fields by exact key.
+func exactFields(data []byte, typ, ts, method, sessionUpdate *json.RawMessage) {
+	top := objectOf(data)
+	*typ, *ts = top["type"], nil
+	if v, ok := top["timestamp"]; ok {
+		*ts = v
+	}
+	n := objectOf(top["notification"])
+	*method = n["method"]
+	*sessionUpdate = objectOf(objectOf(n["params"])["update"])["sessionUpdate"]
+}
+
+// objectOf decodes raw as an object, or returns nil.
+func objectOf(raw json.RawMessage) map[string]json.RawMessage {
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	return m
 }

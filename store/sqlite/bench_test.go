@@ -41,8 +41,8 @@ func TestMain(m *testing.M) {
 
 // benchEntry is a realistic agent notification of about 200 bytes.
 func benchEntry(i int) []byte {
-	return fmt.Appendf(nil, `{"type":"notification","timestamp":"2026-11-28T21:%02d:%02d.%06dZ","notification":{"jsonrpc":"2.0",`+
-		`"method":"session/update","params":{"sessionId":"3f1c0c52-9d0e","update":{"sessionUpdate":"tool_call_update",`+
+	return fmt.Appendf(nil, `{"type":"notification","timestamp":"2026-11-28T21:%02d:%02d.%06dZ","notification":{`+
+		`"method":"session/update","params":{"update":{"sessionUpdate":"tool_call_update",`+
 		`"toolCallId":"toolu_%08d","status":"completed"}}}}`, i/60%60, i%60, i%1000000, i)
 }
 

@@ -193,12 +193,12 @@ func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, t
 
 // CreateRun inserts a run and its first task_run_state event.
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
-	now := s.clock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
+	now := s.clock() // read while holding the writer, so time follows seq order
 	_, taskRowid, err := taskRow(ctx, tx, project, task)
 	if err != nil {
 		return nil, err
@@ -247,12 +247,12 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 // nothing; otherwise the run after fn is recorded under the key.
 func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
 	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
-	now := s.clock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
+	now := s.clock() // read while holding the writer, so time follows seq order
 	r, err := findRun(ctx, tx.StmtContext(ctx, s.stmts[findRunSQL]), ref)
 	if err != nil {
 		return nil, err

@@ -60,12 +60,12 @@ func slugPrefix(name string) string {
 
 // CreateTask inserts a task with the project's next task number.
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
-	now := s.clock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
+	now := s.clock() // read while holding the writer, so time follows seq order
 	var name string
 	var number int64
 	err = tx.QueryRowContext(ctx, "UPDATE projects SET next_task_number = next_task_number + 1 WHERE id = ? RETURNING name, next_task_number - 1", project).Scan(&name, &number)

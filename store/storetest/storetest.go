@@ -1402,9 +1402,9 @@ func testQueryLog(t *testing.T, s store.Store) {
 		}
 	})
 
-	t.Run("timestamps beyond 2262", func(t *testing.T) {
-		// Year 3000 is strictly later than 2026; year 1000 is not.
-		knownBug(t, "QueryLog: timestamps outside 1678..2262 overflow the nanosecond ts column")
+	t.Run("timestamps far from now", func(t *testing.T) {
+		// Year 3000 is strictly later than 2026; year 1000 is not (times
+		// outside 1678..2262 do not fit in int64 nanoseconds).
 		other := f.newRun(t)
 		_, err := s.AppendLog(ctx, other, entries(t,
 			`{"n":1,"type":"far","timestamp":"3000-01-01T00:00:00Z"}`,
@@ -1425,8 +1425,8 @@ func testQueryLog(t *testing.T, s store.Store) {
 
 	t.Run("injected timestamp is the filtered timestamp", func(t *testing.T) {
 		// A client that pages with after=<timestamp of the last entry it saw>
-		// must not get that entry again.
-		knownBug(t, "ParseLogEntry: injected Time keeps nanoseconds the written timestamp does not have")
+		// must not get that entry again, even when the receive time had
+		// more precision than the written timestamp.
 		other := f.newRun(t)
 		now := time.Date(2026, 5, 5, 5, 5, 5, 123456789, time.UTC) // not on a microsecond
 		e, err := store.ParseLogEntry([]byte(`{"type":"no_ts"}`), now)
@@ -1443,13 +1443,6 @@ func testQueryLog(t *testing.T, s store.Store) {
 			t.Errorf("after=%s returned the entry stamped %s", v.Timestamp, v.Timestamp)
 		}
 	})
-}
-
-// knownBug skips a check that fails because of a store bug described in the
-// test report; remove the call once the bug is fixed.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	t.Skip("KNOWN STORE BUG, remove this skip once fixed: " + what)
 }
 
 // ---------------------------------------------------------------------------
@@ -1639,6 +1632,49 @@ func testConcurrency(t *testing.T, s store.Store) {
 		noErr(t, err, "GetRun")
 		if run.LogCount != n || run.LastSeq != n+1 {
 			t.Errorf("run log_count %d last_seq %d, want %d %d", run.LogCount, run.LastSeq, n, n+1)
+		}
+	})
+
+	t.Run("state events in time order", func(t *testing.T) {
+		// Concurrent PATCHes are applied one after the other; the later one
+		// (higher seq) must not carry an earlier updated_at.
+		const writers, perWriter = 8, 25
+		f := newFixture(t, s)
+		ref := f.ref()
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		for g := range writers {
+			wg.Go(func() {
+				for i := range perWriter {
+					if _, err := s.UpdateRun(ctx, ref, store.RunPatch{State: raw(fmt.Sprint(g), fmt.Sprint(i))}, nil); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		evs := allEvents(t, s, f.run.ID)
+		if len(evs) != writers*perWriter+1 {
+			t.Fatalf("%d events, want %d", len(evs), writers*perWriter+1)
+		}
+		prev := ""
+		for _, ev := range evs {
+			var se stateEvent
+			noErr(t, json.Unmarshal(ev.Data, &se), "decode state event")
+			if se.UpdatedAt < prev {
+				t.Fatalf("event %d updated_at %s is before the previous event's %s", ev.Seq, se.UpdatedAt, prev)
+			}
+			prev = se.UpdatedAt
+		}
+		run, err := s.GetRun(ctx, ref)
+		noErr(t, err, "GetRun")
+		if got := store.FormatTime(run.UpdatedAt); got != prev {
+			t.Errorf("run updated_at %s, want the last event's %s", got, prev)
 		}
 	})
 
