@@ -100,3 +100,24 @@ func FuzzDecodeRunPatch(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeTask exercises the task create/PATCH decoder (json_schema is
+// compiled here too): never a panic, errors are 400s.
+func FuzzDecodeTask(f *testing.F) {
+	for _, s := range append(fuzzSeeds,
+		`{"title": "Fix", "repository": "Org/Repo", "origin_product": "slack", "json_schema": {"type": "object", "required": ["pr_url"]}}`,
+		`{"title": "", "json_schema": {"$ref": "file:///etc/passwd"}}`,
+		`{"title": "x", "json_schema": {"$ref": "https://example.com/s.json"}}`,
+		`{"title": "x", "description": null, "repository": null, "json_schema": true}`) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fs, err := parseBody(body)
+		if err == nil {
+			_, err = taskFields(fs, true)
+		}
+		if err != nil {
+			wantBadRequest(t, body, err)
+		}
+	})
+}
