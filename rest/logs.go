@@ -3,6 +3,7 @@ package rest
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -69,7 +70,7 @@ func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
 		return bw.WriteByte('\n')
 	})
 	if bw == nil {
-		if err == store.ErrNotFound {
+		if errors.Is(err, store.ErrNotFound) {
 			return s.whichNotFound(r, ref.TaskID)
 		}
 		if err != nil {
@@ -128,7 +129,7 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) error {
 		lq.AfterSeq = n
 	}
 	p, err := s.store.QueryLog(r.Context(), ref, lq)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return s.whichNotFound(r, ref.TaskID)
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -106,7 +107,7 @@ func (s *Server) runOf(r *http.Request) (*store.Run, error) {
 
 func (s *Server) getRunChecked(r *http.Request, ref store.RunRef) (*store.Run, error) {
 	run, err := s.store.GetRun(r.Context(), ref)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, s.whichNotFound(r, ref.TaskID)
 	}
 	return run, err
@@ -114,7 +115,7 @@ func (s *Server) getRunChecked(r *http.Request, ref store.RunRef) (*store.Run, e
 
 // whichNotFound tells "Task not found" from a missing run.
 func (s *Server) whichNotFound(r *http.Request, task string) error {
-	if _, err := s.store.GetTask(r.Context(), projectOf(r), task); err == store.ErrNotFound {
+	if _, err := s.store.GetTask(r.Context(), projectOf(r), task); errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	} else if err != nil {
 		return err

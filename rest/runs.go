@@ -3,6 +3,7 @@ package rest
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 
@@ -85,7 +86,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 	}
 	p := parsePage(r)
 	rs, total, err := s.store.ListRuns(r.Context(), projectOf(r), task, p.limit, p.offset)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	}
 	if err != nil {
@@ -117,7 +118,7 @@ func (s *Server) createRun(w http.ResponseWriter, r *http.Request) error {
 		nr.Environment = *rf.environment
 	}
 	run, err := s.runs.CreateRun(r.Context(), projectOf(r), task, nr)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	}
 	if err != nil {
@@ -139,7 +140,7 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
 // mutationDone answers a run mutation, translating a missing run into the
 // right 404.
 func (s *Server) mutationDone(w http.ResponseWriter, r *http.Request, ref store.RunRef, res *store.MutationResult, err error) error {
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return s.whichNotFound(r, ref.TaskID)
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -140,7 +141,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t, err := s.store.GetTask(r.Context(), projectOf(r), id)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	}
 	if err != nil {
@@ -164,7 +165,7 @@ func (s *Server) updateTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t, err := s.store.UpdateTask(r.Context(), projectOf(r), id, p)
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	}
 	if err != nil {
@@ -179,7 +180,7 @@ func (s *Server) deleteTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeleteTask(r.Context(), projectOf(r), id); err == store.ErrNotFound {
+	if err := s.store.DeleteTask(r.Context(), projectOf(r), id); errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	} else if err != nil {
 		return err
@@ -198,7 +199,7 @@ func (s *Server) runTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	_, err = s.runs.CreateRun(r.Context(), projectOf(r), id, store.NewRun{Status: store.StatusQueued})
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return errTaskNotFound
 	}
 	if err != nil {

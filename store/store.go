@@ -300,9 +300,9 @@ type Store interface {
 	SetOutput(ctx context.Context, ref RunRef, output map[string]json.RawMessage, idem *Idempotency) (*MutationResult, error)
 	AppendLog(ctx context.Context, ref RunRef, entries []LogEntry, idem *Idempotency) (*MutationResult, error)
 
-	// Events returns up to limit events of run with seq > after, in order.
+	// Events returns up to limit (> 0) events of run with seq > after, in order.
 	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)
-	// QueryLog returns a filtered page of stored log entries.
+	// QueryLog returns a filtered page of stored log entries; q.Limit must be > 0.
 	QueryLog(ctx context.Context, ref RunRef, q LogQuery) (*LogPage, error)
 	// StreamLog calls fn with every stored log entry of the run, in order,
 	// reading in pages so that a long log is never held in memory whole.
