@@ -65,7 +65,17 @@ func (s *Server) routes() {
 	later(runPath+"/command", http.MethodPost, write)
 	later(runPath+"/connection_token", http.MethodGet, read)
 	later(runPath+"/relay_message", http.MethodPost, write)
-	later(runPath+"/stream", http.MethodGet, read)
+	if s.stream == nil {
+		later(runPath+"/stream", http.MethodGet, read)
+	} else {
+		handle(runPath+"/stream", http.MethodGet, read, func(w http.ResponseWriter, r *http.Request) error {
+			run, err := s.runOf(r)
+			if err != nil {
+				return err
+			}
+			return s.stream(w, r, run)
+		})
+	}
 }
 
 // pathUUID returns the canonical form of a UUID path variable; anything

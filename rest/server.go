@@ -40,6 +40,9 @@ type Config struct {
 	RateLimit    *RateLimit // nil: no rate limit (the embedded default)
 	// Ready reports extra readiness conditions (the broker); nil: store only.
 	Ready func(ctx context.Context) error
+	// Stream serves GET .../runs/{id}/stream for an authorised run (the hub);
+	// it returns an error only before the response started. nil: 501.
+	Stream func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	// Extra mounts more handlers (hub, proxy, web) on the router.
 	Extra func(r *mux.Router)
 }
@@ -52,6 +55,7 @@ type Server struct {
 	maxBody int64
 	limiter *limiter
 	ready   func(ctx context.Context) error
+	stream  func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	router  *mux.Router
 	reg     *prometheus.Registry
 	reqs    *prometheus.CounterVec
@@ -66,6 +70,7 @@ func New(cfg Config) *Server {
 		log:     cfg.Logger,
 		maxBody: cfg.MaxBodyBytes,
 		ready:   cfg.Ready,
+		stream:  cfg.Stream,
 		router:  mux.NewRouter().SkipClean(true),
 		reg:     prometheus.NewRegistry(),
 	}

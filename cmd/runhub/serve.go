@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"runhub/hub"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -117,11 +118,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	opts := &slog.HandlerOptions{Level: cfg.logLevel}
-	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	var lh slog.Handler = slog.NewTextHandler(stderr, opts)
 	if cfg.logJSON {
-		h = slog.NewJSONHandler(stderr, opts)
+		lh = slog.NewJSONHandler(stderr, opts)
 	}
-	log := slog.New(h)
+	log := slog.New(lh)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -135,9 +136,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	h := hub.New(hub.Config{Store: st, Logger: log})
 	api := rest.New(rest.Config{
 		Store:        st,
-		Runs:         &runs.Service{Store: st},
+		Runs:         &runs.Service{Store: st, Pub: h},
+		Stream:       h.ServeStream,
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,
@@ -146,12 +149,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// Streams never finish by themselves: cancel their contexts when the
+	// shutdown starts so that Shutdown can wait for the rest.
+	baseCtx, cancelStreams := context.WithCancel(context.Background())
+	defer cancelStreams()
 	srv := &http.Server{
 		Handler:           api,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(h, slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(lh, slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(cancelStreams)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("runhub listening", "addr", ln.Addr().String(), "url", publicURL(ln.Addr()), "data_dir", cfg.dataDir,

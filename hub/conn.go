@@ -1,0 +1,159 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+
+	"runhub/store"
+)
+
+// kind is a connection's wire format.
+type kind int
+
+const (
+	kindSSE kind = iota
+	kindWS
+)
+
+// errSlowConsumer: the connection's queue overflowed.
+var errSlowConsumer = errors.New("slow consumer")
+
+// errStreamEnded: the run is terminal and every event was sent.
+var errStreamEnded = errors.New("stream ended")
+
+// conn is one client connection: a bounded queue of encoded frames filled by
+// Deliver and drained by the connection's own writer goroutine (the HTTP
+// handler), which also catches subscriptions up from the store. While idle
+// it holds no buffer.
+type conn struct {
+	kind  kind
+	limit int
+	// write sends frames to the client, coalesced where the transport can.
+	write func(ctx context.Context, frames [][]byte) error
+
+	mu       sync.Mutex
+	frames   [][]byte
+	bytes    int
+	catchups []*sub
+	slow     bool
+	end      bool // an end frame is queued: close after sending it
+	signal   chan struct{}
+}
+
+func newConn(k kind, limit int, write func(ctx context.Context, frames [][]byte) error) *conn {
+	return &conn{kind: k, limit: limit, write: write, signal: make(chan struct{}, 1)}
+}
+
+func (c *conn) wake() {
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue adds a frame, or marks the connection slow when it would overflow
+// the queue. It never blocks.
+func (c *conn) enqueue(frame []byte, end bool) {
+	c.mu.Lock()
+	if c.slow {
+		c.mu.Unlock()
+		return
+	}
+	if c.bytes+len(frame) > c.limit {
+		c.slow, c.frames, c.bytes = true, nil, 0
+	} else {
+		c.frames = append(c.frames, frame)
+		c.bytes += len(frame)
+		c.end = c.end || end
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+func (c *conn) needCatchUp(s *sub) {
+	c.mu.Lock()
+	c.catchups = append(c.catchups, s)
+	c.mu.Unlock()
+	c.wake()
+}
+
+// flush writes everything queued, then catches up the subscriptions that
+// need it (in that order, so that a subscription's queued frames, which
+// precede its cursor, go out before what the store adds after it).
+func (c *conn) flush(ctx context.Context, h *Hub) error {
+	for {
+		c.mu.Lock()
+		frames, slow, end, catchups := c.frames, c.slow, c.end, c.catchups
+		c.frames, c.bytes, c.catchups = nil, 0, nil
+		c.mu.Unlock()
+		if slow {
+			return errSlowConsumer
+		}
+		if len(frames) > 0 {
+			if err := c.write(ctx, frames); err != nil {
+				return err
+			}
+		}
+		if end {
+			return errStreamEnded
+		}
+		if len(catchups) == 0 {
+			return nil
+		}
+		for _, s := range catchups {
+			if err := h.catchUp(ctx, s); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Frame encodings. Event data is compact JSON (no newline), so an SSE data
+// line never needs splitting.
+
+func sseFrame(ev store.Event) []byte {
+	b := make([]byte, 0, len(ev.Data)+32)
+	if ev.Seq > 0 {
+		b = append(b, "id: "...)
+		b = strconv.AppendInt(b, ev.Seq, 10)
+		b = append(b, '\n')
+	}
+	b = append(b, "data: "...)
+	b = append(b, ev.Data...)
+	return append(b, '\n', '\n')
+}
+
+// wsFrame is a JSON-RPC 2.0 notification:
+// {"jsonrpc":"2.0","method":"event","params":{"run_id","seq","event"}};
+// seq is absent on ephemeral events.
+func wsFrame(runID string, ev store.Event) []byte {
+	id, _ := json.Marshal(runID)
+	b := make([]byte, 0, len(ev.Data)+len(id)+80)
+	b = append(b, `{"jsonrpc":"2.0","method":"event","params":{"run_id":`...)
+	b = append(b, id...)
+	if ev.Seq > 0 {
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendInt(b, ev.Seq, 10)
+	}
+	b = append(b, `,"event":`...)
+	b = append(b, ev.Data...)
+	return append(b, "}}"...)
+}
+
+var sseKeepAlive = []byte("event: keepalive\ndata: {\"type\":\"keepalive\"}\n\n")
+
+func endFrame(k kind, runID, status string) []byte {
+	if k == kindSSE {
+		b, _ := json.Marshal(struct {
+			Type   string `json:"type"`
+			Status string `json:"status"`
+		}{"stream-end", status})
+		return append(append([]byte("event: stream-end\ndata: "), b...), '\n', '\n')
+	}
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "stream_end",
+		"params": map[string]string{"run_id": runID, "status": status}})
+	return b
+}

@@ -1,0 +1,171 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"runhub/store"
+)
+
+// Close codes of the contract.
+const (
+	closeSlowConsumer websocket.StatusCode = 4008
+)
+
+// startAfter resolves where a stream starts: Last-Event-ID or ?after= (the
+// seq already seen), ?start=latest (after the newest event), else from the
+// first event.
+func startAfter(r *http.Request, run *store.Run) (int64, error) {
+	v := r.Header.Get("Last-Event-ID")
+	attr := "Last-Event-ID"
+	if v == "" {
+		v, attr = r.URL.Query().Get("after"), "after"
+	}
+	if v != "" {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n < 0 {
+			return 0, store.Invalid(attr, "%s must be a non-negative event seq.", attr)
+		}
+		return n, nil
+	}
+	if r.URL.Query().Get("start") == "latest" {
+		return run.LastSeq, nil
+	}
+	return 0, nil
+}
+
+// ServeStream serves GET .../runs/{id}/stream for an authorised run: a
+// WebSocket when the request asks for an upgrade, else SSE. It returns an
+// error only before the response has started.
+func (h *Hub) ServeStream(w http.ResponseWriter, r *http.Request, run *store.Run) error {
+	after, err := startAfter(r, run)
+	if err != nil {
+		return err
+	}
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return h.serveWS(w, r, run, after)
+	}
+	h.serveSSE(w, r, run, after)
+	return nil
+}
+
+func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) {
+	rc := http.NewResponseController(w)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc.Flush()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	write := func(_ context.Context, frames [][]byte) error {
+		rc.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout))
+		for _, f := range frames { // buffered by the server; one flush sends them together
+			if _, err := w.Write(f); err != nil {
+				return err
+			}
+		}
+		return rc.Flush()
+	}
+	c := newConn(kindSSE, h.cfg.QueueBytes, write)
+	s, _ := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
+	defer h.unsubscribe(s)
+	keepAlive := time.NewTicker(h.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		if err := c.flush(ctx, h); err != nil {
+			h.logEnd(ctx, run.ID, "sse", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.signal:
+		case <-keepAlive.C:
+			if err := write(ctx, [][]byte{sseKeepAlive}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) error {
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return nil // Accept has answered the request
+	}
+	defer ws.CloseNow()
+	// CloseRead answers pings and the close handshake; this stream takes no
+	// client messages.
+	ctx, cancel := context.WithCancel(ws.CloseRead(r.Context()))
+	defer cancel()
+	go h.pingLoop(ctx, ws)
+	write := func(ctx context.Context, frames [][]byte) error {
+		for _, f := range frames {
+			wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+			err := ws.Write(wctx, websocket.MessageText, f)
+			wcancel()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	c := newConn(kindWS, h.cfg.QueueBytes, write)
+	s, _ := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
+	defer h.unsubscribe(s)
+	for {
+		if err := c.flush(ctx, h); err != nil {
+			h.logEnd(ctx, run.ID, "ws", err)
+			switch {
+			case errors.Is(err, errSlowConsumer):
+				ws.Close(closeSlowConsumer, "slow consumer")
+			case errors.Is(err, errStreamEnded):
+				ws.Close(websocket.StatusNormalClosure, "stream ended")
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.signal:
+		}
+	}
+}
+
+// pingLoop closes the connection when a ping goes unanswered.
+func (h *Hub) pingLoop(ctx context.Context, ws *websocket.Conn) {
+	t := time.NewTicker(h.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, h.cfg.PongTimeout)
+			err := ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				ws.CloseNow()
+				return
+			}
+		}
+	}
+}
+
+func (h *Hub) logEnd(ctx context.Context, runID, transport string, err error) {
+	switch {
+	case errors.Is(err, errStreamEnded), ctx.Err() != nil:
+	case errors.Is(err, errSlowConsumer):
+		h.log.Info("slow consumer disconnected", "run_id", runID, "transport", transport)
+	default:
+		h.log.Debug("stream closed", "run_id", runID, "transport", transport, "err", err)
+	}
+}

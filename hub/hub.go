@@ -1,0 +1,358 @@
+// Package hub fans each run's event stream out to live subscribers (SSE and
+// WebSocket) on this node, fed by a Broker that carries news between nodes.
+//
+// Guarantees: every subscriber receives every stored event of its run
+// exactly once and in seq order, starting after the seq it asked for. The
+// store is the source of truth and the broker only carries news: a
+// subscriber takes a broker message only when it continues its cursor; on a
+// gap (a lost or reordered message) or when it starts, it reads the store
+// until it has caught up, then goes live again. Each event is encoded once
+// per transport, not once per subscriber. A subscriber whose bounded
+// outbound queue overflows is disconnected ("slow consumer") and never
+// delays the others; it can resume with its last seq. Ephemeral events
+// (agent_message_chunk, seq 0) are delivered best effort to live
+// subscribers only.
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+
+	"runhub/hub/memory"
+	"runhub/store"
+)
+
+// Defaults; tests may shrink them.
+const (
+	// DefaultQueueBytes bounds one connection's unsent frames: generous for
+	// bursts of large log entries, small enough that 10,000 stuck clients
+	// cannot exhaust memory.
+	DefaultQueueBytes = 1 << 20
+	// DefaultWriteTimeout: a write that takes longer means the client stopped
+	// reading; drop it rather than hold its queue.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultKeepAlive is the contract's SSE keepalive interval; proxies
+	// commonly cut idle responses after 30-60 s.
+	DefaultKeepAlive = 20 * time.Second
+	// DefaultPingInterval and DefaultPongTimeout are the contract's WebSocket
+	// liveness check.
+	DefaultPingInterval = 25 * time.Second
+	DefaultPongTimeout  = 10 * time.Second
+	// catchUpPage is how many events one store read returns while a
+	// subscriber catches up.
+	catchUpPage = 500
+)
+
+// EventSource is the store as the hub needs it.
+type EventSource interface {
+	Events(ctx context.Context, runID string, after int64, limit int) ([]store.Event, error)
+}
+
+// Broker carries committed events between hub nodes. Publish is called after
+// the store commit; the broker calls the handler given to Start with every
+// message for a run this node subscribed to (including its own).
+type Broker interface {
+	Publish(ctx context.Context, runID string, events []store.Event) error
+	Subscribe(ctx context.Context, runID string) error
+	Unsubscribe(ctx context.Context, runID string) error
+}
+
+// Config configures a Hub.
+type Config struct {
+	Store EventSource
+	// NewBroker builds the broker, given the hub's delivery callback; nil:
+	// the in-process broker (hub/memory).
+	NewBroker    func(deliver func(runID string, events []store.Event)) Broker
+	Logger       *slog.Logger
+	QueueBytes   int
+	WriteTimeout time.Duration
+	KeepAlive    time.Duration
+	PingInterval time.Duration
+	PongTimeout  time.Duration
+}
+
+// Hub is one node's fan-out.
+type Hub struct {
+	cfg    Config
+	src    EventSource
+	broker Broker
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	runs map[string]*runState
+}
+
+// runState is the subscribers of one run on this node.
+type runState struct {
+	id      string
+	mu      sync.Mutex
+	lastSeq int64 // highest seq known to exist (from the broker or the store)
+	subs    map[*sub]struct{}
+}
+
+// sub is one subscription: a connection following a run. cursor, live,
+// status and ended are guarded by run.mu.
+type sub struct {
+	run    *runState
+	c      *conn
+	cursor int64  // last seq queued or written to the client
+	live   bool   // taking broker messages; false while catching up from the store
+	status string // run status as of the last state event the client got
+	ended  bool
+}
+
+// New builds a hub. With no broker it uses an in-process one.
+func New(cfg Config) *Hub {
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = DefaultPingInterval
+	}
+	if cfg.PongTimeout <= 0 {
+		cfg.PongTimeout = DefaultPongTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}}
+	if cfg.NewBroker != nil {
+		h.broker = cfg.NewBroker(h.Deliver)
+	} else {
+		h.broker = memory.New(h.Deliver)
+	}
+	return h
+}
+
+// Publish hands committed events to the broker (runs.Publisher). A failure
+// loses nothing: subscribers find the events in the store at the next gap.
+func (h *Hub) Publish(ctx context.Context, runID string, events []store.Event) {
+	if err := h.broker.Publish(ctx, runID, events); err != nil {
+		h.log.WarnContext(ctx, "publish failed; subscribers will backfill", "run_id", runID, "err", err)
+	}
+}
+
+// batch is one broker message with its lazily built encodings, shared by
+// every subscriber of the run.
+type batch struct {
+	runID  string
+	events []store.Event
+	sse    [][]byte
+	ws     [][]byte
+	status []string
+}
+
+func newBatch(runID string, events []store.Event) *batch {
+	return &batch{runID: runID, events: events}
+}
+
+func (b *batch) frame(i int, k kind) []byte {
+	switch k {
+	case kindSSE:
+		if b.sse == nil {
+			b.sse = make([][]byte, len(b.events))
+		}
+		if b.sse[i] == nil {
+			b.sse[i] = sseFrame(b.events[i])
+		}
+		return b.sse[i]
+	default:
+		if b.ws == nil {
+			b.ws = make([][]byte, len(b.events))
+		}
+		if b.ws[i] == nil {
+			b.ws[i] = wsFrame(b.runID, b.events[i])
+		}
+		return b.ws[i]
+	}
+}
+
+// statusOf returns the run status a task_run_state event carries, or "".
+func statusOf(ev store.Event) string {
+	if ev.Kind != store.KindRunState {
+		return ""
+	}
+	var s struct {
+		Status string `json:"status"`
+	}
+	json.Unmarshal(ev.Data, &s)
+	return s.Status
+}
+
+func (b *batch) statusAt(i int) string {
+	if b.status == nil {
+		b.status = make([]string, len(b.events))
+		for j, ev := range b.events {
+			b.status[j] = statusOf(ev)
+		}
+	}
+	return b.status[i]
+}
+
+// Deliver is the broker's callback: fan one message out to this node's
+// subscribers of the run.
+func (h *Hub) Deliver(runID string, events []store.Event) {
+	h.mu.Lock()
+	rs := h.runs[runID]
+	h.mu.Unlock()
+	if rs == nil || len(events) == 0 {
+		return
+	}
+	b := newBatch(runID, events)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, ev := range events {
+		rs.lastSeq = max(rs.lastSeq, ev.Seq)
+	}
+	for s := range rs.subs {
+		if !s.live {
+			s.c.wake() // a catching-up subscriber re-checks lastSeq
+			continue
+		}
+		for i, ev := range events {
+			if ev.Seq == 0 {
+				s.c.enqueue(b.frame(i, s.c.kind), false)
+				continue
+			}
+			if ev.Seq <= s.cursor {
+				continue // already sent (from the store, or a duplicate)
+			}
+			if ev.Seq != s.cursor+1 {
+				s.live = false // a gap: read the store
+				s.c.needCatchUp(s)
+				break
+			}
+			s.cursor = ev.Seq
+			if st := b.statusAt(i); st != "" {
+				s.status = st
+			}
+			s.c.enqueue(b.frame(i, s.c.kind), false)
+		}
+		h.maybeEnd(rs, s)
+	}
+}
+
+// maybeEnd ends a live subscription whose run is terminal and drained.
+// Called with rs.mu held.
+func (h *Hub) maybeEnd(rs *runState, s *sub) {
+	if s.live && !s.ended && store.IsTerminal(s.status) && s.cursor >= rs.lastSeq {
+		s.ended = true
+		delete(rs.subs, s)
+		s.c.enqueue(endFrame(s.c.kind, rs.id, s.status), true)
+	}
+}
+
+// subscribe registers s (not live yet: its connection catches it up first).
+func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastSeq int64, status string) (*sub, error) {
+	h.mu.Lock()
+	rs := h.runs[runID]
+	created := rs == nil
+	if created {
+		rs = &runState{id: runID, subs: map[*sub]struct{}{}}
+		h.runs[runID] = rs
+	}
+	h.mu.Unlock()
+	if created {
+		// Subscribe before the first store read, so that nothing published
+		// after that read can be missed.
+		if err := h.broker.Subscribe(ctx, runID); err != nil {
+			h.log.WarnContext(ctx, "broker subscribe failed; the store check covers it", "run_id", runID, "err", err)
+		}
+	}
+	s := &sub{run: rs, c: c, cursor: after, status: status}
+	rs.mu.Lock()
+	rs.lastSeq = max(rs.lastSeq, lastSeq)
+	rs.subs[s] = struct{}{}
+	rs.mu.Unlock()
+	c.needCatchUp(s)
+	return s, nil
+}
+
+// unsubscribe removes s; the last subscriber of a run on this node drops the
+// broker subscription.
+func (h *Hub) unsubscribe(s *sub) {
+	rs := s.run
+	rs.mu.Lock()
+	delete(rs.subs, s)
+	empty := len(rs.subs) == 0
+	rs.mu.Unlock()
+	if !empty {
+		return
+	}
+	h.mu.Lock()
+	if cur := h.runs[rs.id]; cur == rs {
+		rs.mu.Lock()
+		if len(rs.subs) == 0 {
+			delete(h.runs, rs.id)
+		} else {
+			empty = false
+		}
+		rs.mu.Unlock()
+	}
+	h.mu.Unlock()
+	if empty {
+		if err := h.broker.Unsubscribe(context.Background(), rs.id); err != nil {
+			h.log.Warn("broker unsubscribe failed", "run_id", rs.id, "err", err)
+		}
+	}
+}
+
+// catchUp reads the store after s.cursor and writes what it finds until the
+// subscriber has everything the hub knows of, then makes it live.
+func (h *Hub) catchUp(ctx context.Context, s *sub) error {
+	rs := s.run
+	for {
+		rs.mu.Lock()
+		after, ended := s.cursor, s.ended
+		rs.mu.Unlock()
+		if ended {
+			return nil
+		}
+		evs, err := h.src.Events(ctx, rs.id, after, catchUpPage)
+		if err != nil {
+			return err
+		}
+		if len(evs) > 0 {
+			b := newBatch(rs.id, evs)
+			frames := make([][]byte, len(evs))
+			status := ""
+			for i := range evs {
+				frames[i] = b.frame(i, s.c.kind)
+				if st := b.statusAt(i); st != "" {
+					status = st
+				}
+			}
+			if err := s.c.write(ctx, frames); err != nil {
+				return err
+			}
+			rs.mu.Lock()
+			s.cursor = evs[len(evs)-1].Seq
+			if status != "" {
+				s.status = status
+			}
+			rs.lastSeq = max(rs.lastSeq, s.cursor)
+			rs.mu.Unlock()
+		}
+		if len(evs) < catchUpPage {
+			rs.mu.Lock()
+			if rs.lastSeq <= s.cursor {
+				s.live = true
+				h.maybeEnd(rs, s)
+			}
+			live := s.live
+			rs.mu.Unlock()
+			if live {
+				return nil
+			}
+		}
+	}
+}
