@@ -40,6 +40,7 @@ type conn struct {
 	catchups []*sub
 	slow     bool
 	end      bool // an end frame is queued: close after sending it
+	mux      bool // /ws: many runs; the end of one does not close the connection
 	signal   chan struct{}
 }
 
@@ -67,7 +68,7 @@ func (c *conn) enqueue(frame []byte, end bool) {
 	} else {
 		c.frames = append(c.frames, frame)
 		c.bytes += len(frame)
-		c.end = c.end || end
+		c.end = c.end || (end && !c.mux)
 	}
 	c.mu.Unlock()
 	c.wake()

@@ -75,7 +75,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 		return rc.Flush()
 	}
 	c := newConn(kindSSE, h.cfg.QueueBytes, write)
-	s, _ := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
+	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	keepAlive := time.NewTicker(h.cfg.KeepAlive)
 	defer keepAlive.Stop()
@@ -119,7 +119,7 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		return nil
 	}
 	c := newConn(kindWS, h.cfg.QueueBytes, write)
-	s, _ := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
+	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	for {
 		if err := c.flush(ctx, h); err != nil {

@@ -251,8 +251,17 @@ func (h *Hub) maybeEnd(rs *runState, s *sub) {
 	}
 }
 
-// subscribe registers s (not live yet: its connection catches it up first).
-func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastSeq int64, status string) (*sub, error) {
+// subscribe registers a subscription and has its connection catch it up
+// from the store before it goes live.
+func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastSeq int64, status string) *sub {
+	s := h.register(ctx, c, runID, after, lastSeq, status)
+	c.needCatchUp(s)
+	return s
+}
+
+// register adds a subscription that is not live yet; the caller queues its
+// catch-up (after replying, on /ws).
+func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSeq int64, status string) *sub {
 	h.mu.Lock()
 	rs := h.runs[runID]
 	created := rs == nil
@@ -273,8 +282,7 @@ func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastS
 	rs.lastSeq = max(rs.lastSeq, lastSeq)
 	rs.subs[s] = struct{}{}
 	rs.mu.Unlock()
-	c.needCatchUp(s)
-	return s, nil
+	return s
 }
 
 // unsubscribe removes s; the last subscriber of a run on this node drops the
@@ -282,6 +290,7 @@ func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastS
 func (h *Hub) unsubscribe(s *sub) {
 	rs := s.run
 	rs.mu.Lock()
+	s.ended = true // a pending catch-up stops
 	delete(rs.subs, s)
 	empty := len(rs.subs) == 0
 	rs.mu.Unlock()

@@ -146,3 +146,27 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 	ctx = context.WithValue(ctx, projectCtx, project)
 	return h(w, r.WithContext(ctx))
 }
+
+// serveWS authenticates a /ws connection (API key, task:read) and hands it
+// to the hub with an authorizer that admits the runs of the key's projects.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	key, err := s.authenticate(r)
+	if err == nil && !key.HasScope(store.ScopeRead) {
+		err = missingScope(store.ScopeRead)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.ws(w, r, func(ctx context.Context, runID string) (*store.Run, error) {
+		run, err := s.store.RunByID(ctx, runID)
+		if err != nil {
+			return nil, err
+		}
+		if !key.CanReach(run.ProjectID) {
+			// Another project's run is indistinguishable from a missing one.
+			return nil, store.ErrNotFound
+		}
+		return run, nil
+	})
+}

@@ -65,6 +65,9 @@ func (s *Server) routes() {
 	later(runPath+"/command", http.MethodPost, write)
 	later(runPath+"/connection_token", http.MethodGet, read)
 	later(runPath+"/relay_message", http.MethodPost, write)
+	if s.ws != nil {
+		r.Handle("/ws"+slash, http.HandlerFunc(s.serveWS)).Methods(http.MethodGet)
+	}
 	if s.stream == nil {
 		later(runPath+"/stream", http.MethodGet, read)
 	} else {

@@ -43,6 +43,9 @@ type Config struct {
 	// Stream serves GET .../runs/{id}/stream for an authorised run (the hub);
 	// it returns an error only before the response started. nil: 501.
 	Stream func(w http.ResponseWriter, r *http.Request, run *store.Run) error
+	// WS serves the multiplexed GET /ws endpoint for an authenticated
+	// caller; authorize resolves the runs it may follow. nil: not mounted.
+	WS func(w http.ResponseWriter, r *http.Request, authorize func(ctx context.Context, runID string) (*store.Run, error))
 	// Extra mounts more handlers (hub, proxy, web) on the router.
 	Extra func(r *mux.Router)
 }
@@ -56,6 +59,7 @@ type Server struct {
 	limiter *limiter
 	ready   func(ctx context.Context) error
 	stream  func(w http.ResponseWriter, r *http.Request, run *store.Run) error
+	ws      func(w http.ResponseWriter, r *http.Request, authorize func(ctx context.Context, runID string) (*store.Run, error))
 	router  *mux.Router
 	reg     *prometheus.Registry
 	reqs    *prometheus.CounterVec
@@ -71,6 +75,7 @@ func New(cfg Config) *Server {
 		maxBody: cfg.MaxBodyBytes,
 		ready:   cfg.Ready,
 		stream:  cfg.Stream,
+		ws:      cfg.WS,
 		router:  mux.NewRouter().SkipClean(true),
 		reg:     prometheus.NewRegistry(),
 	}

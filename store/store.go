@@ -24,6 +24,8 @@ import (
 var (
 	// ErrNotFound: the project, task, run or key does not exist (in the scope asked).
 	ErrNotFound = errors.New("not found")
+	// ErrForbidden: the caller is authenticated but may not act on this object.
+	ErrForbidden = errors.New("forbidden")
 	// ErrIdempotencyMismatch: an Idempotency-Key was reused with a different request.
 	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
 )
@@ -295,6 +297,9 @@ type Store interface {
 
 	CreateRun(ctx context.Context, project int64, task string, r NewRun) (*MutationResult, error)
 	GetRun(ctx context.Context, ref RunRef) (*Run, error)
+	// RunByID finds a run of a live task by id alone; callers check that
+	// the caller may reach its project.
+	RunByID(ctx context.Context, id string) (*Run, error)
 	ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]Run, int64, error)
 	UpdateRun(ctx context.Context, ref RunRef, p RunPatch, idem *Idempotency) (*MutationResult, error)
 	SetOutput(ctx context.Context, ref RunRef, output map[string]json.RawMessage, idem *Idempotency) (*MutationResult, error)

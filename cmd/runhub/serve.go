@@ -141,6 +141,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Store:        st,
 		Runs:         &runs.Service{Store: st, Pub: h},
 		Stream:       h.ServeStream,
+		WS:           h.ServeWS,
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,

@@ -90,6 +90,18 @@ func (s *Store) GetRun(ctx context.Context, ref store.RunRef) (*store.Run, error
 	return &r.Run, nil
 }
 
+// RunByID returns a run of a live task by id.
+func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
+	r, err := scanRun(s.r.QueryRowContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.id = ? AND t.deleted = 0", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get run: %w", err)
+	}
+	return &r.Run, nil
+}
+
 // ListRuns returns a page of a live task's runs, newest first, and the total.
 func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})

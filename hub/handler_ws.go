@@ -1,0 +1,251 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+	"github.com/sourcegraph/jsonrpc2"
+
+	"runhub/store"
+)
+
+// JSON-RPC error codes of GET /ws beyond the standard ones (-32700 parse
+// error, -32600 invalid request, -32601 method not found, -32602 invalid
+// params, -32603 internal error), in the server-defined range.
+const (
+	CodeForbidden = -32003 // the caller may not follow this run
+	CodeNotFound  = -32004 // no such run (or not in a project the caller reaches)
+)
+
+// maxWSMessage bounds one client message on /ws; requests are small.
+const maxWSMessage = 1 << 20
+
+// RunAuthorizer resolves a run the caller may follow, or fails with
+// store.ErrNotFound or store.ErrForbidden.
+type RunAuthorizer = func(ctx context.Context, runID string) (*store.Run, error)
+
+// wsStream adapts a coder/websocket connection to jsonrpc2.ObjectStream:
+// one JSON-RPC message per text message. Malformed JSON gets a -32700 reply
+// and the connection goes on (jsonrpc2 itself would drop it).
+type wsStream struct {
+	ws      *websocket.Conn
+	ctx     context.Context
+	timeout func() (context.Context, context.CancelFunc)
+}
+
+func (s wsStream) WriteObject(obj any) error {
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.timeout()
+	defer cancel()
+	return s.ws.Write(ctx, websocket.MessageText, b)
+}
+
+var (
+	parseErrorReply     = []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}`)
+	invalidRequestReply = []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request: send one JSON-RPC object per message (batches are not supported)"}}`)
+)
+
+func (s wsStream) ReadObject(v any) error {
+	for {
+		typ, b, err := s.ws.Read(s.ctx)
+		if err != nil {
+			if st := websocket.CloseStatus(err); st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway {
+				return io.EOF
+			}
+			return err
+		}
+		var reply []byte
+		switch {
+		case typ != websocket.MessageText || !json.Valid(b):
+			reply = parseErrorReply
+		case len(b) > 0 && strings.TrimSpace(string(b[:1])) == "[":
+			reply = invalidRequestReply
+		default:
+			if err := json.Unmarshal(b, v); err != nil {
+				reply = invalidRequestReply
+				break
+			}
+			return nil
+		}
+		ctx, cancel := s.timeout()
+		err = s.ws.Write(ctx, websocket.MessageText, reply)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s wsStream) Close() error { return s.ws.Close(websocket.StatusNormalClosure, "") }
+
+// muxSession is one /ws connection following any number of runs.
+type muxSession struct {
+	h         *Hub
+	c         *conn
+	authorize RunAuthorizer
+	mu        sync.Mutex
+	subs      map[string]*sub
+}
+
+// ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws for an
+// authenticated caller: subscribe {"run_id", "after"?: seq | "latest"} →
+// {"run_id", "last_seq"}; unsubscribe {"run_id"}; the server sends event
+// and stream_end notifications.
+func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer) {
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(maxWSMessage)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	write := func(ctx context.Context, frames [][]byte) error {
+		for _, f := range frames {
+			wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+			err := ws.Write(wctx, websocket.MessageText, f)
+			wcancel()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, write), authorize: authorize, subs: map[string]*sub{}}
+	m.c.mux = true
+	defer m.closeAll()
+	stream := wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(ctx, h.cfg.WriteTimeout)
+	}}
+	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(discardLogger{}))
+	defer rpc.Close()
+	go h.pingLoop(ctx, ws)
+	for {
+		if err := m.c.flush(ctx, h); err != nil {
+			h.logEnd(ctx, "", "ws-mux", err)
+			if errors.Is(err, errSlowConsumer) {
+				ws.Close(closeSlowConsumer, "slow consumer")
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-rpc.DisconnectNotify():
+			return
+		case <-m.c.signal:
+		}
+	}
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...any) {}
+
+func (m *muxSession) closeAll() {
+	m.mu.Lock()
+	subs := m.subs
+	m.subs = map[string]*sub{}
+	m.mu.Unlock()
+	for _, s := range subs {
+		m.h.unsubscribe(s)
+	}
+}
+
+func rpcError(code int64, msg string) *jsonrpc2.Error {
+	return &jsonrpc2.Error{Code: code, Message: msg}
+}
+
+// Handle runs in jsonrpc2's read loop, so requests of one connection are
+// handled in order (a subscribe's reply goes out before its events).
+func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	result, rerr := m.handle(ctx, req)
+	if req.Notif {
+		return
+	}
+	if rerr != nil {
+		rc.ReplyWithError(ctx, req.ID, rerr)
+		return
+	}
+	rc.Reply(ctx, req.ID, result)
+	if s, ok := result.(*subscribed); ok {
+		m.c.needCatchUp(s.sub)
+	}
+}
+
+// subscribed is the reply to subscribe; the subscription starts sending
+// only after the reply is written.
+type subscribed struct {
+	RunID   string `json:"run_id"`
+	LastSeq int64  `json:"last_seq"`
+	sub     *sub
+}
+
+func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
+	var p struct {
+		RunID string          `json:"run_id"`
+		After json.RawMessage `json:"after"`
+	}
+	if req.Method == "subscribe" || req.Method == "unsubscribe" {
+		if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
+			return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id")
+		}
+		id, err := uuid.Parse(p.RunID)
+		if err != nil || len(p.RunID) != 36 {
+			return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+		}
+		p.RunID = id.String()
+	}
+	switch req.Method {
+	case "subscribe":
+		run, err := m.authorize(ctx, p.RunID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, rpcError(CodeNotFound, "run not found")
+		case errors.Is(err, store.ErrForbidden):
+			return nil, rpcError(CodeForbidden, "not allowed to follow this run")
+		case err != nil:
+			return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+		}
+		after := int64(0)
+		if len(p.After) > 0 && string(p.After) != "null" {
+			if string(p.After) == `"latest"` {
+				after = run.LastSeq
+			} else if json.Unmarshal(p.After, &after) != nil || after < 0 {
+				return nil, rpcError(jsonrpc2.CodeInvalidParams, `after must be a non-negative seq or "latest"`)
+			}
+		}
+		m.mu.Lock()
+		old := m.subs[run.ID]
+		delete(m.subs, run.ID)
+		m.mu.Unlock()
+		if old != nil {
+			m.h.unsubscribe(old)
+		}
+		s := m.h.register(ctx, m.c, run.ID, after, run.LastSeq, run.Status)
+		m.mu.Lock()
+		m.subs[run.ID] = s
+		m.mu.Unlock()
+		return &subscribed{RunID: run.ID, LastSeq: run.LastSeq, sub: s}, nil
+	case "unsubscribe":
+		m.mu.Lock()
+		s := m.subs[p.RunID]
+		delete(m.subs, p.RunID)
+		m.mu.Unlock()
+		if s != nil {
+			m.h.unsubscribe(s)
+		}
+		return map[string]any{"run_id": p.RunID, "unsubscribed": s != nil}, nil
+	}
+	return nil, rpcError(jsonrpc2.CodeMethodNotFound, "method not found: "+req.Method)
+}
