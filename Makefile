@@ -22,6 +22,8 @@ build:
 # deps is idempotent: each step runs only when its tool is missing.
 deps:
 	$(GO) mod download
+	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 	@test -x $(STATICCHECK) || { echo "installing staticcheck $(STATICCHECK_VERSION)"; \
 		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); }
 

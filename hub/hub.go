@@ -41,6 +41,10 @@ const (
 	// liveness check.
 	DefaultPingInterval = 25 * time.Second
 	DefaultPongTimeout  = 10 * time.Second
+	// DefaultCheckInterval is the period of the position check: how long an
+	// event lost by the broker (Redis pub/sub is at-most-once) can stay
+	// unseen by a subscriber that receives nothing newer meanwhile.
+	DefaultCheckInterval = 5 * time.Second
 	// catchUpPage is how many events one store read returns while a
 	// subscriber catches up.
 	catchUpPage = 500
@@ -63,15 +67,14 @@ type Broker interface {
 // Config configures a Hub.
 type Config struct {
 	Store EventSource
-	// NewBroker builds the broker, given the hub's delivery callback; nil:
-	// the in-process broker (hub/memory).
-	NewBroker    func(deliver func(runID string, events []store.Event)) Broker
-	Logger       *slog.Logger
-	QueueBytes   int
-	WriteTimeout time.Duration
-	KeepAlive    time.Duration
-	PingInterval time.Duration
-	PongTimeout  time.Duration
+	// CheckInterval is the period of the position check (0: default).
+	CheckInterval time.Duration
+	Logger        *slog.Logger
+	QueueBytes    int
+	WriteTimeout  time.Duration
+	KeepAlive     time.Duration
+	PingInterval  time.Duration
+	PongTimeout   time.Duration
 }
 
 // Hub is one node's fan-out.
@@ -125,12 +128,73 @@ func New(cfg Config) *Hub {
 		cfg.Logger = slog.Default()
 	}
 	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}}
-	if cfg.NewBroker != nil {
-		h.broker = cfg.NewBroker(h.Deliver)
-	} else {
-		h.broker = memory.New(h.Deliver)
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = DefaultCheckInterval
 	}
+	h.cfg.CheckInterval = cfg.CheckInterval
+	h.broker = memory.New(h.Deliver)
 	return h
+}
+
+// UseBroker replaces the in-process broker (call before serving). The
+// broker must call h.Deliver with every message of a subscribed run and
+// h.Resync whenever it (re)confirms a run's subscription.
+func (h *Hub) UseBroker(b Broker) { h.broker = b }
+
+// Resync makes every live subscriber of the run read the store after its
+// cursor: called when the broker may have lost messages.
+func (h *Hub) Resync(runID string) {
+	h.mu.Lock()
+	rs := h.runs[runID]
+	h.mu.Unlock()
+	if rs == nil {
+		return
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for s := range rs.subs {
+		if s.live {
+			s.live = false
+			s.c.needCatchUp(s)
+		}
+	}
+}
+
+// Run performs the position check until ctx ends: for every run with
+// subscribers on this node, a cheap store read tells whether events exist
+// beyond the newest one the hub has seen; if so the run is resynced. It
+// bounds how long a message lost by the broker can go unnoticed.
+func (h *Hub) Run(ctx context.Context) {
+	t := time.NewTicker(h.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		check := make(map[string]int64, len(h.runs))
+		for id, rs := range h.runs {
+			rs.mu.Lock()
+			check[id] = rs.lastSeq
+			rs.mu.Unlock()
+		}
+		h.mu.Unlock()
+		for id, last := range check {
+			evs, err := h.src.Events(ctx, id, last, 1)
+			if err != nil {
+				if ctx.Err() == nil {
+					h.log.Warn("position check failed", "run_id", id, "err", err)
+				}
+				continue
+			}
+			if len(evs) > 0 {
+				h.log.Info("position check found unseen events; resyncing", "run_id", id, "seq", evs[0].Seq)
+				h.Resync(id)
+			}
+		}
+	}
 }
 
 // Publish hands committed events to the broker (runs.Publisher). A failure

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"runhub/hub"
+	redisbroker "runhub/hub/redis"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -34,6 +35,7 @@ type config struct {
 	dataDir   string
 	maxBody   int64
 	rateLimit *rest.RateLimit
+	redisURL  string
 	logLevel  slog.Level
 	logJSON   bool
 }
@@ -53,6 +55,7 @@ func loadConfig(args []string) (*config, error) {
 	c := &config{}
 	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
 	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
+	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -137,6 +140,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	h := hub.New(hub.Config{Store: st, Logger: log})
+	var ready func(context.Context) error
+	if cfg.redisURL != "" {
+		b, err := redisbroker.New(ctx, cfg.redisURL, h.Deliver, h.Resync, log)
+		if err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		defer b.Close()
+		h.UseBroker(b)
+		ready = b.Ready
+		log.Info("broker: redis pub/sub")
+	}
+	go h.Run(ctx)
 	api := rest.New(rest.Config{
 		Store:        st,
 		Runs:         &runs.Service{Store: st, Pub: h},
@@ -145,6 +160,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,
+		Ready:        ready,
 	})
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {

@@ -1,0 +1,162 @@
+// Package redis is the hub.Broker that fans events out between hub nodes
+// through Redis pub/sub (go-redis v9).
+//
+// Redis pub/sub is at-most-once: a message published while a node is
+// disconnected is lost for it. That is fine because the store is the source
+// of truth: whenever the node's subscription to a run is (re)confirmed by
+// Redis, the broker tells the hub to resync that run (read the store after
+// each subscriber's cursor), and the hub's periodic position check catches
+// anything else. So a Redis outage delays events, never loses or repeats one.
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"runhub/store"
+)
+
+// channelPrefix namespaces runhub's channels: one channel per run.
+const channelPrefix = "runhub:run:"
+
+// retryDelay paces the receive loop while Redis is unreachable.
+const retryDelay = 100 * time.Millisecond
+
+// Broker is a Redis pub/sub broker.
+type Broker struct {
+	rdb     *goredis.Client
+	ps      *goredis.PubSub
+	deliver func(runID string, events []store.Event)
+	resync  func(runID string)
+	log     *slog.Logger
+	up      atomic.Bool
+	done    chan struct{}
+}
+
+// wireEvent is an event on the wire.
+type wireEvent struct {
+	Seq  int64           `json:"s,omitempty"`
+	Kind string          `json:"k"`
+	Type string          `json:"t,omitempty"`
+	Data json.RawMessage `json:"d"`
+}
+
+// New connects to url (redis://...) and starts the receive loop, which runs
+// until ctx is cancelled or Close is called. deliver gets every message of a
+// subscribed run; resync is called whenever Redis (re)confirms a run's
+// subscription, after which earlier messages may have been lost.
+func New(ctx context.Context, url string, deliver func(string, []store.Event), resync func(string), log *slog.Logger) (*Broker, error) {
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	rdb := goredis.NewClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis ping: %w", err)
+	}
+	b := &Broker{rdb: rdb, ps: rdb.Subscribe(ctx), deliver: deliver, resync: resync, log: log, done: make(chan struct{})}
+	b.up.Store(true)
+	go b.receive(ctx)
+	return b, nil
+}
+
+// Close stops the receive loop and closes the connections.
+func (b *Broker) Close() error {
+	err := b.ps.Close()
+	<-b.done
+	if e := b.rdb.Close(); err == nil {
+		err = e
+	}
+	return err
+}
+
+// Ready reports whether the pub/sub connection is up.
+func (b *Broker) Ready(ctx context.Context) error {
+	if !b.up.Load() {
+		return errors.New("redis pub/sub disconnected")
+	}
+	return b.rdb.Ping(ctx).Err()
+}
+
+// Publish sends events to every node subscribed to the run.
+func (b *Broker) Publish(ctx context.Context, runID string, events []store.Event) error {
+	wire := make([]wireEvent, len(events))
+	for i, ev := range events {
+		wire[i] = wireEvent{Seq: ev.Seq, Kind: ev.Kind, Type: ev.Type, Data: ev.Data}
+	}
+	payload, err := json.Marshal(wire)
+	if err != nil {
+		return fmt.Errorf("encode events: %w", err)
+	}
+	if err := b.rdb.Publish(ctx, channelPrefix+runID, payload).Err(); err != nil {
+		return fmt.Errorf("redis publish: %w", err)
+	}
+	return nil
+}
+
+// Subscribe makes this node receive the run's messages.
+func (b *Broker) Subscribe(ctx context.Context, runID string) error {
+	return b.ps.Subscribe(ctx, channelPrefix+runID)
+}
+
+// Unsubscribe stops receiving the run's messages.
+func (b *Broker) Unsubscribe(ctx context.Context, runID string) error {
+	return b.ps.Unsubscribe(ctx, channelPrefix+runID)
+}
+
+func (b *Broker) receive(ctx context.Context) {
+	defer close(b.done)
+	for {
+		msg, err := b.ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, goredis.ErrClosed) {
+				return
+			}
+			if b.up.Swap(false) {
+				b.log.Warn("redis pub/sub disconnected; subscribers fall back to the store", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retryDelay):
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *goredis.Subscription:
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if !b.up.Swap(true) {
+				b.log.Info("redis pub/sub reconnected; resyncing runs from the store")
+			}
+			b.resync(strings.TrimPrefix(m.Channel, channelPrefix))
+		case *goredis.Message:
+			var wire []wireEvent
+			if err := json.Unmarshal([]byte(m.Payload), &wire); err != nil {
+				b.log.Warn("undecodable broker message dropped", "channel", m.Channel, "err", err)
+				continue
+			}
+			runID := strings.TrimPrefix(m.Channel, channelPrefix)
+			events := make([]store.Event, len(wire))
+			for i, w := range wire {
+				events[i] = store.Event{RunID: runID, Seq: w.Seq, Kind: w.Kind, Type: w.Type, Data: w.Data}
+			}
+			b.deliver(runID, events)
+		}
+	}
+}
