@@ -18,6 +18,7 @@ run:
 
 build:
 	$(GO) build -o bin/runhub ./cmd/runhub
+	$(GO) build -o bin/runhub-bench ./cmd/runhub-bench
 
 # deps is idempotent: each step runs only when its tool is missing.
 deps:
@@ -34,8 +35,15 @@ lint: deps
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 
-bench:
+# Go benchmarks, then the load generator's scenarios against a real server
+# process (loopback only; each run is bounded in connections and time).
+bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+	bin/runhub-bench fanout -transport ws -subs 2000 -publishers 16 -size 200 -duration 20s
+	bin/runhub-bench fanout -transport ws -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
+	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 16 -size 200 -duration 20s
+	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
+	bin/runhub-bench idle -conns 10000
 
 # Each fuzz target for FUZZTIME; new interesting inputs stay in the Go cache,
 # failures are written to testdata/fuzz and must be committed with the fix.

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// subscriber follows the run and checks exactly-once delivery.
+type subscriber struct {
+	mu        sync.Mutex // the reader goroutine against the final tally
+	next      int64      // next expected seq
+	delivered int64      // log entries received during the window
+	lost, dup int64
+	lat       []uint32 // microseconds
+}
+
+// observe records one event; t is the append's send time (ns), 0 if none.
+func (s *subscriber) observe(seq, t int64, now time.Time) {
+	switch {
+	case seq < s.next:
+		s.dup++
+		return
+	case seq > s.next:
+		s.lost += seq - s.next
+	}
+	s.next = seq + 1
+	if t > 0 {
+		s.delivered++
+		s.lat = append(s.lat, uint32(min(now.UnixNano()-t, 1<<32-1)/1000))
+	}
+}
+
+// intAfter parses the integer following key in b (a cheap scan: the load
+// generator shares the CPU with the server, so it avoids full JSON decoding).
+func intAfter(b []byte, key string) int64 {
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return 0
+	}
+	b = b[i+len(key):]
+	j := 0
+	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+		j++
+	}
+	n, _ := strconv.ParseInt(string(b[:j]), 10, 64)
+	return n
+}
+
+func fanoutCmd(args []string) error {
+	fs := flag.NewFlagSet("fanout", flag.ExitOnError)
+	common := addCommon(fs)
+	subs := fs.Int("subs", 2000, "subscribers on the run")
+	transport := fs.String("transport", "ws", "ws or sse")
+	publishers := fs.Int("publishers", 16, "concurrent publishers")
+	size := fs.Int("size", 200, "bytes per entry")
+	rate := fs.Float64("rate", 0, "appends per second in total (0: as fast as possible)")
+	duration := fs.Duration("duration", 20*time.Second, "publishing time")
+	fs.Parse(args)
+	if *subs < 1 || *subs > 20000 || *publishers < 1 || *publishers > 256 || *duration > 10*time.Minute {
+		return fmt.Errorf("bounds: 1..20000 subs, 1..256 publishers, at most 10m")
+	}
+	ctx, cancel := withTimeout(*duration)
+	defer cancel()
+	srv, err := startServer(ctx, common)
+	if err != nil {
+		return err
+	}
+	defer srv.stop(common.keep)
+	runPath, err := srv.newRun(ctx)
+	if err != nil {
+		return err
+	}
+
+	// Subscribers.
+	ss := make([]*subscriber, *subs)
+	var wg sync.WaitGroup
+	var connected atomic.Int64
+	subCtx, stopSubs := context.WithCancel(ctx)
+	defer stopSubs()
+	errc := make(chan error, *subs)
+	for i := range ss {
+		ss[i] = &subscriber{next: 1}
+		wg.Add(1)
+		go func(s *subscriber) {
+			defer wg.Done()
+			var err error
+			if *transport == "sse" {
+				err = followSSE(subCtx, srv, runPath, s, &connected)
+			} else {
+				err = followWS(subCtx, srv, runPath, s, &connected)
+			}
+			if err != nil && subCtx.Err() == nil {
+				errc <- err
+			}
+		}(ss[i])
+	}
+	for connected.Load() < int64(*subs) {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("subscriber: %w", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	fmt.Printf("fanout: %d %s subscribers connected; %d publishers, %d-byte entries, rate %v/s, %v\n",
+		*subs, *transport, *publishers, *size, *rate, *duration)
+
+	// Publishers.
+	pad := strings.Repeat("x", max(0, *size-70))
+	_, cpu0, _ := procStat(srv.cmd.Process.Pid)
+	var ru0 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	start := time.Now()
+	pubCtx, stopPub := context.WithTimeout(ctx, *duration)
+	defer stopPub()
+	var tokens <-chan time.Time
+	if *rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / *rate))
+		defer t.Stop()
+		tokens = t.C
+	}
+	var appends atomic.Int64
+	var pwg sync.WaitGroup
+	for p := 0; p < *publishers; p++ {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			for pubCtx.Err() == nil {
+				if tokens != nil {
+					select {
+					case <-tokens:
+					case <-pubCtx.Done():
+						return
+					}
+				}
+				body := fmt.Sprintf(`{"entries":[{"type":"bench","t":%d,"pad":%q}]}`, time.Now().UnixNano(), pad)
+				if err := srv.call(context.Background(), "POST", runPath+"/append_log/", []byte(body), nil); err != nil {
+					if pubCtx.Err() == nil {
+						fmt.Println("append failed:", err)
+					}
+					return
+				}
+				appends.Add(1)
+			}
+		}()
+	}
+	pwg.Wait()
+	window := time.Since(start)
+	rss, cpu1, _ := procStat(srv.cmd.Process.Pid)
+	var ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+
+	// Drain: every subscriber must reach the last seq.
+	last := appends.Load() + 1
+	drainDeadline := time.Now().Add(30 * time.Second)
+	for {
+		behind := 0
+		for _, s := range ss {
+			s.mu.Lock()
+			if s.next <= last {
+				behind++
+			}
+			s.mu.Unlock()
+		}
+		if behind == 0 || time.Now().After(drainDeadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stopSubs()
+	wg.Wait()
+
+	var delivered, lost, dup int64
+	var lat []uint32
+	for _, s := range ss {
+		delivered += s.delivered
+		lost += s.lost
+		if s.next <= last {
+			lost += last - s.next + 1
+		}
+		dup += s.dup
+		lat = append(lat, s.lat...)
+	}
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))]) * time.Microsecond
+	}
+	benchCPU := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+	fmt.Printf("appends: %d (%.0f/s)\n", appends.Load(), float64(appends.Load())/window.Seconds())
+	fmt.Printf("deliveries: %d (%.0f/s)\n", delivered, float64(delivered)/window.Seconds())
+	fmt.Printf("latency: p50 %v  p95 %v  p99 %v  max %v\n", pct(.50), pct(.95), pct(.99), pct(1))
+	fmt.Printf("server: RSS %.1f MiB, CPU %.2f cores\n", float64(rss)/(1<<20), (cpu1-cpu0).Seconds()/window.Seconds())
+	fmt.Printf("load generator: CPU %.2f cores (GOMAXPROCS %d)\n", benchCPU.Seconds()/window.Seconds(), runtime.GOMAXPROCS(0))
+	fmt.Printf("lost: %d  duplicated: %d\n", lost, dup)
+	if lost != 0 || dup != 0 {
+		return fmt.Errorf("delivery was not exactly once")
+	}
+	return nil
+}
+
+func authHeader(srv *server) http.Header {
+	return http.Header{"Authorization": {"Bearer " + srv.key}}
+}
+
+func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64) error {
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.base, "http")+runPath+"/stream", &websocket.DialOptions{HTTPHeader: authHeader(srv)})
+	if err != nil {
+		return err
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(-1)
+	connected.Add(1)
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if !bytes.Contains(b, []byte(`"method":"event"`)) {
+			continue
+		}
+		s.mu.Lock()
+		s.observe(intAfter(b, `"seq":`), intAfter(b, `"t":`), now)
+		s.mu.Unlock()
+	}
+}
+
+func followSSE(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64) error {
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.base+runPath+"/stream", nil)
+	req.Header = authHeader(srv)
+	resp, err := (&http.Client{}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("stream: %d", resp.StatusCode)
+	}
+	connected.Add(1)
+	rd := bufio.NewReaderSize(resp.Body, 64<<10)
+	var seq int64
+	for {
+		line, err := rd.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		switch {
+		case bytes.HasPrefix(line, []byte("id: ")):
+			seq, _ = strconv.ParseInt(string(bytes.TrimSpace(line[4:])), 10, 64)
+		case bytes.HasPrefix(line, []byte("data: ")) && seq > 0:
+			now := time.Now()
+			s.mu.Lock()
+			s.observe(seq, intAfter(line, `"t":`), now)
+			s.mu.Unlock()
+			seq = 0
+		}
+	}
+}

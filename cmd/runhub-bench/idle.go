@@ -1,0 +1,75 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// idleSettle is how long the server is left alone before and after the
+// connections, so that its heap and RSS settle.
+const idleSettle = 3 * time.Second
+
+func idleCmd(args []string) error {
+	fs := flag.NewFlagSet("idle", flag.ExitOnError)
+	common := addCommon(fs)
+	conns := fs.Int("conns", 10000, "idle subscribed WebSocket connections")
+	fs.Parse(args)
+	if *conns < 1 || *conns > 50000 {
+		return fmt.Errorf("bounds: 1..50000 connections")
+	}
+	ctx, cancel := withTimeout(time.Minute)
+	defer cancel()
+	srv, err := startServer(ctx, common)
+	if err != nil {
+		return err
+	}
+	defer srv.stop(common.keep)
+	runPath, err := srv.newRun(ctx)
+	if err != nil {
+		return err
+	}
+	time.Sleep(idleSettle)
+	rss0, _, _ := procStat(srv.cmd.Process.Pid)
+	url := "ws" + strings.TrimPrefix(srv.base, "http") + runPath + "/stream?start=latest"
+	cs := make([]*websocket.Conn, 0, *conns)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64) // bounded dial concurrency
+	var dialErr error
+	for i := 0; i < *conns; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: authHeader(srv)})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				dialErr = err
+				return
+			}
+			cs = append(cs, c)
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range cs {
+			c.CloseNow()
+		}
+	}()
+	if dialErr != nil {
+		return fmt.Errorf("dial: %w (%d connected)", dialErr, len(cs))
+	}
+	time.Sleep(idleSettle)
+	rss1, _, _ := procStat(srv.cmd.Process.Pid)
+	fmt.Printf("idle: %d subscribed WebSocket connections\n", len(cs))
+	fmt.Printf("server RSS: %.1f MiB before, %.1f MiB after: %.1f KiB per connection\n",
+		float64(rss0)/(1<<20), float64(rss1)/(1<<20), float64(rss1-rss0)/1024/float64(len(cs)))
+	return nil
+}
