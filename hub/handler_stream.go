@@ -108,11 +108,12 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	defer cancel()
 	go h.pingLoop(ctx, ws)
 	write := func(ctx context.Context, frames [][]byte) error {
+		// One deadline for the batch: a client that cannot take a batch
+		// in WriteTimeout is not reading.
+		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+		defer wcancel()
 		for _, f := range frames {
-			wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-			err := ws.Write(wctx, websocket.MessageText, f)
-			wcancel()
-			if err != nil {
+			if err := ws.Write(wctx, websocket.MessageText, f); err != nil {
 				return err
 			}
 		}

@@ -111,11 +111,12 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	write := func(ctx context.Context, frames [][]byte) error {
+		// One deadline for the batch: a client that cannot take a batch
+		// in WriteTimeout is not reading.
+		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+		defer wcancel()
 		for _, f := range frames {
-			wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-			err := ws.Write(wctx, websocket.MessageText, f)
-			wcancel()
-			if err != nil {
+			if err := ws.Write(wctx, websocket.MessageText, f); err != nil {
 				return err
 			}
 		}
