@@ -86,6 +86,9 @@ type Hub struct {
 
 	mu   sync.Mutex
 	runs map[string]*runState
+
+	brokerMu   sync.Mutex      // serialises broker (un)subscribe calls
+	brokerSubs map[string]bool // runs the broker is subscribed to; guarded by brokerMu
 }
 
 // runState is the subscribers of one run on this node.
@@ -127,7 +130,7 @@ func New(cfg Config) *Hub {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}}
+	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerSubs: map[string]bool{}}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = DefaultCheckInterval
 	}
@@ -324,28 +327,25 @@ func (h *Hub) subscribe(ctx context.Context, c *conn, runID string, after, lastS
 }
 
 // register adds a subscription that is not live yet; the caller queues its
-// catch-up (after replying, on /ws).
+// catch-up (after replying, on /ws). The run's broker subscription is in
+// place when it returns, before the first store read, so nothing published
+// after that read can be missed.
 func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSeq int64, status string) *sub {
+	// h.mu is held while the subscription joins the run, so that a
+	// concurrent last unsubscribe cannot orphan the runState it joins.
 	h.mu.Lock()
 	rs := h.runs[runID]
-	created := rs == nil
-	if created {
+	if rs == nil {
 		rs = &runState{id: runID, subs: map[*sub]struct{}{}}
 		h.runs[runID] = rs
-	}
-	h.mu.Unlock()
-	if created {
-		// Subscribe before the first store read, so that nothing published
-		// after that read can be missed.
-		if err := h.broker.Subscribe(ctx, runID); err != nil {
-			h.log.WarnContext(ctx, "broker subscribe failed; the store check covers it", "run_id", runID, "err", err)
-		}
 	}
 	s := &sub{run: rs, c: c, cursor: after, status: status}
 	rs.mu.Lock()
 	rs.lastSeq = max(rs.lastSeq, lastSeq)
 	rs.subs[s] = struct{}{}
 	rs.mu.Unlock()
+	h.mu.Unlock()
+	h.syncBroker(ctx, runID)
 	return s
 }
 
@@ -353,29 +353,43 @@ func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSe
 // broker subscription.
 func (h *Hub) unsubscribe(s *sub) {
 	rs := s.run
+	h.mu.Lock()
 	rs.mu.Lock()
 	s.ended = true // a pending catch-up stops
 	delete(rs.subs, s)
 	empty := len(rs.subs) == 0
 	rs.mu.Unlock()
-	if !empty {
-		return
-	}
-	h.mu.Lock()
-	if cur := h.runs[rs.id]; cur == rs {
-		rs.mu.Lock()
-		if len(rs.subs) == 0 {
-			delete(h.runs, rs.id)
-		} else {
-			empty = false
-		}
-		rs.mu.Unlock()
+	if empty && h.runs[rs.id] == rs {
+		delete(h.runs, rs.id)
 	}
 	h.mu.Unlock()
 	if empty {
-		if err := h.broker.Unsubscribe(context.Background(), rs.id); err != nil {
-			h.log.Warn("broker unsubscribe failed", "run_id", rs.id, "err", err)
+		h.syncBroker(context.Background(), rs.id)
+	}
+}
+
+// syncBroker makes the broker subscription of a run match whether the run
+// has subscribers now. Calls are serialised and each reconciles to the
+// current state, so racing subscribe/unsubscribe pairs cannot leave a run
+// with subscribers but no broker subscription.
+func (h *Hub) syncBroker(ctx context.Context, runID string) {
+	h.brokerMu.Lock()
+	defer h.brokerMu.Unlock()
+	h.mu.Lock()
+	_, want := h.runs[runID]
+	h.mu.Unlock()
+	have := h.brokerSubs[runID]
+	switch {
+	case want && !have:
+		if err := h.broker.Subscribe(ctx, runID); err != nil {
+			h.log.WarnContext(ctx, "broker subscribe failed; the position check covers it", "run_id", runID, "err", err)
 		}
+		h.brokerSubs[runID] = true
+	case !want && have:
+		if err := h.broker.Unsubscribe(context.Background(), runID); err != nil {
+			h.log.Warn("broker unsubscribe failed", "run_id", runID, "err", err)
+		}
+		delete(h.brokerSubs, runID)
 	}
 }
 
