@@ -418,8 +418,19 @@ func (h *Hub) catchUp(ctx context.Context, s *sub) error {
 					status = st
 				}
 			}
-			if err := s.c.write(ctx, frames); err != nil {
-				return err
+			// Written in chunks of at most a queue's worth, each under its
+			// own write deadline: a client that reads steadily is never
+			// dropped for the size of a catch-up page.
+			for start := 0; start < len(frames); {
+				end, size := start, 0
+				for end < len(frames) && (end == start || size+len(frames[end]) <= h.cfg.QueueBytes) {
+					size += len(frames[end])
+					end++
+				}
+				if err := s.c.write(ctx, frames[start:end]); err != nil {
+					return err
+				}
+				start = end
 			}
 			rs.mu.Lock()
 			s.cursor = evs[len(evs)-1].Seq
