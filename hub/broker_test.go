@@ -1,0 +1,140 @@
+package hub_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"runhub/hub"
+	"runhub/store"
+)
+
+// gateBroker behaves like Redis pub/sub on one node: a message reaches the
+// hub only while the run's channel is subscribed, and (un)subscribing takes
+// effect when the call completes. The next Unsubscribe can be held open to
+// model a slow round trip.
+type gateBroker struct {
+	h *hub.Hub
+
+	mu         sync.Mutex
+	subscribed map[string]bool
+	calls      []string
+
+	holdUnsub atomic.Bool
+	unsubbing chan string   // told when a held Unsubscribe starts
+	release   chan struct{} // closed to let it finish
+}
+
+func newGateBroker() *gateBroker {
+	return &gateBroker{subscribed: map[string]bool{}, unsubbing: make(chan string, 1), release: make(chan struct{})}
+}
+
+func (b *gateBroker) Publish(_ context.Context, runID string, events []store.Event) error {
+	b.mu.Lock()
+	ok := b.subscribed[runID]
+	b.mu.Unlock()
+	if ok {
+		b.h.Deliver(runID, events)
+	}
+	return nil
+}
+
+func (b *gateBroker) Subscribe(_ context.Context, runID string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.subscribed[runID] = true
+	b.calls = append(b.calls, "subscribe")
+	return nil
+}
+
+func (b *gateBroker) Unsubscribe(_ context.Context, runID string) error {
+	if b.holdUnsub.Swap(false) {
+		b.unsubbing <- runID
+		<-b.release
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.subscribed[runID] = false
+	b.calls = append(b.calls, "unsubscribe")
+	return nil
+}
+
+func (b *gateBroker) isSubscribed(run string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.subscribed[run]
+}
+
+// TestBrokerSubscriptionFollowsSubscribers: the node is subscribed to a
+// run's channel exactly while it has subscribers of the run, also when the
+// last subscriber leaves while a new one arrives. Otherwise (the hub calls
+// Unsubscribe for the old state after Subscribe for the new one) the node
+// stays unsubscribed while a client follows the run, and that client gets
+// live events only from the periodic position check (every 5 s by
+// default), if at all. (Regression test for the bug fixed in 4c68ec0.)
+func TestBrokerSubscriptionFollowsSubscribers(t *testing.T) {
+	b := newGateBroker()
+	e := newHTEnv(t, hub.Config{CheckInterval: 5 * time.Second}, htOptions{
+		setup:         func(h *hub.Hub) { b.h = h; h.UseBroker(b) },
+		positionCheck: true,
+	})
+	run := e.newRun()
+	e.appendN(run, 0, 2) // seqs 2..3
+	ctx := testCtx(t, 30*time.Second)
+
+	// Plain bookkeeping: subscribed while followed, not after.
+	a := e.mustSSE(ctx, run, "")
+	a.wantIDs(t, 1, 3)
+	if !b.isSubscribed(run) {
+		t.Fatal("not subscribed to the run's channel while a client follows it")
+	}
+	e.appendN(run, 2, 1)
+	a.wantIDs(t, 4, 4)
+
+	// The last subscriber leaves; its Unsubscribe is slow. A new
+	// subscriber arrives meanwhile.
+	b.holdUnsub.Store(true)
+	a.close()
+	select {
+	case <-b.unsubbing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Unsubscribe after the last subscriber left")
+	}
+	c, err := e.openSSE(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	r := readSSESeqs(c)
+	// A correct hub may make the new subscription wait for the pending
+	// Unsubscribe; give it a moment either way, then let the call finish.
+	time.Sleep(300 * time.Millisecond)
+	close(b.release)
+	r.want(t, "new subscriber", 1, 4)
+
+	// A live event must arrive now, not at the next position check.
+	e.appendN(run, 3, 1)
+	start := time.Now()
+	select {
+	case got := <-r.seqs:
+		if got != 5 {
+			t.Fatalf("got seq %d, want 5", got)
+		}
+	case err := <-r.errc:
+		t.Fatal(err)
+	case <-time.After(2 * time.Second):
+		b.mu.Lock()
+		calls := append([]string(nil), b.calls...)
+		b.mu.Unlock()
+		t.Fatalf("live event not delivered within 2s; broker subscribed=%v, broker calls %v "+
+			"(the old state's Unsubscribe ran after the new state's Subscribe)", b.isSubscribed(run), calls)
+	}
+	t.Logf("live event after %v", time.Since(start))
+	if !b.isSubscribed(run) {
+		t.Fatal("not subscribed while a client follows the run")
+	}
+	c.close()
+	waitFor(t, 5*time.Second, "the broker subscription to end", func() bool { return !b.isSubscribed(run) })
+}
