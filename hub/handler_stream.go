@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -106,7 +107,9 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	// client messages.
 	ctx, cancel := context.WithCancel(ws.CloseRead(r.Context()))
 	defer cancel()
-	go h.pingLoop(ctx, ws)
+	pings := time.NewTicker(h.cfg.PingInterval)
+	defer pings.Stop()
+	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
 	write := func(ctx context.Context, frames [][]byte) error {
 		// One deadline for the batch: a client that cannot take a batch
 		// in WriteTimeout is not reading.
@@ -137,28 +140,33 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		case <-ctx.Done():
 			return nil
 		case <-c.signal:
+		case <-pings.C:
+			p.ping(ctx)
 		}
 	}
 }
 
-// pingLoop closes the connection when a ping goes unanswered.
-func (h *Hub) pingLoop(ctx context.Context, ws *websocket.Conn) {
-	t := time.NewTicker(h.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, h.cfg.PongTimeout)
-			err := ws.Ping(pctx)
-			cancel()
-			if err != nil {
-				ws.CloseNow()
-				return
-			}
-		}
+// pinger checks liveness without a goroutine per idle connection: the
+// connection's writer loop calls ping on its ticker, and only the ping in
+// flight (at most one) has a goroutine of its own.
+type pinger struct {
+	ws       *websocket.Conn
+	timeout  time.Duration
+	inFlight atomic.Bool
+}
+
+func (p *pinger) ping(ctx context.Context) {
+	if !p.inFlight.CompareAndSwap(false, true) {
+		return
 	}
+	go func() {
+		defer p.inFlight.Store(false)
+		pctx, cancel := context.WithTimeout(ctx, p.timeout)
+		defer cancel()
+		if err := p.ws.Ping(pctx); err != nil && ctx.Err() == nil {
+			p.ws.CloseNow() // no pong in time
+		}
+	}()
 }
 
 func (h *Hub) logEnd(ctx context.Context, runID, transport string, err error) {

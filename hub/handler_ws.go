@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
@@ -130,7 +131,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	}}
 	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(discardLogger{}))
 	defer rpc.Close()
-	go h.pingLoop(ctx, ws)
+	pings := time.NewTicker(h.cfg.PingInterval)
+	defer pings.Stop()
+	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
 	for {
 		if err := m.c.flush(ctx, h); err != nil {
 			h.logEnd(ctx, "", "ws-mux", err)
@@ -145,6 +148,8 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		case <-rpc.DisconnectNotify():
 			return
 		case <-m.c.signal:
+		case <-pings.C:
+			p.ping(ctx)
 		}
 	}
 }
