@@ -87,7 +87,7 @@ func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 		}
 	}
 	svc := &runs.Service{Store: st, Pub: h}
-	srv := httptest.NewUnstartedServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream}))
+	srv := httptest.NewUnstartedServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS}))
 	for _, o := range opts {
 		if o.listener != nil {
 			srv.Listener = o.listener(srv.Listener)

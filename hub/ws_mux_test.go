@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,71 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"runhub/hub"
-	"runhub/rest"
-	"runhub/store"
-	"runhub/store/runs"
-	"runhub/store/sqlite"
 )
-
-// muxEnv is a server stack with the /ws endpoint mounted.
-type muxEnv struct {
-	st      *sqlite.Store
-	srv     *httptest.Server
-	key     string
-	project int64
-	task    string
-}
-
-func newMuxEnv(t *testing.T) *muxEnv {
-	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := hub.New(hub.Config{Store: st})
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: &runs.Service{Store: st, Pub: h}, Stream: h.ServeStream, WS: h.ServeWS}))
-	t.Cleanup(srv.Close)
-	p, _ := st.CreateProject(ctx, "mux")
-	secret, prefix, hash := store.GenerateAPIKey()
-	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Prefix: prefix, Hash: hash, Scopes: []string{"*"}, Projects: []int64{p.ID}}); err != nil {
-		t.Fatal(err)
-	}
-	task, err := st.CreateTask(ctx, p.ID, store.NewTask{Title: "mux", OriginProduct: "user_created"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &muxEnv{st: st, srv: srv, key: secret, project: p.ID, task: task.ID}
-}
-
-func (e *muxEnv) request(t *testing.T, method, path, body string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+e.key)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		t.Fatalf("%s %s: %d", method, path, resp.StatusCode)
-	}
-}
-
-func (e *muxEnv) newRun(t *testing.T) string {
-	t.Helper()
-	res, err := (&runs.Service{Store: e.st}).CreateRun(context.Background(), e.project, e.task, store.NewRun{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.ID
-}
-
-func (e *muxEnv) runPath(run string) string {
-	return fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s", e.project, e.task, run)
-}
 
 type rpcMsg struct {
 	ID     *int            `json:"id"`
@@ -91,7 +25,7 @@ type rpcMsg struct {
 	} `json:"error"`
 }
 
-func dialMux(t *testing.T, e *muxEnv) *websocket.Conn {
+func dialMux(t *testing.T, e *htEnv) *websocket.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -130,9 +64,9 @@ func send(t *testing.T, c *websocket.Conn, s string) {
 // malformed message does not end the connection, and the reply to
 // subscribe precedes the subscription's events.
 func TestWSMuxProtocol(t *testing.T) {
-	e := newMuxEnv(t)
+	e := newHTEnv(t, hub.Config{})
 	c := dialMux(t, e)
-	run := e.newRun(t)
+	run := e.newRun()
 
 	send(t, c, `{"jsonrpc":"2.0","id":1,"method":"nope","params":{}}`)
 	if m := readMsg(t, c); m.Error == nil || m.Error.Code != -32601 {
@@ -169,19 +103,19 @@ func TestWSMuxProtocol(t *testing.T) {
 // arrive exactly once and in order; the end of one run does not close the
 // connection; unsubscribe stops a run's events.
 func TestWSMuxManyRuns(t *testing.T) {
-	e := newMuxEnv(t)
+	e := newHTEnv(t, hub.Config{})
 	c := dialMux(t, e)
-	a, b := e.newRun(t), e.newRun(t)
+	a, b := e.newRun(), e.newRun()
 	for i, run := range []string{a, b} {
 		send(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"subscribe","params":{"run_id":%q,"after":"latest"}}`, i+1, run))
 	}
 	const n = 20
 	for i := 0; i < n; i++ {
 		for _, run := range []string{a, b} {
-			e.request(t, "POST", e.runPath(run)+"/append_log/", fmt.Sprintf(`{"entries":[{"type":"x","i":%d}]}`, i))
+			e.mustJSON("POST", e.runPath(run)+"/append_log/", fmt.Sprintf(`{"entries":[{"type":"x","i":%d}]}`, i), http.StatusOK, nil)
 		}
 	}
-	e.request(t, "PATCH", e.runPath(a)+"/", `{"status":"completed"}`)
+	e.mustJSON("PATCH", e.runPath(a)+"/", `{"status":"completed"}`, http.StatusOK, nil)
 	next := map[string]int64{a: 2, b: 2}
 	ended := false
 	for got := 0; got < 2*n+1 || !ended; {
@@ -211,7 +145,7 @@ func TestWSMuxManyRuns(t *testing.T) {
 	if m := readMsg(t, c); m.Error != nil {
 		t.Fatalf("unsubscribe: %+v", m)
 	}
-	e.request(t, "POST", e.runPath(b)+"/append_log/", `{"entries":[{"type":"after-unsubscribe"}]}`)
+	e.mustJSON("POST", e.runPath(b)+"/append_log/", `{"entries":[{"type":"after-unsubscribe"}]}`, http.StatusOK, nil)
 	// The connection is still open and answers; nothing of run b arrives.
 	send(t, c, `{"jsonrpc":"2.0","id":10,"method":"nope"}`)
 	if m := readMsg(t, c); m.Method != "" || m.ID == nil || *m.ID != 10 {

@@ -115,10 +115,6 @@ func (s *Server) runOf(r *http.Request) (*store.Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.getRunChecked(r, ref)
-}
-
-func (s *Server) getRunChecked(r *http.Request, ref store.RunRef) (*store.Run, error) {
 	run, err := s.store.GetRun(r.Context(), ref)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, s.whichNotFound(r, ref.TaskID)

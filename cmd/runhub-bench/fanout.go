@@ -75,15 +75,11 @@ func fanoutCmd(args []string) error {
 	}
 	ctx, cancel := withTimeout(*duration)
 	defer cancel()
-	srv, err := startServer(ctx, common)
+	srv, runPath, err := startWithRun(ctx, common)
 	if err != nil {
 		return err
 	}
 	defer srv.stop(common.keep)
-	runPath, err := srv.newRun(ctx)
-	if err != nil {
-		return err
-	}
 
 	// Subscribers.
 	ss := make([]*subscriber, *subs)

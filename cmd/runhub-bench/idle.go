@@ -24,15 +24,11 @@ func idleCmd(args []string) error {
 	}
 	ctx, cancel := withTimeout(time.Minute)
 	defer cancel()
-	srv, err := startServer(ctx, common)
+	srv, runPath, err := startWithRun(ctx, common)
 	if err != nil {
 		return err
 	}
 	defer srv.stop(common.keep)
-	runPath, err := srv.newRun(ctx)
-	if err != nil {
-		return err
-	}
 	time.Sleep(idleSettle)
 	rss0, _, _ := procStat(srv.cmd.Process.Pid)
 	url := "ws" + strings.TrimPrefix(srv.base, "http") + runPath + "/stream?start=latest"

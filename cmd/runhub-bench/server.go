@@ -101,6 +101,20 @@ func (s *server) call(ctx context.Context, method, path string, body []byte, out
 	return nil
 }
 
+// startWithRun starts the server and creates the run every scenario follows.
+func startWithRun(ctx context.Context, c *commonFlags) (*server, string, error) {
+	srv, err := startServer(ctx, c)
+	if err != nil {
+		return nil, "", err
+	}
+	runPath, err := srv.newRun(ctx)
+	if err != nil {
+		srv.stop(c.keep)
+		return nil, "", err
+	}
+	return srv, runPath, nil
+}
+
 // newRun creates a task and a run and returns the run's API path.
 func (s *server) newRun(ctx context.Context) (string, error) {
 	var task, run struct{ ID string }

@@ -79,7 +79,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 		return nil, fmt.Errorf("begin read: %w", err)
 	}
 	defer tx.Rollback()
-	r, err := findRun(ctx, tx, ref)
+	r, err := findRun(tx.QueryRowContext(ctx, findRunSQL, runKey(ref)...))
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 // StreamLog calls fn with each stored entry of the run, in seq order, up to
 // the last seq the run had when the call began.
 func (s *Store) StreamLog(ctx context.Context, ref store.RunRef, fn func(entry []byte) error) error {
-	r, err := findRun(ctx, s.r, ref)
+	r, err := findRun(s.r.QueryRowContext(ctx, findRunSQL, runKey(ref)...))
 	if err != nil {
 		return err
 	}

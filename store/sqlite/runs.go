@@ -61,16 +61,12 @@ const updateSeqSQL = "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?"
 
 const findRunSQL = "SELECT " + runColumns + runFrom + "WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0"
 
-// findRun loads a run that lives in ref's project and (live) task, through
-// q (a prepared findRunSQL) or a plain querier.
-func findRun(ctx context.Context, q any, ref store.RunRef) (*runRow, error) {
-	var row *sql.Row
-	switch q := q.(type) {
-	case *sql.Stmt:
-		row = q.QueryRowContext(ctx, ref.RunID, ref.ProjectID, ref.TaskID)
-	case querier:
-		row = q.QueryRowContext(ctx, findRunSQL, ref.RunID, ref.ProjectID, ref.TaskID)
-	}
+// runKey is the argument list of findRunSQL.
+func runKey(ref store.RunRef) []any { return []any{ref.RunID, ref.ProjectID, ref.TaskID} }
+
+// findRun scans the row of findRunSQL: a run that lives in ref's project
+// and (live) task.
+func findRun(row *sql.Row) (*runRow, error) {
 	r, err := scanRun(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
@@ -83,7 +79,7 @@ func findRun(ctx context.Context, q any, ref store.RunRef) (*runRow, error) {
 
 // GetRun returns one run.
 func (s *Store) GetRun(ctx context.Context, ref store.RunRef) (*store.Run, error) {
-	r, err := findRun(ctx, s.r, ref)
+	r, err := findRun(s.r.QueryRowContext(ctx, findRunSQL, runKey(ref)...))
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +261,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
-	r, err := findRun(ctx, tx.StmtContext(ctx, s.stmts[findRunSQL]), ref)
+	r, err := findRun(tx.StmtContext(ctx, s.stmts[findRunSQL]).QueryRowContext(ctx, runKey(ref)...))
 	if err != nil {
 		return nil, err
 	}
