@@ -110,19 +110,12 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	pings := time.NewTicker(h.cfg.PingInterval)
 	defer pings.Stop()
 	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
-	write := func(ctx context.Context, frames [][]byte) error {
-		// One deadline for the batch: a client that cannot take a batch
-		// in WriteTimeout is not reading.
-		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-		defer wcancel()
-		for _, f := range frames {
-			if err := ws.Write(wctx, websocket.MessageText, f); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	c := newConn(kindWS, h.cfg.QueueBytes, write)
+	ww := newWSWriter(ws, h.cfg.WriteTimeout)
+	defer ww.stop()
+	// Writes do not watch ctx (see wsWriter); closing the connection
+	// unblocks one in progress when the client or the server goes away.
+	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
+	c := newConn(kindWS, h.cfg.QueueBytes, ww.write)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	for {

@@ -111,19 +111,10 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	ws.SetReadLimit(maxWSMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	write := func(ctx context.Context, frames [][]byte) error {
-		// One deadline for the batch: a client that cannot take a batch
-		// in WriteTimeout is not reading.
-		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-		defer wcancel()
-		for _, f := range frames {
-			if err := ws.Write(wctx, websocket.MessageText, f); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, write), authorize: authorize, subs: map[string]*sub{}}
+	ww := newWSWriter(ws, h.cfg.WriteTimeout)
+	defer ww.stop()
+	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
+	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, ww.write), authorize: authorize, subs: map[string]*sub{}}
 	m.c.mux = true
 	defer m.closeAll()
 	stream := wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -477,14 +478,43 @@ func (e *htEnv) mustWS(ctx context.Context, run, query string) *websocket.Conn {
 	return c
 }
 
-func readNote(ctx context.Context, c *websocket.Conn) (wsNote, []byte, error) {
-	var n wsNote
+// held keeps the notifications of a batch not read yet, per connection.
+var held sync.Map // *websocket.Conn -> *[]json.RawMessage
+
+// readJSONRPC returns the next JSON-RPC message from c, taking the members
+// of a batch (an array of notifications in one message) one at a time.
+func readJSONRPC(ctx context.Context, c *websocket.Conn) ([]byte, error) {
+	v, _ := held.LoadOrStore(c, new([]json.RawMessage))
+	q := v.(*[]json.RawMessage)
+	if len(*q) > 0 {
+		m := (*q)[0]
+		*q = (*q)[1:]
+		return m, nil
+	}
 	typ, b, err := c.Read(ctx)
 	if err != nil {
-		return n, nil, err
+		held.Delete(c)
+		return nil, err
 	}
 	if typ != websocket.MessageText {
-		return n, b, fmt.Errorf("binary frame")
+		return b, fmt.Errorf("binary frame")
+	}
+	if len(b) == 0 || b[0] != '[' {
+		return b, nil
+	}
+	var batch []json.RawMessage
+	if err := json.Unmarshal(b, &batch); err != nil || len(batch) < 2 {
+		return b, fmt.Errorf("bad batch (%v, %d members): %.200s", err, len(batch), b)
+	}
+	*q = batch[1:]
+	return batch[0], nil
+}
+
+func readNote(ctx context.Context, c *websocket.Conn) (wsNote, []byte, error) {
+	var n wsNote
+	b, err := readJSONRPC(ctx, c)
+	if err != nil {
+		return n, b, err
 	}
 	if err := json.Unmarshal(b, &n); err != nil {
 		return n, b, fmt.Errorf("decode %.200s: %v", b, err)

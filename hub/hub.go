@@ -15,9 +15,11 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +47,12 @@ const (
 	// event lost by the broker (Redis pub/sub is at-most-once) can stay
 	// unseen by a subscriber that receives nothing newer meanwhile.
 	DefaultCheckInterval = 5 * time.Second
+	// DefaultReorderWait is how long events that arrive ahead of a missing
+	// one are held for it: long enough for a publisher that committed first
+	// but published second, short enough to be unnoticed by a person.
+	DefaultReorderWait = 100 * time.Millisecond
+	// maxPending bounds the events held per run while waiting for a gap.
+	maxPending = 4096
 	// catchUpPage is how many events one store read returns while a
 	// subscriber catches up.
 	catchUpPage = 500
@@ -69,12 +77,15 @@ type Config struct {
 	Store EventSource
 	// CheckInterval is the period of the position check (0: default).
 	CheckInterval time.Duration
-	Logger        *slog.Logger
-	QueueBytes    int
-	WriteTimeout  time.Duration
-	KeepAlive     time.Duration
-	PingInterval  time.Duration
-	PongTimeout   time.Duration
+	// ReorderWait is how long out-of-order events wait for a missing one
+	// before subscribers backfill from the store (0: default).
+	ReorderWait  time.Duration
+	Logger       *slog.Logger
+	QueueBytes   int
+	WriteTimeout time.Duration
+	KeepAlive    time.Duration
+	PingInterval time.Duration
+	PongTimeout  time.Duration
 }
 
 // Hub is one node's fan-out.
@@ -97,6 +108,12 @@ type runState struct {
 	mu      sync.Mutex
 	lastSeq int64 // highest seq known to exist (from the broker or the store)
 	subs    map[*sub]struct{}
+	// head is the highest seq passed to subscribers in order (0: none yet);
+	// pending holds events that arrived ahead of head+1, for at most
+	// ReorderWait (gapTimer).
+	head     int64
+	pending  map[int64]store.Event
+	gapTimer *time.Timer
 }
 
 // sub is one subscription: a connection following a run. cursor, live,
@@ -129,6 +146,9 @@ func New(cfg Config) *Hub {
 	}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = DefaultCheckInterval
+	}
+	if cfg.ReorderWait <= 0 {
+		cfg.ReorderWait = DefaultReorderWait
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -164,11 +184,16 @@ func (h *Hub) Resync(runID string) {
 
 // Run performs the position check until ctx ends: for every run with
 // subscribers on this node, a cheap store read tells whether events exist
-// beyond the newest one the hub has seen; if so the run is resynced. It
-// bounds how long a message lost by the broker can go unnoticed.
+// beyond the newest one the hub has seen. An event that was already in the
+// store at the previous check and is still unseen now was lost by the
+// broker, and the run is resynced. (Events committed a moment ago and still
+// on their way through the broker are not lost; under load there always
+// are some, which is why one check is not enough.) It bounds how long a
+// lost message can go unnoticed to two intervals.
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.CheckInterval)
 	defer t.Stop()
+	unseen := map[string]int64{} // run -> an unseen seq found at the last check
 	for {
 		select {
 		case <-ctx.Done():
@@ -184,6 +209,11 @@ func (h *Hub) Run(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		for id, last := range check {
+			if seq, ok := unseen[id]; ok && seq > last {
+				h.log.Info("position check found unseen events; resyncing", "run_id", id, "seq", seq)
+				h.Resync(id)
+			}
+			delete(unseen, id)
 			evs, err := h.src.Events(ctx, id, last, 1)
 			if err != nil {
 				if ctx.Err() == nil {
@@ -192,8 +222,12 @@ func (h *Hub) Run(ctx context.Context) {
 				continue
 			}
 			if len(evs) > 0 {
-				h.log.Info("position check found unseen events; resyncing", "run_id", id, "seq", evs[0].Seq)
-				h.Resync(id)
+				unseen[id] = evs[0].Seq
+			}
+		}
+		for id := range unseen {
+			if _, ok := check[id]; !ok {
+				delete(unseen, id)
 			}
 		}
 	}
@@ -266,6 +300,13 @@ func (b *batch) statusAt(i int) string {
 
 // Deliver is the broker's callback: fan one message out to this node's
 // subscribers of the run.
+//
+// Concurrent publishers commit in one order and publish in another, so
+// messages often arrive slightly out of seq order. Rather than send every
+// subscriber to the store for such a gap, the run holds out-of-order events
+// for up to reorderWait and releases them as soon as the gap fills; only a
+// gap that outlives the wait (a message really lost) makes subscribers
+// backfill from the store.
 func (h *Hub) Deliver(runID string, events []store.Event) {
 	h.mu.Lock()
 	rs := h.runs[runID]
@@ -273,12 +314,85 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 	if rs == nil || len(events) == 0 {
 		return
 	}
-	b := newBatch(runID, events)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	ready := make([]store.Event, 0, len(events))
 	for _, ev := range events {
 		rs.lastSeq = max(rs.lastSeq, ev.Seq)
+		switch {
+		case ev.Seq == 0 || ev.Seq <= rs.head:
+			ready = append(ready, ev) // ephemeral, or old news each subscriber filters
+		case rs.head == 0 || ev.Seq == rs.head+1:
+			ready = append(ready, ev)
+			rs.head = ev.Seq
+			ready = rs.releasePending(ready)
+		default:
+			if rs.pending == nil {
+				rs.pending = map[int64]store.Event{}
+			}
+			rs.pending[ev.Seq] = ev
+		}
 	}
+	if len(rs.pending) > maxPending {
+		ready = rs.releaseAll(ready)
+	} else if len(rs.pending) > 0 && rs.gapTimer == nil {
+		rs.gapTimer = time.AfterFunc(h.cfg.ReorderWait, func() { h.gapExpired(rs) })
+	}
+	h.fanOut(rs, ready)
+}
+
+// releasePending appends the held events that now continue head.
+func (rs *runState) releasePending(ready []store.Event) []store.Event {
+	for len(rs.pending) > 0 {
+		ev, ok := rs.pending[rs.head+1]
+		if !ok {
+			break
+		}
+		delete(rs.pending, ev.Seq)
+		ready = append(ready, ev)
+		rs.head = ev.Seq
+	}
+	if len(rs.pending) == 0 && rs.gapTimer != nil {
+		rs.gapTimer.Stop()
+		rs.gapTimer = nil
+	}
+	return ready
+}
+
+// releaseAll gives up on the gap: every held event goes out in seq order,
+// and the subscribers that miss what is in the gap read it from the store.
+func (rs *runState) releaseAll(ready []store.Event) []store.Event {
+	held := make([]store.Event, 0, len(rs.pending))
+	for _, ev := range rs.pending {
+		held = append(held, ev)
+	}
+	slices.SortFunc(held, func(a, b store.Event) int { return cmp.Compare(a.Seq, b.Seq) })
+	rs.pending = nil
+	if rs.gapTimer != nil {
+		rs.gapTimer.Stop()
+		rs.gapTimer = nil
+	}
+	rs.head = held[len(held)-1].Seq
+	return append(ready, held...)
+}
+
+// gapExpired runs when held events waited reorderWait for a gap to fill.
+func (h *Hub) gapExpired(rs *runState) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.gapTimer = nil
+	if len(rs.pending) > 0 {
+		h.fanOut(rs, rs.releaseAll(nil))
+	}
+}
+
+// fanOut queues events, in the order given, for every live subscriber of
+// the run. Called with rs.mu held.
+func (h *Hub) fanOut(rs *runState, events []store.Event) {
+	if len(events) == 0 {
+		return
+	}
+	b := newBatch(rs.id, events)
 	for s := range rs.subs {
 		if !s.live {
 			s.c.wake() // a catching-up subscriber re-checks lastSeq

@@ -134,7 +134,7 @@ func (c *stormClient) followWS(ctx context.Context) error {
 	}
 	defer ws.CloseNow()
 	for {
-		_, b, err := ws.Read(ctx)
+		b, err := readJSONRPC(ctx, ws)
 		if err != nil {
 			return err
 		}

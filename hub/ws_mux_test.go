@@ -42,7 +42,7 @@ func readMsg(t *testing.T, c *websocket.Conn) rpcMsg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, b, err := c.Read(ctx)
+	b, err := readJSONRPC(ctx, c)
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}

@@ -178,3 +178,52 @@ func TestWSPingTimeout(t *testing.T) {
 	alive.want(t, "reading client", 2, 2)
 	waitFor(t, 5*time.Second, "one subscription", func() bool { _, s := e.h.StateForTest(); return s == 1 })
 }
+
+// TestWSBatchMessages: notifications queued together arrive as JSON-RPC
+// batches (arrays of notifications) of at most 16 KiB, in seq order; a
+// notification larger than that arrives alone.
+func TestWSBatchMessages(t *testing.T) {
+	e := newHTEnv(t, hub.Config{})
+	run := e.newRun()
+	e.appendN(run, 0, 400)
+	big := `{"type":"console","message":"` + strings.Repeat("b", 20<<10) + `"}`
+	e.appendLog(run, big)
+	ctx := testCtx(t, 20*time.Second)
+
+	c := e.mustWS(ctx, run, "") // catch-up: 402 events queued at once
+	next, batches := int64(1), 0
+	for next <= 402 {
+		typ, b, err := c.Read(ctx)
+		if err != nil || typ != websocket.MessageText {
+			t.Fatalf("read: %v", err)
+		}
+		var msgs []wsNote
+		if b[0] == '[' {
+			batches++
+			if len(b) > 16<<10 {
+				t.Fatalf("batch of %d bytes", len(b))
+			}
+			if err := json.Unmarshal(b, &msgs); err != nil || len(msgs) < 2 {
+				t.Fatalf("batch: %v, %d members", err, len(msgs))
+			}
+		} else {
+			var n wsNote
+			if err := json.Unmarshal(b, &n); err != nil {
+				t.Fatal(err)
+			}
+			msgs = []wsNote{n}
+		}
+		for _, n := range msgs {
+			if n.JSONRPC != "2.0" || n.Method != "event" || n.Params.Seq == nil || *n.Params.Seq != next {
+				t.Fatalf("got %+v, want event seq %d", n, next)
+			}
+			if next == 402 && len(b) < 20<<10 {
+				t.Fatalf("the 20 KiB event came in a message of %d bytes", len(b))
+			}
+			next++
+		}
+	}
+	if batches == 0 {
+		t.Fatal("402 queued events came one message each")
+	}
+}

@@ -36,6 +36,7 @@ type config struct {
 	maxBody   int64
 	rateLimit *rest.RateLimit
 	redisURL  string
+	pprofAddr string
 	logLevel  slog.Level
 	logJSON   bool
 }
@@ -56,6 +57,7 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
 	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -152,6 +154,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("broker: redis pub/sub")
 	}
 	go h.Run(ctx)
+	if cfg.pprofAddr != "" {
+		stopPprof, err := servePprof(cfg.pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	api := rest.New(rest.Config{
 		Store:        st,
 		Runs:         &runs.Service{Store: st, Pub: h},
