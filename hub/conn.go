@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"runhub/store"
 )
@@ -42,10 +43,13 @@ type conn struct {
 	end      bool // an end frame is queued: close after sending it
 	mux      bool // /ws: many runs; the end of one does not close the connection
 	signal   chan struct{}
+
+	interval  time.Duration // the least time between two writes
+	lastWrite time.Time     // used by the writer goroutine only
 }
 
-func newConn(k kind, limit int, write func(ctx context.Context, frames [][]byte) error) *conn {
-	return &conn{kind: k, limit: limit, write: write, signal: make(chan struct{}, 1)}
+func newConn(k kind, limit int, interval time.Duration, write func(ctx context.Context, frames [][]byte) error) *conn {
+	return &conn{kind: k, limit: limit, interval: interval, write: write, signal: make(chan struct{}, 1)}
 }
 
 func (c *conn) wake() {
@@ -85,6 +89,18 @@ func (c *conn) needCatchUp(s *sub) {
 // need it (in that order, so that a subscription's queued frames, which
 // precede its cursor, go out before what the store adds after it).
 func (c *conn) flush(ctx context.Context, h *Hub) error {
+	// Events that arrive within interval of the previous write wait for
+	// each other: under a high event rate a connection writes (and its
+	// goroutine wakes) at most once per interval, carrying many events.
+	if d := c.interval - time.Since(c.lastWrite); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 	for {
 		c.mu.Lock()
 		frames, slow, end, catchups := c.frames, c.slow, c.end, c.catchups
@@ -97,6 +113,7 @@ func (c *conn) flush(ctx context.Context, h *Hub) error {
 			if err := c.write(ctx, frames); err != nil {
 				return err
 			}
+			c.lastWrite = time.Now()
 		}
 		if end {
 			return errStreamEnded

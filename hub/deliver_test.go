@@ -3,6 +3,7 @@ package hub_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -281,5 +282,34 @@ func TestDeliverNoSubscribers(t *testing.T) {
 	e.h.Deliver(run, []store.Event{})
 	for name, r := range subs {
 		r.want(t, name, 2, 3)
+	}
+}
+
+// TestDeliverGapReadOnceForAllSubscribers: when a message is lost, the run
+// reads the missing events from the store once and every live subscriber
+// gets them, rather than each subscriber reading the store on its own.
+func TestDeliverGapReadOnceForAllSubscribers(t *testing.T) {
+	src := &countingSource{}
+	e := newHTEnv(t, hub.Config{ReorderWait: 20 * time.Millisecond},
+		htOptions{source: func(s hub.EventSource) hub.EventSource { src.EventSource = s; return src }})
+	run := e.newRun()
+	ctx := testCtx(t, 30*time.Second)
+	subs := map[string]*seqReader{}
+	for i := range 20 {
+		subs[fmt.Sprintf("sse%d", i)] = readSSESeqs(e.mustSSE(ctx, run, ""))
+		subs[fmt.Sprintf("ws%d", i)] = readWSSeqs(ctx, e.mustWS(ctx, run, ""))
+	}
+	for name, r := range subs {
+		r.want(t, name, 1, 1)
+	}
+	waitFor(t, 5*time.Second, "the subscriptions to go live", func() bool { return e.h.LiveForTest() == len(subs) })
+	before := src.reads.Load()
+	e.quietAppend(run, 0, 3) // 2..4: lost
+	e.appendN(run, 3, 2)     // 5..6: published
+	for name, r := range subs {
+		r.want(t, name, 2, 6)
+	}
+	if n := src.reads.Load() - before; n > 2 {
+		t.Errorf("%d store reads to fill one gap for %d subscribers; want 1", n, len(subs))
 	}
 }

@@ -75,7 +75,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 		}
 		return rc.Flush()
 	}
-	c := newConn(kindSSE, h.cfg.QueueBytes, write)
+	c := newConn(kindSSE, h.cfg.QueueBytes, h.cfg.WriteInterval, write)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	keepAlive := time.NewTicker(h.cfg.KeepAlive)
@@ -115,7 +115,7 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	// Writes do not watch ctx (see wsWriter); closing the connection
 	// unblocks one in progress when the client or the server goes away.
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
-	c := newConn(kindWS, h.cfg.QueueBytes, ww.write)
+	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	for {

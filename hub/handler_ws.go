@@ -114,7 +114,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	ww := newWSWriter(ws, h.cfg.WriteTimeout)
 	defer ww.stop()
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
-	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, ww.write), authorize: authorize, subs: map[string]*sub{}}
+	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write), authorize: authorize, subs: map[string]*sub{}}
 	m.c.mux = true
 	defer m.closeAll()
 	stream := wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {

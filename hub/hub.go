@@ -47,6 +47,11 @@ const (
 	// event lost by the broker (Redis pub/sub is at-most-once) can stay
 	// unseen by a subscriber that receives nothing newer meanwhile.
 	DefaultCheckInterval = 5 * time.Second
+	// DefaultWriteInterval is the least time between two writes to one
+	// connection: at high event rates it lets each write (a syscall and a
+	// goroutine wake-up per connection) carry many events; at a person's
+	// pace events are further apart and go out at once.
+	DefaultWriteInterval = 5 * time.Millisecond
 	// DefaultReorderWait is how long events that arrive ahead of a missing
 	// one are held for it: long enough for a publisher that committed first
 	// but published second, short enough to be unnoticed by a person.
@@ -79,13 +84,16 @@ type Config struct {
 	CheckInterval time.Duration
 	// ReorderWait is how long out-of-order events wait for a missing one
 	// before subscribers backfill from the store (0: default).
-	ReorderWait  time.Duration
-	Logger       *slog.Logger
-	QueueBytes   int
-	WriteTimeout time.Duration
-	KeepAlive    time.Duration
-	PingInterval time.Duration
-	PongTimeout  time.Duration
+	ReorderWait time.Duration
+	Logger      *slog.Logger
+	QueueBytes  int
+	// WriteInterval is the least time between two writes to a connection
+	// (0: default; negative: none).
+	WriteInterval time.Duration
+	WriteTimeout  time.Duration
+	KeepAlive     time.Duration
+	PingInterval  time.Duration
+	PongTimeout   time.Duration
 }
 
 // Hub is one node's fan-out.
@@ -146,6 +154,9 @@ func New(cfg Config) *Hub {
 	}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = DefaultCheckInterval
+	}
+	if cfg.WriteInterval == 0 {
+		cfg.WriteInterval = DefaultWriteInterval
 	}
 	if cfg.ReorderWait <= 0 {
 		cfg.ReorderWait = DefaultReorderWait
@@ -376,14 +387,49 @@ func (rs *runState) releaseAll(ready []store.Event) []store.Event {
 	return append(ready, held...)
 }
 
-// gapExpired runs when held events waited reorderWait for a gap to fill.
+// gapExpired runs when held events waited ReorderWait for a gap to fill.
+// The run reads the missing events from the store once, for all of its
+// subscribers, rather than each subscriber reading them on its own; only
+// when the store cannot fill the gap either (a read error, or a gap longer
+// than a page) do the subscribers backfill themselves.
 func (h *Hub) gapExpired(rs *runState) {
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
 	rs.gapTimer = nil
-	if len(rs.pending) > 0 {
-		h.fanOut(rs, rs.releaseAll(nil))
+	from, to := rs.head, int64(0)
+	for seq := range rs.pending {
+		if to == 0 || seq < to {
+			to = seq
+		}
 	}
+	rs.mu.Unlock()
+	if to == 0 {
+		return
+	}
+	var evs []store.Event
+	if n := to - 1 - from; n > 0 && n <= catchUpPage {
+		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.WriteTimeout)
+		var err error
+		evs, err = h.src.Events(ctx, rs.id, from, int(n))
+		cancel()
+		if err != nil {
+			h.log.Warn("gap backfill failed; subscribers will read the store", "run_id", rs.id, "err", err)
+		}
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, ev := range evs {
+		if ev.Seq > rs.head {
+			if rs.pending == nil {
+				rs.pending = map[int64]store.Event{}
+			}
+			rs.pending[ev.Seq] = ev
+		}
+	}
+	ready := rs.releasePending(nil)
+	if len(rs.pending) > 0 {
+		ready = rs.releaseAll(ready)
+	}
+	h.fanOut(rs, ready)
 }
 
 // fanOut queues events, in the order given, for every live subscriber of
@@ -449,7 +495,8 @@ func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSe
 	h.mu.Lock()
 	rs := h.runs[runID]
 	if rs == nil {
-		rs = &runState{id: runID, subs: map[*sub]struct{}{}}
+		// Events up to lastSeq are in the store; the run expects the next.
+		rs = &runState{id: runID, subs: map[*sub]struct{}{}, head: lastSeq}
 		h.runs[runID] = rs
 	}
 	s := &sub{run: rs, c: c, cursor: after, status: status}

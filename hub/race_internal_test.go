@@ -36,14 +36,14 @@ func TestSubscribeRacesLastUnsubscribe(t *testing.T) {
 	iters, orphans := 0, 0
 	for time.Now().Before(deadline) && orphans == 0 {
 		iters++
-		s0 := h.subscribe(ctx, newConn(kindSSE, 1<<20, nop), run, 0, 0, store.StatusInProgress)
+		s0 := h.subscribe(ctx, newConn(kindSSE, 1<<20, 0, nop), run, 0, 0, store.StatusInProgress)
 		var s1 *sub
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); h.unsubscribe(s0) }()
 		go func() {
 			defer wg.Done()
-			s1 = h.subscribe(ctx, newConn(kindSSE, 1<<20, nop), run, 0, 0, store.StatusInProgress)
+			s1 = h.subscribe(ctx, newConn(kindSSE, 1<<20, 0, nop), run, 0, 0, store.StatusInProgress)
 		}()
 		wg.Wait()
 		h.mu.Lock()
