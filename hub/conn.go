@@ -26,14 +26,19 @@ var errSlowConsumer = errors.New("slow consumer")
 var errStreamEnded = errors.New("stream ended")
 
 // conn is one client connection: a bounded queue of encoded frames filled by
-// Deliver and drained by the connection's own writer goroutine (the HTTP
-// handler), which also catches subscriptions up from the store. While idle
-// it holds no buffer.
+// Deliver and drained by a writer, which also catches subscriptions up from
+// the store. While idle it holds no buffer.
+//
+// The writer is either a loop that owns the connection (SSE, and /ws, wait
+// on signal) or, for a detached WebSocket, a goroutine that start launches
+// when the connection turns busy and that ends when the queue is empty: an
+// idle detached connection has no writer goroutine and no stack.
 type conn struct {
 	kind  kind
 	limit int
 	// write sends frames to the client, coalesced where the transport can.
 	write func(ctx context.Context, frames [][]byte) error
+	start func() // nil: a loop waits on signal
 
 	mu       sync.Mutex
 	frames   [][]byte
@@ -42,10 +47,11 @@ type conn struct {
 	slow     bool
 	end      bool // an end frame is queued: close after sending it
 	mux      bool // /ws: many runs; the end of one does not close the connection
+	busy     bool // a started writer is running (start mode)
 	signal   chan struct{}
 
 	interval  time.Duration // the least time between two writes
-	lastWrite time.Time     // used by the writer goroutine only
+	lastWrite time.Time     // used by the writer only
 }
 
 func newConn(k kind, limit int, interval time.Duration, write func(ctx context.Context, frames [][]byte) error) *conn {
@@ -53,9 +59,37 @@ func newConn(k kind, limit int, interval time.Duration, write func(ctx context.C
 }
 
 func (c *conn) wake() {
+	if c.start != nil {
+		c.mu.Lock()
+		idle := !c.busy
+		c.busy = true
+		c.mu.Unlock()
+		if idle {
+			c.start()
+		}
+		return
+	}
 	select {
 	case c.signal <- struct{}{}:
 	default:
+	}
+}
+
+// drain is a started writer's body: it flushes until the queue is empty,
+// then marks the connection idle (under the same lock that enqueue takes,
+// so that a frame queued meanwhile starts a new writer or is seen here).
+func (c *conn) drain(ctx context.Context, h *Hub) error {
+	for {
+		if err := c.flush(ctx, h); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if len(c.frames) == 0 && len(c.catchups) == 0 && !c.slow {
+			c.busy = false
+			c.mu.Unlock()
+			return nil
+		}
+		c.mu.Unlock()
 	}
 }
 

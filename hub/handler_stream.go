@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,56 +98,84 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 	}
 }
 
+// serveWS hands the connection over to the hub and returns: a WebSocket
+// stream outlives its handler, so that an idle subscriber costs neither a
+// handler goroutine (with the stack it grew while authorising) nor the
+// request's memory. What remains per idle connection is coder/websocket's
+// reader goroutine and buffers, the subscription, and two timers.
 func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) error {
-	ws, err := websocket.Accept(w, r, nil)
+	ws, gw, err := acceptWS(w, r)
 	if err != nil {
 		return nil // Accept has answered the request
 	}
-	defer ws.CloseNow()
-	// CloseRead answers pings and the close handshake; this stream takes no
-	// client messages.
-	ctx, cancel := context.WithCancel(ws.CloseRead(r.Context()))
-	defer cancel()
-	pings := time.NewTicker(h.cfg.PingInterval)
-	defer pings.Stop()
-	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
-	ww := newWSWriter(ws, h.cfg.WriteTimeout)
-	defer ww.stop()
-	// Writes do not watch ctx (see wsWriter); closing the connection
-	// unblocks one in progress when the client or the server goes away.
-	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
+	// CloseRead's goroutine answers pings and the close handshake (this
+	// stream takes no client messages); ctx ends with the connection, or
+	// with the hub.
+	ctx, cancel := context.WithCancel(h.ctx)
+	ctx = ws.CloseRead(ctx)
+	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
-	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
-	defer h.unsubscribe(s)
-	for {
-		if err := c.flush(ctx, h); err != nil {
-			h.logEnd(ctx, run.ID, "ws", err)
-			switch {
-			case errors.Is(err, errSlowConsumer):
-				ws.Close(closeSlowConsumer, "slow consumer")
-			case errors.Is(err, errStreamEnded):
-				ws.Close(websocket.StatusNormalClosure, "stream ended")
+	var writers sync.WaitGroup
+	c.start = func() {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			if err := c.drain(ctx, h); err != nil {
+				h.logEnd(ctx, run.ID, "ws", err)
+				switch {
+				case errors.Is(err, errSlowConsumer):
+					ws.Close(closeSlowConsumer, "slow consumer")
+				case errors.Is(err, errStreamEnded):
+					ws.Close(websocket.StatusNormalClosure, "stream ended")
+				}
+				cancel()
 			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.signal:
-		case <-pings.C:
-			p.ping(ctx)
-		}
+		}()
 	}
+	p := h.startPinger(ctx, ws)
+	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
+	h.conns.Add(1)
+	context.AfterFunc(ctx, func() {
+		defer h.conns.Done()
+		// No wake-up reaches c once it is unsubscribed, so no writer
+		// starts after this; wait for the one that may be running.
+		h.unsubscribe(s)
+		p.stop()
+		ws.CloseNow()
+		writers.Wait()
+		ww.stop()
+		cancel()
+	})
+	return nil
 }
 
-// pinger checks liveness without a goroutine per idle connection: the
-// connection's writer loop calls ping on its ticker, and only the ping in
-// flight (at most one) has a goroutine of its own.
+// pinger checks liveness without a goroutine per idle connection: a timer
+// fires every PingInterval, and only the ping in flight (at most one) has a
+// goroutine of its own.
 type pinger struct {
 	ws       *websocket.Conn
 	timeout  time.Duration
 	inFlight atomic.Bool
+	timer    atomic.Pointer[time.Timer] // set before the timer can fire
 }
+
+// startPinger pings ws every PingInterval until ctx ends or stop.
+func (h *Hub) startPinger(ctx context.Context, ws *websocket.Conn) *pinger {
+	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
+	every := h.cfg.PingInterval
+	t := time.AfterFunc(time.Hour, func() {
+		if ctx.Err() != nil {
+			return
+		}
+		p.ping(ctx)
+		p.timer.Load().Reset(every)
+	})
+	p.timer.Store(t)
+	t.Reset(every)
+	return p
+}
+
+func (p *pinger) stop() { p.timer.Load().Stop() }
 
 func (p *pinger) ping(ctx context.Context) {
 	if !p.inFlight.CompareAndSwap(false, true) {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
@@ -37,6 +36,7 @@ type RunAuthorizer = func(ctx context.Context, runID string) (*store.Run, error)
 // and the connection goes on (jsonrpc2 itself would drop it).
 type wsStream struct {
 	ws      *websocket.Conn
+	gw      *gatherWriter
 	ctx     context.Context
 	timeout func() (context.Context, context.CancelFunc)
 }
@@ -48,7 +48,12 @@ func (s wsStream) WriteObject(obj any) error {
 	}
 	ctx, cancel := s.timeout()
 	defer cancel()
-	return s.ws.Write(ctx, websocket.MessageText, b)
+	s.gw.gather()
+	err = s.ws.Write(ctx, websocket.MessageText, b)
+	if rerr := s.gw.release(); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 var (
@@ -103,7 +108,7 @@ type muxSession struct {
 // {"run_id", "last_seq"}; unsubscribe {"run_id"}; the server sends event
 // and stream_end notifications.
 func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer) {
-	ws, err := websocket.Accept(w, r, nil)
+	ws, gw, err := acceptWS(w, r)
 	if err != nil {
 		return
 	}
@@ -111,20 +116,19 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	ws.SetReadLimit(maxWSMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	ww := newWSWriter(ws, h.cfg.WriteTimeout)
+	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	defer ww.stop()
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
 	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write), authorize: authorize, subs: map[string]*sub{}}
 	m.c.mux = true
 	defer m.closeAll()
-	stream := wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
+	stream := wsStream{ws: ws, gw: gw, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, h.cfg.WriteTimeout)
 	}}
 	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(discardLogger{}))
 	defer rpc.Close()
-	pings := time.NewTicker(h.cfg.PingInterval)
-	defer pings.Stop()
-	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
+	p := h.startPinger(ctx, ws)
+	defer p.stop()
 	for {
 		if err := m.c.flush(ctx, h); err != nil {
 			h.logEnd(ctx, "", "ws-mux", err)
@@ -139,8 +143,6 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		case <-rpc.DisconnectNotify():
 			return
 		case <-m.c.signal:
-		case <-pings.C:
-			p.ping(ctx)
 		}
 	}
 }

@@ -77,6 +77,7 @@ func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 		}
 	}
 	h := hub.New(cfg)
+	t.Cleanup(h.Close) // runs after the server's cleanups, registered below
 	runCtx, stopRun := context.WithCancel(context.Background())
 	t.Cleanup(stopRun)
 	for _, o := range opts {

@@ -106,6 +106,12 @@ type Hub struct {
 	mu   sync.Mutex
 	runs map[string]*runState
 
+	// ctx ends detached connections (WebSocket streams) at Close; conns
+	// counts them.
+	ctx   context.Context
+	stop  context.CancelFunc
+	conns sync.WaitGroup
+
 	brokerMu   sync.Mutex      // serialises broker (un)subscribe calls
 	brokerSubs map[string]bool // runs the broker is subscribed to; guarded by brokerMu
 }
@@ -165,8 +171,17 @@ func New(cfg Config) *Hub {
 		cfg.Logger = slog.Default()
 	}
 	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerSubs: map[string]bool{}}
+	h.ctx, h.stop = context.WithCancel(context.Background())
 	h.broker = memory.New(h.Deliver)
 	return h
+}
+
+// Close ends every connection the hub holds after its handler returned
+// (WebSocket streams) and waits until they are gone. Call it once the HTTP
+// server has stopped calling handlers.
+func (h *Hub) Close() {
+	h.stop()
+	h.conns.Wait()
 }
 
 // UseBroker replaces the in-process broker (call before serving). The

@@ -18,11 +18,12 @@ func idleCmd(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	common := addCommon(fs)
 	conns := fs.Int("conns", 10000, "idle subscribed WebSocket connections")
+	hold := fs.Duration("hold", 0, "keep the connections open this long after measuring (to profile the server)")
 	fs.Parse(args)
 	if *conns < 1 || *conns > 50000 {
 		return fmt.Errorf("bounds: 1..50000 connections")
 	}
-	ctx, cancel := withTimeout(time.Minute)
+	ctx, cancel := withTimeout(time.Minute + min(*hold, 5*time.Minute))
 	defer cancel()
 	srv, runPath, err := startWithRun(ctx, common)
 	if err != nil {
@@ -67,5 +68,6 @@ func idleCmd(args []string) error {
 	fmt.Printf("idle: %d subscribed WebSocket connections\n", len(cs))
 	fmt.Printf("server RSS: %.1f MiB before, %.1f MiB after: %.1f KiB per connection\n",
 		float64(rss0)/(1<<20), float64(rss1)/(1<<20), float64(rss1-rss0)/1024/float64(len(cs)))
+	time.Sleep(min(*hold, 5*time.Minute))
 	return nil
 }

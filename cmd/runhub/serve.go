@@ -205,6 +205,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("shutdown incomplete", "err", err)
 		srv.Close()
 	}
+	h.Close() // the WebSocket streams, which outlive their handlers
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -125,6 +125,7 @@ func newNode(t *testing.T, st store.Store, redisURL string) *node {
 	// A long position check: these tests prove the broker path and the
 	// resync on resubscribe, not the periodic safety net.
 	h := hub.New(hub.Config{Store: st, Logger: log, CheckInterval: time.Hour})
+	t.Cleanup(h.Close)
 	b, err := redisbroker.New(ctx, redisURL, h.Deliver, h.Resync, log)
 	if err != nil {
 		t.Fatal(err)
