@@ -39,6 +39,8 @@ type conn struct {
 	// write sends frames to the client, coalesced where the transport can.
 	write func(ctx context.Context, frames [][]byte) error
 	start func() // nil: a loop waits on signal
+	// onSlow is called once, without c.mu, when the queue overflows.
+	onSlow func()
 
 	mu       sync.Mutex
 	frames   [][]byte
@@ -103,6 +105,9 @@ func (c *conn) enqueue(frame []byte, end bool) {
 	}
 	if c.bytes+len(frame) > c.limit {
 		c.slow, c.frames, c.bytes = true, nil, 0
+		if c.onSlow != nil {
+			defer c.onSlow()
+		}
 	} else {
 		c.frames = append(c.frames, frame)
 		c.bytes += len(frame)

@@ -77,6 +77,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 		return rc.Flush()
 	}
 	c := newConn(kindSSE, h.cfg.QueueBytes, h.cfg.WriteInterval, write)
+	c.onSlow = h.m.slow.Inc // a blocked write ends at its deadline
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)
 	keepAlive := time.NewTicker(h.cfg.KeepAlive)
@@ -131,6 +132,14 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 				cancel()
 			}
 		}()
+	}
+	c.onSlow = func() {
+		h.m.slow.Inc()
+		// A writer blocked on a full socket would hold the connection
+		// until the write deadline; the client gets SlowGrace to take what
+		// is in flight, then the connection ends (4008 if it can still be
+		// sent, else a plain close).
+		ww.shorten(h.cfg.SlowGrace)
 	}
 	p := h.startPinger(ctx, ws)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)

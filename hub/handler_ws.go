@@ -121,6 +121,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
 	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write), authorize: authorize, subs: map[string]*sub{}}
 	m.c.mux = true
+	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
 	defer m.closeAll()
 	stream := wsStream{ws: ws, gw: gw, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, h.cfg.WriteTimeout)

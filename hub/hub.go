@@ -52,6 +52,11 @@ const (
 	// goroutine wake-up per connection) carry many events; at a person's
 	// pace events are further apart and go out at once.
 	DefaultWriteInterval = 5 * time.Millisecond
+	// DefaultSlowGrace is how long a WebSocket whose queue overflowed has to
+	// take the write in progress (and then the 4008 close) before its
+	// connection is cut: a client that only paused sees 4008, one that
+	// stopped reading holds nothing for long.
+	DefaultSlowGrace = 5 * time.Second
 	// DefaultReorderWait is how long events that arrive ahead of a missing
 	// one are held for it: long enough for a publisher that committed first
 	// but published second, short enough to be unnoticed by a person.
@@ -91,9 +96,11 @@ type Config struct {
 	// (0: default; negative: none).
 	WriteInterval time.Duration
 	WriteTimeout  time.Duration
-	KeepAlive     time.Duration
-	PingInterval  time.Duration
-	PongTimeout   time.Duration
+	// SlowGrace: see DefaultSlowGrace (0: default).
+	SlowGrace    time.Duration
+	KeepAlive    time.Duration
+	PingInterval time.Duration
+	PongTimeout  time.Duration
 }
 
 // Hub is one node's fan-out.
@@ -102,6 +109,7 @@ type Hub struct {
 	src    EventSource
 	broker Broker
 	log    *slog.Logger
+	m      *metrics
 
 	mu   sync.Mutex
 	runs map[string]*runState
@@ -139,6 +147,7 @@ type sub struct {
 	live   bool   // taking broker messages; false while catching up from the store
 	status string // run status as of the last state event the client got
 	ended  bool
+	gone   bool // unsubscribed (guarded by run.mu)
 }
 
 // New builds a hub. With no broker it uses an in-process one.
@@ -164,13 +173,16 @@ func New(cfg Config) *Hub {
 	if cfg.WriteInterval == 0 {
 		cfg.WriteInterval = DefaultWriteInterval
 	}
+	if cfg.SlowGrace <= 0 {
+		cfg.SlowGrace = DefaultSlowGrace
+	}
 	if cfg.ReorderWait <= 0 {
 		cfg.ReorderWait = DefaultReorderWait
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerSubs: map[string]bool{}}
+	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerSubs: map[string]bool{}, m: newMetrics()}
 	h.ctx, h.stop = context.WithCancel(context.Background())
 	h.broker = memory.New(h.Deliver)
 	return h
@@ -198,6 +210,7 @@ func (h *Hub) Resync(runID string) {
 	if rs == nil {
 		return
 	}
+	h.m.resyncs.Inc()
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	for s := range rs.subs {
@@ -426,6 +439,7 @@ func (h *Hub) gapExpired(rs *runState) {
 		var err error
 		evs, err = h.src.Events(ctx, rs.id, from, int(n))
 		cancel()
+		h.m.gapReads.Inc()
 		if err != nil {
 			h.log.Warn("gap backfill failed; subscribers will read the store", "run_id", rs.id, "err", err)
 		}
@@ -519,6 +533,7 @@ func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSe
 	rs.lastSeq = max(rs.lastSeq, lastSeq)
 	rs.subs[s] = struct{}{}
 	rs.mu.Unlock()
+	h.m.subscriptions.Inc()
 	h.mu.Unlock()
 	h.syncBroker(ctx, runID)
 	return s
@@ -531,6 +546,10 @@ func (h *Hub) unsubscribe(s *sub) {
 	h.mu.Lock()
 	rs.mu.Lock()
 	s.ended = true // a pending catch-up stops
+	if !s.gone {
+		s.gone = true
+		h.m.subscriptions.Dec()
+	}
 	delete(rs.subs, s)
 	empty := len(rs.subs) == 0
 	rs.mu.Unlock()

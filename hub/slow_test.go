@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"runhub/hub"
 )
@@ -108,12 +110,26 @@ func (w *rawWS) readAll(deadline time.Duration) (seqs []int64, closeCode int, re
 			if !fin {
 				continue
 			}
-			var n wsNote
-			if jerr := json.Unmarshal(msg, &n); jerr != nil || n.Params.Seq == nil {
-				err = fmt.Errorf("bad message %.200s", msg)
-				return
+			var notes []wsNote
+			if len(msg) > 0 && msg[0] == '[' {
+				if jerr := json.Unmarshal(msg, &notes); jerr != nil || len(notes) < 2 {
+					err = fmt.Errorf("bad batch %.200s", msg)
+					return
+				}
+			} else {
+				notes = make([]wsNote, 1)
+				if jerr := json.Unmarshal(msg, &notes[0]); jerr != nil {
+					err = fmt.Errorf("bad message %.200s", msg)
+					return
+				}
 			}
-			seqs = append(seqs, *n.Params.Seq)
+			for _, n := range notes {
+				if n.Params.Seq == nil {
+					err = fmt.Errorf("notification without seq in %.200s", msg)
+					return
+				}
+				seqs = append(seqs, *n.Params.Seq)
+			}
 			msg = nil
 		default:
 			err = fmt.Errorf("unexpected opcode %d", op)
@@ -237,11 +253,12 @@ func TestSlowConsumerDropped(t *testing.T) {
 }
 
 // TestSlowConsumerCloseCode: clients that stop reading during a burst and
-// read again before the write timeout find their connection ended: the
+// read again before the write timeout (and, on WebSocket, the slow grace) find their connection ended: the
 // WebSocket with close 4008 "slow consumer" after a gapless prefix, the SSE
 // response closed without stream-end. A reader that kept up is unaffected.
 func TestSlowConsumerCloseCode(t *testing.T) {
-	e := slowEnv(t, 30*time.Second)
+	e := newHTEnv(t, hub.Config{QueueBytes: 64 << 10, WriteTimeout: 30 * time.Second, SlowGrace: 30 * time.Second},
+		htOptions{listener: func(l net.Listener) net.Listener { return smallBufListener{Listener: l, sndbuf: 64 << 10} }})
 	run := e.newRun()
 	ctx := testCtx(t, 60*time.Second)
 
@@ -377,4 +394,32 @@ func TestCatchUpSteadyReader(t *testing.T) {
 		t.Fatalf("stream-end after %d of %d events", seen, last)
 	}
 	t.Logf("caught up %d events in %v", seen, time.Since(start).Round(time.Millisecond))
+}
+
+// TestSlowConsumerCutAfterGrace: a WebSocket client that never reads is
+// cut within the slow grace after its queue overflows, long before the
+// write deadline, and the hub's slow-consumer counter shows it.
+func TestSlowConsumerCutAfterGrace(t *testing.T) {
+	e := newHTEnv(t, hub.Config{QueueBytes: 64 << 10, WriteTimeout: time.Minute, SlowGrace: 200 * time.Millisecond},
+		htOptions{listener: func(l net.Listener) net.Listener { return smallBufListener{Listener: l, sndbuf: 64 << 10} }})
+	run := e.newRun()
+	ctx := testCtx(t, 60*time.Second)
+	stuck := dialRawWS(t, e, run, 4<<10)
+	defer stuck.conn.Close()
+	good := readWSSeqs(ctx, e.mustWS(ctx, run, ""))
+	waitFor(t, 5*time.Second, "2 live subscriptions", func() bool { return e.h.LiveForTest() == 2 })
+
+	last := flood(t, e, run, 2<<20, 2000)
+	good.want(t, "reader", 1, last)
+	// The write deadline is a minute away: only the grace can end it.
+	waitFor(t, 10*time.Second, "the stuck client to be cut", func() bool { _, s := e.h.StateForTest(); return s == 1 })
+	var slow float64
+	for _, c := range e.h.Collectors() {
+		if strings.Contains(fmt.Sprint(c.(prometheus.Metric).Desc()), `"runhub_hub_slow_consumers_total"`) {
+			slow = testutil.ToFloat64(c)
+		}
+	}
+	if slow != 1 {
+		t.Errorf("runhub_hub_slow_consumers_total = %v, want 1", slow)
+	}
 }

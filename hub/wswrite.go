@@ -34,6 +34,9 @@ type wsWriter struct {
 	gw      *gatherWriter
 	timeout time.Duration
 	timer   *time.Timer
+
+	mu      sync.Mutex // writing, and the timer against shorten
+	writing bool
 }
 
 func newWSWriter(ws *websocket.Conn, gw *gatherWriter, timeout time.Duration) *wsWriter {
@@ -42,12 +45,29 @@ func newWSWriter(ws *websocket.Conn, gw *gatherWriter, timeout time.Duration) *w
 	return &wsWriter{ws: ws, gw: gw, timeout: timeout, timer: t}
 }
 
+// shorten makes the write in progress, if any, end within d.
+func (w *wsWriter) shorten(d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.writing {
+		w.timer.Reset(d)
+	}
+}
+
 // stop releases the timer; the connection is closed by its owner.
 func (w *wsWriter) stop() { w.timer.Stop() }
 
 func (w *wsWriter) write(_ context.Context, frames [][]byte) error {
+	w.mu.Lock()
+	w.writing = true
 	w.timer.Reset(w.timeout)
-	defer w.timer.Stop()
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.writing = false
+		w.timer.Stop()
+		w.mu.Unlock()
+	}()
 	for len(frames) > 0 {
 		n, size := 1, len(frames[0])
 		for n < len(frames) && size+len(frames[n])+1 <= wsBatchBytes-2 {

@@ -69,9 +69,13 @@ func fanoutCmd(args []string) error {
 	size := fs.Int("size", 200, "bytes per entry")
 	rate := fs.Float64("rate", 0, "appends per second in total (0: as fast as possible)")
 	duration := fs.Duration("duration", 20*time.Second, "publishing time")
+	batch := fs.Int("batch", 1, "entries per append request")
+	maxBytes := fs.Int64("max-bytes", 0, "stop publishing after this many entry bytes (0: run for -duration)")
+	slow := fs.Int("slow", 0, "extra WebSocket clients that never read (slow consumers)")
 	fs.Parse(args)
-	if *subs < 1 || *subs > 20000 || *publishers < 1 || *publishers > 256 || *duration > 10*time.Minute {
-		return fmt.Errorf("bounds: 1..20000 subs, 1..256 publishers, at most 10m")
+	if *subs < 1 || *subs > 20000 || *publishers < 1 || *publishers > 256 || *duration > 10*time.Minute ||
+		*batch < 1 || *batch > 1000 || *slow < 0 || *slow > 1000 {
+		return fmt.Errorf("bounds: 1..20000 subs, 1..256 publishers, 1..1000 entries per batch, 0..1000 slow, at most 10m")
 	}
 	ctx, cancel := withTimeout(*duration)
 	defer cancel()
@@ -111,8 +115,12 @@ func fanoutCmd(args []string) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	fmt.Printf("fanout: %d %s subscribers connected; %d publishers, %d-byte entries, rate %v/s, %v\n",
-		*subs, *transport, *publishers, *size, *rate, *duration)
+	stuck, err := dialStuck(ctx, srv, runPath, *slow)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("fanout: %d %s subscribers connected (and %d that never read); %d publishers, %d entries of %d bytes per append, rate %v/s, %v\n",
+		*subs, *transport, len(stuck), *publishers, *batch, *size, *rate, *duration)
 
 	// Publishers.
 	pad := strings.Repeat("x", max(0, *size-70))
@@ -128,7 +136,7 @@ func fanoutCmd(args []string) error {
 		defer t.Stop()
 		tokens = t.C
 	}
-	var appends atomic.Int64
+	var appends, sent atomic.Int64
 	var pwg sync.WaitGroup
 	for p := 0; p < *publishers; p++ {
 		pwg.Add(1)
@@ -142,8 +150,20 @@ func fanoutCmd(args []string) error {
 						return
 					}
 				}
-				body := fmt.Sprintf(`{"entries":[{"type":"bench","t":%d,"pad":%q}]}`, time.Now().UnixNano(), pad)
-				if err := srv.call(context.Background(), "POST", runPath+"/append_log/", []byte(body), nil); err != nil {
+				if *maxBytes > 0 && sent.Add(int64(*batch**size)) > *maxBytes {
+					stopPub()
+					return
+				}
+				var body strings.Builder
+				body.WriteString(`{"entries":[`)
+				for i := range *batch {
+					if i > 0 {
+						body.WriteByte(',')
+					}
+					fmt.Fprintf(&body, `{"type":"bench","t":%d,"pad":%q}`, time.Now().UnixNano(), pad)
+				}
+				body.WriteString(`]}`)
+				if err := srv.call(context.Background(), "POST", runPath+"/append_log/", []byte(body.String()), nil); err != nil {
 					if pubCtx.Err() == nil {
 						fmt.Println("append failed:", err)
 					}
@@ -160,7 +180,7 @@ func fanoutCmd(args []string) error {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 
 	// Drain: every subscriber must reach the last seq.
-	last := appends.Load() + 1
+	last := appends.Load()*int64(*batch) + 1
 	drainDeadline := time.Now().Add(30 * time.Second)
 	for {
 		behind := 0
@@ -198,11 +218,16 @@ func fanoutCmd(args []string) error {
 		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))]) * time.Microsecond
 	}
 	benchCPU := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
-	fmt.Printf("appends: %d (%.0f/s)\n", appends.Load(), float64(appends.Load())/window.Seconds())
+	fmt.Printf("appends: %d (%.0f/s), %.1f MiB of entries\n", appends.Load(), float64(appends.Load())/window.Seconds(),
+		float64(appends.Load()*int64(*batch**size))/(1<<20))
 	fmt.Printf("deliveries: %d (%.0f/s)\n", delivered, float64(delivered)/window.Seconds())
 	fmt.Printf("latency: p50 %v  p95 %v  p99 %v  max %v\n", pct(.50), pct(.95), pct(.99), pct(1))
 	fmt.Printf("server: RSS %.1f MiB, CPU %.2f cores\n", float64(rss)/(1<<20), (cpu1-cpu0).Seconds()/window.Seconds())
 	fmt.Printf("load generator: CPU %.2f cores (GOMAXPROCS %d)\n", benchCPU.Seconds()/window.Seconds(), runtime.GOMAXPROCS(0))
+	fmt.Printf("server peak RSS: %.1f MiB\n", float64(peakRSS(srv.cmd.Process.Pid))/(1<<20))
+	if len(stuck) > 0 {
+		fmt.Printf("clients that never read: %s\n", stuckOutcome(srv, stuck))
+	}
 	fmt.Printf("lost: %d  duplicated: %d\n", lost, dup)
 	if lost != 0 || dup != 0 {
 		return fmt.Errorf("delivery was not exactly once")

@@ -171,6 +171,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		RateLimit:    cfg.rateLimit,
 		Ready:        ready,
 	})
+	api.Registry().MustRegister(h.Collectors()...)
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
