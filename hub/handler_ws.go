@@ -70,17 +70,8 @@ func (s wsStream) ReadObject(v any) error {
 			}
 			return err
 		}
-		var reply []byte
-		switch {
-		case typ != websocket.MessageText || !json.Valid(b):
-			reply = parseErrorReply
-		case len(b) > 0 && strings.TrimSpace(string(b[:1])) == "[":
-			reply = invalidRequestReply
-		default:
-			if err := json.Unmarshal(b, v); err != nil {
-				reply = invalidRequestReply
-				break
-			}
+		reply := decodeMessage(typ, b, v)
+		if reply == nil {
 			return nil
 		}
 		ctx, cancel := s.timeout()
@@ -90,6 +81,22 @@ func (s wsStream) ReadObject(v any) error {
 			return err
 		}
 	}
+}
+
+// decodeMessage decodes one client message into v, or returns the error
+// reply it gets instead: -32700 for what is not JSON text, -32600 for a
+// batch or a message that is not a JSON-RPC object.
+func decodeMessage(typ websocket.MessageType, b []byte, v any) (reply []byte) {
+	switch {
+	case typ != websocket.MessageText || !json.Valid(b):
+		return parseErrorReply
+	case len(b) > 0 && strings.TrimSpace(string(b[:1])) == "[":
+		return invalidRequestReply
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return invalidRequestReply
+	}
+	return nil
 }
 
 func (s wsStream) Close() error { return s.ws.Close(websocket.StatusNormalClosure, "") }
