@@ -4,14 +4,20 @@
 // Guarantees: every subscriber receives every stored event of its run
 // exactly once and in seq order, starting after the seq it asked for. The
 // store is the source of truth and the broker only carries news: a
-// subscriber takes a broker message only when it continues its cursor; on a
-// gap (a lost or reordered message) or when it starts, it reads the store
-// until it has caught up, then goes live again. Each event is encoded once
-// per transport, not once per subscriber. A subscriber whose bounded
-// outbound queue overflows is disconnected ("slow consumer") and never
-// delays the others; it can resume with its last seq. Ephemeral events
+// subscriber takes a broker message only when it continues its cursor. A
+// run holds messages that arrive ahead of a missing one for ReorderWait and
+// then reads the gap from the store once for all its subscribers; a
+// subscriber that starts, or whose run was resynced, reads the store until
+// it has caught up, then goes live again. Each event is encoded once per
+// transport, not once per subscriber. A subscriber whose bounded outbound
+// queue overflows is disconnected ("slow consumer") and never delays the
+// others; it can resume with its last seq. Ephemeral events
 // (agent_message_chunk, seq 0) are delivered best effort to live
 // subscribers only.
+//
+// WebSocket notifications queued together are sent as one JSON-RPC batch
+// (an array) of at most 16 KiB; a connection writes at most once per
+// WriteInterval.
 package hub
 
 import (
