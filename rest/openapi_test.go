@@ -33,7 +33,8 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return New(Config{Store: st}), st
+	ws := func(http.ResponseWriter, *http.Request, func(context.Context, string) (*store.Run, error)) {}
+	return New(Config{Store: st, WS: ws}), st
 }
 
 func openAPIParse(t *testing.T) (openAPIDoc, any) {
@@ -86,7 +87,7 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("walk routes: %v", err)
 	}
-	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream"} {
+	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream", "/ws"} {
 		if !registered[want] {
 			t.Errorf("route %s not found while walking the router", want)
 		}
