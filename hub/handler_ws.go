@@ -27,9 +27,10 @@ const (
 // maxWSMessage bounds one client message on /ws; requests are small.
 const maxWSMessage = 1 << 20
 
-// RunAuthorizer resolves a run the caller may follow, or fails with
+// RunAuthorizer resolves a run the caller may follow, given the connection
+// token the subscribe request carried (if any), or fails with
 // store.ErrNotFound or store.ErrForbidden.
-type RunAuthorizer = func(ctx context.Context, runID string) (*store.Run, error)
+type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run, error)
 
 // wsStream adapts a coder/websocket connection to jsonrpc2.ObjectStream:
 // one JSON-RPC message per text message. Malformed JSON gets a -32700 reply
@@ -202,6 +203,7 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	var p struct {
 		RunID string          `json:"run_id"`
 		After json.RawMessage `json:"after"`
+		Token string          `json:"token"`
 	}
 	if req.Method == "subscribe" || req.Method == "unsubscribe" {
 		if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
@@ -215,7 +217,7 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	}
 	switch req.Method {
 	case "subscribe":
-		run, err := m.authorize(ctx, p.RunID)
+		run, err := m.authorize(ctx, p.RunID, p.Token)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			return nil, rpcError(CodeNotFound, "run not found")

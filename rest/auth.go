@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/mux"
 	"golang.org/x/time/rate"
 
+	"runhub/proxy"
 	"runhub/store"
 )
 
@@ -147,26 +148,56 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 	return h(w, r.WithContext(ctx))
 }
 
-// serveWS authenticates a /ws connection (API key, task:read) and hands it
-// to the hub with an authorizer that admits the runs of the key's projects.
+// serveWS authenticates a /ws connection and hands it to the hub with an
+// authorizer for its subscriptions. A connection may carry an API key
+// (task:read: the runs of the key's projects), a connection token (?token=
+// or a Bearer JWT: that token's run), or nothing, in which case each
+// subscribe must carry a token for its run.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	key, err := s.authenticate(r)
-	if err == nil && !key.HasScope(store.ScopeRead) {
-		err = missingScope(store.ScopeRead)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
+	var key *store.APIKey
+	var claims *proxy.Claims
+	if tok := connectionToken(r); tok != "" && s.tokens != nil {
+		c, err := s.tokens.Verify(tok, proxy.AudienceClient)
+		if err != nil {
+			s.refuseToken(w, r, errBadToken)
+			return
+		}
+		claims = c
+	} else if bearer(r) != "" {
+		k, err := s.authenticate(r)
+		if err == nil && !k.HasScope(store.ScopeRead) {
+			err = missingScope(store.ScopeRead)
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		key = k
+	} else if s.tokens == nil {
+		s.writeError(w, r, errUnauthenticated)
 		return
 	}
-	s.ws(w, r, func(ctx context.Context, runID string) (*store.Run, error) {
-		run, err := s.store.RunByID(ctx, runID)
-		if err != nil {
-			return nil, err
+	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, error) {
+		switch {
+		case token != "" && s.tokens != nil:
+			c, err := s.tokens.Verify(token, proxy.AudienceClient)
+			if err != nil {
+				return nil, store.ErrForbidden
+			}
+			return s.runForToken(ctx, c, runID)
+		case claims != nil:
+			return s.runForToken(ctx, claims, runID)
+		case key != nil:
+			run, err := s.store.RunByID(ctx, runID)
+			if err != nil {
+				return nil, err
+			}
+			if !key.CanReach(run.ProjectID) {
+				// Another project's run is indistinguishable from a missing one.
+				return nil, store.ErrNotFound
+			}
+			return run, nil
 		}
-		if !key.CanReach(run.ProjectID) {
-			// Another project's run is indistinguishable from a missing one.
-			return nil, store.ErrNotFound
-		}
-		return run, nil
+		return nil, store.ErrForbidden
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"runhub/proxy"
 	"runhub/store"
 	"runhub/store/sqlite"
 )
@@ -33,8 +34,12 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	ws := func(http.ResponseWriter, *http.Request, func(context.Context, string) (*store.Run, error)) {}
-	return New(Config{Store: st, WS: ws}), st
+	ws := func(http.ResponseWriter, *http.Request, RunAuthorizer) {}
+	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(Config{Store: st, WS: ws, Tokens: tk}), st
 }
 
 func openAPIParse(t *testing.T) (openAPIDoc, any) {
@@ -87,7 +92,7 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("walk routes: %v", err)
 	}
-	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream", "/ws"} {
+	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream", "/ws", "/.well-known/jwks.json"} {
 		if !registered[want] {
 			t.Errorf("route %s not found while walking the router", want)
 		}

@@ -63,7 +63,12 @@ func (s *Server) routes() {
 	later(runPath+"/artifacts", http.MethodPost, write)
 	later(runPath+"/artifacts/presign", http.MethodPost, read)
 	later(runPath+"/command", http.MethodPost, write)
-	later(runPath+"/connection_token", http.MethodGet, read)
+	if s.tokens != nil {
+		r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
+		handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
+	} else {
+		later(runPath+"/connection_token", http.MethodGet, read)
+	}
 	later(runPath+"/relay_message", http.MethodPost, write)
 	if s.ws != nil {
 		r.Handle("/ws"+slash, http.HandlerFunc(s.serveWS)).Methods(http.MethodGet)
@@ -71,13 +76,22 @@ func (s *Server) routes() {
 	if s.stream == nil {
 		later(runPath+"/stream", http.MethodGet, read)
 	} else {
-		handle(runPath+"/stream", http.MethodGet, read, func(w http.ResponseWriter, r *http.Request) error {
+		byKey := s.project(read, func(w http.ResponseWriter, r *http.Request) error {
 			run, err := s.runOf(r)
 			if err != nil {
 				return err
 			}
 			return s.stream(w, r, run)
 		})
+		// A connection token (?token= or a Bearer JWT) stands in for the
+		// API key: browsers cannot set headers on a WebSocket.
+		r.Handle(runPath+"/stream"+slash, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tok := connectionToken(r); tok != "" && s.tokens != nil {
+				s.streamWithToken(w, r, tok)
+				return
+			}
+			byKey.ServeHTTP(w, r)
+		})).Methods(http.MethodGet)
 	}
 }
 

@@ -45,10 +45,18 @@ type Config struct {
 	Stream func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	// WS serves the multiplexed GET /ws endpoint for an authenticated
 	// caller; authorize resolves the runs it may follow. nil: not mounted.
-	WS func(w http.ResponseWriter, r *http.Request, authorize func(ctx context.Context, runID string) (*store.Run, error))
+	WS func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
+	// Tokens mints and verifies connection tokens; nil: endpoint 9 is 501
+	// and only API keys authenticate.
+	Tokens Tokens
 	// Extra mounts more handlers (hub, proxy, web) on the router.
 	Extra func(r *mux.Router)
 }
+
+// RunAuthorizer resolves a run a /ws caller may follow, given the token
+// the subscribe request carried (if any); it fails with store.ErrNotFound
+// or store.ErrForbidden.
+type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run, error)
 
 // Server is the HTTP API.
 type Server struct {
@@ -59,7 +67,8 @@ type Server struct {
 	limiter *limiter
 	ready   func(ctx context.Context) error
 	stream  func(w http.ResponseWriter, r *http.Request, run *store.Run) error
-	ws      func(w http.ResponseWriter, r *http.Request, authorize func(ctx context.Context, runID string) (*store.Run, error))
+	ws      func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
+	tokens  Tokens
 	router  *mux.Router
 	reg     *prometheus.Registry
 	reqs    *prometheus.CounterVec
@@ -76,6 +85,7 @@ func New(cfg Config) *Server {
 		ready:   cfg.Ready,
 		stream:  cfg.Stream,
 		ws:      cfg.WS,
+		tokens:  cfg.Tokens,
 		router:  mux.NewRouter().SkipClean(true),
 		reg:     prometheus.NewRegistry(),
 	}

@@ -18,6 +18,7 @@ import (
 
 	"runhub/hub"
 	redisbroker "runhub/hub/redis"
+	"runhub/proxy"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -161,11 +162,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer stopPprof()
 	}
+	tokens, err := proxy.LoadTokens(proxy.TokenConfig{
+		PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
+		PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
+		DataDir:              cfg.dataDir,
+	})
+	if err != nil {
+		return fmt.Errorf("connection tokens: %w", err)
+	}
 	api := rest.New(rest.Config{
 		Store:        st,
 		Runs:         &runs.Service{Store: st, Pub: h},
 		Stream:       h.ServeStream,
 		WS:           h.ServeWS,
+		Tokens:       tokens,
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,

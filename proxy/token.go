@@ -1,0 +1,240 @@
+// Package proxy connects sandbox agents to runhub: connection tokens (this
+// file), agent sessions and command routing.
+//
+// Connection tokens are RS256 JWTs for one run. Guarantees: a token
+// verifies only with the algorithm pinned to RS256, the expected audience,
+// an expiry in the future and a kid this node knows (the current key, or
+// the previous one during a rotation); the caller then checks the run.
+// The signing key comes from RUNHUB_JWT_PRIVATE_KEY or is generated on
+// first start and kept in the data directory with mode 0600.
+package proxy
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+)
+
+// Audiences of the two kinds of connection token.
+const (
+	AudienceClient = "runhub:sandbox_connection"
+	AudienceAgent  = "runhub:agent"
+)
+
+// TokenTTL is how long a connection token is valid.
+const TokenTTL = 24 * time.Hour
+
+// keyFile holds the generated signing key in the data directory.
+const keyFile = "jwt-key.pem"
+
+// ErrBadToken: the token is malformed, expired, for another audience, not
+// signed by a known key, or uses another algorithm.
+var ErrBadToken = errors.New("invalid connection token")
+
+// Claims are a connection token's claims.
+type Claims struct {
+	RunID      string `json:"run_id"`
+	TaskID     string `json:"task_id"`
+	TeamID     int64  `json:"team_id"`
+	UserID     int64  `json:"user_id"`
+	DistinctID string `json:"distinct_id"`
+	Scope      string `json:"scope"` // "read" or "write"
+	jwt.RegisteredClaims
+}
+
+// CanWrite reports whether the token grants write access (commands).
+func (c *Claims) CanWrite() bool { return c.Scope == "write" }
+
+// Tokens mints and verifies connection tokens.
+type Tokens struct {
+	key  *rsa.PrivateKey
+	kid  string
+	pubs map[string]*rsa.PublicKey // kid -> key: the current one and the previous one
+	now  func() time.Time
+}
+
+// TokenConfig configures LoadTokens.
+type TokenConfig struct {
+	// PrivateKeyPEM, if set, is the signing key (PKCS#1 or PKCS#8).
+	PrivateKeyPEM string
+	// DataDir keeps a generated key when PrivateKeyPEM is empty.
+	DataDir string
+	// PreviousPublicKeyPEM, if set, is a key tokens may still be signed
+	// with (a rotation): it is published in the JWKS and accepted.
+	PreviousPublicKeyPEM string
+	// Now is the clock (tests); nil: time.Now.
+	Now func() time.Time
+}
+
+// LoadTokens loads or creates the signing key.
+func LoadTokens(cfg TokenConfig) (*Tokens, error) {
+	var key *rsa.PrivateKey
+	var err error
+	switch {
+	case cfg.PrivateKeyPEM != "":
+		// Environments often carry PEM with literal \n escapes.
+		key, err = jwt.ParseRSAPrivateKeyFromPEM([]byte(strings.ReplaceAll(cfg.PrivateKeyPEM, `\n`, "\n")))
+		if err != nil {
+			return nil, fmt.Errorf("jwt private key: %w", err)
+		}
+	default:
+		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, keyFile)); err != nil {
+			return nil, err
+		}
+	}
+	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now}
+	if t.now == nil {
+		t.now = time.Now
+	}
+	if t.kid, err = KeyID(&key.PublicKey); err != nil {
+		return nil, err
+	}
+	t.pubs[t.kid] = &key.PublicKey
+	if cfg.PreviousPublicKeyPEM != "" {
+		prev, err := jwt.ParseRSAPublicKeyFromPEM([]byte(strings.ReplaceAll(cfg.PreviousPublicKeyPEM, `\n`, "\n")))
+		if err != nil {
+			return nil, fmt.Errorf("previous jwt public key: %w", err)
+		}
+		kid, err := KeyID(prev)
+		if err != nil {
+			return nil, err
+		}
+		t.pubs[kid] = prev
+	}
+	return t, nil
+}
+
+func loadOrCreateKey(path string) (*rsa.PrivateKey, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		key, err := jwt.ParseRSAPrivateKeyFromPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return key, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read jwt key: %w", err)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("generate jwt key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	b := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	// O_EXCL: two processes starting at once must not each write a key.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return loadOrCreateKey(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write jwt key: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write jwt key: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("write jwt key: %w", err)
+	}
+	return key, nil
+}
+
+// KeyID is the first 16 hex digits of the SHA-256 of the public key's
+// PKIX DER encoding.
+func KeyID(pub *rsa.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])[:16], nil
+}
+
+// Mint signs a token for claims (run, task, team, user, distinct_id,
+// scope) with the given audience; it sets iat, exp, jti and aud.
+func (t *Tokens) Mint(c Claims, audience string) (string, time.Time, error) {
+	now := t.now()
+	exp := now.Add(TokenTTL).Truncate(time.Second)
+	c.RegisteredClaims = jwt.RegisteredClaims{
+		Audience:  jwt.ClaimStrings{audience},
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(exp),
+		ID:        uuid.NewString(),
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, &c)
+	tok.Header["kid"] = t.kid
+	s, err := tok.SignedString(t.key)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
+	}
+	return s, exp, nil
+}
+
+// Verify checks a token for the audience and returns its claims; every
+// failure is ErrBadToken (wrapping the reason).
+func (t *Tokens) Verify(token, audience string) (*Claims, error) {
+	p := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
+		jwt.WithAudience(audience), jwt.WithExpirationRequired(), jwt.WithTimeFunc(t.now))
+	var c Claims
+	_, err := p.ParseWithClaims(token, &c, func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		pub, ok := t.pubs[kid]
+		if !ok {
+			return nil, fmt.Errorf("unknown kid %q", kid)
+		}
+		return pub, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
+	}
+	if c.RunID == "" || (c.Scope != "read" && c.Scope != "write") {
+		return nil, fmt.Errorf("%w: missing run_id or scope", ErrBadToken)
+	}
+	return &c, nil
+}
+
+// ServeJWKS serves GET /.well-known/jwks.json: the public keys tokens may
+// be signed with.
+func (t *Tokens) ServeJWKS(w http.ResponseWriter, _ *http.Request) {
+	type jwk struct {
+		Kty string `json:"kty"`
+		Use string `json:"use"`
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		N   string `json:"n"`
+		E   string `json:"e"`
+	}
+	keys := []jwk{}
+	add := func(kid string, pub *rsa.PublicKey) {
+		keys = append(keys, jwk{Kty: "RSA", Use: "sig", Alg: "RS256", Kid: kid,
+			N: base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
+			E: base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes())})
+	}
+	add(t.kid, &t.key.PublicKey) // the current key first
+	for kid, pub := range t.pubs {
+		if kid != t.kid {
+			add(kid, pub)
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	json.NewEncoder(w).Encode(map[string]any{"keys": keys})
+}
