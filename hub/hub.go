@@ -57,7 +57,7 @@ const (
 	// connection: at high event rates it lets each write (a syscall and a
 	// goroutine wake-up per connection) carry many events; at a person's
 	// pace events are further apart and go out at once.
-	DefaultWriteInterval = 5 * time.Millisecond
+	DefaultWriteInterval = 10 * time.Millisecond
 	// DefaultSlowGrace is how long a WebSocket whose queue overflowed has to
 	// take the write in progress (and then the 4008 close) before its
 	// connection is cut: a client that only paused sees 4008, one that

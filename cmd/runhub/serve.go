@@ -38,6 +38,7 @@ type config struct {
 	rateLimit *rest.RateLimit
 	redisURL  string
 	pprofAddr string
+	writeIvl  time.Duration
 	logLevel  slog.Level
 	logJSON   bool
 }
@@ -59,6 +60,7 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
+	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -69,6 +71,11 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("serve: unexpected argument %q", rest[0])}
 	}
 	c.maxBody = *maxBody
+	if d, err := time.ParseDuration(*ivl); err != nil || d < 0 {
+		return nil, usageError{fmt.Sprintf("bad write interval %q", *ivl)}
+	} else {
+		c.writeIvl = d
+	}
 	if c.maxBody == 0 {
 		if v := os.Getenv("RUNHUB_MAX_BODY_BYTES"); v != "" {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -142,7 +149,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	h := hub.New(hub.Config{Store: st, Logger: log})
+	ivl := cfg.writeIvl
+	if ivl == 0 {
+		ivl = -1 // hub.Config: negative is "none"
+	}
+	h := hub.New(hub.Config{Store: st, Logger: log, WriteInterval: ivl})
 	var ready func(context.Context) error
 	if cfg.redisURL != "" {
 		b, err := redisbroker.New(ctx, cfg.redisURL, h.Deliver, h.Resync, log)
