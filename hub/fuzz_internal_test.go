@@ -35,8 +35,8 @@ func FuzzWSMessage(f *testing.F) {
 		defer h.Close()
 		nop := func(context.Context, [][]byte) error { return nil }
 		m := &muxSession{h: h, c: newConn(kindWS, 1<<20, 0, nop), subs: map[string]*sub{},
-			authorize: func(_ context.Context, id, _ string) (*store.Run, error) {
-				return &store.Run{ID: id, LastSeq: 3, Status: store.StatusInProgress}, nil
+			authorize: func(_ context.Context, id, _ string) (*store.Run, bool, error) {
+				return &store.Run{ID: id, LastSeq: 3, Status: store.StatusInProgress}, false, nil
 			}}
 		m.c.mux = true
 		typ := websocket.MessageBinary

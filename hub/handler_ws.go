@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
@@ -28,9 +29,17 @@ const (
 const maxWSMessage = 1 << 20
 
 // RunAuthorizer resolves a run the caller may follow, given the connection
-// token the subscribe request carried (if any), or fails with
-// store.ErrNotFound or store.ErrForbidden.
-type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run, error)
+// token the request carried (if any), and whether the caller may also
+// steer it (commands); or fails with store.ErrNotFound or
+// store.ErrForbidden.
+type RunAuthorizer = func(ctx context.Context, runID, token string) (run *store.Run, write bool, err error)
+
+// Commander relays a command to a run's agent and returns the agent's
+// result, or the JSON-RPC error to answer with (the sandbox proxy).
+type Commander func(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error)
+
+// UseCommands enables the /ws command method (call before serving).
+func (h *Hub) UseCommands(c Commander) { h.commands = c }
 
 // wsStream adapts a coder/websocket connection to jsonrpc2.ObjectStream:
 // one JSON-RPC message per text message. Malformed JSON gets a -32700 reply
@@ -49,12 +58,25 @@ func (s wsStream) WriteObject(obj any) error {
 	}
 	ctx, cancel := s.timeout()
 	defer cancel()
+	if s.gw == nil {
+		return s.ws.Write(ctx, websocket.MessageText, b)
+	}
 	s.gw.gather()
 	err = s.ws.Write(ctx, websocket.MessageText, b)
 	if rerr := s.gw.release(); err == nil {
 		err = rerr
 	}
 	return err
+}
+
+// NewObjectStream adapts a WebSocket to jsonrpc2.ObjectStream as /ws does
+// (one JSON-RPC message per text message; a malformed message gets -32700
+// and the connection goes on; batches get -32600); each write must finish
+// within timeout. The sandbox proxy uses it for agent connections.
+func NewObjectStream(ctx context.Context, ws *websocket.Conn, timeout time.Duration) jsonrpc2.ObjectStream {
+	return wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(ctx, timeout)
+	}}
 }
 
 var (
@@ -177,6 +199,19 @@ func rpcError(code int64, msg string) *jsonrpc2.Error {
 // Handle runs in jsonrpc2's read loop, so requests of one connection are
 // handled in order (a subscribe's reply goes out before its events).
 func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	if req.Method == "command" && !req.Notif {
+		// A command waits for an agent (up to the command timeout): it
+		// must not hold up the connection's other requests.
+		go func() {
+			result, rerr := m.command(ctx, req)
+			if rerr != nil {
+				rc.ReplyWithError(ctx, req.ID, rerr)
+				return
+			}
+			rc.Reply(ctx, req.ID, result)
+		}()
+		return
+	}
 	result, rerr := m.handle(ctx, req)
 	if req.Notif {
 		return
@@ -205,6 +240,9 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 		After json.RawMessage `json:"after"`
 		Token string          `json:"token"`
 	}
+	if req.Method == "command" {
+		return m.command(ctx, req)
+	}
 	if req.Method == "subscribe" || req.Method == "unsubscribe" {
 		if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
 			return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id")
@@ -217,7 +255,7 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	}
 	switch req.Method {
 	case "subscribe":
-		run, err := m.authorize(ctx, p.RunID, p.Token)
+		run, _, err := m.authorize(ctx, p.RunID, p.Token)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			return nil, rpcError(CodeNotFound, "run not found")
@@ -257,4 +295,53 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 		return map[string]any{"run_id": p.RunID, "unsubscribed": s != nil}, nil
 	}
 	return nil, rpcError(jsonrpc2.CodeMethodNotFound, "method not found: "+req.Method)
+}
+
+// command relays {"run_id", "method", "params"?, "token"?} to the run's
+// agent; it needs write access to the run.
+func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
+	if m.h.commands == nil {
+		return nil, rpcError(jsonrpc2.CodeMethodNotFound, "method not found: command")
+	}
+	var p struct {
+		RunID  string          `json:"run_id"`
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+		Token  string          `json:"token"`
+	}
+	if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id and method")
+	}
+	id, err := uuid.Parse(p.RunID)
+	if err != nil || len(p.RunID) != 36 {
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+	}
+	switch p.Method {
+	case "user_message":
+		var c struct {
+			Content string `json:"content"`
+		}
+		if json.Unmarshal(p.Params, &c) != nil || c.Content == "" {
+			return nil, rpcError(jsonrpc2.CodeInvalidParams, "user_message needs a non-empty string params.content")
+		}
+	case "cancel", "close":
+	default:
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, "method must be one of user_message, cancel, close")
+	}
+	run, write, err := m.authorize(ctx, id.String(), p.Token)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, rpcError(CodeNotFound, "run not found")
+	case errors.Is(err, store.ErrForbidden):
+		return nil, rpcError(CodeForbidden, "not allowed to follow this run")
+	case err != nil:
+		return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+	case !write:
+		return nil, rpcError(CodeForbidden, "commands need write access to the run")
+	}
+	result, rerr := m.h.commands(ctx, run, p.Method, p.Params)
+	if rerr != nil {
+		return nil, rerr
+	}
+	return result, nil
 }

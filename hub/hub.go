@@ -117,6 +117,8 @@ type Hub struct {
 	log    *slog.Logger
 	m      *metrics
 
+	commands Commander // nil: /ws has no command method
+
 	mu   sync.Mutex
 	runs map[string]*runState
 

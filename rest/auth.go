@@ -177,27 +177,29 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errUnauthenticated)
 		return
 	}
-	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, error) {
+	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, bool, error) {
 		switch {
 		case token != "" && s.tokens != nil:
 			c, err := s.tokens.Verify(token, proxy.AudienceClient)
 			if err != nil {
-				return nil, store.ErrForbidden
+				return nil, false, store.ErrForbidden
 			}
-			return s.runForToken(ctx, c, runID)
+			run, err := s.runForToken(ctx, c, runID)
+			return run, err == nil && c.CanWrite(), err
 		case claims != nil:
-			return s.runForToken(ctx, claims, runID)
+			run, err := s.runForToken(ctx, claims, runID)
+			return run, err == nil && claims.CanWrite(), err
 		case key != nil:
 			run, err := s.store.RunByID(ctx, runID)
 			if err != nil {
-				return nil, err
+				return nil, false, err
 			}
 			if !key.CanReach(run.ProjectID) {
 				// Another project's run is indistinguishable from a missing one.
-				return nil, store.ErrNotFound
+				return nil, false, store.ErrNotFound
 			}
-			return run, nil
+			return run, key.HasScope(store.ScopeWrite), nil
 		}
-		return nil, store.ErrForbidden
+		return nil, false, store.ErrForbidden
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"runhub/proxy"
 	"runhub/store"
 	"runhub/store/runs"
 )
@@ -109,6 +110,18 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = validation("Idempotency-Key", "idempotency_key_reused", "This Idempotency-Key was already used with a different request.")
 	case errors.Is(err, runs.ErrOutputInvalid):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Output validation error: " + strings.TrimPrefix(err.Error(), runs.ErrOutputInvalid.Error()+": ")})
+		return
+	case errors.Is(err, proxy.ErrNoAgent):
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "No active sandbox for this task run"})
+		return
+	case errors.Is(err, proxy.ErrBadSandbox):
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Invalid sandbox URL"})
+		return
+	case errors.Is(err, proxy.ErrAgentTimeout):
+		writeJSON(w, http.StatusGatewayTimeout, map[string]string{"error": "Agent server request timed out"})
+		return
+	case errors.Is(err, proxy.ErrAgentGone):
+		writeJSON(w, http.StatusBadGateway, map[string]string{"error": "Agent server is not reachable"})
 		return
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.

@@ -62,7 +62,11 @@ func (s *Server) routes() {
 	}
 	later(runPath+"/artifacts", http.MethodPost, write)
 	later(runPath+"/artifacts/presign", http.MethodPost, read)
-	later(runPath+"/command", http.MethodPost, write)
+	if s.commands != nil {
+		handle(runPath+"/command", http.MethodPost, write, s.command)
+	} else {
+		later(runPath+"/command", http.MethodPost, write)
+	}
 	if s.tokens != nil {
 		r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 		handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
@@ -70,6 +74,9 @@ func (s *Server) routes() {
 		later(runPath+"/connection_token", http.MethodGet, read)
 	}
 	later(runPath+"/relay_message", http.MethodPost, write)
+	if s.agent != nil {
+		r.Handle("/agent/connect"+slash, s.agent).Methods(http.MethodGet)
+	}
 	if s.ws != nil {
 		r.Handle("/ws"+slash, http.HandlerFunc(s.serveWS)).Methods(http.MethodGet)
 	}

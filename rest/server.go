@@ -49,45 +49,53 @@ type Config struct {
 	// Tokens mints and verifies connection tokens; nil: endpoint 9 is 501
 	// and only API keys authenticate.
 	Tokens Tokens
+	// Commands relays commands to agents (the sandbox proxy); nil: 501.
+	Commands Commander
+	// Agent serves GET /agent/connect (the sandbox proxy); nil: not mounted.
+	Agent http.HandlerFunc
 	// Extra mounts more handlers (hub, proxy, web) on the router.
 	Extra func(r *mux.Router)
 }
 
 // RunAuthorizer resolves a run a /ws caller may follow, given the token
-// the subscribe request carried (if any); it fails with store.ErrNotFound
-// or store.ErrForbidden.
-type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run, error)
+// the request carried (if any), and whether it may also send commands; it
+// fails with store.ErrNotFound or store.ErrForbidden.
+type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run, bool, error)
 
 // Server is the HTTP API.
 type Server struct {
-	store   store.Store
-	runs    *runs.Service
-	log     *slog.Logger
-	maxBody int64
-	limiter *limiter
-	ready   func(ctx context.Context) error
-	stream  func(w http.ResponseWriter, r *http.Request, run *store.Run) error
-	ws      func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
-	tokens  Tokens
-	router  *mux.Router
-	reg     *prometheus.Registry
-	reqs    *prometheus.CounterVec
-	latency *prometheus.HistogramVec
+	store    store.Store
+	runs     *runs.Service
+	log      *slog.Logger
+	maxBody  int64
+	limiter  *limiter
+	ready    func(ctx context.Context) error
+	stream   func(w http.ResponseWriter, r *http.Request, run *store.Run) error
+	ws       func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
+	tokens   Tokens
+	commands Commander
+	agent    http.HandlerFunc
+	router   *mux.Router
+	reg      *prometheus.Registry
+	reqs     *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 }
 
 // New builds the server and its routes.
 func New(cfg Config) *Server {
 	s := &Server{
-		store:   cfg.Store,
-		runs:    cfg.Runs,
-		log:     cfg.Logger,
-		maxBody: cfg.MaxBodyBytes,
-		ready:   cfg.Ready,
-		stream:  cfg.Stream,
-		ws:      cfg.WS,
-		tokens:  cfg.Tokens,
-		router:  mux.NewRouter().SkipClean(true),
-		reg:     prometheus.NewRegistry(),
+		store:    cfg.Store,
+		runs:     cfg.Runs,
+		log:      cfg.Logger,
+		maxBody:  cfg.MaxBodyBytes,
+		ready:    cfg.Ready,
+		stream:   cfg.Stream,
+		ws:       cfg.WS,
+		tokens:   cfg.Tokens,
+		commands: cfg.Commands,
+		agent:    cfg.Agent,
+		router:   mux.NewRouter().SkipClean(true),
+		reg:      prometheus.NewRegistry(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

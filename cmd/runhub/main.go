@@ -1,10 +1,11 @@
-// Command runhub serves the task-runs API (and, in later milestones, the
-// live hub and the sandbox proxy), and manages projects and API keys.
+// Command runhub serves the task-runs API, the live hub and the sandbox
+// proxy, manages projects and API keys, and runs the reference agent.
 //
 //	runhub [serve] [--addr :8080] [--data-dir ./data]
 //	runhub keys create --project 1 --scopes task:read,task:write [--label L]
 //	runhub keys list | keys revoke ID
 //	runhub projects create NAME | projects list
+//	runhub agent --url WS_URL --token AGENT_TOKEN
 //
 // Every flag has a RUNHUB_* environment variable (see config.go). The keys
 // and projects commands open the same SQLite file and work while the server
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return keysCmd(ctx, args, stdout)
 	case "projects":
 		return projectsCmd(ctx, args, stdout)
+	case "agent":
+		return agentCmd(ctx, args, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -63,6 +66,7 @@ const usage = `usage:
   runhub keys revoke ID
   runhub projects create NAME
   runhub projects list
+  runhub agent --url WS_URL --token AGENT_TOKEN   (the reference sandbox agent)
 `
 
 // newFlags is a FlagSet that reports errors instead of exiting.

@@ -39,6 +39,8 @@ type config struct {
 	redisURL  string
 	pprofAddr string
 	writeIvl  time.Duration
+	sandboxes string
+	cmdTO     time.Duration
 	logLevel  slog.Level
 	logJSON   bool
 }
@@ -61,6 +63,8 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
+	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts (names or IPs) HTTP sandboxes may be called on")
+	cmdTO := fs.String("command-timeout", env("RUNHUB_COMMAND_TIMEOUT", proxy.DefaultCommandTimeout.String()), "how long a command waits for the agent's answer")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -71,6 +75,11 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("serve: unexpected argument %q", rest[0])}
 	}
 	c.maxBody = *maxBody
+	if d, err := time.ParseDuration(*cmdTO); err != nil || d <= 0 {
+		return nil, usageError{fmt.Sprintf("bad command timeout %q", *cmdTO)}
+	} else {
+		c.cmdTO = d
+	}
 	if d, err := time.ParseDuration(*ivl); err != nil || d < 0 {
 		return nil, usageError{fmt.Sprintf("bad write interval %q", *ivl)}
 	} else {
@@ -181,12 +190,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("connection tokens: %w", err)
 	}
+	svc := &runs.Service{Store: st, Pub: h}
+	var sandboxes *proxy.SandboxClient
+	if cfg.sandboxes != "" {
+		sandboxes = proxy.NewSandboxClient(strings.Split(cfg.sandboxes, ","))
+	}
+	px := proxy.New(proxy.Config{Tokens: tokens, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
+		Logger: log, CommandTimeout: cfg.cmdTO, Sandboxes: sandboxes})
+	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
 		Store:        st,
-		Runs:         &runs.Service{Store: st, Pub: h},
+		Runs:         svc,
 		Stream:       h.ServeStream,
 		WS:           h.ServeWS,
 		Tokens:       tokens,
+		Commands:     px,
+		Agent:        px.ServeAgent,
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,

@@ -1,0 +1,413 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/sourcegraph/jsonrpc2"
+
+	"runhub/hub"
+	"runhub/store"
+)
+
+// Runs is the run service as agents use it (*runs.Service): every change an
+// agent makes takes the same validate → store → publish path as REST.
+type Runs interface {
+	AppendLog(ctx context.Context, ref store.RunRef, raw []json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error)
+	UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error)
+	SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error)
+}
+
+// RunLookup finds a run by id (store.Store).
+type RunLookup interface {
+	RunByID(ctx context.Context, id string) (*store.Run, error)
+}
+
+// Close codes of GET /agent/connect.
+const (
+	CloseBadToken  websocket.StatusCode = 4001
+	CloseForbidden websocket.StatusCode = 4003
+	CloseReplaced  websocket.StatusCode = 4009
+)
+
+// Defaults.
+const (
+	DefaultCommandTimeout = 30 * time.Second
+	defaultPingInterval   = 25 * time.Second
+	defaultPongTimeout    = 10 * time.Second
+	// maxAgentMessage bounds one agent message: an append_log of 10,000
+	// entries is large, but bounded by the REST body limit's order.
+	maxAgentMessage = 64 << 20
+)
+
+// Errors of Command, mapped to HTTP by the REST layer.
+var (
+	ErrNoAgent      = errors.New("no active sandbox for this task run")
+	ErrAgentGone    = errors.New("agent server is not reachable")
+	ErrAgentTimeout = errors.New("agent server request timed out")
+	ErrBadSandbox   = errors.New("invalid sandbox URL")
+)
+
+// Config configures a Proxy.
+type Config struct {
+	Tokens *Tokens
+	Runs   Runs
+	Store  RunLookup
+	// DecodePatch turns an update's params into a RunPatch with the REST
+	// PATCH rules (rest.DecodeRunPatch).
+	DecodePatch    func([]byte) (store.RunPatch, error)
+	Logger         *slog.Logger
+	CommandTimeout time.Duration // 0: DefaultCommandTimeout
+	PingInterval   time.Duration
+	PongTimeout    time.Duration
+	// Sandboxes forwards commands to HTTP sandboxes (state.sandbox_url);
+	// nil: none.
+	Sandboxes *SandboxClient
+}
+
+// Proxy holds this node's agent sessions and routes commands to them.
+type Proxy struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	agents map[string]*session // run id -> its current agent
+}
+
+// New builds a proxy.
+func New(cfg Config) *Proxy {
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = defaultPingInterval
+	}
+	if cfg.PongTimeout <= 0 {
+		cfg.PongTimeout = defaultPongTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Proxy{cfg: cfg, log: cfg.Logger, agents: map[string]*session{}}
+}
+
+// session is one agent connection.
+type session struct {
+	run  *store.Run
+	ws   *websocket.Conn
+	rpc  *jsonrpc2.Conn
+	mu   sync.Mutex
+	last int64 // highest batch seq accepted on this run through this node
+}
+
+func (s *session) ref() store.RunRef {
+	return store.RunRef{ProjectID: s.run.ProjectID, TaskID: s.run.TaskID, RunID: s.run.ID}
+}
+
+// agentToken returns the token of an agent connection request.
+func agentToken(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// ServeAgent serves GET /agent/connect: one JSON-RPC 2.0 session with the
+// agent of the token's run, until the connection ends. A newer connection
+// for the same run replaces this one (close 4009).
+func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
+	claims, err := p.cfg.Tokens.Verify(agentToken(r), AudienceAgent)
+	if err != nil {
+		refuse(w, r, http.StatusUnauthorized, CloseBadToken, "Invalid agent token.")
+		return
+	}
+	run, err := p.cfg.Store.RunByID(r.Context(), claims.RunID)
+	if err != nil || run.ProjectID != claims.TeamID || run.TaskID != claims.TaskID {
+		refuse(w, r, http.StatusForbidden, CloseForbidden, "Agent token is not valid for a live run.")
+		return
+	}
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(maxAgentMessage)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	s := &session{run: run, ws: ws}
+	stream := hub.NewObjectStream(ctx, ws, p.cfg.CommandTimeout)
+	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(p.handler(s)), jsonrpc2.SetLogger(discard{}))
+	defer s.rpc.Close()
+
+	p.mu.Lock()
+	old := p.agents[run.ID]
+	p.agents[run.ID] = s
+	p.mu.Unlock()
+	if old != nil {
+		old.ws.Close(CloseReplaced, "replaced by a newer agent connection")
+	}
+	p.event(ctx, s, "agent_connected")
+	p.log.Info("agent connected", "run_id", run.ID)
+
+	pings := time.NewTicker(p.cfg.PingInterval)
+	defer pings.Stop()
+	for alive := true; alive; {
+		select {
+		case <-s.rpc.DisconnectNotify():
+			alive = false
+		case <-ctx.Done():
+			alive = false
+		case <-pings.C:
+			pctx, pcancel := context.WithTimeout(ctx, p.cfg.PongTimeout)
+			if ws.Ping(pctx) != nil {
+				alive = false
+			}
+			pcancel()
+		}
+	}
+	p.mu.Lock()
+	current := p.agents[run.ID] == s
+	if current {
+		delete(p.agents, run.ID)
+	}
+	p.mu.Unlock()
+	if current {
+		p.event(context.WithoutCancel(ctx), s, "agent_disconnected")
+	}
+	p.log.Info("agent disconnected", "run_id", run.ID, "replaced", !current)
+}
+
+// event records agent_connected / agent_disconnected on the run's stream.
+func (p *Proxy) event(ctx context.Context, s *session, typ string) {
+	entry, _ := json.Marshal(map[string]string{"type": typ})
+	if _, err := p.cfg.Runs.AppendLog(ctx, s.ref(), []json.RawMessage{entry}, nil); err != nil {
+		p.log.Warn("recording agent event failed", "run_id", s.run.ID, "event", typ, "err", err)
+	}
+}
+
+// refuse answers a refused agent connection: the status on plain HTTP, a
+// close code after the upgrade on a WebSocket request.
+func refuse(w http.ResponseWriter, r *http.Request, status int, code websocket.StatusCode, msg string) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(map[string]any{"type": "authentication_error", "code": "authentication_failed", "detail": msg, "attr": nil})
+		return
+	}
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	ws.Close(code, msg)
+}
+
+type discard struct{}
+
+func (discard) Printf(string, ...any) {}
+
+// appendParams are the params of an agent's append_log.
+type appendParams struct {
+	Entries []json.RawMessage `json:"entries"`
+	Seq     *int64            `json:"seq"`
+}
+
+// AppendResult is append_log's result.
+type AppendResult struct {
+	LastAcceptedSeq *int64 `json:"last_accepted_seq"` // highest batch seq accepted (null without seqs)
+	LastSeq         int64  `json:"last_seq"`          // the run's newest event seq
+	Replayed        bool   `json:"replayed"`          // this batch was accepted before: nothing stored
+}
+
+func rpcErr(code int64, msg string) *jsonrpc2.Error { return &jsonrpc2.Error{Code: code, Message: msg} }
+
+// handler serves the agent's requests. jsonrpc2 calls it from the
+// connection's read loop, so an agent's requests apply in the order sent.
+func (p *Proxy) handler(s *session) func(ctx context.Context, c *jsonrpc2.Conn, req *jsonrpc2.Request) (any, error) {
+	return func(ctx context.Context, _ *jsonrpc2.Conn, req *jsonrpc2.Request) (any, error) {
+		var raw json.RawMessage
+		if req.Params != nil {
+			raw = *req.Params
+		}
+		switch req.Method {
+		case "append_log":
+			var ap appendParams
+			if err := json.Unmarshal(raw, &ap); err != nil {
+				return nil, rpcErr(jsonrpc2.CodeInvalidParams, `params must be {"entries": [...], "seq"?: integer}`)
+			}
+			var idem *store.Idempotency
+			if ap.Seq != nil {
+				sum := sha256.New()
+				for _, e := range ap.Entries {
+					sum.Write(e)
+					sum.Write([]byte{0})
+				}
+				idem = &store.Idempotency{Key: fmt.Sprintf("agent-batch:%d", *ap.Seq), RequestHash: sum.Sum(nil)}
+			}
+			res, err := p.cfg.Runs.AppendLog(ctx, s.ref(), ap.Entries, idem)
+			if err != nil {
+				return nil, storeRPCError(err)
+			}
+			out := AppendResult{LastSeq: res.Run.LastSeq, Replayed: res.Replayed}
+			if ap.Seq != nil {
+				s.mu.Lock()
+				s.last = max(s.last, *ap.Seq)
+				last := s.last
+				s.mu.Unlock()
+				out.LastAcceptedSeq = &last
+			}
+			return out, nil
+		case "update":
+			if p.cfg.DecodePatch == nil {
+				return nil, rpcErr(jsonrpc2.CodeMethodNotFound, "method not found: update")
+			}
+			patch, err := p.cfg.DecodePatch(raw)
+			if err != nil {
+				return nil, storeRPCError(err)
+			}
+			res, err := p.cfg.Runs.UpdateRun(ctx, s.ref(), patch, nil)
+			if err != nil {
+				return nil, storeRPCError(err)
+			}
+			return res.Run, nil
+		case "set_output":
+			var sp struct {
+				Output map[string]json.RawMessage `json:"output"`
+			}
+			if err := json.Unmarshal(raw, &sp); err != nil || sp.Output == nil {
+				return nil, rpcErr(jsonrpc2.CodeInvalidParams, "output must be a dictionary")
+			}
+			res, err := p.cfg.Runs.SetOutput(ctx, s.ref(), sp.Output, nil)
+			if err != nil {
+				return nil, storeRPCError(err)
+			}
+			return res.Run, nil
+		}
+		return nil, rpcErr(jsonrpc2.CodeMethodNotFound, "method not found: "+req.Method)
+	}
+}
+
+// storeRPCError maps a run-service error to a JSON-RPC error; internal
+// details never reach the agent.
+func storeRPCError(err error) *jsonrpc2.Error {
+	var ve *store.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		return rpcErr(jsonrpc2.CodeInvalidParams, ve.Error())
+	case errors.Is(err, store.ErrIdempotencyMismatch):
+		return rpcErr(jsonrpc2.CodeInvalidParams, "seq was already used for a different batch")
+	case errors.Is(err, store.ErrNotFound):
+		return rpcErr(-32004, "run not found")
+	}
+	return rpcErr(jsonrpc2.CodeInternalError, "internal error")
+}
+
+// Response is what a command returns: the agent's JSON-RPC response.
+type Response struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      any             `json:"id"`
+	Result  json.RawMessage `json:"result,omitempty"`
+	Error   *jsonrpc2.Error `json:"error,omitempty"`
+}
+
+// Command sends method(params) to the run's agent and returns its
+// response: through the agent's connection when it is on this node, else
+// to the run's HTTP sandbox (state.sandbox_url) when it has one. Errors:
+// ErrNoAgent, ErrAgentGone, ErrAgentTimeout, ErrBadSandbox.
+func (p *Proxy) Command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
+	defer cancel()
+	p.mu.Lock()
+	s := p.agents[run.ID]
+	p.mu.Unlock()
+	if s != nil {
+		return s.call(ctx, method, params, id)
+	}
+	if url := sandboxURL(run); url != "" {
+		if p.cfg.Sandboxes == nil {
+			return nil, ErrBadSandbox // no host is allowed
+		}
+		return p.cfg.Sandboxes.forward(ctx, p.cfg.Tokens, run, url, method, params, id)
+	}
+	return nil, ErrNoAgent
+}
+
+func (s *session) call(ctx context.Context, method string, params json.RawMessage, id any) (*Response, error) {
+	if len(params) == 0 {
+		params = json.RawMessage("{}")
+	}
+	var result json.RawMessage
+	err := s.rpc.Call(ctx, method, params, &result)
+	var rerr *jsonrpc2.Error
+	switch {
+	case err == nil:
+		if len(result) == 0 {
+			result = json.RawMessage("null")
+		}
+		return &Response{JSONRPC: "2.0", ID: id, Result: result}, nil
+	case errors.As(err, &rerr):
+		return &Response{JSONRPC: "2.0", ID: id, Error: rerr}, nil
+	case ctx.Err() != nil:
+		return nil, ErrAgentTimeout
+	}
+	return nil, fmt.Errorf("%w: %w", ErrAgentGone, err)
+}
+
+// sandboxURL is the run's state.sandbox_url, if it is a string.
+func sandboxURL(run *store.Run) string {
+	var u string
+	if raw, ok := run.State["sandbox_url"]; ok {
+		json.Unmarshal(raw, &u)
+	}
+	return u
+}
+
+// Connected reports whether the run's agent is connected to this node.
+func (p *Proxy) Connected(runID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.agents[runID] != nil
+}
+
+// JSON-RPC error codes of a /ws command that did not reach an agent (the
+// REST endpoint answers 400, 400, 502 and 504 for them).
+const (
+	CodeNoAgent      = -32010
+	CodeBadSandbox   = -32011
+	CodeAgentGone    = -32012
+	CodeAgentTimeout = -32013
+)
+
+// WSCommand is Command for the /ws command method (hub.Commander): the
+// agent's result, or its JSON-RPC error, or the error of the relay.
+func (p *Proxy) WSCommand(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error) {
+	resp, err := p.Command(ctx, run, method, params, nil)
+	switch {
+	case errors.Is(err, ErrNoAgent):
+		return nil, rpcErr(CodeNoAgent, "No active sandbox for this task run")
+	case errors.Is(err, ErrBadSandbox):
+		return nil, rpcErr(CodeBadSandbox, "Invalid sandbox URL")
+	case errors.Is(err, ErrAgentTimeout):
+		return nil, rpcErr(CodeAgentTimeout, "Agent server request timed out")
+	case errors.Is(err, ErrAgentGone):
+		return nil, rpcErr(CodeAgentGone, "Agent server is not reachable")
+	case err != nil:
+		p.log.Error("command failed", "run_id", run.ID, "err", err)
+		return nil, rpcErr(jsonrpc2.CodeInternalError, "internal error")
+	case resp.Error != nil:
+		return nil, resp.Error
+	}
+	return resp.Result, nil
+}
