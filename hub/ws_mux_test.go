@@ -108,6 +108,11 @@ func TestWSMuxManyRuns(t *testing.T) {
 	a, b := e.newRun(), e.newRun()
 	for i, run := range []string{a, b} {
 		send(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"subscribe","params":{"run_id":%q,"after":"latest"}}`, i+1, run))
+		// "latest" is resolved when the server handles the request: wait for
+		// the reply before appending, so that the first append comes after it.
+		if m := readMsg(t, c); m.ID == nil || *m.ID != i+1 || m.Error != nil {
+			t.Fatalf("subscribe reply: %+v", m)
+		}
 	}
 	const n = 20
 	for i := 0; i < n; i++ {
