@@ -39,7 +39,7 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Config{Store: st, WS: ws, Tokens: tk}), st
+	return New(Config{Store: st, WS: ws, Tokens: tk, Agent: func(http.ResponseWriter, *http.Request) {}}), st
 }
 
 func openAPIParse(t *testing.T) (openAPIDoc, any) {
@@ -92,7 +92,7 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("walk routes: %v", err)
 	}
-	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream", "/ws", "/.well-known/jwks.json"} {
+	for _, want := range []string{"/healthz", "/readyz", "/metrics", "/api/schema", runPath + "/stream", "/ws", "/.well-known/jwks.json", "/agent/connect"} {
 		if !registered[want] {
 			t.Errorf("route %s not found while walking the router", want)
 		}
