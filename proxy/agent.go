@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -81,7 +82,15 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	agents map[string]*session // run id -> its current agent
+	relay  Relay               // nil: one node
 }
+
+// claimRefresh is how often a node refreshes its claim on the runs whose
+// agents it holds; the relay's presence TTL is three times longer.
+const claimRefresh = 10 * time.Second
+
+// UseRelay connects the proxy to other nodes (call before serving).
+func (p *Proxy) UseRelay(r Relay) { p.relay = r }
 
 // New builds a proxy.
 func New(cfg Config) *Proxy {
@@ -107,6 +116,8 @@ type session struct {
 	rpc  *jsonrpc2.Conn
 	mu   sync.Mutex
 	last int64 // highest batch seq accepted on this run through this node
+
+	evicted atomic.Bool // replaced by a connection on another node
 }
 
 func (s *session) ref() store.RunRef {
@@ -159,13 +170,18 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	if old != nil {
 		old.ws.Close(CloseReplaced, "replaced by a newer agent connection")
 	}
+	p.claim(ctx, run.ID)
 	p.event(ctx, s, "agent_connected")
 	p.log.Info("agent connected", "run_id", run.ID)
 
 	pings := time.NewTicker(p.cfg.PingInterval)
 	defer pings.Stop()
+	refresh := time.NewTicker(claimRefresh)
+	defer refresh.Stop()
 	for alive := true; alive; {
 		select {
+		case <-refresh.C:
+			p.claim(ctx, run.ID)
 		case <-s.rpc.DisconnectNotify():
 			alive = false
 		case <-ctx.Done():
@@ -185,7 +201,14 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	p.mu.Unlock()
 	if current {
-		p.event(context.WithoutCancel(ctx), s, "agent_disconnected")
+		if p.relay != nil {
+			if err := p.relay.Release(context.WithoutCancel(ctx), run.ID); err != nil {
+				p.log.Warn("relay release failed; the claim expires by itself", "run_id", run.ID, "err", err)
+			}
+		}
+		if !s.evicted.Load() { // the agent lives on, on another node
+			p.event(context.WithoutCancel(ctx), s, "agent_disconnected")
+		}
 	}
 	p.log.Info("agent disconnected", "run_id", run.ID, "replaced", !current)
 }
@@ -335,6 +358,14 @@ func (p *Proxy) Command(ctx context.Context, run *store.Run, method string, para
 	if s != nil {
 		return s.call(ctx, method, params, id)
 	}
+	if p.relay != nil {
+		owner, err := p.relay.Owner(ctx, run.ID)
+		if err != nil {
+			p.log.Warn("relay lookup failed", "run_id", run.ID, "err", err)
+		} else if owner != "" && owner != p.relay.NodeID() {
+			return p.relay.Request(ctx, owner, RelayRequest{RunID: run.ID, Method: method, Params: params, ID: id})
+		}
+	}
 	if url := sandboxURL(run); url != "" {
 		if p.cfg.Sandboxes == nil {
 			return nil, ErrBadSandbox // no host is allowed
@@ -410,4 +441,47 @@ func (p *Proxy) WSCommand(ctx context.Context, run *store.Run, method string, pa
 		return nil, resp.Error
 	}
 	return resp.Result, nil
+}
+
+// claim records in the relay that this node holds the run's agent, and
+// closes the older connection on the node that held it before.
+func (p *Proxy) claim(ctx context.Context, runID string) {
+	if p.relay == nil {
+		return
+	}
+	prev, err := p.relay.Claim(ctx, runID)
+	if err != nil {
+		p.log.Warn("relay claim failed; commands from other nodes cannot reach this agent until it succeeds", "run_id", runID, "err", err)
+		return
+	}
+	if prev != "" {
+		if err := p.relay.Evict(ctx, prev, runID); err != nil {
+			p.log.Warn("relay evict failed", "run_id", runID, "node", prev, "err", err)
+		}
+	}
+}
+
+// LocalCommand runs a relayed command on this node's agent (RelayHandler).
+func (p *Proxy) LocalCommand(ctx context.Context, req RelayRequest) (*Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
+	defer cancel()
+	p.mu.Lock()
+	s := p.agents[req.RunID]
+	p.mu.Unlock()
+	if s == nil {
+		return nil, ErrNoAgent
+	}
+	return s.call(ctx, req.Method, req.Params, req.ID)
+}
+
+// EvictLocal closes this node's connection of the run's agent: a newer one
+// connected to another node (RelayHandler).
+func (p *Proxy) EvictLocal(runID string) {
+	p.mu.Lock()
+	s := p.agents[runID]
+	p.mu.Unlock()
+	if s != nil {
+		s.evicted.Store(true)
+		go s.ws.Close(CloseReplaced, "replaced by a newer agent connection")
+	}
 }

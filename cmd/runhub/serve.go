@@ -19,6 +19,7 @@ import (
 	"runhub/hub"
 	redisbroker "runhub/hub/redis"
 	"runhub/proxy"
+	"runhub/proxy/redisrelay"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -197,6 +198,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	px := proxy.New(proxy.Config{Tokens: tokens, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
 		Logger: log, CommandTimeout: cfg.cmdTO, Sandboxes: sandboxes})
+	if cfg.redisURL != "" {
+		relay, err := redisrelay.New(ctx, cfg.redisURL, px, log)
+		if err != nil {
+			return fmt.Errorf("command relay: %w", err)
+		}
+		defer relay.Close()
+		px.UseRelay(relay)
+	}
 	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
 		Store:        st,

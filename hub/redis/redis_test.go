@@ -6,11 +6,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,76 +17,12 @@ import (
 
 	"runhub/hub"
 	redisbroker "runhub/hub/redis"
+	"runhub/hub/redis/redistest"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
-
-// redisServer is a throwaway redis-server on a loopback port.
-type redisServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server, or skips the test when it is not
-// installed, unless RUNHUB_REQUIRE_SERVERS=1 (CI), where that is a failure.
-func startRedis(t *testing.T) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("RUNHUB_REQUIRE_SERVERS") == "1" {
-			t.Fatal("redis-server not available and RUNHUB_REQUIRE_SERVERS=1 (run make deps)")
-		}
-		t.Skip("redis-server not available, skipping (make deps installs it)")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	r := &redisServer{t: t, port: port, dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.port) }
-
-func (r *redisServer) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "no", "--dir", r.dir)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", r.port))
-		if err == nil {
-			c.Write([]byte("PING\r\n"))
-			buf := make([]byte, 7)
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			n, _ := c.Read(buf)
-			c.Close()
-			if strings.HasPrefix(string(buf[:n]), "+PONG") {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	r.t.Fatal("redis-server did not start")
-}
-
-func (r *redisServer) stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
-		r.cmd = nil
-	}
-}
 
 // syncBuffer collects log output from several goroutines.
 type syncBuffer struct {
@@ -231,9 +164,9 @@ func checkExactlyOnce(t *testing.T, who string, ids []int64, want int64) {
 // order, 5,000 entries appended through node B (separate brokers on one
 // real Redis, one shared store).
 func TestRedisCrossNode(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.url()), newNode(t, f.st, r.url())
+	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
 	ready := make(chan struct{})
 	got := f.follow(t, a, ready)
 	<-ready // subscribed, and the create event (seq 1) arrived
@@ -267,9 +200,9 @@ func TestRedisCrossNode(t *testing.T) {
 // killed and started again; subscribers on both nodes still receive every
 // entry exactly once, in order, and the hub logs the reconnect.
 func TestRedisRestart(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.url()), newNode(t, f.st, r.url())
+	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
 	readyA, readyB := make(chan struct{}), make(chan struct{})
 	gotA, gotB := f.follow(t, a, readyA), f.follow(t, b, readyB)
 	<-readyA
@@ -298,9 +231,9 @@ func TestRedisRestart(t *testing.T) {
 		}
 	}()
 	time.Sleep(300 * time.Millisecond)
-	r.stop()
+	r.Stop()
 	time.Sleep(700 * time.Millisecond)
-	r.start()
+	r.Restart()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(a.logs.String(), "redis pub/sub reconnected") || !strings.Contains(b.logs.String(), "redis pub/sub reconnected") {
 		if time.Now().After(deadline) {

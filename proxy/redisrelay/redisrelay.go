@@ -1,0 +1,248 @@
+// Package redisrelay relays commands between runhub nodes through Redis.
+//
+// Presence: the node holding a run's agent keeps the key
+// runhub:agent:<run> set to its node id with a TTL it refreshes; a node
+// that claims a run already held elsewhere tells the old node to close its
+// connection (a newer agent connection replaces the older, on any node).
+// Requests and replies travel over pub/sub on each node's own channel
+// runhub:node:<id>, correlated by id. Pub/sub is at most once: a request
+// or reply lost to a Redis outage ends as a timeout (504), never as a
+// command run twice by the relay.
+package redisrelay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
+
+	"runhub/proxy"
+)
+
+// PresenceTTL is how long a claim lives without a refresh; the holder
+// refreshes it every PresenceTTL/3.
+const PresenceTTL = 30 * time.Second
+
+const (
+	presencePrefix = "runhub:agent:"
+	nodePrefix     = "runhub:node:"
+)
+
+// message is everything sent on a node's channel.
+type message struct {
+	Kind    string              `json:"kind"` // "req", "rep", "evict"
+	Corr    string              `json:"corr,omitempty"`
+	ReplyTo string              `json:"reply_to,omitempty"`
+	Req     *proxy.RelayRequest `json:"req,omitempty"`
+	RunID   string              `json:"run_id,omitempty"`
+	Resp    *proxy.Response     `json:"resp,omitempty"`
+	Err     string              `json:"err,omitempty"` // no_agent, gone, timeout, bad_sandbox, internal
+}
+
+// Relay is one node's end of the relay.
+type Relay struct {
+	rdb     *goredis.Client
+	ps      *goredis.PubSub
+	node    string
+	log     *slog.Logger
+	handler proxy.RelayHandler
+
+	mu      sync.Mutex
+	waiting map[string]chan message
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New connects to Redis, subscribes to this node's channel and serves
+// relayed requests with h until Close.
+func New(ctx context.Context, url string, h proxy.RelayHandler, log *slog.Logger) (*Relay, error) {
+	opt, err := goredis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	r := &Relay{rdb: goredis.NewClient(opt), node: uuid.NewString(), log: log, handler: h,
+		waiting: map[string]chan message{}, done: make(chan struct{})}
+	r.ps = r.rdb.Subscribe(ctx, nodePrefix+r.node)
+	if _, err := r.ps.Receive(ctx); err != nil { // the subscription's confirmation
+		r.ps.Close()
+		r.rdb.Close()
+		return nil, fmt.Errorf("redis subscribe: %w", err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go r.receive(rctx)
+	return r, nil
+}
+
+// Close stops serving and closes the connections.
+func (r *Relay) Close() error {
+	r.cancel()
+	r.ps.Close()
+	<-r.done
+	return r.rdb.Close()
+}
+
+// NodeID names this node.
+func (r *Relay) NodeID() string { return r.node }
+
+// Claim sets the run's presence to this node and returns the previous
+// holder if it was another node.
+func (r *Relay) Claim(ctx context.Context, runID string) (string, error) {
+	prev, err := r.rdb.SetArgs(ctx, presencePrefix+runID, r.node, goredis.SetArgs{TTL: PresenceTTL, Get: true}).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("claim: %w", err)
+	}
+	if prev == r.node {
+		return "", nil
+	}
+	return prev, nil
+}
+
+// releaseScript deletes the presence only if this node still holds it.
+var releaseScript = goredis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// Release drops the claim if it is still this node's.
+func (r *Relay) Release(ctx context.Context, runID string) error {
+	if err := releaseScript.Run(ctx, r.rdb, []string{presencePrefix + runID}, r.node).Err(); err != nil && !errors.Is(err, goredis.Nil) {
+		return fmt.Errorf("release: %w", err)
+	}
+	return nil
+}
+
+// Owner is the node holding the run's agent, or "".
+func (r *Relay) Owner(ctx context.Context, runID string) (string, error) {
+	v, err := r.rdb.Get(ctx, presencePrefix+runID).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("owner: %w", err)
+	}
+	return v, nil
+}
+
+func (r *Relay) publish(ctx context.Context, node string, m message) (int64, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	return r.rdb.Publish(ctx, nodePrefix+node, b).Result()
+}
+
+// Request sends a command to node and waits for the reply.
+func (r *Relay) Request(ctx context.Context, node string, req proxy.RelayRequest) (*proxy.Response, error) {
+	corr := uuid.NewString()
+	ch := make(chan message, 1)
+	r.mu.Lock()
+	r.waiting[corr] = ch
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.waiting, corr)
+		r.mu.Unlock()
+	}()
+	n, err := r.publish(ctx, node, message{Kind: "req", Corr: corr, ReplyTo: r.node, Req: &req})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, proxy.ErrAgentTimeout
+		}
+		return nil, fmt.Errorf("%w: relay: %w", proxy.ErrAgentGone, err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: node %s does not listen", proxy.ErrAgentGone, node)
+	}
+	select {
+	case <-ctx.Done():
+		return nil, proxy.ErrAgentTimeout
+	case m := <-ch:
+		switch m.Err {
+		case "":
+			if m.Resp == nil {
+				return nil, fmt.Errorf("%w: empty reply", proxy.ErrAgentGone)
+			}
+			return m.Resp, nil
+		case "no_agent":
+			return nil, proxy.ErrNoAgent
+		case "timeout":
+			return nil, proxy.ErrAgentTimeout
+		case "bad_sandbox":
+			return nil, proxy.ErrBadSandbox
+		}
+		return nil, fmt.Errorf("%w: %s", proxy.ErrAgentGone, m.Err)
+	}
+}
+
+// Evict asks node to close its connection of the run's agent.
+func (r *Relay) Evict(ctx context.Context, node, runID string) error {
+	_, err := r.publish(ctx, node, message{Kind: "evict", RunID: runID})
+	return err
+}
+
+func errKind(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, proxy.ErrNoAgent):
+		return "no_agent"
+	case errors.Is(err, proxy.ErrAgentTimeout):
+		return "timeout"
+	case errors.Is(err, proxy.ErrBadSandbox):
+		return "bad_sandbox"
+	case errors.Is(err, proxy.ErrAgentGone):
+		return "gone"
+	}
+	return "internal"
+}
+
+func (r *Relay) receive(ctx context.Context) {
+	defer close(r.done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for msg := range r.ps.Channel() {
+		var m message
+		if err := json.Unmarshal([]byte(msg.Payload), &m); err != nil {
+			r.log.Warn("relay: bad message", "err", err)
+			continue
+		}
+		switch m.Kind {
+		case "rep":
+			r.mu.Lock()
+			ch := r.waiting[m.Corr]
+			r.mu.Unlock()
+			if ch != nil {
+				select {
+				case ch <- m:
+				default:
+				}
+			}
+		case "evict":
+			r.handler.EvictLocal(m.RunID)
+		case "req":
+			if m.Req == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() { // the command waits for the agent: one goroutine each, ended by its timeout
+				defer wg.Done()
+				resp, err := r.handler.LocalCommand(ctx, *m.Req)
+				rep := message{Kind: "rep", Corr: m.Corr, Resp: resp, Err: errKind(err)}
+				if err != nil {
+					rep.Resp = nil
+				}
+				if _, perr := r.publish(context.WithoutCancel(ctx), m.ReplyTo, rep); perr != nil {
+					r.log.Warn("relay: reply lost", "to", m.ReplyTo, "err", perr)
+				}
+			}()
+		}
+	}
+}
