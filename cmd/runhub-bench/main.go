@@ -5,12 +5,16 @@
 //
 //	runhub-bench fanout [-subs 2000] [-transport ws|sse] [-publishers 16] [-size 200] [-rate 0] [-duration 20s]
 //	runhub-bench idle   [-conns 10000]
+//	runhub-bench command [-n 2000] [-cross=true]
 //
 // fanout: N subscribers follow one run while publishers append one entry
 // per request (as fast as they can, or at -rate appends/s in total). It
 // prints deliveries/s, end-to-end latency percentiles (append sent → event
 // received, one clock), server RSS and CPU, its own CPU, and the lost and
 // duplicated counts, which must be 0.
+//
+// command: POST .../command round trips to a reference agent, through the
+// node it is connected to and through a second node (Redis relay).
 //
 // idle: N WebSocket connections each subscribed to a run, then quiet; it
 // prints the server's RSS growth per connection.
@@ -27,7 +31,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command [flags]")
 		os.Exit(2)
 	}
 	raiseFileLimit()
@@ -37,6 +41,8 @@ func main() {
 		err = fanoutCmd(os.Args[2:])
 	case "idle":
 		err = idleCmd(os.Args[2:])
+	case "command":
+		err = commandCmd(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown scenario %q", os.Args[1])
 	}

@@ -30,13 +30,21 @@ func startServer(ctx context.Context, c *commonFlags) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startServerIn(ctx, c, dir)
+}
+
+// startServerIn starts a server on a free loopback port with the data
+// directory dir (several servers may share one: they are nodes of one
+// deployment) and extra serve flags.
+func startServerIn(ctx context.Context, c *commonFlags, dir string, extra ...string) (*server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.CommandContext(ctx, c.binary, "serve", "--addr", addr, "--data-dir", dir, "--log-level", "warn")
+	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--log-level", "warn"}, extra...)
+	cmd := exec.CommandContext(ctx, c.binary, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w (build it with make build)", c.binary, err)
