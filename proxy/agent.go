@@ -83,6 +83,20 @@ type Proxy struct {
 	mu     sync.Mutex
 	agents map[string]*session // run id -> its current agent
 	relay  Relay               // nil: one node
+	conns  sync.WaitGroup      // ServeAgent calls in progress
+}
+
+// Close ends every agent connection (1001 going away: agents reconnect,
+// to another node or after the restart) and waits until each has recorded
+// its disconnection. Call it after the HTTP server stopped accepting, and
+// before the relay and the store close.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	for _, s := range p.agents {
+		go s.ws.Close(websocket.StatusGoingAway, "server shutting down")
+	}
+	p.mu.Unlock()
+	p.conns.Wait()
 }
 
 // claimRefresh is how often a node refreshes its claim on the runs whose
@@ -154,6 +168,8 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	p.conns.Add(1)
+	defer p.conns.Done()
 	defer ws.CloseNow()
 	ws.SetReadLimit(maxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())

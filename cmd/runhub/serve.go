@@ -255,7 +255,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("shutdown incomplete", "err", err)
 		srv.Close()
 	}
-	h.Close() // the WebSocket streams, which outlive their handlers
+	h.Close()  // the WebSocket streams, which outlive their handlers
+	px.Close() // agent connections, before the relay and the store close
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
