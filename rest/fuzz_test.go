@@ -121,3 +121,36 @@ func FuzzDecodeTask(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeCommand: the command body decoder never panics; it accepts
+// only the three methods, user_message only with a non-empty content, and
+// params only as an object; every error is a 400 of the contract's shape.
+func FuzzDecodeCommand(f *testing.F) {
+	for _, s := range append(fuzzSeeds,
+		`{"jsonrpc":"2.0","id":1,"method":"user_message","params":{"content":"hi"}}`,
+		`{"method":"cancel","params":null,"id":null}`,
+		`{"method":"close","id":{"a":1}}`,
+		`{"method":"user_message","params":{"content":""}}`,
+		`{"jsonrpc":"1.0","method":"cancel"}`) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		method, params, _, err := decodeCommand(b)
+		if err != nil {
+			wantBadRequest(t, b, err)
+			return
+		}
+		if !commandMethods[method] {
+			t.Fatalf("accepted method %q", method)
+		}
+		if len(params) > 0 && jsonKind(params) != "dict" {
+			t.Fatalf("accepted params %s", params)
+		}
+		if method == "user_message" {
+			var p struct{ Content string }
+			if json.Unmarshal(params, &p) != nil || p.Content == "" {
+				t.Fatalf("accepted user_message without content: %s", params)
+			}
+		}
+	})
+}

@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/sourcegraph/jsonrpc2"
+
+	"runhub/store"
+)
+
+// FuzzVerifyToken: Verify never panics, and whatever it accepts is a
+// token for the audience with a run and a scope.
+func FuzzVerifyToken(f *testing.F) {
+	tk, err := LoadTokens(TokenConfig{DataDir: f.TempDir()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _, _ := tk.Mint(testClaims(), AudienceClient)
+	agent, _, _ := tk.Mint(testClaims(), AudienceAgent)
+	for _, s := range []string{good, agent, tampered(good), "", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", good + "."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := tk.Verify(s, AudienceClient)
+		if err != nil {
+			if !errors.Is(err, ErrBadToken) {
+				t.Fatalf("error %v is not ErrBadToken", err)
+			}
+			return
+		}
+		if c.RunID == "" || (c.Scope != "read" && c.Scope != "write") {
+			t.Fatalf("accepted %+v", c)
+		}
+	})
+}
+
+// recordRuns accepts every change (the run service's own validation is
+// tested with the store); it counts what reaches it.
+type recordRuns struct{ calls int }
+
+func (r *recordRuns) AppendLog(_ context.Context, _ store.RunRef, raw []json.RawMessage, _ *store.Idempotency) (*store.MutationResult, error) {
+	r.calls++
+	if len(raw) == 0 {
+		return nil, &store.ValidationError{Attr: "entries", Code: "min_length", Detail: "At least one log entry is required."}
+	}
+	return &store.MutationResult{Run: &store.Run{}}, nil
+}
+
+func (r *recordRuns) UpdateRun(context.Context, store.RunRef, store.RunPatch, *store.Idempotency) (*store.MutationResult, error) {
+	r.calls++
+	return &store.MutationResult{Run: &store.Run{}}, nil
+}
+
+func (r *recordRuns) SetOutput(context.Context, store.RunRef, map[string]json.RawMessage, *store.Idempotency) (*store.MutationResult, error) {
+	r.calls++
+	return &store.MutationResult{Run: &store.Run{}}, nil
+}
+
+// FuzzAgentRequest: whatever an agent sends, its request handler answers
+// with a result or a JSON-RPC error that has a real code, never a panic.
+func FuzzAgentRequest(f *testing.F) {
+	for _, s := range [][2]string{
+		{"append_log", `{"entries":[{"type":"x"}],"seq":1}`},
+		{"append_log", `{"entries":[],"seq":-1}`},
+		{"append_log", `{"seq":"x"}`},
+		{"update", `{"status":"completed"}`},
+		{"update", `[]`},
+		{"set_output", `{"output":{"a":1}}`},
+		{"set_output", `{"output":null}`},
+		{"nope", `{}`},
+		{"append_log", ``},
+	} {
+		f.Add(s[0], []byte(s[1]))
+	}
+	f.Fuzz(func(t *testing.T, method string, params []byte) {
+		runs := &recordRuns{}
+		p := New(Config{Runs: runs, DecodePatch: func(b []byte) (store.RunPatch, error) {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(b, &m); err != nil {
+				return store.RunPatch{}, &store.ValidationError{Attr: "body", Code: "parse_error", Detail: "bad"}
+			}
+			return store.RunPatch{}, nil
+		}})
+		s := &session{run: &store.Run{ID: "r", TaskID: "t", ProjectID: 1}}
+		req := &jsonrpc2.Request{Method: method}
+		if params != nil {
+			raw := json.RawMessage(params)
+			req.Params = &raw
+		}
+		res, err := p.handler(s)(context.Background(), nil, req)
+		if err != nil {
+			var rerr *jsonrpc2.Error
+			if !errors.As(err, &rerr) || rerr.Code == 0 {
+				t.Fatalf("%s %s: error %v without a JSON-RPC code", method, params, err)
+			}
+			return
+		}
+		if res == nil {
+			t.Fatalf("%s %s: neither result nor error", method, params)
+		}
+	})
+}
