@@ -60,8 +60,14 @@ func (s *Server) routes() {
 			return errNotImplemented
 		})
 	}
-	later(runPath+"/artifacts", http.MethodPost, write)
-	later(runPath+"/artifacts/presign", http.MethodPost, read)
+	if s.blobs != nil && s.files != nil && s.signer != nil {
+		handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
+		handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)
+		r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
+	} else {
+		later(runPath+"/artifacts", http.MethodPost, write)
+		later(runPath+"/artifacts/presign", http.MethodPost, read)
+	}
 	if s.commands != nil {
 		handle(runPath+"/command", http.MethodPost, write, s.command)
 	} else {

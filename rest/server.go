@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"runhub/store"
+	"runhub/store/blob"
 	"runhub/store/runs"
 )
 
@@ -51,6 +52,11 @@ type Config struct {
 	Tokens Tokens
 	// Commands relays commands to agents (the sandbox proxy); nil: 501.
 	Commands Commander
+	// Blobs stores artifacts; Files and Signer serve the signed download
+	// links of a filesystem store. nil Blobs: endpoints 6 and 7 are 501.
+	Blobs  blob.Store
+	Files  *blob.FS
+	Signer *blob.Signer
 	// Agent serves GET /agent/connect (the sandbox proxy); nil: not mounted.
 	Agent http.HandlerFunc
 	// Extra mounts more handlers (hub, proxy, web) on the router.
@@ -75,6 +81,9 @@ type Server struct {
 	tokens   Tokens
 	commands Commander
 	agent    http.HandlerFunc
+	blobs    blob.Store
+	files    *blob.FS
+	signer   *blob.Signer
 	router   *mux.Router
 	reg      *prometheus.Registry
 	reqs     *prometheus.CounterVec
@@ -94,6 +103,9 @@ func New(cfg Config) *Server {
 		tokens:   cfg.Tokens,
 		commands: cfg.Commands,
 		agent:    cfg.Agent,
+		blobs:    cfg.Blobs,
+		files:    cfg.Files,
+		signer:   cfg.Signer,
 		router:   mux.NewRouter().SkipClean(true),
 		reg:      prometheus.NewRegistry(),
 	}

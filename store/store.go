@@ -304,6 +304,10 @@ type Store interface {
 	UpdateRun(ctx context.Context, ref RunRef, p RunPatch, idem *Idempotency) (*MutationResult, error)
 	SetOutput(ctx context.Context, ref RunRef, output map[string]json.RawMessage, idem *Idempotency) (*MutationResult, error)
 	AppendLog(ctx context.Context, ref RunRef, entries []LogEntry, idem *Idempotency) (*MutationResult, error)
+	// AddArtifacts appends manifest entries to the run and records one
+	// artifact event ({"type": "artifact", "artifact": entry}) per entry, in
+	// one transaction.
+	AddArtifacts(ctx context.Context, ref RunRef, entries []json.RawMessage) (*MutationResult, error)
 
 	// Events returns up to limit (> 0) events of run with seq > after, in order.
 	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)

@@ -22,6 +22,7 @@ import (
 	"runhub/proxy/redisrelay"
 	"runhub/rest"
 	"runhub/store"
+	"runhub/store/blob"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
@@ -191,6 +192,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("connection tokens: %w", err)
 	}
+	files, err := blob.NewFS(filepath.Join(cfg.dataDir, "blobs"))
+	if err != nil {
+		return err
+	}
+	signer, err := blob.LoadSigner(cfg.dataDir, nil)
+	if err != nil {
+		return err
+	}
 	svc := &runs.Service{Store: st, Pub: h}
 	var sandboxes *proxy.SandboxClient
 	if cfg.sandboxes != "" {
@@ -215,6 +224,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Tokens:       tokens,
 		Commands:     px,
 		Agent:        px.ServeAgent,
+		Blobs:        files,
+		Files:        files,
+		Signer:       signer,
 		Logger:       log,
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,

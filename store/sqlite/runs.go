@@ -438,3 +438,27 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 		return events, nil
 	})
 }
+
+// AddArtifacts appends manifest entries and their artifact events.
+func (s *Store) AddArtifacts(ctx context.Context, ref store.RunRef, entries []json.RawMessage) (*store.MutationResult, error) {
+	return s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		events := make([]store.Event, 0, len(entries))
+		for _, e := range entries {
+			data, err := json.Marshal(map[string]json.RawMessage{"type": json.RawMessage(`"artifact"`), "artifact": e})
+			if err != nil {
+				return nil, fmt.Errorf("artifact event: %w", err)
+			}
+			ev, err := insertEvent(ctx, tx, r, store.KindArtifact, "artifact", &now, data)
+			if err != nil {
+				return nil, err
+			}
+			events = append(events, ev)
+		}
+		r.Artifacts = append(r.Artifacts, entries...)
+		r.UpdatedAt = now
+		if err := writeRun(ctx, tx, r); err != nil {
+			return nil, err
+		}
+		return events, nil
+	})
+}

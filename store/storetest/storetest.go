@@ -960,6 +960,29 @@ func testRuns(t *testing.T, s store.Store) {
 		}
 	})
 
+	t.Run("add artifacts", func(t *testing.T) {
+		res, err := s.CreateRun(ctx, f.project.ID, f.task.ID, store.NewRun{})
+		noErr(t, err, "CreateRun")
+		ref := store.RunRef{ProjectID: f.project.ID, TaskID: f.task.ID, RunID: res.Run.ID}
+		a := []json.RawMessage{json.RawMessage(`{"id":"a","storage_path":"p/a"}`), json.RawMessage(`{"id":"b","storage_path":"p/b"}`)}
+		out, err := s.AddArtifacts(ctx, ref, a)
+		noErr(t, err, "AddArtifacts")
+		if len(out.Events) != 2 || out.Events[0].Seq != 2 || out.Events[1].Seq != 3 || out.Events[0].Kind != store.KindArtifact {
+			t.Fatalf("events %+v", out.Events)
+		}
+		checkJSON(t, "event", map[string]json.RawMessage{"e": out.Events[1].Data}, `{"e":{"type":"artifact","artifact":{"id":"b","storage_path":"p/b"}}}`)
+		_, err = s.AddArtifacts(ctx, ref, []json.RawMessage{json.RawMessage(`{"id":"c"}`)})
+		noErr(t, err, "AddArtifacts")
+		got, err := s.GetRun(ctx, ref)
+		noErr(t, err, "GetRun")
+		if len(got.Artifacts) != 3 || string(got.Artifacts[2]) != `{"id":"c"}` || got.LastSeq != 4 {
+			t.Fatalf("manifest %s, last_seq %d", got.Artifacts, got.LastSeq)
+		}
+		if _, err := s.AddArtifacts(ctx, store.RunRef{ProjectID: f.project.ID, TaskID: f.task.ID, RunID: "00000000-0000-4000-8000-000000000000"}, a); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown run: %v", err)
+		}
+	})
+
 	t.Run("set_output replaces", func(t *testing.T) {
 		res, err := s.CreateRun(ctx, f.project.ID, f.task.ID, store.NewRun{State: raw("s", "1")})
 		noErr(t, err, "CreateRun")

@@ -1,0 +1,168 @@
+package rest
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"runhub/store"
+	"runhub/store/blob"
+	"runhub/store/runs"
+)
+
+// PresignTTL is how long a download link works.
+const PresignTTL = time.Hour
+
+var (
+	errArtifactNotFound = &handlerError{Status: http.StatusNotFound, Msg: "Artifact not found on this run"}
+	errBadLink          = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: "This link is invalid or has expired."}
+)
+
+// decodeArtifacts decodes {"artifacts": [{name, type, content,
+// content_encoding?, content_type?, source?}, ...]}.
+func decodeArtifacts(body []byte) ([]runs.ArtifactInput, error) {
+	f, err := parseBody(body)
+	if err != nil {
+		return nil, err
+	}
+	list, err := f.list("artifacts")
+	if err != nil {
+		return nil, err
+	}
+	if list == nil {
+		return nil, validation("artifacts", "required", "This field is required.")
+	}
+	items := make([]runs.ArtifactInput, len(list))
+	for i, raw := range list {
+		if jsonKind(raw) != "dict" {
+			return nil, validation("artifacts", "invalid", "Each artifact must be an object.")
+		}
+		var a struct {
+			Name, Type, Content *string
+			ContentEncoding     *string `json:"content_encoding"`
+			ContentType         *string `json:"content_type"`
+			Source              *string
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return nil, validation("artifacts", "invalid", "Artifact fields must be strings.")
+		}
+		if a.Name == nil || a.Type == nil || a.Content == nil {
+			return nil, validation("artifacts", "required", "Each artifact needs name, type and content.")
+		}
+		items[i] = runs.ArtifactInput{Name: *a.Name, Type: *a.Type, Content: *a.Content, Source: a.Source}
+		if a.ContentEncoding != nil {
+			items[i].ContentEncoding = *a.ContentEncoding
+		}
+		if a.ContentType != nil {
+			items[i].ContentType = *a.ContentType
+		}
+	}
+	return items, nil
+}
+
+// uploadArtifacts serves POST .../artifacts: the whole manifest.
+func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request) error {
+	ref, err := s.runRef(r)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	items, err := decodeArtifacts(body)
+	if err != nil {
+		return err
+	}
+	res, err := s.runs.AddArtifacts(r.Context(), s.blobs, ref, items)
+	if errors.Is(err, store.ErrNotFound) {
+		return s.whichNotFound(r, ref.TaskID)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"artifacts": res.Run.Artifacts})
+	return nil
+}
+
+// presignArtifact serves POST .../artifacts/presign: a link to one
+// artifact of this run's manifest, valid PresignTTL.
+func (s *Server) presignArtifact(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.runOf(r)
+	if err != nil {
+		return err
+	}
+	f, _, err := decodeRequest(r)
+	if err != nil {
+		return err
+	}
+	var storagePath string
+	if json.Unmarshal(f["storage_path"], &storagePath) != nil || storagePath == "" || len(storagePath) > 500 {
+		return validation("storage_path", "invalid", "storage_path must be a string of 1 to 500 characters.")
+	}
+	for _, raw := range run.Artifacts {
+		var m runs.ManifestEntry
+		if json.Unmarshal(raw, &m) == nil && m.StoragePath == storagePath {
+			writeJSON(w, http.StatusOK, map[string]any{"url": s.blobURL(r, m), "expires_in": int(PresignTTL.Seconds())})
+			return nil
+		}
+	}
+	return errArtifactNotFound
+}
+
+// baseURL is the scheme and host the client used.
+func baseURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+// blobURL is a signed runhub link that downloads an artifact.
+func (s *Server) blobURL(r *http.Request, m runs.ManifestEntry) string {
+	p := "/blobs/" + m.StoragePath
+	q := s.signer.Sign(http.MethodGet, p, url.Values{"ct": {m.ContentType}, "name": {m.Name}}, PresignTTL)
+	segs := strings.Split(m.StoragePath, "/")
+	for i := range segs {
+		segs[i] = url.PathEscape(segs[i])
+	}
+	return baseURL(r) + "/blobs/" + strings.Join(segs, "/") + "?" + q.Encode()
+}
+
+// downloadBlob serves GET /blobs/{key}: the exact bytes, with the stored
+// content type, for a link whose signature and expiry hold; else 403.
+func (s *Server) downloadBlob(w http.ResponseWriter, r *http.Request) {
+	key := mux.Vars(r)["key"]
+	q := r.URL.Query()
+	if s.signer.Verify(http.MethodGet, "/blobs/"+key, q) != nil {
+		s.writeError(w, r, errBadLink)
+		return
+	}
+	fh, err := s.files.Open(key)
+	if errors.Is(err, blob.ErrNotFound) {
+		s.writeError(w, r, errNotFound)
+		return
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer fh.Close()
+	h := w.Header()
+	h.Set("Content-Type", q.Get("ct"))
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": runs.SafeName(q.Get("name"))}))
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "private, max-age=3600")
+	if _, err := io.Copy(w, fh); err != nil {
+		s.log.Debug("download interrupted", "err", err)
+	}
+}

@@ -1,0 +1,157 @@
+package runs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"runhub/store"
+	"runhub/store/blob"
+)
+
+// Artifact limits of the contract.
+const (
+	MaxArtifacts     = 50
+	MaxArtifactBytes = 30 << 20
+	maxNameLen       = 255
+)
+
+// ArtifactTypes are the allowed artifact types.
+var ArtifactTypes = map[string]bool{"plan": true, "context": true, "reference": true, "output": true,
+	"artifact": true, "tree_snapshot": true, "user_attachment": true}
+
+// ArtifactInput is one artifact of an upload request.
+type ArtifactInput struct {
+	Name            string
+	Type            string
+	Content         string
+	ContentEncoding string // "utf-8" (default) or "base64"
+	ContentType     string
+	Source          *string
+}
+
+// ManifestEntry is one artifact in a run's manifest.
+type ManifestEntry struct {
+	ID          string  `json:"id"`
+	Name        string  `json:"name"`
+	Type        string  `json:"type"`
+	Source      *string `json:"source"`
+	Size        int     `json:"size"`
+	ContentType string  `json:"content_type"`
+	StoragePath string  `json:"storage_path"`
+	UploadedAt  string  `json:"uploaded_at"`
+}
+
+func invalidArtifact(i int, field, detail string) error {
+	return &store.ValidationError{Attr: fmt.Sprintf("artifacts.%d.%s", i, field), Code: "invalid", Detail: detail}
+}
+
+// SafeName is the file name an artifact is stored under: the base name
+// only (no directories, no "..", no path separators), without control
+// characters, at most 255 bytes; "artifact" when nothing is left.
+func SafeName(name string) string {
+	name = strings.ReplaceAll(name, "\\", "/")
+	name = path.Base(name)
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == '/' || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, name)
+	name = strings.TrimSpace(name)
+	for len(name) > maxNameLen {
+		_, size := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-size]
+	}
+	if name == "" || name == "." || name == ".." {
+		return "artifact"
+	}
+	return name
+}
+
+// AddArtifacts validates every artifact, writes the blobs, then appends the
+// manifest entries and their events in one store transaction. Either all
+// are stored or none: a failure removes the blobs already written.
+func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.RunRef, items []ArtifactInput) (*store.MutationResult, error) {
+	if len(items) == 0 {
+		return nil, &store.ValidationError{Attr: "artifacts", Code: "min_length", Detail: "At least one artifact is required."}
+	}
+	if len(items) > MaxArtifacts {
+		return nil, &store.ValidationError{Attr: "artifacts", Code: "max_length",
+			Detail: fmt.Sprintf("Ensure this field has no more than %d elements.", MaxArtifacts)}
+	}
+	// The run must exist before anything is written.
+	if _, err := s.Store.GetRun(ctx, ref); err != nil {
+		return nil, err
+	}
+	contents := make([][]byte, len(items))
+	for i, it := range items {
+		if it.Name == "" || utf8.RuneCountInString(it.Name) > maxNameLen {
+			return nil, invalidArtifact(i, "name", "name must be 1 to 255 characters.")
+		}
+		if !ArtifactTypes[it.Type] {
+			return nil, invalidArtifact(i, "type", "type must be one of plan, context, reference, output, artifact, tree_snapshot, user_attachment.")
+		}
+		if len(it.ContentType) > maxNameLen {
+			return nil, invalidArtifact(i, "content_type", "content_type must be at most 255 characters.")
+		}
+		switch it.ContentEncoding {
+		case "", "utf-8":
+			contents[i] = []byte(it.Content)
+		case "base64":
+			b, err := base64.StdEncoding.DecodeString(it.Content)
+			if err != nil {
+				return nil, invalidArtifact(i, "content", "content is not valid base64.")
+			}
+			contents[i] = b
+		default:
+			return nil, invalidArtifact(i, "content_encoding", `content_encoding must be "utf-8" or "base64".`)
+		}
+		if len(contents[i]) > MaxArtifactBytes {
+			return nil, invalidArtifact(i, "content", fmt.Sprintf("content is larger than %d bytes.", MaxArtifactBytes))
+		}
+	}
+	now := store.FormatTime(s.now())
+	entries := make([]json.RawMessage, len(items))
+	var written []string
+	undo := func() {
+		for _, k := range written {
+			blobs.Delete(context.WithoutCancel(ctx), k)
+		}
+	}
+	for i, it := range items {
+		var rnd [4]byte
+		rand.Read(rnd[:])
+		ct := it.ContentType
+		if ct == "" {
+			ct = "text/plain; charset=utf-8"
+			if it.ContentEncoding == "base64" {
+				ct = "application/octet-stream"
+			}
+		}
+		key := fmt.Sprintf("artifacts/project_%d/task_%s/run_%s/%s_%s", ref.ProjectID, ref.TaskID, ref.RunID, hex.EncodeToString(rnd[:]), SafeName(it.Name))
+		if err := blobs.Put(ctx, key, contents[i], ct); err != nil {
+			undo()
+			return nil, fmt.Errorf("store artifact %d: %w", i, err)
+		}
+		written = append(written, key)
+		entries[i], _ = json.Marshal(ManifestEntry{ID: uuid.NewString(), Name: it.Name, Type: it.Type, Source: it.Source,
+			Size: len(contents[i]), ContentType: ct, StoragePath: key, UploadedAt: now})
+	}
+	res, err := s.Store.AddArtifacts(ctx, ref, entries)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	s.publish(ctx, ref.RunID, res)
+	return res, nil
+}
