@@ -231,3 +231,31 @@ func TestArtifactsAllOrNothing(t *testing.T) {
 		wantAPIError(t, res, http.StatusBadRequest, "validation_error", attr)
 	}
 }
+
+// TestLogURL: the run's log_url downloads the same bytes as GET .../logs
+// without an API key, and stops working after an hour or when changed.
+func TestLogURL(t *testing.T) {
+	ae := newArtifactEnv(t)
+	f := ae.fixture()
+	ae.appendLog(f, map[string]any{"type": "console", "message": "one"}, map[string]any{"type": "console", "message": "two ✓"})
+	res := ae.do(req{Method: "GET", Path: f.path(ae.env, "/"), Key: ae.readKey})
+	var run struct {
+		LogURL *string `json:"log_url"`
+	}
+	json.Unmarshal(res.body, &run)
+	if run.LogURL == nil || !strings.HasPrefix(*run.LogURL, ae.srv.URL+"/logs/"+f.run+".jsonl?") {
+		t.Fatalf("log_url %v", run.LogURL)
+	}
+	want := ae.do(req{Method: "GET", Path: f.path(ae.env, "/logs"), Key: ae.readKey})
+	st, h, got := download(t, *run.LogURL)
+	if st != http.StatusOK || string(got) != string(want.body) || h.Get("Content-Type") != "application/jsonl" || len(got) == 0 {
+		t.Fatalf("log_url: %d %q, want %q", st, got, want.body)
+	}
+	if st, _, _ := download(t, strings.Replace(*run.LogURL, f.run, ae.fixture().run, 1)); st != http.StatusForbidden {
+		t.Errorf("another run's id in the link: %d, want 403", st)
+	}
+	ae.clock.advance(LogURLTTL + time.Second)
+	if st, _, _ := download(t, *run.LogURL); st != http.StatusForbidden {
+		t.Errorf("expired log_url: %d, want 403", st)
+	}
+}

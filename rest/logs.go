@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gorilla/mux"
+
 	"runhub/store"
 )
 
@@ -58,9 +60,19 @@ func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	err = s.writeJSONL(w, r, ref)
+	if errors.Is(err, store.ErrNotFound) {
+		return s.whichNotFound(r, ref.TaskID)
+	}
+	return err
+}
+
+// writeJSONL writes the run's log; it returns an error only before the
+// response started.
+func (s *Server) writeJSONL(w http.ResponseWriter, r *http.Request, ref store.RunRef) error {
 	w.Header().Set("Cache-Control", "no-cache")
 	var bw *bufio.Writer
-	err = s.store.StreamLog(r.Context(), ref, func(entry []byte) error {
+	err := s.store.StreamLog(r.Context(), ref, func(entry []byte) error {
 		if bw == nil {
 			w.Header().Set("Content-Type", "application/jsonl")
 			w.WriteHeader(http.StatusOK)
@@ -70,9 +82,6 @@ func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
 		return bw.WriteByte('\n')
 	})
 	if bw == nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return s.whichNotFound(r, ref.TaskID)
-		}
 		if err != nil {
 			return err
 		}
@@ -88,6 +97,40 @@ func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
 		s.log.WarnContext(r.Context(), "log stream aborted", "run_id", ref.RunID, "err", err)
 	}
 	return nil
+}
+
+// LogURLTTL is how long a run's log_url works.
+const LogURLTTL = time.Hour
+
+// logLink returns the function that gives a run its log_url for request r:
+// a signed link to /logs/{run_id}.jsonl valid LogURLTTL (nil without a
+// signer).
+func (s *Server) logLink(r *http.Request) func(*store.Run) *string {
+	return func(run *store.Run) *string {
+		if s.signer == nil || run == nil {
+			return nil
+		}
+		p := "/logs/" + run.ID + ".jsonl"
+		u := baseURL(r) + p + "?" + s.signer.Sign(http.MethodGet, p, nil, LogURLTTL).Encode()
+		return &u
+	}
+}
+
+// signedLog serves GET /logs/{run_id}.jsonl for a valid signed link: the
+// same bytes as .../logs, without an API key.
+func (s *Server) signedLog(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["run_id"]
+	if s.signer.Verify(http.MethodGet, "/logs/"+id+".jsonl", r.URL.Query()) != nil {
+		s.writeError(w, r, errBadLink)
+		return
+	}
+	run, err := s.store.RunByID(r.Context(), id)
+	if err == nil {
+		err = s.writeJSONL(w, r, store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID})
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+	}
 }
 
 // splitList parses a comma-separated filter list.

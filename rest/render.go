@@ -41,9 +41,11 @@ type runBody struct {
 	CompletedAt  *apiTime                   `json:"completed_at"`
 }
 
-// renderRun maps a stored run to its API shape. log_url stays null until
-// signed log links exist (a later milestone).
-func renderRun(r *store.Run) *runBody {
+// linkFunc gives a run its log_url (Server.logLink); it may return nil.
+type linkFunc = func(*store.Run) *string
+
+// renderRun maps a stored run to its API shape.
+func renderRun(r *store.Run, link linkFunc) *runBody {
 	if r == nil {
 		return nil
 	}
@@ -51,6 +53,7 @@ func renderRun(r *store.Run) *runBody {
 		ID: r.ID, Task: r.TaskID, Team: r.ProjectID, Stage: r.Stage, Branch: r.Branch, Status: r.Status,
 		Environment: r.Environment, ErrorMessage: r.ErrorMessage, Output: r.Output, State: r.State,
 		Artifacts: r.Artifacts, CreatedAt: apiTime(r.CreatedAt), UpdatedAt: apiTime(r.UpdatedAt), CompletedAt: optTime(r.CompletedAt),
+		LogURL: link(r),
 	}
 	if b.State == nil {
 		b.State = map[string]json.RawMessage{}
@@ -61,10 +64,10 @@ func renderRun(r *store.Run) *runBody {
 	return b
 }
 
-func renderRuns(rs []store.Run) []*runBody {
+func renderRuns(rs []store.Run, link linkFunc) []*runBody {
 	out := make([]*runBody, len(rs))
 	for i := range rs {
-		out[i] = renderRun(&rs[i])
+		out[i] = renderRun(&rs[i], link)
 	}
 	return out
 }
@@ -84,11 +87,11 @@ type taskBody struct {
 	LatestRun     *runBody        `json:"latest_run"`
 }
 
-func renderTask(t *store.Task) *taskBody {
+func renderTask(t *store.Task, link linkFunc) *taskBody {
 	b := &taskBody{
 		ID: t.ID, TaskNumber: t.Number, Slug: t.Slug, Title: t.Title, Description: t.Description,
 		OriginProduct: t.OriginProduct, Repository: t.Repository, JSONSchema: t.JSONSchema,
-		CreatedAt: apiTime(t.CreatedAt), UpdatedAt: apiTime(t.UpdatedAt), LatestRun: renderRun(t.LatestRun),
+		CreatedAt: apiTime(t.CreatedAt), UpdatedAt: apiTime(t.UpdatedAt), LatestRun: renderRun(t.LatestRun, link),
 	}
 	if b.JSONSchema == nil {
 		b.JSONSchema = json.RawMessage("null")

@@ -60,6 +60,9 @@ func (s *Server) routes() {
 			return errNotImplemented
 		})
 	}
+	if s.signer != nil {
+		r.HandleFunc("/logs/{run_id}.jsonl", s.signedLog).Methods(http.MethodGet)
+	}
 	if s.blobs != nil && s.files != nil && s.signer != nil {
 		handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
 		handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)

@@ -92,7 +92,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, listBody(r, p, total, renderRuns(rs)))
+	writeJSON(w, http.StatusOK, listBody(r, p, total, renderRuns(rs, s.logLink(r))))
 	return nil
 }
 
@@ -124,7 +124,7 @@ func (s *Server) createRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, renderRun(run))
+	writeJSON(w, http.StatusCreated, renderRun(run, s.logLink(r)))
 	return nil
 }
 
@@ -133,7 +133,7 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, renderRun(run))
+	writeJSON(w, http.StatusOK, renderRun(run, s.logLink(r)))
 	return nil
 }
 
@@ -146,7 +146,7 @@ func (s *Server) mutationDone(w http.ResponseWriter, r *http.Request, ref store.
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, renderRun(res.Run))
+	writeJSON(w, http.StatusOK, renderRun(res.Run, s.logLink(r)))
 	return nil
 }
 

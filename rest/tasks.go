@@ -99,7 +99,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]*taskBody, len(tasks))
 	for i := range tasks {
-		out[i] = renderTask(&tasks[i])
+		out[i] = renderTask(&tasks[i], s.logLink(r))
 	}
 	writeJSON(w, http.StatusOK, listBody(r, p, total, out))
 	return nil
@@ -131,7 +131,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, renderTask(t))
+	writeJSON(w, http.StatusCreated, renderTask(t, s.logLink(r)))
 	return nil
 }
 
@@ -147,7 +147,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, renderTask(t))
+	writeJSON(w, http.StatusOK, renderTask(t, s.logLink(r)))
 	return nil
 }
 
@@ -171,7 +171,7 @@ func (s *Server) updateTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, renderTask(t))
+	writeJSON(w, http.StatusOK, renderTask(t, s.logLink(r)))
 	return nil
 }
 
@@ -209,6 +209,6 @@ func (s *Server) runTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, renderTask(t))
+	writeJSON(w, http.StatusCreated, renderTask(t, s.logLink(r)))
 	return nil
 }
