@@ -4,6 +4,10 @@
 GO          ?= go
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
+# versitygw is the S3-compatible server the blob tests start; built once
+# into GOBIN (outside the repo), about a minute on two cores.
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW   := $(GOBIN)/versitygw
 # Pinned tool versions (staticcheck 2026.2.2).
 STATICCHECK_VERSION := v0.8.2
 ADDR        ?= :8080
@@ -27,6 +31,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 	@test -x $(STATICCHECK) || { echo "installing staticcheck $(STATICCHECK_VERSION)"; \
 		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); }
+	@test -x $(VERSITYGW) || { echo "building versitygw $(VERSITYGW_VERSION)"; \
+		$(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); }
 
 test: deps
 	$(GO) test -race -count=1 -timeout 20m ./...

@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -110,12 +111,27 @@ func (s *Server) presignArtifact(w http.ResponseWriter, r *http.Request) error {
 	}
 	for _, raw := range run.Artifacts {
 		var m runs.ManifestEntry
-		if json.Unmarshal(raw, &m) == nil && m.StoragePath == storagePath {
-			writeJSON(w, http.StatusOK, map[string]any{"url": s.blobURL(r, m), "expires_in": int(PresignTTL.Seconds())})
-			return nil
+		if json.Unmarshal(raw, &m) != nil || m.StoragePath != storagePath {
+			continue
 		}
+		u := ""
+		if ps, ok := s.blobs.(presigner); ok {
+			if u, err = ps.PresignGet(r.Context(), m.StoragePath, runs.SafeName(m.Name), s.presignTTL); err != nil {
+				s.log.WarnContext(r.Context(), "presign failed", "err", err)
+				return &handlerError{Status: http.StatusBadRequest, Msg: "Unable to generate download URL"}
+			}
+		} else {
+			u = s.blobURL(r, m)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"url": u, "expires_in": int(s.presignTTL.Seconds())})
+		return nil
 	}
 	return errArtifactNotFound
+}
+
+// presigner is a blob store whose own download links are used (S3).
+type presigner interface {
+	PresignGet(ctx context.Context, key, filename string, ttl time.Duration) (string, error)
 }
 
 // baseURL is the scheme and host the client used.
@@ -130,7 +146,7 @@ func baseURL(r *http.Request) string {
 // blobURL is a signed runhub link that downloads an artifact.
 func (s *Server) blobURL(r *http.Request, m runs.ManifestEntry) string {
 	p := "/blobs/" + m.StoragePath
-	q := s.signer.Sign(http.MethodGet, p, url.Values{"ct": {m.ContentType}, "name": {m.Name}}, PresignTTL)
+	q := s.signer.Sign(http.MethodGet, p, url.Values{"ct": {m.ContentType}, "name": {m.Name}}, s.presignTTL)
 	segs := strings.Split(m.StoragePath, "/")
 	for i := range segs {
 		segs[i] = url.PathEscape(segs[i])

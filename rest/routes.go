@@ -63,10 +63,13 @@ func (s *Server) routes() {
 	if s.signer != nil {
 		r.HandleFunc("/logs/{run_id}.jsonl", s.signedLog).Methods(http.MethodGet)
 	}
-	if s.blobs != nil && s.files != nil && s.signer != nil {
+	_, presigns := s.blobs.(presigner)
+	if s.blobs != nil && (presigns || (s.files != nil && s.signer != nil)) {
 		handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
 		handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)
-		r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
+		if !presigns {
+			r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
+		}
 	} else {
 		later(runPath+"/artifacts", http.MethodPost, write)
 		later(runPath+"/artifacts/presign", http.MethodPost, read)

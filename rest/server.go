@@ -57,6 +57,8 @@ type Config struct {
 	Blobs  blob.Store
 	Files  *blob.FS
 	Signer *blob.Signer
+	// PresignTTL is how long an artifact link works (0: PresignTTL).
+	PresignTTL time.Duration
 	// Agent serves GET /agent/connect (the sandbox proxy); nil: not mounted.
 	Agent http.HandlerFunc
 	// Extra mounts more handlers (hub, proxy, web) on the router.
@@ -70,47 +72,52 @@ type RunAuthorizer = func(ctx context.Context, runID, token string) (*store.Run,
 
 // Server is the HTTP API.
 type Server struct {
-	store    store.Store
-	runs     *runs.Service
-	log      *slog.Logger
-	maxBody  int64
-	limiter  *limiter
-	ready    func(ctx context.Context) error
-	stream   func(w http.ResponseWriter, r *http.Request, run *store.Run) error
-	ws       func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
-	tokens   Tokens
-	commands Commander
-	agent    http.HandlerFunc
-	blobs    blob.Store
-	files    *blob.FS
-	signer   *blob.Signer
-	router   *mux.Router
-	reg      *prometheus.Registry
-	reqs     *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	store      store.Store
+	runs       *runs.Service
+	log        *slog.Logger
+	maxBody    int64
+	limiter    *limiter
+	ready      func(ctx context.Context) error
+	stream     func(w http.ResponseWriter, r *http.Request, run *store.Run) error
+	ws         func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
+	tokens     Tokens
+	commands   Commander
+	agent      http.HandlerFunc
+	blobs      blob.Store
+	files      *blob.FS
+	signer     *blob.Signer
+	presignTTL time.Duration
+	router     *mux.Router
+	reg        *prometheus.Registry
+	reqs       *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
 }
 
 // New builds the server and its routes.
 func New(cfg Config) *Server {
 	s := &Server{
-		store:    cfg.Store,
-		runs:     cfg.Runs,
-		log:      cfg.Logger,
-		maxBody:  cfg.MaxBodyBytes,
-		ready:    cfg.Ready,
-		stream:   cfg.Stream,
-		ws:       cfg.WS,
-		tokens:   cfg.Tokens,
-		commands: cfg.Commands,
-		agent:    cfg.Agent,
-		blobs:    cfg.Blobs,
-		files:    cfg.Files,
-		signer:   cfg.Signer,
-		router:   mux.NewRouter().SkipClean(true),
-		reg:      prometheus.NewRegistry(),
+		store:      cfg.Store,
+		runs:       cfg.Runs,
+		log:        cfg.Logger,
+		maxBody:    cfg.MaxBodyBytes,
+		ready:      cfg.Ready,
+		stream:     cfg.Stream,
+		ws:         cfg.WS,
+		tokens:     cfg.Tokens,
+		commands:   cfg.Commands,
+		agent:      cfg.Agent,
+		blobs:      cfg.Blobs,
+		files:      cfg.Files,
+		signer:     cfg.Signer,
+		presignTTL: cfg.PresignTTL,
+		router:     mux.NewRouter().SkipClean(true),
+		reg:        prometheus.NewRegistry(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.presignTTL <= 0 {
+		s.presignTTL = PresignTTL
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes

@@ -200,6 +200,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var blobs blob.Store = files
+	if ep := os.Getenv("RUNHUB_S3_ENDPOINT"); ep != "" {
+		s3, err := blob.NewS3(blob.S3Config{Endpoint: ep, Bucket: os.Getenv("RUNHUB_S3_BUCKET"),
+			Region: env("RUNHUB_S3_REGION", "us-east-1"), PathStyle: os.Getenv("RUNHUB_S3_PATH_STYLE") == "true",
+			AccessKey: os.Getenv("RUNHUB_S3_ACCESS_KEY"), SecretKey: os.Getenv("RUNHUB_S3_SECRET_KEY")})
+		if err != nil {
+			return fmt.Errorf("artifact storage: %w", err)
+		}
+		blobs, files = s3, nil
+		log.Info("artifacts: s3", "endpoint", ep, "bucket", os.Getenv("RUNHUB_S3_BUCKET"))
+	}
 	svc := &runs.Service{Store: st, Pub: h}
 	var sandboxes *proxy.SandboxClient
 	if cfg.sandboxes != "" {
@@ -224,7 +235,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Tokens:       tokens,
 		Commands:     px,
 		Agent:        px.ServeAgent,
-		Blobs:        files,
+		Blobs:        blobs,
 		Files:        files,
 		Signer:       signer,
 		Logger:       log,
