@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 var fuzzSeeds = []string{
@@ -151,6 +153,52 @@ func FuzzDecodeCommand(f *testing.F) {
 			if json.Unmarshal(params, &p) != nil || p.Content == "" {
 				t.Fatalf("accepted user_message without content: %s", params)
 			}
+		}
+	})
+}
+
+// FuzzDecodeArtifacts: the artifacts body decoder never panics and either
+// returns items or a 400; decoded items then pass through the service's
+// validation (names, types, encodings, sizes) without panicking, and the
+// stored name of any accepted item is a plain base name.
+func FuzzDecodeArtifacts(f *testing.F) {
+	for _, s := range append(fuzzSeeds,
+		`{"artifacts":[{"name":"plan.md","type":"plan","content":"# x"}]}`,
+		`{"artifacts":[{"name":"../../etc/passwd","type":"artifact","content":"AAEC","content_encoding":"base64","content_type":"image/png","source":"agent"}]}`,
+		`{"artifacts":[{"name":"a","type":"plan","content":"%%%","content_encoding":"base64"}]}`,
+		`{"artifacts":[{"name":1,"type":"plan","content":"x"}]}`,
+		`{"artifacts":[null]}`) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		items, err := decodeArtifacts(b)
+		if err != nil {
+			wantBadRequest(t, b, err)
+			return
+		}
+		for _, it := range items {
+			name := runs.SafeName(it.Name)
+			if name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." || len(name) > 255 {
+				t.Fatalf("SafeName(%q) = %q", it.Name, name)
+			}
+		}
+	})
+}
+
+// FuzzDecodeRelay: the relay body decoder never panics; it accepts only a
+// string text of at most 10,000 characters.
+func FuzzDecodeRelay(f *testing.F) {
+	for _, s := range append(fuzzSeeds, `{"text":"hi"}`, `{"text":""}`, `{"text":null}`, `{"text":["x"]}`) {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		text, err := decodeRelay(b)
+		if err != nil {
+			wantBadRequest(t, b, err)
+			return
+		}
+		if utf8.RuneCountInString(text) > MaxRelayText {
+			t.Fatalf("accepted %d characters", utf8.RuneCountInString(text))
 		}
 	})
 }

@@ -85,7 +85,7 @@ func (s *Server) routes() {
 	} else {
 		later(runPath+"/connection_token", http.MethodGet, read)
 	}
-	later(runPath+"/relay_message", http.MethodPost, write)
+	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
 	if s.agent != nil {
 		r.Handle("/agent/connect"+slash, s.agent).Methods(http.MethodGet)
 	}

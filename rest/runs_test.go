@@ -465,7 +465,7 @@ func TestUnimplementedEndpoints(t *testing.T) {
 	f := e.fixture()
 	for _, ep := range []struct{ method, suffix string }{
 		{"POST", "/artifacts"}, {"POST", "/artifacts/presign"}, {"POST", "/command"},
-		{"GET", "/connection_token"}, {"POST", "/relay_message"}, {"GET", "/stream"},
+		{"GET", "/connection_token"}, {"GET", "/stream"},
 	} {
 		for _, p := range []string{f.path(e, ep.suffix), f.path(e, ep.suffix+"/")} {
 			var body any

@@ -59,6 +59,9 @@ type Config struct {
 	Signer *blob.Signer
 	// PresignTTL is how long an artifact link works (0: PresignTTL).
 	PresignTTL time.Duration
+	// Relay queues Slack relay messages; nil: relay_message answers
+	// skipped or 503 "not configured".
+	Relay Relayer
 	// Agent serves GET /agent/connect (the sandbox proxy); nil: not mounted.
 	Agent http.HandlerFunc
 	// Extra mounts more handlers (hub, proxy, web) on the router.
@@ -83,6 +86,7 @@ type Server struct {
 	tokens     Tokens
 	commands   Commander
 	agent      http.HandlerFunc
+	relay      Relayer
 	blobs      blob.Store
 	files      *blob.FS
 	signer     *blob.Signer
@@ -106,6 +110,7 @@ func New(cfg Config) *Server {
 		tokens:     cfg.Tokens,
 		commands:   cfg.Commands,
 		agent:      cfg.Agent,
+		relay:      cfg.Relay,
 		blobs:      cfg.Blobs,
 		files:      cfg.Files,
 		signer:     cfg.Signer,

@@ -229,6 +229,27 @@ type Idempotency struct {
 	RequestHash []byte // a digest of the request; a reused key with another digest is refused
 }
 
+// Relay statuses.
+const (
+	RelayPending = "pending"
+	RelaySent    = "sent"
+	RelayFailed  = "failed"
+)
+
+// Relay is one message of the Slack relay's outbox.
+type Relay struct {
+	ID        string
+	RunID     string
+	Channel   string
+	ThreadTS  string
+	Text      string
+	Status    string
+	Attempts  int
+	LastError string
+	NextAt    time.Time
+	CreatedAt time.Time
+}
+
 // Event kinds in a run's log.
 const (
 	KindLog      = "log"                 // a log entry from append_log
@@ -308,6 +329,16 @@ type Store interface {
 	// artifact event ({"type": "artifact", "artifact": entry}) per entry, in
 	// one transaction.
 	AddArtifacts(ctx context.Context, ref RunRef, entries []json.RawMessage) (*MutationResult, error)
+
+	// CreateRelay stores an accepted relay message (status pending).
+	CreateRelay(ctx context.Context, r Relay) error
+	// DueRelays returns up to limit pending relays whose next_at has come,
+	// oldest first.
+	DueRelays(ctx context.Context, now time.Time, limit int) ([]Relay, error)
+	// UpdateRelay records a relay's status, attempts, last error and next try.
+	UpdateRelay(ctx context.Context, r Relay) error
+	// GetRelay reads one relay.
+	GetRelay(ctx context.Context, id string) (*Relay, error)
 
 	// Events returns up to limit (> 0) events of run with seq > after, in order.
 	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)

@@ -226,6 +226,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		defer relay.Close()
 		px.UseRelay(relay)
 	}
+	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
+	slack := proxy.NewSlackRelay(st, proxy.SlackConfig{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
+		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Logger: log})
+	if slack.Configured() {
+		// Pending messages of an earlier run of the server are posted too.
+		go slack.Run(ctx)
+	}
 	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
 		Store:        st,
@@ -235,6 +242,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Tokens:       tokens,
 		Commands:     px,
 		Agent:        px.ServeAgent,
+		Relay:        slack,
 		Blobs:        blobs,
 		Files:        files,
 		Signer:       signer,

@@ -960,6 +960,42 @@ func testRuns(t *testing.T, s store.Store) {
 		}
 	})
 
+	t.Run("relays", func(t *testing.T) {
+		base := time.Now().UTC().Truncate(time.Millisecond)
+		for i, id := range []string{"r-late", "r-due", "r-due2"} {
+			next := base.Add(time.Duration(i-1) * time.Minute) // late in a minute; the others due
+			if id == "r-late" {
+				next = base.Add(time.Hour)
+			}
+			noErr(t, s.CreateRelay(ctx, store.Relay{ID: id, RunID: "run", Channel: "C1", ThreadTS: "1.2", Text: "hi " + id, NextAt: next}), "CreateRelay")
+		}
+		due, err := s.DueRelays(ctx, base.Add(time.Minute), 10)
+		noErr(t, err, "DueRelays")
+		if len(due) != 2 || due[0].ID != "r-due" || due[1].ID != "r-due2" || due[0].Status != store.RelayPending || due[0].Text != "hi r-due" || due[0].Channel != "C1" || due[0].ThreadTS != "1.2" {
+			t.Fatalf("due %+v", due)
+		}
+		r := due[0]
+		r.Attempts, r.LastError, r.NextAt = 2, "HTTP 500", base.Add(2*time.Hour)
+		noErr(t, s.UpdateRelay(ctx, r), "UpdateRelay")
+		got, err := s.GetRelay(ctx, "r-due")
+		noErr(t, err, "GetRelay")
+		if got.Attempts != 2 || got.LastError != "HTTP 500" || !got.NextAt.Equal(r.NextAt) {
+			t.Fatalf("after update %+v", got)
+		}
+		r.Status = store.RelaySent
+		noErr(t, s.UpdateRelay(ctx, r), "UpdateRelay")
+		due, _ = s.DueRelays(ctx, base.Add(3*time.Hour), 10)
+		if len(due) != 2 || due[0].ID == "r-due" || due[1].ID == "r-due" {
+			t.Fatalf("a sent relay is still due: %+v", due)
+		}
+		if _, err := s.GetRelay(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown relay: %v", err)
+		}
+		if err := s.UpdateRelay(ctx, store.Relay{ID: "nope"}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("update unknown relay: %v", err)
+		}
+	})
+
 	t.Run("add artifacts", func(t *testing.T) {
 		res, err := s.CreateRun(ctx, f.project.ID, f.task.ID, store.NewRun{})
 		noErr(t, err, "CreateRun")

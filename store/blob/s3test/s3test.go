@@ -84,4 +84,3 @@ func Start(t testing.TB) blob.S3Config {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

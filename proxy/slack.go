@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"runhub/store"
+)
+
+// Relays is the outbox as the Slack relay uses it (store.Store).
+type Relays interface {
+	CreateRelay(ctx context.Context, r store.Relay) error
+	DueRelays(ctx context.Context, now time.Time, limit int) ([]store.Relay, error)
+	UpdateRelay(ctx context.Context, r store.Relay) error
+}
+
+// SlackConfig configures the relay.
+type SlackConfig struct {
+	Token       string // bot token; empty: the relay is not configured
+	BaseURL     string // default https://slack.com/api
+	MaxAttempts int    // posts tried per message before it is failed (default 5)
+	// MinBackoff and MaxBackoff bound the retry delay (defaults 1 s, 5 min).
+	MinBackoff, MaxBackoff time.Duration
+	Poll                   time.Duration // how often the outbox is read (default 1 s)
+	Client                 *http.Client
+	Logger                 *slog.Logger
+	Now                    func() time.Time
+}
+
+// SlackRelay posts accepted relay messages to their Slack threads.
+//
+// Exactly once: before each post the message's attempt count is stored,
+// and the post carries Slack message metadata
+// ({"event_type": "runhub_relay", "event_payload": {"relay_id"}}). A message
+// whose count shows an earlier try (the worker may have died after Slack
+// accepted it and before recording that) is first looked for in its thread
+// (conversations.replies with its metadata); when found it is marked sent
+// without posting again. Slack's client_msg_id is not used: Slack does not
+// promise to deduplicate chat.postMessage by it.
+type SlackRelay struct {
+	cfg   SlackConfig
+	store Relays
+	wake  chan struct{}
+}
+
+// NewSlackRelay builds the relay over the outbox.
+func NewSlackRelay(st Relays, cfg SlackConfig) *SlackRelay {
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = "https://slack.com/api"
+	}
+	cfg.BaseURL = strings.TrimSuffix(cfg.BaseURL, "/")
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Minute
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: 30 * time.Second}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &SlackRelay{cfg: cfg, store: st, wake: make(chan struct{}, 1)}
+}
+
+// Configured reports whether Slack credentials are set.
+func (s *SlackRelay) Configured() bool { return s != nil && s.cfg.Token != "" }
+
+// Enqueue stores a message for the run's thread and wakes the worker; the
+// text is converted to mrkdwn now, so what is stored is what is posted.
+func (s *SlackRelay) Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error {
+	if err := s.store.CreateRelay(ctx, store.Relay{ID: id, RunID: runID, Channel: channel, ThreadTS: threadTS,
+		Text: ToMrkdwn(markdown), NextAt: s.cfg.Now()}); err != nil {
+		return err
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Run posts due messages until ctx ends; pending messages survive a
+// restart in the outbox.
+func (s *SlackRelay) Run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Poll)
+	defer t.Stop()
+	for {
+		due, err := s.store.DueRelays(ctx, s.cfg.Now(), 50)
+		if err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Warn("slack relay: reading the outbox failed", "err", err)
+		}
+		for _, r := range due {
+			if ctx.Err() != nil {
+				return
+			}
+			s.deliver(ctx, r)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.wake:
+		}
+	}
+}
+
+// slackError is a refusal by Slack: retryable after the given delay, or
+// not at all.
+type slackError struct {
+	msg        string
+	retry      bool
+	retryAfter time.Duration
+}
+
+func (e *slackError) Error() string { return e.msg }
+
+func (s *SlackRelay) deliver(ctx context.Context, r store.Relay) {
+	log := s.cfg.Logger.With("relay_id", r.ID, "run_id", r.RunID)
+	if r.Attempts > 0 {
+		found, err := s.posted(ctx, r)
+		if err == nil && found {
+			r.Status, r.LastError = store.RelaySent, ""
+			s.save(ctx, r)
+			log.Info("slack relay: already in the thread; not posted again")
+			return
+		}
+		if err != nil {
+			s.retryLater(ctx, r, err)
+			return
+		}
+	}
+	r.Attempts++
+	if err := s.store.UpdateRelay(ctx, r); err != nil { // the try is on record before it happens
+		log.Warn("slack relay: recording the attempt failed", "err", err)
+		return
+	}
+	if err := s.post(ctx, r); err != nil {
+		if ctx.Err() != nil {
+			return // shutting down: the next start looks in the thread first
+		}
+		s.retryLater(ctx, r, err)
+		return
+	}
+	r.Status, r.LastError = store.RelaySent, ""
+	s.save(ctx, r)
+	log.Info("slack relay: posted", "attempts", r.Attempts)
+}
+
+func (s *SlackRelay) retryLater(ctx context.Context, r store.Relay, err error) {
+	var se *slackError
+	retry, wait := true, time.Duration(0)
+	if errors.As(err, &se) {
+		retry, wait = se.retry, se.retryAfter
+	}
+	r.LastError = err.Error()
+	if !retry || r.Attempts >= s.cfg.MaxAttempts {
+		r.Status = store.RelayFailed
+		s.save(ctx, r)
+		s.cfg.Logger.Warn("slack relay: giving up", "relay_id", r.ID, "attempts", r.Attempts, "err", err)
+		return
+	}
+	if wait == 0 {
+		// Exponential backoff with full jitter.
+		ceil := min(s.cfg.MinBackoff<<min(r.Attempts, 20), s.cfg.MaxBackoff)
+		wait = s.cfg.MinBackoff/2 + rand.N(ceil)
+	}
+	r.NextAt = s.cfg.Now().Add(wait)
+	s.save(ctx, r)
+}
+
+func (s *SlackRelay) save(ctx context.Context, r store.Relay) {
+	if err := s.store.UpdateRelay(context.WithoutCancel(ctx), r); err != nil {
+		s.cfg.Logger.Warn("slack relay: saving the outcome failed", "relay_id", r.ID, "err", err)
+	}
+}
+
+// call POSTs a Slack Web API method with a JSON body and decodes the reply.
+// A url.Values body is sent as a form (read methods such as
+// conversations.replies take no JSON).
+func (s *SlackRelay) call(ctx context.Context, method string, body any, out any) error {
+	var rd io.Reader
+	ct := "application/json; charset=utf-8"
+	if form, ok := body.(url.Values); ok {
+		rd, ct = strings.NewReader(form.Encode()), "application/x-www-form-urlencoded"
+	} else {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.BaseURL+"/"+method, rd)
+	if err != nil {
+		return &slackError{msg: err.Error()}
+	}
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Authorization", "Bearer "+s.cfg.Token)
+	resp, err := s.cfg.Client.Do(req)
+	if err != nil {
+		return &slackError{msg: "slack: " + err.Error(), retry: true}
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
+		wait := time.Second
+		if sec, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && sec >= 0 {
+			wait = time.Duration(sec) * time.Second
+		}
+		return &slackError{msg: "slack: rate limited", retry: true, retryAfter: wait}
+	case resp.StatusCode >= 500:
+		return &slackError{msg: fmt.Sprintf("slack: HTTP %d", resp.StatusCode), retry: true}
+	case resp.StatusCode != http.StatusOK:
+		return &slackError{msg: fmt.Sprintf("slack: HTTP %d", resp.StatusCode)}
+	}
+	var ok struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(data, &ok); err != nil {
+		return &slackError{msg: "slack: unreadable answer", retry: true}
+	}
+	if !ok.OK {
+		return &slackError{msg: "slack: " + ok.Error, retry: ok.Error == "ratelimited" || ok.Error == "internal_error" || ok.Error == "service_unavailable"}
+	}
+	if out != nil {
+		json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+func (s *SlackRelay) post(ctx context.Context, r store.Relay) error {
+	return s.call(ctx, "chat.postMessage", map[string]any{
+		"channel": r.Channel, "thread_ts": r.ThreadTS, "text": r.Text, "mrkdwn": true,
+		"metadata": map[string]any{"event_type": "runhub_relay", "event_payload": map[string]string{"relay_id": r.ID}},
+	}, nil)
+}
+
+// posted looks for the relay's message in its thread by its metadata.
+func (s *SlackRelay) posted(ctx context.Context, r store.Relay) (bool, error) {
+	cursor := ""
+	for range 20 { // at most 20 pages of 200 replies
+		var out struct {
+			Messages []struct {
+				Metadata struct {
+					EventType    string            `json:"event_type"`
+					EventPayload map[string]string `json:"event_payload"`
+				} `json:"metadata"`
+			} `json:"messages"`
+			Meta struct {
+				NextCursor string `json:"next_cursor"`
+			} `json:"response_metadata"`
+		}
+		body := url.Values{"channel": {r.Channel}, "ts": {r.ThreadTS}, "include_all_metadata": {"true"}, "limit": {"200"}}
+		if cursor != "" {
+			body.Set("cursor", cursor)
+		}
+		if err := s.call(ctx, "conversations.replies", body, &out); err != nil {
+			return false, err
+		}
+		for _, m := range out.Messages {
+			if m.Metadata.EventType == "runhub_relay" && m.Metadata.EventPayload["relay_id"] == r.ID {
+				return true, nil
+			}
+		}
+		if cursor = out.Meta.NextCursor; cursor == "" {
+			return false, nil
+		}
+	}
+	return false, nil
+}

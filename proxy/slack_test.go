@@ -1,0 +1,302 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"runhub/proxy"
+	"runhub/rest"
+	"runhub/store"
+	"runhub/store/runs"
+	"runhub/store/sqlite"
+)
+
+// fakeSlack is a local stand-in for Slack's Web API: chat.postMessage and
+// conversations.replies, with scripted failures.
+type fakeSlack struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	// script answers the next postMessage calls: "429:<sec>", "500", "hang"
+	// (record the message, then never answer), or "" (accept).
+	script []string
+	posts  []slackPost
+	tries  []time.Time
+	hang   chan struct{}
+}
+
+type slackPost struct {
+	Channel, ThreadTS, Text string
+	RelayID                 string
+}
+
+func newFakeSlack(t *testing.T) *fakeSlack {
+	f := &fakeSlack{hang: make(chan struct{})}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer xoxb-test" {
+			fmt.Fprint(w, `{"ok":false,"error":"invalid_auth"}`)
+			return
+		}
+		switch r.URL.Path {
+		case "/chat.postMessage":
+			var m struct {
+				Channel  string `json:"channel"`
+				ThreadTS string `json:"thread_ts"`
+				Text     string `json:"text"`
+				Metadata struct {
+					EventPayload map[string]string `json:"event_payload"`
+				} `json:"metadata"`
+			}
+			json.NewDecoder(r.Body).Decode(&m)
+			f.mu.Lock()
+			f.tries = append(f.tries, time.Now())
+			step := ""
+			if len(f.script) > 0 {
+				step, f.script = f.script[0], f.script[1:]
+			}
+			if step == "" || step == "hang" {
+				f.posts = append(f.posts, slackPost{m.Channel, m.ThreadTS, m.Text, m.Metadata.EventPayload["relay_id"]})
+			}
+			f.mu.Unlock()
+			switch {
+			case step == "hang":
+				<-f.hang
+				return
+			case strings.HasPrefix(step, "429:"):
+				w.Header().Set("Retry-After", strings.TrimPrefix(step, "429:"))
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			case step == "500":
+				w.WriteHeader(http.StatusInternalServerError)
+				return
+			}
+			fmt.Fprint(w, `{"ok":true,"ts":"2.3"}`)
+		case "/conversations.replies":
+			r.ParseForm()
+			f.mu.Lock()
+			var msgs []map[string]any
+			for _, p := range f.posts {
+				if p.Channel == r.Form.Get("channel") && p.ThreadTS == r.Form.Get("ts") {
+					msgs = append(msgs, map[string]any{"text": p.Text, "metadata": map[string]any{
+						"event_type": "runhub_relay", "event_payload": map[string]string{"relay_id": p.RelayID}}})
+				}
+			}
+			f.mu.Unlock()
+			json.NewEncoder(w).Encode(map[string]any{"ok": true, "messages": msgs})
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(func() { close(f.hang); f.srv.Close() })
+	return f
+}
+
+func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]slackPost(nil), f.posts...), append([]time.Time(nil), f.tries...)
+}
+
+// relayEnv is a server with the Slack relay against the fake.
+type relayEnv struct {
+	t      *testing.T
+	srv    *httptest.Server
+	st     *sqlite.Store
+	slack  *fakeSlack
+	relay  *proxy.SlackRelay
+	key    string
+	prefix string // /api/projects/P/tasks/T/runs/
+}
+
+func newRelayEnv(t *testing.T, token string) *relayEnv {
+	t.Helper()
+	e := &relayEnv{t: t, slack: newFakeSlack(t)}
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e.st = st
+	e.relay = e.newRelay(token)
+	e.srv = httptest.NewServer(rest.New(rest.Config{Store: st, Runs: &runs.Service{Store: st}, Relay: e.relay}))
+	t.Cleanup(e.srv.Close)
+	ctx := context.Background()
+	p, _ := st.CreateProject(ctx, "relay")
+	secret, prefix, hash := store.GenerateAPIKey()
+	st.CreateAPIKey(ctx, store.NewAPIKey{Label: "t", Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeAll}, AllProjects: true})
+	e.key = secret
+	var task struct{ ID string }
+	e.call("POST", fmt.Sprintf("/api/projects/%d/tasks/", p.ID), `{"title":"t"}`, http.StatusCreated, &task)
+	e.prefix = fmt.Sprintf("/api/projects/%d/tasks/%s/runs/", p.ID, task.ID)
+	return e
+}
+
+func (e *relayEnv) newRelay(token string) *proxy.SlackRelay {
+	return proxy.NewSlackRelay(e.st, proxy.SlackConfig{Token: token, BaseURL: e.slack.srv.URL, Poll: 20 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, MaxAttempts: 4})
+}
+
+// work runs a relay worker until the returned stop is called.
+func (e *relayEnv) work(r *proxy.SlackRelay) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	e.t.Cleanup(stop)
+	return stop
+}
+
+func (e *relayEnv) call(method, path, body string, status int, out any) []byte {
+	e.t.Helper()
+	r, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+e.key)
+	r.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != status {
+		e.t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
+	}
+	if out != nil {
+		json.Unmarshal(b, out)
+	}
+	return b
+}
+
+func (e *relayEnv) threadRun(status string) string {
+	var run struct{ ID string }
+	e.call("POST", e.prefix, `{"status":"`+status+`","state":{"slack_thread":{"channel":"C42","thread_ts":"1700000000.000100"}}}`, http.StatusCreated, &run)
+	return run.ID
+}
+
+func (e *relayEnv) relayMessage(run, text string) map[string]string {
+	var out map[string]string
+	b, _ := json.Marshal(map[string]string{"text": text})
+	e.call("POST", e.prefix+run+"/relay_message", string(b), http.StatusOK, &out)
+	return out
+}
+
+func waitRelay(t *testing.T, st *sqlite.Store, id, status string) *store.Relay {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r, err := st.GetRelay(context.Background(), id)
+		if err == nil && r.Status == status {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay %s: %+v %v, want status %s", id, r, err, status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRelayPostsOnce: an accepted message is posted exactly once, in the
+// mapped channel and thread, converted to mrkdwn.
+func TestRelayPostsOnce(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.work(e.relay)
+	run := e.threadRun("in_progress")
+	out := e.relayMessage(run, "**Done**: see [PR 7](https://github.com/a/b/pull/7)")
+	if out["status"] != "accepted" || out["relay_id"] == "" {
+		t.Fatalf("relay_message: %v", out)
+	}
+	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
+	time.Sleep(200 * time.Millisecond) // several more polls
+	posts, _ := e.slack.snapshot()
+	want := slackPost{"C42", "1700000000.000100", "*Done*: see <https://github.com/a/b/pull/7|PR 7>", out["relay_id"]}
+	if len(posts) != 1 || posts[0] != want {
+		t.Fatalf("posts %+v, want exactly %+v", posts, want)
+	}
+}
+
+// TestRelayHonoursRetryAfter: a 429 with Retry-After: 1 is retried no
+// sooner than a second later, and the message is posted once.
+func TestRelayHonoursRetryAfter(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.slack.script = []string{"429:1", "500"}
+	e.work(e.relay)
+	run := e.threadRun("in_progress")
+	out := e.relayMessage(run, "hello")
+	r := waitRelay(t, e.st, out["relay_id"], store.RelaySent)
+	posts, tries := e.slack.snapshot()
+	if len(posts) != 1 || len(tries) != 3 || r.Attempts != 3 {
+		t.Fatalf("%d posts, %d tries, attempts %d; want 1 post after 3 tries", len(posts), len(tries), r.Attempts)
+	}
+	if gap := tries[1].Sub(tries[0]); gap < time.Second {
+		t.Errorf("retried %v after a 429 with Retry-After: 1", gap)
+	}
+}
+
+// TestRelayNotPostedTwiceAfterCrash: the worker dies after Slack accepted
+// the message and before it recorded that; the next worker finds the
+// message in the thread and does not post it again.
+func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.slack.script = []string{"hang"}
+	stop := e.work(e.relay)
+	run := e.threadRun("in_progress")
+	out := e.relayMessage(run, "once")
+	waitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	stop() // killed with the answer still in flight
+	if r, _ := e.st.GetRelay(context.Background(), out["relay_id"]); r.Status != store.RelayPending || r.Attempts != 1 {
+		t.Fatalf("after the crash: %+v", r)
+	}
+	e.work(e.newRelay("xoxb-test")) // the restart
+	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
+	if posts, _ := e.slack.snapshot(); len(posts) != 1 {
+		t.Fatalf("%d posts after the restart, want 1", len(posts))
+	}
+}
+
+// TestRelaySkippedOrUnconfigured: a terminal run, blank text or no thread
+// mapping is skipped; without credentials the relay is 503; bad bodies
+// are 400; nothing reaches Slack.
+func TestRelaySkippedOrUnconfigured(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.work(e.relay)
+	done := e.threadRun("completed")
+	if out := e.relayMessage(done, "late"); out["status"] != "skipped" {
+		t.Errorf("terminal run: %v", out)
+	}
+	live := e.threadRun("in_progress")
+	if out := e.relayMessage(live, "   \n "); out["status"] != "skipped" {
+		t.Errorf("blank text: %v", out)
+	}
+	var unmapped struct{ ID string }
+	e.call("POST", e.prefix, `{"status":"in_progress"}`, http.StatusCreated, &unmapped)
+	if out := e.relayMessage(unmapped.ID, "hi"); out["status"] != "skipped" {
+		t.Errorf("no mapping: %v", out)
+	}
+	e.call("POST", e.prefix+live+"/relay_message", `{"text":5}`, http.StatusBadRequest, nil)
+	e.call("POST", e.prefix+live+"/relay_message", `{"text":"`+strings.Repeat("x", 10001)+`"}`, http.StatusBadRequest, nil)
+
+	off := newRelayEnv(t, "")
+	run := off.threadRun("in_progress")
+	b := off.call("POST", off.prefix+run+"/relay_message", `{"text":"hi"}`, http.StatusServiceUnavailable, nil)
+	if !strings.Contains(string(b), `"Slack relay is not configured"`) {
+		t.Errorf("no credentials: %s", b)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if posts, _ := e.slack.snapshot(); len(posts) != 0 {
+		t.Fatalf("posts %+v", posts)
+	}
+}

@@ -1,0 +1,79 @@
+package rest
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"runhub/store"
+)
+
+// Relayer queues messages for a run's Slack thread (proxy.SlackRelay).
+type Relayer interface {
+	Configured() bool
+	Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error
+}
+
+// MaxRelayText is the longest text relay_message takes.
+const MaxRelayText = 10000
+
+var errRelayOff = &handlerError{Status: http.StatusServiceUnavailable, Msg: "Slack relay is not configured"}
+
+// decodeRelay decodes {"text": string ≤10,000}.
+func decodeRelay(body []byte) (string, error) {
+	f, err := parseBody(body)
+	if err != nil {
+		return "", err
+	}
+	var text string
+	if jsonKind(f["text"]) != "str" || json.Unmarshal(f["text"], &text) != nil {
+		return "", validation("text", "required", "text must be a string.")
+	}
+	if utf8.RuneCountInString(text) > MaxRelayText {
+		return "", validation("text", "max_length", "Ensure this field has no more than 10000 characters.")
+	}
+	return text, nil
+}
+
+// slackThread is state.slack_thread.
+type slackThread struct {
+	Channel  string `json:"channel"`
+	ThreadTS string `json:"thread_ts"`
+}
+
+// relayMessage serves POST .../relay_message.
+func (s *Server) relayMessage(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.runOf(r)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	text, err := decodeRelay(body)
+	if err != nil {
+		return err
+	}
+	var th slackThread
+	if raw, ok := run.State["slack_thread"]; ok {
+		json.Unmarshal(raw, &th)
+	}
+	if store.IsTerminal(run.Status) || strings.TrimSpace(text) == "" || th.Channel == "" || th.ThreadTS == "" {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "skipped"})
+		return nil
+	}
+	if s.relay == nil || !s.relay.Configured() {
+		return errRelayOff
+	}
+	id := uuid.NewString()
+	if err := s.relay.Enqueue(r.Context(), id, run.ID, th.Channel, th.ThreadTS, text); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "accepted", "relay_id": id})
+	return nil
+}
