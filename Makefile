@@ -29,6 +29,8 @@ deps:
 	$(GO) mod download
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@command -v chromium >/dev/null || { echo "installing chromium (browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@test -x $(STATICCHECK) || { echo "installing staticcheck $(STATICCHECK_VERSION)"; \
 		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); }
 	@test -x $(VERSITYGW) || { echo "building versitygw $(VERSITYGW_VERSION)"; \

@@ -146,6 +146,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	ws.SetReadLimit(maxWSMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	defer ww.stop()
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()

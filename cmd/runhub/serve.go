@@ -25,6 +25,7 @@ import (
 	"runhub/store/blob"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
+	"runhub/web"
 )
 
 // shutdownTimeout bounds a graceful stop: in-flight requests get this long
@@ -243,6 +244,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Commands:     px,
 		Agent:        px.ServeAgent,
 		Relay:        slack,
+		Extra:        web.Mount,
 		Blobs:        blobs,
 		Files:        files,
 		Signer:       signer,

@@ -1,0 +1,288 @@
+package web_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"runhub/hub"
+	"runhub/proxy"
+	"runhub/rest"
+	"runhub/store"
+	"runhub/store/runs"
+	"runhub/store/sqlite"
+	"runhub/web"
+)
+
+// node is a runhub server on a fixed address that can be stopped and
+// started again over the same store.
+type node struct {
+	t    *testing.T
+	addr string
+	st   *sqlite.Store
+	tk   *proxy.Tokens
+	srv  *http.Server
+	h    *hub.Hub
+	px   *proxy.Proxy
+	svc  *runs.Service
+}
+
+func (n *node) start() {
+	n.t.Helper()
+	n.h = hub.New(hub.Config{Store: n.st})
+	n.svc = &runs.Service{Store: n.st, Pub: n.h}
+	n.px = proxy.New(proxy.Config{Tokens: n.tk, Runs: n.svc, Store: n.st, DecodePatch: rest.DecodeRunPatch})
+	n.h.UseCommands(n.px.WSCommand)
+	api := rest.New(rest.Config{Store: n.st, Runs: n.svc, Stream: n.h.ServeStream, WS: n.h.ServeWS, Tokens: n.tk,
+		Commands: n.px, Agent: n.px.ServeAgent, Extra: web.Mount})
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the port may linger for a moment after a stop
+		if ln, err = net.Listen("tcp", n.addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.addr = ln.Addr().String()
+	n.srv = &http.Server{Handler: api}
+	go n.srv.Serve(ln)
+}
+
+func (n *node) stop() {
+	n.srv.Close()
+	n.h.Close()
+	n.px.Close()
+}
+
+func (n *node) url() string { return "http://" + n.addr }
+
+func newNode(t *testing.T) (*node, string) {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, addr: "127.0.0.1:0", st: st, tk: tk}
+	n.start()
+	t.Cleanup(n.stop)
+	secret, prefix, hash := store.GenerateAPIKey()
+	st.CreateProject(context.Background(), "web")
+	st.CreateAPIKey(context.Background(), store.NewAPIKey{Label: "t", Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeAll}, AllProjects: true})
+	return n, secret
+}
+
+func (n *node) call(key, method, path, body string, out any) {
+	n.t.Helper()
+	r, _ := http.NewRequest(method, n.url()+path, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+key)
+	r.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(r)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode >= 300 {
+		n.t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, b)
+	}
+	if out != nil {
+		json.Unmarshal(b, out)
+	}
+}
+
+// browser starts Debian's headless Chromium, or skips (fails in CI) when
+// it is not installed.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("RUNHUB_REQUIRE_SERVERS") == "1" {
+			t.Fatal("chromium not available and RUNHUB_REQUIRE_SERVERS=1 (run make deps)")
+		}
+		t.Skip("chromium not available, skipping (make deps installs it)")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800),
+	}
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	ctx, cancel3 := context.WithTimeout(ctx, 120*time.Second)
+	t.Cleanup(cancel3)
+	return ctx
+}
+
+// rows returns the seqs of the log rows in page order.
+func rows(t *testing.T, ctx context.Context) []int64 {
+	t.Helper()
+	seqs, err := chromedp.Run(ctx, chromedp.Evaluate[[]int64](`[...document.querySelectorAll("#log li[data-seq]")].map(li => +li.dataset.seq)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seqs
+}
+
+func waitPage(t *testing.T, ctx context.Context, what, js string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func exactlyOnce(t *testing.T, seqs []int64, want int64) {
+	t.Helper()
+	if int64(len(seqs)) != want {
+		t.Fatalf("%d rows, want %d: %v", len(seqs), want, seqs)
+	}
+	for i, s := range seqs {
+		if s != int64(i+1) {
+			t.Fatalf("row %d has seq %d: %v", i, s, seqs)
+		}
+	}
+}
+
+// TestRunPageInChromium drives the run page in a real Chromium: entries
+// appear in order within a second, markup in log content is shown as text
+// and runs nothing, a server restart mid-stream loses and repeats no line,
+// a message typed into the box reaches the agent and its answer shows, and
+// completing the run ends the stream. Screenshots (desktop and 360 px) are
+// saved in the test's temp dir.
+func TestRunPageInChromium(t *testing.T) {
+	ctx := browser(t)
+	n, key := newNode(t)
+	var task, run struct{ ID string }
+	n.call(key, "POST", "/api/projects/1/tasks/", `{"title":"web"}`, &task)
+	runs := "/api/projects/1/tasks/" + task.ID + "/runs/"
+	n.call(key, "POST", runs, `{"status":"in_progress","branch":"fix-login"}`, &run)
+	runPath := runs + run.ID
+	var tok struct{ Token string }
+	n.call(key, "GET", runPath+"/connection_token/", "", &tok)
+
+	if err := chromedp.Do(ctx, chromedp.Navigate(n.url()+"/runs/"+run.ID+"#token="+tok.Token)); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the page to go live", `document.getElementById("conn").textContent === "live"`, 10*time.Second)
+
+	// (a) and (d): entries appended through REST appear in order within 1 s;
+	// markup is text.
+	evil := []string{`<script>window.__xss=1</script>`, `<img src=x onerror="window.__xss=2">`}
+	entries := []string{}
+	for i := 0; i < 8; i++ {
+		entries = append(entries, fmt.Sprintf(`{"type":"console","message":"line %d"}`, i))
+	}
+	for _, e := range evil {
+		b, _ := json.Marshal(map[string]string{"type": "console", "message": e})
+		entries = append(entries, string(b))
+	}
+	start := time.Now()
+	n.call(key, "POST", runPath+"/append_log/", `{"entries":[`+strings.Join(entries, ",")+`]}`, nil)
+	waitPage(t, ctx, "11 rows", `document.querySelectorAll("#log li[data-seq]").length === 11`, 5*time.Second)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("entries appeared after %v, want within 1 s", d)
+	}
+	exactlyOnce(t, rows(t, ctx), 11)
+	time.Sleep(200 * time.Millisecond) // an onerror would have fired by now
+	clean, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__xss === undefined && document.querySelectorAll("#log script, #log img").length === 0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("log").textContent`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !clean || !strings.Contains(shown, evil[0]) || !strings.Contains(shown, evil[1]) {
+		xss := !clean
+		t.Fatalf("markup in the log: __xss=%v, text shown %q", xss, shown)
+	}
+
+	// (b): the server stops mid-stream and starts again; entries appended
+	// meanwhile and after show exactly once.
+	n.stop()
+	waitPage(t, ctx, "the page to notice", `document.getElementById("conn").textContent === "reconnecting"`, 10*time.Second)
+	raw := []json.RawMessage{json.RawMessage(`{"type":"console","message":"while down"}`)}
+	ref := store.RunRef{ProjectID: 1, TaskID: task.ID, RunID: run.ID}
+	if _, err := n.svc.AppendLog(context.Background(), ref, raw, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"after restart"}]}`, nil)
+	waitPage(t, ctx, "13 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 13 && document.getElementById("conn").textContent === "live"`, 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	exactlyOnce(t, rows(t, ctx), 13)
+
+	// (c): a message typed into the box reaches the reference agent.
+	var atok struct {
+		Token string `json:"token"`
+		URL   string `json:"ws_url"`
+	}
+	n.call(key, "GET", runPath+"/connection_token/?role=agent", "", &atok)
+	actx, stopAgent := context.WithCancel(context.Background())
+	defer stopAgent()
+	go proxy.NewAgent(proxy.AgentOptions{URL: atok.URL, Token: atok.Token}).Run(actx)
+	waitPage(t, ctx, "agent_connected", `document.getElementById("log").textContent.includes("agent connected")`, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#msg", "please fix it"), chromedp.Click("#send")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the agent's answer", `document.getElementById("answer").textContent.includes("end_turn") && document.getElementById("log").textContent.includes("You said: please fix it")`, 10*time.Second)
+
+	// Screenshots: desktop, then 360 px wide.
+	dir := t.TempDir()
+	desktop, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(360, 740)); err != nil {
+		t.Fatal(err)
+	}
+	narrow, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "run-desktop.png"), desktop, 0o644)
+	os.WriteFile(filepath.Join(dir, "run-360.png"), narrow, 0o644)
+	if out := os.Getenv("RUNHUB_SCREENSHOTS"); out != "" {
+		os.WriteFile(filepath.Join(out, "run-desktop.png"), desktop, 0o644)
+		os.WriteFile(filepath.Join(out, "run-360.png"), narrow, 0o644)
+	}
+	t.Logf("screenshots in %s (%d and %d bytes)", dir, len(desktop), len(narrow))
+
+	// (e): completing the run ends the stream.
+	n.call(key, "PATCH", runPath+"/", `{"status":"completed"}`, nil)
+	waitPage(t, ctx, "the ended state", `document.getElementById("conn").textContent === "ended" && document.getElementById("status").textContent === "completed"`, 10*time.Second)
+	seqs := rows(t, ctx)
+	exactlyOnce(t, seqs, seqs[len(seqs)-1])
+}

@@ -1,0 +1,161 @@
+"use strict";
+// The live log of one run. Every event is shown once: the viewer keeps the
+// last seq it rendered, resumes from it after any disconnect, and ignores
+// anything at or below it.
+const $ = (id) => document.getElementById(id);
+const runId = location.pathname.split("/").filter(Boolean).pop();
+const q = new URLSearchParams(location.search);
+const hash = new URLSearchParams(location.hash.slice(1));
+const key = sessionStorage.getItem("runhub.key");
+let token = hash.get("token");
+let lastSeq = 0, ended = false, ws = null, backoff = 250, nextId = 1, canWrite = false;
+const pending = new Map(); // JSON-RPC id -> callback
+const MAX_ROWS = 5000;     // rendered rows; older ones are dropped from the DOM
+let queue = [], frame = 0, follow = true;
+
+$("runid").textContent = runId.slice(0, 8);
+
+function claims(t) {
+  try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))); } catch { return {}; }
+}
+function setConn(s) { const c = $("conn"); c.textContent = s; c.className = s; }
+
+async function ensureToken() {
+  if (token || !key) return;
+  const r = await fetch(`/api/projects/${q.get("project")}/tasks/${q.get("task")}/runs/${runId}/connection_token/`,
+    { headers: { "Authorization": "Bearer " + key } });
+  if (!r.ok) throw new Error("could not get a connection token (HTTP " + r.status + ")");
+  token = (await r.json()).token;
+}
+
+function send(method, params, cb) {
+  const id = nextId++;
+  if (cb) pending.set(id, cb);
+  ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
+}
+
+async function connect() {
+  try { await ensureToken(); } catch (e) { $("error").textContent = e.message; return; }
+  canWrite = claims(token).scope === "write";
+  $("steer").classList.toggle("hidden", !canWrite);
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(token)}`);
+  ws.onopen = () => {
+    if (lastSeq > 0) { subscribe(lastSeq); return; }
+    // First load: learn the newest seq, then replay the last 1,000 events.
+    send("subscribe", { run_id: runId, after: "latest" }, (m) => {
+      if (m.error) { $("error").textContent = m.error.message; return; }
+      const from = Math.max(0, m.result.last_seq - 1000);
+      send("unsubscribe", { run_id: runId });
+      subscribe(from);
+    });
+  };
+  ws.onmessage = (ev) => {
+    let data; try { data = JSON.parse(ev.data); } catch { return; }
+    for (const m of Array.isArray(data) ? data : [data]) {
+      if (m.id != null && pending.has(m.id)) { const cb = pending.get(m.id); pending.delete(m.id); cb(m); continue; }
+      if (m.method === "event") onEvent(m.params);
+      else if (m.method === "stream_end") { ended = true; setConn("ended"); ws.close(); }
+    }
+  };
+  ws.onclose = () => {
+    for (const cb of pending.values()) cb({ error: { message: "connection lost" } });
+    pending.clear();
+    if (ended) return;
+    setConn("reconnecting");
+    setTimeout(connect, backoff + Math.random() * backoff);
+    backoff = Math.min(backoff * 2, 10000);
+  };
+}
+
+function subscribe(after) {
+  send("subscribe", { run_id: runId, after }, (m) => {
+    if (m.error) { $("error").textContent = m.error.message; return; }
+    backoff = 250; setConn("live");
+  });
+}
+
+function onEvent(p) {
+  if (p.seq == null) { // agent_message_chunk: live text, not stored
+    const t = p.event?.notification?.params?.update?.content?.text;
+    if (typeof t === "string") $("chunk").textContent += t;
+    return;
+  }
+  if (p.seq <= lastSeq) return; // already shown
+  lastSeq = p.seq;
+  queue.push(p);
+  if (!frame) frame = requestAnimationFrame(flush);
+}
+
+function flush() {
+  frame = 0;
+  const log = $("log"), batch = queue; queue = [];
+  const frag = document.createDocumentFragment();
+  for (const p of batch) { const li = row(p); if (li) frag.append(li); }
+  log.append(frag);
+  while (log.childElementCount > MAX_ROWS) log.firstElementChild.remove();
+  if (follow) window.scrollTo(0, document.body.scrollHeight);
+}
+
+function str(v) { return typeof v === "string" ? v : JSON.stringify(v); }
+
+// row renders one event as text only: log content never becomes HTML.
+function row(p) {
+  const e = p.event || {};
+  const li = document.createElement("li");
+  li.dataset.seq = p.seq;
+  const seq = document.createElement("span"); seq.className = "seq"; seq.textContent = p.seq;
+  li.append(seq);
+  const n = e.notification || {};
+  const update = n.params?.update || {};
+  const kind = n.method === "session/update" ? update.sessionUpdate : (n.method || e.type);
+  if (e.type === "task_run_state") {
+    setState(e); li.className = "state";
+    li.append(`status ${e.status}${e.stage ? " · " + e.stage : ""}`);
+  } else if (e.type === "artifact") {
+    const a = e.artifact || {}; li.className = "system"; li.append(`artifact ${a.name} (${a.type}, ${a.size} bytes)`);
+    const item = document.createElement("li"); item.textContent = `${a.name} · ${a.storage_path}`; $("artifacts").append(item);
+  } else if (kind === "agent_message" || kind === "agent_message_chunk" || kind === "user_message") {
+    $("chunk").textContent = "";
+    li.className = "message"; li.append(str(update.content?.text ?? update.content ?? ""));
+  } else if (kind === "tool_call" || kind === "tool_call_update") {
+    const d = document.createElement("details"); const s = document.createElement("summary");
+    s.textContent = `tool ${update.title || update.toolCallId || ""} · ${update.status || ""}`;
+    const pre = document.createElement("pre"); pre.textContent = JSON.stringify(update, null, 2);
+    d.append(s, pre); li.append(d);
+  } else if (e.type === "agent_connected" || e.type === "agent_disconnected") {
+    li.className = "system"; li.append(e.type.replace("_", " "));
+  } else {
+    const msg = n.params?.message ?? e.message ?? e.text ?? JSON.stringify(e);
+    li.className = /error/i.test(kind || "") || n.params?.level === "error" || e.level === "error" ? "error" : "console";
+    li.append(str(msg));
+  }
+  return li;
+}
+
+function setState(e) {
+  const s = $("status"); s.textContent = e.status; s.className = "badge " + e.status;
+  $("stage").textContent = e.stage ? "stage: " + e.stage : "";
+  $("branch").textContent = e.branch ? "branch: " + e.branch : "";
+  const pr = e.output?.pr_url; $("pr").replaceChildren();
+  if (typeof pr === "string" && /^https?:\/\//.test(pr)) { const a = document.createElement("a"); a.href = pr; a.textContent = "pull request"; a.rel = "noopener"; $("pr").append(a); }
+}
+
+window.addEventListener("scroll", () => {
+  follow = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+  $("jump").classList.toggle("hidden", follow);
+});
+$("jump").onclick = () => { follow = true; window.scrollTo(0, document.body.scrollHeight); $("jump").classList.add("hidden"); };
+
+function command(method, params) {
+  if (!ws || ws.readyState !== 1) { $("answer").textContent = "not connected"; return; }
+  $("answer").textContent = "…";
+  send("command", { run_id: runId, method, params }, (m) => {
+    $("answer").textContent = m.error ? "Error: " + m.error.message : "Agent: " + JSON.stringify(m.result);
+  });
+}
+$("steer").onsubmit = (e) => { e.preventDefault(); const t = $("msg").value.trim(); if (t) { command("user_message", { content: t }); $("msg").value = ""; } };
+$("cancel").onclick = () => command("cancel", {});
+$("close").onclick = () => command("close", {});
+
+connect();
