@@ -273,6 +273,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("runhub listening", "addr", ln.Addr().String(), "url", publicURL(ln.Addr()), "data_dir", cfg.dataDir,
+		"open", publicURL(ln.Addr())+"/ (sign in with the key in "+filepath.Join(cfg.dataDir, bootstrapKeyFile)+")",
 		"try", fmt.Sprintf(`curl -H "Authorization: Bearer $(cat %s)" %s/api/projects/1/tasks/`,
 			filepath.Join(cfg.dataDir, bootstrapKeyFile), publicURL(ln.Addr())))
 
