@@ -244,6 +244,9 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	if req.Method == "command" {
 		return m.command(ctx, req)
 	}
+	if req.Method == "history" {
+		return m.history(ctx, req)
+	}
 	if req.Method == "subscribe" || req.Method == "unsubscribe" {
 		if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
 			return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id")
@@ -345,4 +348,58 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 		return nil, rerr
 	}
 	return result, nil
+}
+
+// maxHistory bounds the events one history request returns.
+const maxHistory = 1000
+
+// historyEvent is one stored event in a history reply.
+type historyEvent struct {
+	Seq   int64           `json:"seq"`
+	Event json.RawMessage `json:"event"`
+}
+
+// history answers {"run_id", "before", "limit"?, "token"?} with the stored
+// events whose seq is below before, the newest limit (default 500, at most
+// 1,000) of them, in seq order: how a viewer loads older lines.
+func (m *muxSession) history(ctx context.Context, req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
+	var p struct {
+		RunID  string `json:"run_id"`
+		Before int64  `json:"before"`
+		Limit  int64  `json:"limit"`
+		Token  string `json:"token"`
+	}
+	if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil || p.Before < 1 || p.Limit < 0 || p.Limit > maxHistory {
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be {run_id, before: seq >= 1, limit?: 1..1000}")
+	}
+	id, err := uuid.Parse(p.RunID)
+	if err != nil || len(p.RunID) != 36 {
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+	}
+	if p.Limit == 0 {
+		p.Limit = 500
+	}
+	run, _, err := m.authorize(ctx, id.String(), p.Token)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, rpcError(CodeNotFound, "run not found")
+	case errors.Is(err, store.ErrForbidden):
+		return nil, rpcError(CodeForbidden, "not allowed to follow this run")
+	case err != nil:
+		return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+	}
+	after := max(0, p.Before-1-p.Limit)
+	out := []historyEvent{}
+	if n := p.Before - 1 - after; n > 0 {
+		evs, err := m.h.src.Events(ctx, run.ID, after, int(n))
+		if err != nil {
+			return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+		}
+		for _, ev := range evs {
+			if ev.Seq < p.Before {
+				out = append(out, historyEvent{Seq: ev.Seq, Event: ev.Data})
+			}
+		}
+	}
+	return map[string]any{"run_id": run.ID, "events": out}, nil
 }

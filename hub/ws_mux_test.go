@@ -157,3 +157,44 @@ func TestWSMuxManyRuns(t *testing.T) {
 		t.Fatalf("after unsubscribe got %+v %s", m, m.Params)
 	}
 }
+
+// TestWSMuxHistory: history returns the stored events before a seq, the
+// newest limit of them, in order; it checks its params and the caller's
+// access like subscribe.
+func TestWSMuxHistory(t *testing.T) {
+	e := newHTEnv(t, hub.Config{})
+	c := dialMux(t, e)
+	run := e.newRun()
+	e.appendN(run, 0, 30) // seqs 2..31
+	send(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"history","params":{"run_id":%q,"before":20,"limit":5}}`, run))
+	m := readMsg(t, c)
+	var res struct {
+		RunID  string `json:"run_id"`
+		Events []struct {
+			Seq   int64           `json:"seq"`
+			Event json.RawMessage `json:"event"`
+		} `json:"events"`
+	}
+	if m.Error != nil || json.Unmarshal(m.Result, &res) != nil || res.RunID != run || len(res.Events) != 5 {
+		t.Fatalf("history: %+v %s", m, m.Result)
+	}
+	for i, ev := range res.Events {
+		if ev.Seq != int64(15+i) || len(ev.Event) == 0 || ev.Event[0] != '{' {
+			t.Fatalf("event %d: seq %d %s", i, ev.Seq, ev.Event)
+		}
+	}
+	send(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"history","params":{"run_id":%q,"before":3}}`, run))
+	if m := readMsg(t, c); m.Error != nil || !bytes.Contains(m.Result, []byte(`"seq":1`)) || bytes.Contains(m.Result, []byte(`"seq":3`)) {
+		t.Fatalf("history before 3: %+v %s", m, m.Result)
+	}
+	for i, params := range []string{`{"run_id":"x","before":3}`, fmt.Sprintf(`{"run_id":%q,"before":0}`, run), fmt.Sprintf(`{"run_id":%q,"before":5,"limit":5000}`, run)} {
+		send(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"history","params":%s}`, 10+i, params))
+		if m := readMsg(t, c); m.Error == nil || m.Error.Code != -32602 {
+			t.Fatalf("bad params %s: %+v", params, m)
+		}
+	}
+	send(t, c, `{"jsonrpc":"2.0","id":20,"method":"history","params":{"run_id":"00000000-0000-4000-8000-000000000000","before":3}}`)
+	if m := readMsg(t, c); m.Error == nil || m.Error.Code != hub.CodeNotFound {
+		t.Fatalf("unknown run: %+v", m)
+	}
+}

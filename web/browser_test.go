@@ -347,6 +347,17 @@ func TestLongRunInChromium(t *testing.T) {
 		time.Sleep(30 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
+	// Scrolling to the top loaded older lines: still every seq once, in order.
+	waitPage(t, ctx, "older lines", `document.querySelectorAll("#log li[data-seq]").length >= 1500`, 10*time.Second)
+	all := rows(t, ctx)
+	for i := 1; i < len(all); i++ {
+		if all[i] != all[i-1]+1 {
+			t.Fatalf("rows not contiguous at %d: %d after %d", i, all[i], all[i-1])
+		}
+	}
+	if all[len(all)-1] != 50001 {
+		t.Fatalf("last row %d", all[len(all)-1])
+	}
 	long, err := chromedp.Run(ctx, chromedp.Evaluate[[]float64](`window.__long`))
 	if err != nil {
 		t.Fatal(err)
@@ -360,6 +371,6 @@ func TestLongRunInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPage(t, ctx, "the probe's long task", `window.__long.some(d => d >= 100)`, 5*time.Second)
-	t.Logf("50,000-entry run: last 1,000 shown %v after navigation (page clock %.0f ms); %d long tasks, longest %.0f ms",
-		loaded.Round(time.Millisecond), sinceNav, len(long), longest)
+	t.Logf("50,000-entry run: last 1,000 shown %v after navigation (page clock %.0f ms); %d rows after scrolling up (from seq %d); %d long tasks, longest %.0f ms",
+		loaded.Round(time.Millisecond), sinceNav, len(all), all[0], len(long), longest)
 }

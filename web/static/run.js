@@ -12,6 +12,7 @@ let lastSeq = 0, ended = false, ws = null, backoff = 250, nextId = 1, canWrite =
 const pending = new Map(); // JSON-RPC id -> callback
 const MAX_ROWS = 5000;     // rendered rows; older ones are dropped from the DOM
 let queue = [], frame = 0, follow = true;
+let firstSeq = 0, loadingOlder = false; // the oldest seq shown; history loads what is before it
 
 $("runid").textContent = runId.slice(0, 8);
 
@@ -83,6 +84,7 @@ function onEvent(p) {
   }
   if (p.seq <= lastSeq) return; // already shown
   lastSeq = p.seq;
+  if (!firstSeq) firstSeq = p.seq;
   queue.push(p);
   if (!frame) frame = requestAnimationFrame(flush);
 }
@@ -100,7 +102,7 @@ function flush() {
 function str(v) { return typeof v === "string" ? v : JSON.stringify(v); }
 
 // row renders one event as text only: log content never becomes HTML.
-function row(p) {
+function row(p, old) {
   const e = p.event || {};
   const li = document.createElement("li");
   li.dataset.seq = p.seq;
@@ -110,7 +112,8 @@ function row(p) {
   const update = n.params?.update || {};
   const kind = n.method === "session/update" ? update.sessionUpdate : (n.method || e.type);
   if (e.type === "task_run_state") {
-    setState(e); li.className = "state";
+    if (!old) setState(e);
+    li.className = "state";
     li.append(`status ${e.status}${e.stage ? " · " + e.stage : ""}`);
   } else if (e.type === "artifact") {
     const a = e.artifact || {}; li.className = "system"; li.append(`artifact ${a.name} (${a.type}, ${a.size} bytes)`);
@@ -144,7 +147,27 @@ function setState(e) {
 window.addEventListener("scroll", () => {
   follow = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
   $("jump").classList.toggle("hidden", follow);
+  if (window.scrollY < 200) loadOlder();
 });
+
+// loadOlder prepends the 500 events before the oldest one shown, keeping
+// the reader's place on the page.
+function loadOlder() {
+  if (loadingOlder || firstSeq <= 1 || !ws || ws.readyState !== 1) return;
+  loadingOlder = true;
+  send("history", { run_id: runId, before: firstSeq, limit: 500 }, (m) => {
+    loadingOlder = false;
+    if (m.error || !m.result) return;
+    const evs = m.result.events.filter((e) => e.seq < firstSeq);
+    if (!evs.length) { firstSeq = 1; return; }
+    const frag = document.createDocumentFragment();
+    for (const e of evs) { const li = row({ seq: e.seq, event: e.event }, true); if (li) frag.append(li); }
+    const before = document.body.scrollHeight;
+    $("log").prepend(frag);
+    firstSeq = evs[0].seq;
+    window.scrollBy(0, document.body.scrollHeight - before);
+  });
+}
 $("jump").onclick = () => { follow = true; window.scrollTo(0, document.body.scrollHeight); $("jump").classList.add("hidden"); };
 
 function command(method, params) {
