@@ -229,6 +229,21 @@ func TestRunPageInChromium(t *testing.T) {
 		t.Fatalf("markup in the log: __xss=%v, text shown %q", xss, shown)
 	}
 
+	// Agent messages: Markdown becomes elements, HTML stays text, and only
+	// http(s) links are links.
+	md := `{"type":"notification","notification":{"jsonrpc":"2.0","method":"session/update","params":{"update":{"sessionUpdate":"agent_message","content":{"type":"text","text":"**Fixed** the <b onmouseover=\"window.__xss=3\">bug</b>, see [PR](https://example.com/pr/7) and [x](javascript:window.__xss=4)"}}}}}`
+	n.call(key, "POST", runPath+"/append_log/", `{"entries":[`+md+`]}`, nil)
+	waitPage(t, ctx, "the agent message", `document.querySelectorAll("#log li[data-seq]").length === 12`, 5*time.Second)
+	ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const li = document.querySelector('#log li[data-seq="12"]');
+		const a = [...li.querySelectorAll("a")];
+		return li.querySelector("strong")?.textContent === "Fixed" && li.querySelector("b") === null &&
+			li.textContent.includes('<b onmouseover="window.__xss=3">bug</b>') &&
+			a.length === 1 && a[0].href === "https://example.com/pr/7" && window.__xss === undefined; })()`))
+	if err != nil || !ok {
+		html, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#log li[data-seq="12"]').innerHTML + " xss=" + window.__xss`))
+		t.Fatalf("agent message rendering: %v %v: %s", ok, err, html)
+	}
+
 	// (b): the server stops mid-stream and starts again; entries appended
 	// meanwhile and after show exactly once.
 	n.stop()
@@ -240,9 +255,9 @@ func TestRunPageInChromium(t *testing.T) {
 	}
 	n.start()
 	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"after restart"}]}`, nil)
-	waitPage(t, ctx, "13 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 13 && document.getElementById("conn").textContent === "live"`, 20*time.Second)
+	waitPage(t, ctx, "14 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 14 && document.getElementById("conn").textContent === "live"`, 20*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	exactlyOnce(t, rows(t, ctx), 13)
+	exactlyOnce(t, rows(t, ctx), 14)
 
 	// (c): a message typed into the box reaches the reference agent.
 	var atok struct {

@@ -101,6 +101,58 @@ function flush() {
 
 function str(v) { return typeof v === "string" ? v : JSON.stringify(v); }
 
+// markdown renders the common Markdown of agent messages by building DOM
+// nodes from text: nothing in a message is ever parsed as HTML, and links
+// are kept only for http(s) URLs.
+function markdown(src) {
+  const out = document.createDocumentFragment();
+  const blocks = src.replace(/\r\n/g, "\n").split(/\n```/);
+  blocks.forEach((b, i) => {
+    if (i % 2 === 1) { // a fenced code block: drop the info string
+      const pre = document.createElement("pre"); const code = document.createElement("code");
+      code.textContent = b.replace(/^[^\n]*\n/, "").replace(/\n?`*$/, ""); pre.append(code); out.append(pre); return;
+    }
+    for (const para of b.split(/\n{2,}/)) {
+      const lines = para.split("\n").filter((l) => l.trim() !== "");
+      if (!lines.length) continue;
+      if (lines.every((l) => /^\s*([-*+]|\d+\.)\s+/.test(l))) {
+        const ordered = /^\s*\d+\./.test(lines[0]);
+        const list = document.createElement(ordered ? "ol" : "ul");
+        for (const l of lines) { const item = document.createElement("li"); item.append(inlineMd(l.replace(/^\s*([-*+]|\d+\.)\s+/, ""))); list.append(item); }
+        out.append(list); continue;
+      }
+      const p = document.createElement("p");
+      lines.forEach((l, j) => {
+        const h = /^#{1,6}\s+(.*)$/.exec(l);
+        if (h) { const st = document.createElement("strong"); st.append(inlineMd(h[1])); p.append(st); }
+        else p.append(inlineMd(l));
+        if (j < lines.length - 1) p.append(document.createElement("br"));
+      });
+      out.append(p);
+    }
+  });
+  return out;
+}
+
+// inlineMd handles `code`, **bold**, *em* / _em_ and [text](http(s) url).
+function inlineMd(text) {
+  const frag = document.createDocumentFragment();
+  const re = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*]+)\*|(?<![\w])_([^_]+)_(?![\w])|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g;
+  let last = 0, m;
+  while ((m = re.exec(text))) {
+    frag.append(text.slice(last, m.index));
+    let el;
+    if (m[1] !== undefined) { el = document.createElement("code"); el.textContent = m[1]; }
+    else if (m[2] !== undefined) { el = document.createElement("strong"); el.textContent = m[2]; }
+    else if (m[3] !== undefined || m[4] !== undefined) { el = document.createElement("em"); el.textContent = m[3] ?? m[4]; }
+    else { el = document.createElement("a"); el.textContent = m[5]; el.href = m[6]; el.rel = "noopener noreferrer"; el.target = "_blank"; }
+    frag.append(el);
+    last = re.lastIndex;
+  }
+  frag.append(text.slice(last));
+  return frag;
+}
+
 // row renders one event as text only: log content never becomes HTML.
 function row(p, old) {
   const e = p.event || {};
@@ -120,7 +172,7 @@ function row(p, old) {
     const item = document.createElement("li"); item.textContent = `${a.name} · ${a.storage_path}`; $("artifacts").append(item);
   } else if (kind === "agent_message" || kind === "agent_message_chunk" || kind === "user_message") {
     $("chunk").textContent = "";
-    li.className = "message"; li.append(str(update.content?.text ?? update.content ?? ""));
+    li.className = "message"; li.append(markdown(str(update.content?.text ?? update.content ?? "")));
   } else if (kind === "tool_call" || kind === "tool_call_update") {
     const d = document.createElement("details"); const s = document.createElement("summary");
     s.textContent = `tool ${update.title || update.toolCallId || ""} · ${update.status || ""}`;
