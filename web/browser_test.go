@@ -20,6 +20,7 @@ import (
 	"runhub/proxy"
 	"runhub/rest"
 	"runhub/store"
+	"runhub/store/blob"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
 	"runhub/web"
@@ -31,6 +32,7 @@ type node struct {
 	t    *testing.T
 	addr string
 	st   *sqlite.Store
+	dir  string
 	tk   *proxy.Tokens
 	srv  *http.Server
 	h    *hub.Hub
@@ -44,10 +46,17 @@ func (n *node) start() {
 	n.svc = &runs.Service{Store: n.st, Pub: n.h}
 	n.px = proxy.New(proxy.Config{Tokens: n.tk, Runs: n.svc, Store: n.st, DecodePatch: rest.DecodeRunPatch})
 	n.h.UseCommands(n.px.WSCommand)
+	files, err := blob.NewFS(filepath.Join(n.dir, "blobs"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	signer, err := blob.LoadSigner(n.dir, nil)
+	if err != nil {
+		n.t.Fatal(err)
+	}
 	api := rest.New(rest.Config{Store: n.st, Runs: n.svc, Stream: n.h.ServeStream, WS: n.h.ServeWS, Tokens: n.tk,
-		Commands: n.px, Agent: n.px.ServeAgent, Extra: web.Mount})
+		Commands: n.px, Agent: n.px.ServeAgent, Extra: web.Mount, Blobs: files, Files: files, Signer: signer})
 	var ln net.Listener
-	var err error
 	for i := 0; i < 50; i++ { // the port may linger for a moment after a stop
 		if ln, err = net.Listen("tcp", n.addr); err == nil {
 			break
@@ -81,7 +90,7 @@ func newNode(t *testing.T) (*node, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, addr: "127.0.0.1:0", st: st, tk: tk}
+	n := &node{t: t, addr: "127.0.0.1:0", st: st, tk: tk, dir: t.TempDir()}
 	n.start()
 	t.Cleanup(n.stop)
 	secret, prefix, hash := store.GenerateAPIKey()
@@ -388,4 +397,52 @@ func TestLongRunInChromium(t *testing.T) {
 	waitPage(t, ctx, "the probe's long task", `window.__long.some(d => d >= 100)`, 5*time.Second)
 	t.Logf("50,000-entry run: last 1,000 shown %v after navigation (page clock %.0f ms); %d rows after scrolling up (from seq %d); %d long tasks, longest %.0f ms",
 		loaded.Round(time.Millisecond), sinceNav, len(all), all[0], len(long), longest)
+}
+
+// TestSignInFlowInChromium: sign in on "/" with an API key, create a task,
+// run it, open the run from the list: the run page goes live with a token
+// minted with the key, and an uploaded artifact offers a download that
+// presigns through the API.
+func TestSignInFlowInChromium(t *testing.T) {
+	ctx := browser(t)
+	n, key := newNode(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(n.url()+"/"),
+		chromedp.SendKeys("#key", key), chromedp.Click("#signin button")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the task list", `!document.getElementById("tasks").classList.contains("hidden")`, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#title", "Fix the login bug"), chromedp.Click("#newtask button")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the new task", `document.getElementById("tasklist").textContent.includes("Fix the login bug")`, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.Click("#tasklist a")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the runs list", `!document.getElementById("runs").classList.contains("hidden")`, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.Click("#runtask")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "a run", `document.querySelectorAll("#runlist a").length === 1 && document.getElementById("runlist").textContent.includes("not_started")`, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.Click("#runlist a")); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "the run page to go live", `location.pathname.startsWith("/runs/") && document.getElementById("conn").textContent === "live"`, 10*time.Second)
+	path, err := chromedp.Run(ctx, chromedp.Evaluate[string](`"/api/projects/" + new URLSearchParams(location.search).get("project") + "/tasks/" + new URLSearchParams(location.search).get("task") + "/runs/" + location.pathname.split("/").pop()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.call(key, "POST", path+"/artifacts/", `{"artifacts":[{"name":"plan.md","type":"plan","content":"# Plan"}]}`, nil)
+	waitPage(t, ctx, "the artifact's download button", `document.querySelector("#artifacts button")?.textContent === "Download plan.md"`, 10*time.Second)
+	// What the button does: presign through the API, then a signed link.
+	ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`fetch("`+path+`/artifacts/presign/", {method: "POST",
+		headers: {"Authorization": "Bearer " + sessionStorage.getItem("runhub.key"), "Content-Type": "application/json"},
+		body: JSON.stringify({storage_path: document.querySelector("#artifacts button").dataset.path})})
+		.then(r => r.json()).then(b => fetch(b.url)).then(r => r.text()).then(t => t === "# Plan")`, chromedp.EvalAwaitPromise))
+	if err != nil || !ok {
+		t.Fatalf("presign and download from the page: %v %v", ok, err)
+	}
+	// The key never left the tab's sessionStorage.
+	if v, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`localStorage.length === 0 && !document.cookie`)); err != nil || !v {
+		t.Fatalf("the key is stored beyond sessionStorage: %v %v", v, err)
+	}
 }

@@ -169,7 +169,7 @@ function row(p, old) {
     li.append(`status ${e.status}${e.stage ? " · " + e.stage : ""}`);
   } else if (e.type === "artifact") {
     const a = e.artifact || {}; li.className = "system"; li.append(`artifact ${a.name} (${a.type}, ${a.size} bytes)`);
-    const item = document.createElement("li"); item.textContent = `${a.name} · ${a.storage_path}`; $("artifacts").append(item);
+    if (!old) $("artifacts").append(artifactItem(a));
   } else if (kind === "agent_message" || kind === "agent_message_chunk" || kind === "user_message") {
     $("chunk").textContent = "";
     li.className = "message"; li.append(markdown(str(update.content?.text ?? update.content ?? "")));
@@ -186,6 +186,23 @@ function row(p, old) {
     li.append(str(msg));
   }
   return li;
+}
+
+// artifactItem lists an artifact; with an API key (the signed-in flow) its
+// name is a button that asks for a presigned download link.
+function artifactItem(a) {
+  const item = document.createElement("li");
+  if (!key || !q.get("project")) { item.textContent = `${a.name} (${a.type})`; return item; }
+  const b = document.createElement("button"); b.type = "button"; b.textContent = `Download ${a.name}`;
+  b.dataset.path = a.storage_path;
+  b.onclick = async () => {
+    const r = await fetch(`/api/projects/${q.get("project")}/tasks/${q.get("task")}/runs/${runId}/artifacts/presign/`,
+      { method: "POST", headers: { "Authorization": "Bearer " + key, "Content-Type": "application/json" }, body: JSON.stringify({ storage_path: a.storage_path }) });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok && /^https?:\/\//.test(body.url)) location.assign(body.url); else $("error").textContent = body.error || "download failed";
+  };
+  item.append(b, ` (${a.type}, ${a.size} bytes)`);
+  return item;
 }
 
 function setState(e) {
