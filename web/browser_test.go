@@ -446,3 +446,32 @@ func TestSignInFlowInChromium(t *testing.T) {
 		t.Fatalf("the key is stored beyond sessionStorage: %v %v", v, err)
 	}
 }
+
+// TestSSEFallbackInChromium: with ?transport=sse (what the page switches to
+// when WebSockets do not get through), the run page follows the run over
+// SSE: entries in order, each once, across a server restart, and the ended
+// state.
+func TestSSEFallbackInChromium(t *testing.T) {
+	ctx := browser(t)
+	n, key := newNode(t)
+	var task, run struct{ ID string }
+	n.call(key, "POST", "/api/projects/1/tasks/", `{"title":"sse"}`, &task)
+	runPath := "/api/projects/1/tasks/" + task.ID + "/runs/"
+	n.call(key, "POST", runPath, `{"status":"in_progress"}`, &run)
+	runPath += run.ID
+	var tok struct{ Token string }
+	n.call(key, "GET", runPath+"/connection_token/", "", &tok)
+	if err := chromedp.Do(ctx, chromedp.Navigate(n.url()+"/runs/"+run.ID+"?transport=sse#token="+tok.Token)); err != nil {
+		t.Fatal(err)
+	}
+	waitPage(t, ctx, "live over SSE", `document.getElementById("conn").textContent === "live" && document.querySelectorAll("#log li[data-seq]").length === 1`, 10*time.Second)
+	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"a"},{"type":"console","message":"b"}]}`, nil)
+	waitPage(t, ctx, "3 rows", `document.querySelectorAll("#log li[data-seq]").length === 3`, 5*time.Second)
+	n.stop()
+	n.start()
+	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"c"}]}`, nil)
+	waitPage(t, ctx, "4 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 4`, 20*time.Second)
+	n.call(key, "PATCH", runPath+"/", `{"status":"completed"}`, nil)
+	waitPage(t, ctx, "ended", `document.getElementById("conn").textContent === "ended"`, 10*time.Second)
+	exactlyOnce(t, rows(t, ctx), 5)
+}

@@ -13,6 +13,8 @@ const pending = new Map(); // JSON-RPC id -> callback
 const MAX_ROWS = 5000;     // rendered rows; older ones are dropped from the DOM
 let queue = [], frame = 0, follow = true;
 let firstSeq = 0, loadingOlder = false; // the oldest seq shown; history loads what is before it
+// SSE is the fallback when WebSockets do not get through (or ?transport=sse).
+let useSSE = q.get("transport") === "sse", wsFailures = 0;
 
 $("runid").textContent = runId.slice(0, 8);
 
@@ -38,10 +40,13 @@ function send(method, params, cb) {
 async function connect() {
   try { await ensureToken(); } catch (e) { $("error").textContent = e.message; return; }
   canWrite = claims(token).scope === "write";
-  $("steer").classList.toggle("hidden", !canWrite);
+  $("steer").classList.toggle("hidden", !canWrite || useSSE);
+  if (useSSE) { connectSSE(); return; }
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(token)}`);
+  let opened = false;
   ws.onopen = () => {
+    opened = true; wsFailures = 0;
     if (lastSeq > 0) { subscribe(lastSeq); return; }
     // First load: learn the newest seq, then replay the last 1,000 events.
     send("subscribe", { run_id: runId, after: "latest" }, (m) => {
@@ -63,10 +68,28 @@ async function connect() {
     for (const cb of pending.values()) cb({ error: { message: "connection lost" } });
     pending.clear();
     if (ended) return;
+    if (!opened && ++wsFailures >= 3) useSSE = true; // WebSockets do not get through: use SSE
     setConn("reconnecting");
     setTimeout(connect, backoff + Math.random() * backoff);
     backoff = Math.min(backoff * 2, 10000);
   };
+}
+
+// connectSSE follows the run over Server-Sent Events after the last seq
+// shown (from the first event on a first load: the fallback has no way to
+// ask for the newest seq without an API key; the row cap bounds the page).
+// EventSource reconnects by itself and resumes with Last-Event-ID.
+function connectSSE() {
+  const c = claims(token);
+  const path = `/api/projects/${c.team_id}/tasks/${c.task_id}/runs/${runId}/stream/`;
+  const es = new EventSource(`${path}?token=${encodeURIComponent(token)}&after=${lastSeq}`);
+  es.onopen = () => setConn("live");
+  es.onmessage = (m) => {
+    let ev; try { ev = JSON.parse(m.data); } catch { return; }
+    onEvent({ run_id: runId, seq: m.lastEventId ? +m.lastEventId : null, event: ev });
+  };
+  es.addEventListener("stream-end", () => { ended = true; setConn("ended"); es.close(); });
+  es.onerror = () => { if (!ended) setConn("reconnecting"); };
 }
 
 function subscribe(after) {
