@@ -285,11 +285,18 @@ func TestRunPageInChromium(t *testing.T) {
 
 	// Screenshots: desktop, then 360 px wide.
 	dir := t.TempDir()
+	// From the top, so that the sticky header is where a reader sees it.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.scrollTo(0, 0); true`)); err != nil {
+		t.Fatal(err)
+	}
 	desktop, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := chromedp.Do(ctx, chromedp.EmulateViewport(360, 740)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.scrollTo(0, 0); true`)); err != nil {
 		t.Fatal(err)
 	}
 	narrow, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
