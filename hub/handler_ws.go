@@ -251,22 +251,17 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 		if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
 			return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id")
 		}
-		id, err := uuid.Parse(p.RunID)
-		if err != nil || len(p.RunID) != 36 {
-			return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+		id, rerr := runIDParam(p.RunID)
+		if rerr != nil {
+			return nil, rerr
 		}
-		p.RunID = id.String()
+		p.RunID = id
 	}
 	switch req.Method {
 	case "subscribe":
-		run, _, err := m.authorize(ctx, p.RunID, p.Token)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			return nil, rpcError(CodeNotFound, "run not found")
-		case errors.Is(err, store.ErrForbidden):
-			return nil, rpcError(CodeForbidden, "not allowed to follow this run")
-		case err != nil:
-			return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+		run, _, rerr := m.resolve(ctx, p.RunID, p.Token)
+		if rerr != nil {
+			return nil, rerr
 		}
 		after := int64(0)
 		if len(p.After) > 0 && string(p.After) != "null" {
@@ -301,6 +296,31 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	return nil, rpcError(jsonrpc2.CodeMethodNotFound, "method not found: "+req.Method)
 }
 
+// runIDParam checks a run_id param and returns its canonical form.
+func runIDParam(v string) (string, *jsonrpc2.Error) {
+	id, err := uuid.Parse(v)
+	if err != nil || len(v) != 36 {
+		return "", rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+	}
+	return id.String(), nil
+}
+
+// resolve authorises the caller for a run (and tells whether it may
+// write), answering the JSON-RPC error every method gives for a run that
+// does not exist, one it may not follow, or a failed lookup.
+func (m *muxSession) resolve(ctx context.Context, runID, token string) (*store.Run, bool, *jsonrpc2.Error) {
+	run, write, err := m.authorize(ctx, runID, token)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, false, rpcError(CodeNotFound, "run not found")
+	case errors.Is(err, store.ErrForbidden):
+		return nil, false, rpcError(CodeForbidden, "not allowed to follow this run")
+	case err != nil:
+		return nil, false, rpcError(jsonrpc2.CodeInternalError, "internal error")
+	}
+	return run, write, nil
+}
+
 // command relays {"run_id", "method", "params"?, "token"?} to the run's
 // agent; it needs write access to the run.
 func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
@@ -316,9 +336,9 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil {
 		return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be an object with run_id and method")
 	}
-	id, err := uuid.Parse(p.RunID)
-	if err != nil || len(p.RunID) != 36 {
-		return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+	id, rerr := runIDParam(p.RunID)
+	if rerr != nil {
+		return nil, rerr
 	}
 	switch p.Method {
 	case "user_message":
@@ -332,15 +352,11 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 	default:
 		return nil, rpcError(jsonrpc2.CodeInvalidParams, "method must be one of user_message, cancel, close")
 	}
-	run, write, err := m.authorize(ctx, id.String(), p.Token)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil, rpcError(CodeNotFound, "run not found")
-	case errors.Is(err, store.ErrForbidden):
-		return nil, rpcError(CodeForbidden, "not allowed to follow this run")
-	case err != nil:
-		return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
-	case !write:
+	run, write, rerr := m.resolve(ctx, id, p.Token)
+	if rerr != nil {
+		return nil, rerr
+	}
+	if !write {
 		return nil, rpcError(CodeForbidden, "commands need write access to the run")
 	}
 	result, rerr := m.h.commands(ctx, run, p.Method, p.Params)
@@ -372,21 +388,16 @@ func (m *muxSession) history(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if req.Params == nil || json.Unmarshal(*req.Params, &p) != nil || p.Before < 1 || p.Limit < 0 || p.Limit > maxHistory {
 		return nil, rpcError(jsonrpc2.CodeInvalidParams, "params must be {run_id, before: seq >= 1, limit?: 1..1000}")
 	}
-	id, err := uuid.Parse(p.RunID)
-	if err != nil || len(p.RunID) != 36 {
-		return nil, rpcError(jsonrpc2.CodeInvalidParams, "run_id must be a UUID")
+	id, rerr := runIDParam(p.RunID)
+	if rerr != nil {
+		return nil, rerr
 	}
 	if p.Limit == 0 {
 		p.Limit = 500
 	}
-	run, _, err := m.authorize(ctx, id.String(), p.Token)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil, rpcError(CodeNotFound, "run not found")
-	case errors.Is(err, store.ErrForbidden):
-		return nil, rpcError(CodeForbidden, "not allowed to follow this run")
-	case err != nil:
-		return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+	run, _, rerr := m.resolve(ctx, id, p.Token)
+	if rerr != nil {
+		return nil, rerr
 	}
 	after := max(0, p.Before-1-p.Limit)
 	out := []historyEvent{}

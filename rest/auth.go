@@ -5,12 +5,10 @@ import (
 	"errors"
 	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/gorilla/mux"
 	"golang.org/x/time/rate"
 
 	"runhub/proxy"
@@ -131,9 +129,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 	if !key.HasScope(scope) {
 		return missingScope(scope)
 	}
-	project, err := strconv.ParseInt(mux.Vars(r)["project_id"], 10, 64)
-	if err != nil || project <= 0 {
-		return errNotFound
+	project, err := pathProject(r)
+	if err != nil {
+		return err
 	}
 	if !key.CanReach(project) {
 		return errNoProject

@@ -130,6 +130,11 @@ func pathUUID(r *http.Request, name string, notFoundErr error) (string, error) {
 
 // runRef resolves the project, task and run of a run path.
 func (s *Server) runRef(r *http.Request) (store.RunRef, error) {
+	return refIn(r, projectOf(r))
+}
+
+// refIn parses the task and run of a run path in project.
+func refIn(r *http.Request, project int64) (store.RunRef, error) {
 	task, err := pathUUID(r, "task_id", errTaskNotFound)
 	if err != nil {
 		return store.RunRef{}, err
@@ -138,7 +143,7 @@ func (s *Server) runRef(r *http.Request) (store.RunRef, error) {
 	if err != nil {
 		return store.RunRef{}, err
 	}
-	return store.RunRef{ProjectID: projectOf(r), TaskID: task, RunID: run}, nil
+	return store.RunRef{ProjectID: project, TaskID: task, RunID: run}, nil
 }
 
 // runOf loads the run of a run path, telling an unknown task from an
