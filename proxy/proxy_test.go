@@ -79,23 +79,30 @@ func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
 // call sends an authenticated request, wants status and decodes into out.
 func (e *pxEnv) call(method, path, body string, status int, out any) []byte {
 	e.t.Helper()
-	r, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+e.key)
+	return apiCall(e.t, e.srv.URL, e.key, method, path, body, status, out)
+}
+
+// apiCall sends a request with an API key to base, wants status and
+// decodes the body into out.
+func apiCall(t *testing.T, base, key, method, path, body string, status int, out any) []byte {
+	t.Helper()
+	r, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+key)
 	if body != "" {
 		r.Header.Set("Content-Type", "application/json")
 	}
 	res, err := http.DefaultClient.Do(r)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != status {
-		e.t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
+		t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			e.t.Fatalf("%s: %v", b, err)
+			t.Fatalf("%s: %v", b, err)
 		}
 	}
 	return b

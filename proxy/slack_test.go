@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -163,22 +162,7 @@ func (e *relayEnv) work(r *proxy.SlackRelay) (stop func()) {
 
 func (e *relayEnv) call(method, path, body string, status int, out any) []byte {
 	e.t.Helper()
-	r, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+e.key)
-	r.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(r)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != status {
-		e.t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
-	}
-	if out != nil {
-		json.Unmarshal(b, out)
-	}
-	return b
+	return apiCall(e.t, e.srv.URL, e.key, method, path, body, status, out)
 }
 
 func (e *relayEnv) threadRun(status string) string {
