@@ -447,7 +447,7 @@ type mxFixture struct {
 	revokedClient, revokedAgent string
 }
 
-// fixture makes a row's task, run, artifact and tokens; revoker is the
+// newFixture makes a row's task, run, artifact and tokens; revoker is the
 // write key the revoked-key tokens come from.
 func (mx *mxEnv) newFixture(t *testing.T, revoker string) *mxFixture {
 	t.Helper()
