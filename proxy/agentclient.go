@@ -185,8 +185,8 @@ func (a *Agent) session(ctx context.Context) error {
 	go func() {
 		defer close(delivered)
 		a.deliver(sctx, conn)
-		// It stops only with the connection, or when a call failed
-		// without an answer: either way the next connection takes over.
+		// It returns when ctx or the connection ends, or when a call got
+		// no answer: end this connection, the next one re-sends.
 		conn.Close()
 	}()
 	<-conn.DisconnectNotify()
