@@ -261,6 +261,48 @@ func (discard) Printf(string, ...any) {}
 type appendParams struct {
 	Entries []json.RawMessage `json:"entries"`
 	Seq     *int64            `json:"seq"`
+	// Session is the random id the agent process picked at start; with
+	// Seq it makes the batch's idempotency key, so a restarted agent
+	// numbering its batches from 1 again names new batches.
+	Session *string `json:"session"`
+}
+
+// maxAgentSession bounds an agent's session id: 128 random bits take 26
+// to 32 characters in the usual encodings; 64 leaves room for other
+// agents' formats and keeps the key far below the store's key limit.
+const maxAgentSession = 64
+
+// validSession reports whether s is 1..maxAgentSession characters of
+// [A-Za-z0-9_-]: nothing that could need escaping in a key or a log line.
+func validSession(s string) bool {
+	if s == "" || len(s) > maxAgentSession {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// batchIdempotency is the idempotency key of an agent batch: the pair
+// (session, seq) as "agent:" + session + ":" + seq in the agent
+// namespace. A seq without session (agents older than sessions) keeps
+// its former key "agent-batch:" + seq, so such an agent's retries across
+// an upgrade still replay; no REST key can equal either (REST keys live
+// under "rest:"). The request hash covers the entries, so a key reused
+// for other entries is refused.
+func batchIdempotency(ap appendParams) *store.Idempotency {
+	sum := sha256.New()
+	for _, e := range ap.Entries {
+		sum.Write(e)
+		sum.Write([]byte{0})
+	}
+	if ap.Session == nil {
+		return &store.Idempotency{Key: fmt.Sprintf("agent-batch:%d", *ap.Seq), RequestHash: sum.Sum(nil)}
+	}
+	return &store.Idempotency{Namespace: store.IdemAgent, Key: fmt.Sprintf("%s:%d", *ap.Session, *ap.Seq), RequestHash: sum.Sum(nil)}
 }
 
 // AppendResult is append_log's result.
@@ -284,16 +326,14 @@ func (p *Proxy) handler(s *session) func(ctx context.Context, c *jsonrpc2.Conn, 
 		case "append_log":
 			var ap appendParams
 			if err := json.Unmarshal(raw, &ap); err != nil {
-				return nil, rpcErr(jsonrpc2.CodeInvalidParams, `params must be {"entries": [...], "seq"?: integer}`)
+				return nil, rpcErr(jsonrpc2.CodeInvalidParams, `params must be {"entries": [...], "seq"?: integer, "session"?: string}`)
+			}
+			if ap.Session != nil && (ap.Seq == nil || !validSession(*ap.Session)) {
+				return nil, rpcErr(jsonrpc2.CodeInvalidParams, fmt.Sprintf("session must be 1 to %d characters of [A-Za-z0-9_-], sent with seq", maxAgentSession))
 			}
 			var idem *store.Idempotency
 			if ap.Seq != nil {
-				sum := sha256.New()
-				for _, e := range ap.Entries {
-					sum.Write(e)
-					sum.Write([]byte{0})
-				}
-				idem = &store.Idempotency{Key: fmt.Sprintf("agent-batch:%d", *ap.Seq), RequestHash: sum.Sum(nil)}
+				idem = batchIdempotency(ap)
 			}
 			res, err := p.cfg.Runs.AppendLog(ctx, s.ref(), ap.Entries, idem)
 			if err != nil {

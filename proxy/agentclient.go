@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,25 +28,66 @@ type AgentOptions struct {
 	Reply func(content string) string
 	// HTTPClient dials the WebSocket (tests); nil: the default.
 	HTTPClient *http.Client
-	// MinBackoff and MaxBackoff bound the reconnect delay (0: 100 ms, 10 s).
+	// MinBackoff and MaxBackoff bound the delay before a reconnect and
+	// before a batch the server could not store for now is sent again
+	// (0: DefaultAgentMinBackoff, DefaultAgentMaxBackoff).
 	MinBackoff, MaxBackoff time.Duration
 }
+
+// Backoff bounds of the reference agent. The delay doubles from the first
+// to the second on every failure in a row and is drawn uniformly below it
+// (full jitter), so many agents cut at once, or failing against one busy
+// store, do not come back in step.
+const (
+	// DefaultAgentMinBackoff: a dropped connection or a busy store is
+	// usually fine again within a fraction of a second.
+	DefaultAgentMinBackoff = 100 * time.Millisecond
+	// DefaultAgentMaxBackoff: an agent waits at most this long to retry,
+	// so it catches up soon after a long outage ends, while thousands of
+	// agents add little load to a server that is still down.
+	DefaultAgentMaxBackoff = 10 * time.Second
+)
+
+// codeRunNotFound is the code the server answers for a run that no
+// longer exists (storeRPCError).
+const codeRunNotFound = -32004
+
+// definitive reports whether a JSON-RPC error refuses a batch for good:
+// as sent, it can never be stored (invalid params: a validation error, or
+// its seq already used for other entries; the run is gone; the request or
+// the method is not understood). Every other error (internal error, the
+// server errors -32000..-32099, codes this agent does not know) may pass,
+// so the batch is sent again rather than lost.
+func definitive(code int64) bool {
+	switch code {
+	case jsonrpc2.CodeParseError, jsonrpc2.CodeInvalidRequest, jsonrpc2.CodeMethodNotFound,
+		jsonrpc2.CodeInvalidParams, codeRunNotFound:
+		return true
+	}
+	return false
+}
+
+// jitter draws a delay below backoff (full jitter), at least 1 ms.
+func jitter(backoff time.Duration) time.Duration { return rand.N(backoff) + time.Millisecond }
 
 // ErrAgentRefused: the server refused the agent for good (bad token, or a
 // newer connection replaced it).
 var ErrAgentRefused = errors.New("agent refused by the server")
 
 // Agent is the reference sandbox agent: it keeps a connection to runhub,
-// re-sends the log batches not yet acknowledged after every reconnect (the
-// server's batch seq makes that idempotent), and answers user_message,
-// cancel and close.
+// sends its log batches one at a time in order, each acknowledged before
+// the next, and after every reconnect re-sends those not yet acknowledged
+// (the pair of its session id and the batch seq makes that idempotent);
+// it answers user_message, cancel and close. A batch is dropped only when
+// the server refuses it for good (logged); any other failure is retried.
 type Agent struct {
-	opts AgentOptions
-	log  *slog.Logger
+	opts      AgentOptions
+	log       *slog.Logger
+	sessionID string        // random, per agent: every agent numbers its batches from 1
+	wake      chan struct{} // a batch was queued (capacity 1)
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	conn    *jsonrpc2.Conn // nil while disconnected
 	nextSeq int64
 	unacked []batch // sent or not, not yet acknowledged, in seq order
 	closed  bool    // a close request was answered
@@ -55,6 +97,7 @@ type Agent struct {
 type batch struct {
 	Entries []json.RawMessage `json:"entries"`
 	Seq     int64             `json:"seq"`
+	Session string            `json:"session"`
 }
 
 // NewAgent builds an agent; Run connects it.
@@ -66,12 +109,14 @@ func NewAgent(opts AgentOptions) *Agent {
 		opts.Reply = func(content string) string { return "You said: " + content }
 	}
 	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = 100 * time.Millisecond
+		opts.MinBackoff = DefaultAgentMinBackoff
 	}
 	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = 10 * time.Second
+		opts.MaxBackoff = DefaultAgentMaxBackoff
 	}
-	a := &Agent{opts: opts, log: opts.Logger, nextSeq: 1}
+	// 130 random bits (26 base32 characters): two agent processes of one
+	// run never pick the same session.
+	a := &Agent{opts: opts, log: opts.Logger, sessionID: crand.Text(), wake: make(chan struct{}, 1), nextSeq: 1}
 	a.cond = sync.NewCond(&a.mu)
 	return a
 }
@@ -86,10 +131,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stop()
 	defer func() { // wake Append callers: nothing more will be sent
 		a.mu.Lock()
-		a.conn = nil
 		a.cond.Broadcast()
 		a.mu.Unlock()
 	}()
+	a.log.Info("agent starting", "session", a.sessionID)
 	backoff := a.opts.MinBackoff
 	for {
 		start := time.Now()
@@ -108,8 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if time.Since(start) > 10*time.Second {
 			backoff = a.opts.MinBackoff // the connection was up for a while
 		}
-		// Full jitter: many agents cut at once do not come back at once.
-		d := rand.N(backoff) + time.Millisecond
+		d := jitter(backoff)
 		a.log.Info("agent disconnected; reconnecting", "in", d.Round(time.Millisecond), "err", err)
 		select {
 		case <-ctx.Done():
@@ -120,8 +164,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// session runs one connection: dial, re-send what is unacknowledged, serve
-// requests until the connection ends.
+// session runs one connection: dial, deliver what is unacknowledged and
+// what gets queued, serve requests until the connection ends.
 func (a *Agent) session(ctx context.Context) error {
 	ws, _, err := websocket.Dial(ctx, a.opts.URL, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + a.opts.Token}},
@@ -137,20 +181,16 @@ func (a *Agent) session(ctx context.Context) error {
 	stream := &readErrStream{ObjectStream: hub.NewObjectStream(sctx, ws, 30*time.Second)}
 	conn := jsonrpc2.NewConn(sctx, stream, jsonrpc2.AsyncHandler(agentHandler{a}), jsonrpc2.SetLogger(discard{}))
 	defer conn.Close()
-	a.mu.Lock()
-	a.conn = conn
-	pending := append([]batch(nil), a.unacked...)
-	a.cond.Broadcast()
-	a.mu.Unlock()
-	for _, b := range pending {
-		go a.send(sctx, conn, b)
-	}
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		a.deliver(sctx, conn)
+		// It returns when ctx or the connection ends, or when a call got
+		// no answer: end this connection, the next one re-sends.
+		conn.Close()
+	}()
 	<-conn.DisconnectNotify()
-	a.mu.Lock()
-	if a.conn == conn {
-		a.conn = nil
-	}
-	a.mu.Unlock()
+	<-delivered
 	// A permanent refusal is told from a dropped connection by the close
 	// code the server sent.
 	err = stream.readErr()
@@ -184,19 +224,68 @@ func (s *readErrStream) readErr() error {
 	return s.err
 }
 
-// send delivers one batch on conn and drops it from unacked when the
-// server acknowledges it (accepted now or before).
-func (a *Agent) send(ctx context.Context, conn *jsonrpc2.Conn, b batch) {
-	var res AppendResult
-	if err := conn.Call(ctx, "append_log", b, &res); err != nil {
-		var rerr *jsonrpc2.Error
-		if errors.As(err, &rerr) {
-			a.log.Warn("append_log refused; dropping the batch", "seq", b.Seq, "err", rerr)
-			a.ack(b.Seq)
+// deliver sends the unacknowledged batches on conn strictly in seq order,
+// one at a time: a batch goes only once the one before it was acknowledged
+// (accepted now or before) or refused for good, so the run's log keeps the
+// agent's order across reconnects and retries. A batch the server could not
+// store for now is sent again after a jittered, growing delay. deliver
+// returns when ctx ends, the connection ends, or a call got no answer (the
+// batch is then re-sent on the next connection).
+func (a *Agent) deliver(ctx context.Context, conn *jsonrpc2.Conn) {
+	backoff := a.opts.MinBackoff
+	for {
+		a.mu.Lock()
+		var b batch
+		pending := len(a.unacked) > 0
+		if pending {
+			b = a.unacked[0]
 		}
-		return // not acknowledged: re-sent after the next reconnect
+		a.mu.Unlock()
+		if !pending {
+			select {
+			case <-ctx.Done():
+				return
+			case <-conn.DisconnectNotify():
+				return
+			case <-a.wake:
+			}
+			continue
+		}
+		params, err := json.Marshal(b)
+		if err != nil { // an entry is not JSON: no server can take it
+			a.log.Error("append_log batch cannot be encoded; dropping it", "session", a.sessionID, "seq", b.Seq, "entries", len(b.Entries), "err", err)
+			a.ack(b.Seq)
+			continue
+		}
+		var res AppendResult
+		err = conn.Call(ctx, "append_log", json.RawMessage(params), &res)
+		var rerr *jsonrpc2.Error
+		switch {
+		case err == nil:
+			a.ack(b.Seq)
+			backoff = a.opts.MinBackoff
+			continue
+		case !errors.As(err, &rerr):
+			return // no answer: the connection is gone
+		case definitive(rerr.Code):
+			a.log.Error("append_log refused for good; dropping the batch", "session", a.sessionID, "seq", b.Seq,
+				"entries", len(b.Entries), "code", rerr.Code, "err", rerr.Message)
+			a.ack(b.Seq)
+			backoff = a.opts.MinBackoff
+			continue
+		}
+		d := jitter(backoff)
+		a.log.Warn("append_log failed; retrying the batch", "session", a.sessionID, "seq", b.Seq,
+			"in", d.Round(time.Millisecond), "code", rerr.Code, "err", rerr.Message)
+		select {
+		case <-ctx.Done():
+			return
+		case <-conn.DisconnectNotify():
+			return
+		case <-time.After(d):
+		}
+		backoff = min(backoff*2, a.opts.MaxBackoff)
 	}
-	a.ack(b.Seq)
 }
 
 func (a *Agent) ack(seq int64) {
@@ -213,16 +302,16 @@ func (a *Agent) ack(seq int64) {
 
 // Append queues entries as the next batch and waits until the server has
 // acknowledged it (or ctx ends; the batch then stays queued and is sent
-// after the next reconnect).
+// in its turn, after a reconnect if need be).
 func (a *Agent) Append(ctx context.Context, entries ...json.RawMessage) error {
 	a.mu.Lock()
-	b := batch{Entries: entries, Seq: a.nextSeq}
+	b := batch{Entries: entries, Seq: a.nextSeq, Session: a.sessionID}
 	a.nextSeq++
 	a.unacked = append(a.unacked, b)
-	conn := a.conn
 	a.mu.Unlock()
-	if conn != nil {
-		go a.send(ctx, conn, b)
+	select { // wake the delivery of the current connection, if any
+	case a.wake <- struct{}{}:
+	default:
 	}
 	stop := context.AfterFunc(ctx, func() { a.mu.Lock(); a.cond.Broadcast(); a.mu.Unlock() })
 	defer stop()

@@ -61,6 +61,10 @@ func (acceptRuns) SetOutput(context.Context, store.RunRef, map[string]json.RawMe
 func FuzzAgentRequest(f *testing.F) {
 	for _, s := range [][2]string{
 		{"append_log", `{"entries":[{"type":"x"}],"seq":1}`},
+		{"append_log", `{"entries":[{"type":"x"}],"seq":1,"session":"OX2D2FSAC2MSRDVJ57LVBT3UQY"}`},
+		{"append_log", `{"entries":[{"type":"x"}],"session":"s"}`},
+		{"append_log", `{"entries":[{"type":"x"}],"seq":1,"session":"a:b"}`},
+		{"append_log", `{"entries":[{"type":"x"}],"seq":1,"session":7}`},
 		{"append_log", `{"entries":[],"seq":-1}`},
 		{"append_log", `{"seq":"x"}`},
 		{"update", `{"status":"completed"}`},

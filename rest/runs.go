@@ -12,7 +12,9 @@ import (
 
 // idempotency returns the request's Idempotency-Key, if any, bound to a
 // digest of what it asks (method, path, body) so a reused key with another
-// request is refused rather than answered with an unrelated response.
+// request is refused rather than answered with an unrelated response. The
+// key lives in the REST namespace: a client's "agent-batch:3" is not an
+// agent's batch 3.
 func idempotency(r *http.Request, body []byte) *store.Idempotency {
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
@@ -21,7 +23,7 @@ func idempotency(r *http.Request, body []byte) *store.Idempotency {
 	h := sha256.New()
 	h.Write([]byte(r.Method + " " + strings.TrimSuffix(r.URL.Path, "/") + "\n"))
 	h.Write(body)
-	return &store.Idempotency{Key: key, RequestHash: h.Sum(nil)}
+	return &store.Idempotency{Namespace: store.IdemREST, Key: key, RequestHash: h.Sum(nil)}
 }
 
 // runFields are the writable fields shared by run create and PATCH.

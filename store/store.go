@@ -225,9 +225,27 @@ type RunPatch struct {
 
 // Idempotency identifies a request that must be applied at most once per run.
 type Idempotency struct {
-	Key         string
+	// Namespace says who chose Key (IdemREST or IdemAgent). The store keys
+	// a request by StoredKey, Namespace+Key, so a key a REST client picks
+	// can never name an agent's batch, nor the reverse.
+	Namespace   string
+	Key         string // the caller's key (its length is validated, not Namespace's)
 	RequestHash []byte // a digest of the request; a reused key with another digest is refused
 }
+
+// Idempotency key namespaces: every stored key of a REST request starts
+// with IdemREST, every key of an agent batch with a session with
+// IdemAgent. Keys stored before namespaces existed have no prefix: a REST
+// request retried across that upgrade is applied again, and an old
+// agent's batch without a session keeps its key "agent-batch:N" (no
+// namespace), which no REST key can equal.
+const (
+	IdemREST  = "rest:"
+	IdemAgent = "agent:"
+)
+
+// StoredKey is the key the store records and looks up: Namespace + Key.
+func (i *Idempotency) StoredKey() string { return i.Namespace + i.Key }
 
 // Relay statuses.
 const (

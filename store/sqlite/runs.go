@@ -267,7 +267,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	}
 	if idem != nil {
 		var hash, snapshot []byte
-		err := tx.QueryRowContext(ctx, "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?", r.rid, idem.Key).Scan(&hash, &snapshot)
+		err := tx.QueryRowContext(ctx, "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?", r.rid, idem.StoredKey()).Scan(&hash, &snapshot)
 		switch {
 		case err == nil:
 			if !bytes.Equal(hash, idem.RequestHash) {
@@ -289,7 +289,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	if idem != nil {
 		snapshot, _ := json.Marshal(&r.Run)
 		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
-			r.rid, idem.Key, idem.RequestHash, snapshot, micros(now)); err != nil {
+			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
 			return nil, fmt.Errorf("record idempotency key: %w", err)
 		}
 		// Keys are kept at least IdempotencyTTL; older ones of this run go now.

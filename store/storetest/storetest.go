@@ -1273,6 +1273,7 @@ func testIdempotency(t *testing.T, s store.Store) {
 				{"replay after the run moved on", key, 1, nil, true},
 				{"other key, same request body", &store.Idempotency{Key: "req-2", RequestHash: sum("body-1")}, 4, nil, false},
 				{"other key replayed", &store.Idempotency{Key: "req-2", RequestHash: sum("body-1")}, 4, nil, true},
+				{"same key in another namespace", &store.Idempotency{Namespace: store.IdemAgent, Key: "req-1", RequestHash: sum("body-2")}, 5, nil, false},
 			}
 			for _, st := range steps {
 				before := allEvents(t, s, ref.RunID)
@@ -1304,8 +1305,8 @@ func testIdempotency(t *testing.T, s store.Store) {
 					}
 				}
 			}
-			if got := len(allEvents(t, s, ref.RunID)); got != stored+2*len(first.Events) {
-				t.Errorf("events stored = %d, want %d (first request, the request without key and req-2)", got, stored+2*len(first.Events))
+			if got := len(allEvents(t, s, ref.RunID)); got != stored+3*len(first.Events) {
+				t.Errorf("events stored = %d, want %d (first request, the request without key, req-2 and req-1 in the agent namespace)", got, stored+3*len(first.Events))
 			}
 
 			// Keys belong to one run: the same key on another run is a new request.
