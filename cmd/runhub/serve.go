@@ -152,6 +152,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if err := secureDataDir(cfg.dataDir); err != nil {
+		return err
+	}
 	st, err := sqlite.Open(ctx, dbPath(cfg.dataDir))
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
