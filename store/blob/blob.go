@@ -13,6 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+
+	"runhub/store"
 )
 
 // ErrNotFound: no blob with that key.
@@ -65,22 +68,22 @@ func (f *FS) Put(_ context.Context, key string, data []byte, _ string) error {
 	}
 	tmp, err := os.CreateTemp(dir, ".put-*") // mode 0600
 	if err != nil {
-		return fmt.Errorf("blob temp: %w", err)
+		return fmt.Errorf("blob temp: %w", unavailable(err))
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("blob write: %w", err)
+		return fmt.Errorf("blob write: %w", unavailable(err))
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("blob sync: %w", err)
+		return fmt.Errorf("blob sync: %w", unavailable(err))
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("blob write: %w", err)
+		return fmt.Errorf("blob write: %w", unavailable(err))
 	}
 	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("blob rename: %w", err)
+		return fmt.Errorf("blob rename: %w", unavailable(err))
 	}
 	if err := syncDir(dir); err != nil {
 		return err
@@ -108,7 +111,7 @@ func (f *FS) mkdirs(dir string) error {
 				return err
 			}
 		case !errors.Is(err, os.ErrExist):
-			return fmt.Errorf("blob dir: %w", err)
+			return fmt.Errorf("blob dir: %w", unavailable(err))
 		}
 		cur = next
 	}
@@ -119,14 +122,14 @@ func (f *FS) mkdirs(dir string) error {
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("blob dir sync: %w", err)
+		return fmt.Errorf("blob dir sync: %w", unavailable(err))
 	}
 	err = d.Sync()
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("blob dir sync: %w", err)
+		return fmt.Errorf("blob dir sync: %w", unavailable(err))
 	}
 	return nil
 }
@@ -157,4 +160,14 @@ func (f *FS) Open(key string) (io.ReadSeekCloser, error) {
 		return nil, fmt.Errorf("blob open: %w", err)
 	}
 	return fh, nil
+}
+
+// unavailable marks a filesystem error that means the disk cannot take
+// writes now (full, over quota, read-only) with store.ErrUnavailable, so
+// that the upload is answered 503 rather than 500.
+func unavailable(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
 }

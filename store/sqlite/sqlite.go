@@ -44,6 +44,7 @@ type Store struct {
 	r     *sql.DB // read-only pool
 	now   func() time.Time
 	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
+	dir   string               // the database file's directory (ProbeWrite)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -92,7 +93,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w, now: time.Now}
+	s := &Store{w: w, now: time.Now, dir: filepath.Dir(path)}
 	for _, o := range opts {
 		o(s)
 	}
