@@ -163,10 +163,11 @@ func (f *FS) Open(key string) (io.ReadSeekCloser, error) {
 }
 
 // unavailable marks a filesystem error that means the disk cannot take
-// writes now (full, over quota, read-only) with store.ErrUnavailable, so
-// that the upload is answered 503 rather than 500.
+// writes now (full, over quota, read-only, failing) with
+// store.ErrUnavailable, so that the upload is answered 503 rather than 500,
+// as the SQLite store does for the same conditions.
 func unavailable(err error) error {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EIO) {
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	return err
