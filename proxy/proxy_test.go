@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -476,10 +477,17 @@ func TestSandboxURLGuard(t *testing.T) {
 	defer sandbox.Close()
 	requests := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
 
-	for name, allow := range map[string][]string{"no allow-list": nil, "other host": {"sandbox.example.com"}, "name of a loopback address": {"localhost"}} {
+	sandboxPort := sandbox.Listener.Addr().(*net.TCPAddr).Port
+	for name, allow := range map[string][]string{
+		"no allow-list":              nil,
+		"other host":                 {"sandbox.example.com"},
+		"name of a loopback address": {fmt.Sprintf("localhost:%d", sandboxPort)},
+		"bare host, other port":      {"127.0.0.1"},
+		"host, another port":         {fmt.Sprintf("127.0.0.1:%d", sandboxPort+1)},
+	} {
 		cfg := proxy.Config{}
 		if allow != nil {
-			cfg.Sandboxes = proxy.NewSandboxClient(allow)
+			cfg.Sandboxes = mustSandboxClient(t, allow...)
 		}
 		e := newPxEnv(t, cfg)
 		target := sandbox.URL
@@ -496,7 +504,7 @@ func TestSandboxURLGuard(t *testing.T) {
 		}
 	}
 
-	e := newPxEnv(t, proxy.Config{Sandboxes: proxy.NewSandboxClient([]string{"127.0.0.1"})})
+	e := newPxEnv(t, proxy.Config{Sandboxes: mustSandboxClient(t, fmt.Sprintf("127.0.0.1:%d", sandboxPort))})
 	run := e.newRun(fmt.Sprintf(`{"state":{"sandbox_url":%q}}`, sandbox.URL+"/"))
 	var r map[string]any
 	e.call("POST", e.runPath(run)+"/command", `{"id":9,"method":"cancel"}`, http.StatusOK, &r)
@@ -509,4 +517,13 @@ func TestSandboxURLGuard(t *testing.T) {
 		!strings.Contains(bodies[0], `"method":"cancel"`) {
 		t.Fatalf("sandbox saw %d requests: %v %q", len(got), got, bodies)
 	}
+}
+
+func mustSandboxClient(t *testing.T, allow ...string) *proxy.SandboxClient {
+	t.Helper()
+	c, err := proxy.NewSandboxClient(allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"runhub/proxy"
 	"runhub/store"
@@ -63,8 +64,14 @@ var (
 	errTooLarge       = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large", Detail: "Request body is larger than the limit."}
 	errServer         = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error", Detail: "A server error occurred."}
 	errStoreTimeout   = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store is busy; retry shortly."}
+	errStoreReadOnly  = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store cannot write at the moment; retry later.", RetryAfter: storeUnavailableRetryAfter}
 	errNotImplemented = &apiError{Status: http.StatusNotImplemented, Type: "server_error", Code: "not_implemented", Detail: "This endpoint is not available yet."}
 )
+
+// storeUnavailableRetryAfter is the Retry-After (seconds) of a write the
+// store could not take (full disk, read-only mount): unlike a busy lock it
+// is not over in a second, and /readyz re-probes every WriteProbeInterval.
+const storeUnavailableRetryAfter = int(WriteProbeInterval / time.Second)
 
 func missingScope(scope string) *apiError {
 	return &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
@@ -106,6 +113,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errTooLarge
 	case errors.Is(err, store.ErrNotFound):
 		ae = errNotFound
+	case errors.Is(err, store.ErrUnavailable):
+		// Full disk, read-only mount: the operator must hear of it, and
+		// the client may retry once it is fixed.
+		s.log.ErrorContext(r.Context(), "store cannot write", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = errStoreReadOnly
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		ae = validation("Idempotency-Key", "idempotency_key_reused", "This Idempotency-Key was already used with a different request.")
 	case errors.Is(err, runs.ErrOutputInvalid):

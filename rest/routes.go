@@ -210,7 +210,10 @@ func listBody(r *http.Request, p page, total int64, results any) map[string]any 
 		return &s
 	}
 	var next, prev *string
-	if int64(p.offset+p.limit) < total {
+	// offset+limit < total, written so that it cannot overflow: an offset
+	// near MaxInt64 would wrap the sum negative and link back to the first
+	// page, and a client following next would loop for ever.
+	if int64(p.limit) < total-int64(p.offset) {
 		next = link(p.offset + p.limit)
 	}
 	if p.offset > 0 {

@@ -41,6 +41,9 @@ type Config struct {
 	RateLimit    *RateLimit // nil: no rate limit (the embedded default)
 	// Ready reports extra readiness conditions (the broker); nil: store only.
 	Ready func(ctx context.Context) error
+	// WriteProbeInterval is how long /readyz caches the store's write
+	// probe (0: WriteProbeInterval).
+	WriteProbeInterval time.Duration
 	// Stream serves GET .../runs/{id}/stream for an authorised run (the hub);
 	// it returns an error only before the response started. nil: 501.
 	Stream func(w http.ResponseWriter, r *http.Request, run *store.Run) error
@@ -81,6 +84,7 @@ type Server struct {
 	maxBody    int64
 	limiter    *limiter
 	ready      func(ctx context.Context) error
+	writeProbe *writeProbe // nil: the store has no write probe
 	stream     func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	ws         func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
 	tokens     Tokens
@@ -132,6 +136,13 @@ func New(cfg Config) *Server {
 	}
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)
+	}
+	if wp, ok := cfg.Store.(writeProber); ok {
+		every := cfg.WriteProbeInterval
+		if every <= 0 {
+			every = WriteProbeInterval
+		}
+		s.writeProbe = newWriteProbe(wp.ProbeWrite, every)
 	}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "runhub_http_requests_total", Help: "HTTP requests by route template, method and status.",
@@ -225,6 +236,15 @@ func (s *Server) opsRoutes() {
 			s.log.WarnContext(ctx, "not ready: store", "err", err)
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "store"})
 			return
+		}
+		// A store that answers may still refuse writes (full disk,
+		// read-only mount): the probe writes, at most once per interval.
+		if s.writeProbe != nil {
+			if err := s.writeProbe.check(ctx); err != nil {
+				s.log.WarnContext(ctx, "not ready: store cannot write", "err", err)
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "store"})
+				return
+			}
 		}
 		if s.ready != nil {
 			if err := s.ready(ctx); err != nil {

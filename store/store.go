@@ -28,6 +28,10 @@ var (
 	ErrForbidden = errors.New("forbidden")
 	// ErrIdempotencyMismatch: an Idempotency-Key was reused with a different request.
 	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
+	// ErrUnavailable: the store cannot write at the moment (read-only file
+	// or mount, full disk, I/O error): the request was sound and may
+	// succeed later, so it is a 503, not a 500.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // ValidationError is a domain rule broken by a request; Attr names the field.

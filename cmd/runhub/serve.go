@@ -66,7 +66,7 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
-	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts (names or IPs) HTTP sandboxes may be called on")
+	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts HTTP sandboxes may be called on: host:port, or a bare host for ports 80 and 443")
 	cmdTO := fs.String("command-timeout", env("RUNHUB_COMMAND_TIMEOUT", proxy.DefaultCommandTimeout.String()), "how long a command waits for the agent's answer")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
@@ -152,6 +152,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if err := secureDataDir(cfg.dataDir); err != nil {
+		return err
+	}
 	st, err := sqlite.Open(ctx, dbPath(cfg.dataDir))
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -215,7 +218,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	svc := &runs.Service{Store: st, Pub: h}
 	var sandboxes *proxy.SandboxClient
 	if cfg.sandboxes != "" {
-		sandboxes = proxy.NewSandboxClient(strings.Split(cfg.sandboxes, ","))
+		if sandboxes, err = proxy.NewSandboxClient(strings.Split(cfg.sandboxes, ",")); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	px := proxy.New(proxy.Config{Tokens: tokens, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
 		Logger: log, CommandTimeout: cfg.cmdTO, Sandboxes: sandboxes})

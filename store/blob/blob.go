@@ -13,6 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+
+	"runhub/store"
 )
 
 // ErrNotFound: no blob with that key.
@@ -48,29 +51,85 @@ func (f *FS) path(key string) (string, error) {
 	return filepath.Join(f.root, filepath.FromSlash(key)), nil
 }
 
-// Put writes the blob whole or not at all (a temp file renamed into place).
+// Put writes the blob whole or not at all (a temp file renamed into place)
+// and durably: the file's bytes and then its directory entry are synced
+// before Put returns, so that the manifest entry committed after it never
+// names a blob that a crash or power loss could still take away. New
+// directories are synced into their parents for the same reason. Files
+// are 0600 and directories 0700, like everything in the data directory.
 func (f *FS) Put(_ context.Context, key string, data []byte, _ string) error {
 	p, err := f.path(key)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("blob dir: %w", err)
+	dir := filepath.Dir(p)
+	if err := f.mkdirs(dir); err != nil {
+		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".put-*")
+	tmp, err := os.CreateTemp(dir, ".put-*") // mode 0600
 	if err != nil {
-		return fmt.Errorf("blob temp: %w", err)
+		return fmt.Errorf("blob temp: %w", unavailable(err))
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("blob write: %w", err)
+		return fmt.Errorf("blob write: %w", unavailable(err))
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("blob sync: %w", unavailable(err))
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("blob write: %w", err)
+		return fmt.Errorf("blob write: %w", unavailable(err))
 	}
 	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("blob rename: %w", err)
+		return fmt.Errorf("blob rename: %w", unavailable(err))
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return nil
+}
+
+// mkdirs creates dir (inside the root) and its missing parents, 0700,
+// syncing each parent after a new entry appears in it.
+func (f *FS) mkdirs(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	rel, err := filepath.Rel(f.root, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("blob dir %q outside the root", dir)
+	}
+	cur := f.root
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		next := filepath.Join(cur, part)
+		err := os.Mkdir(next, 0o700)
+		switch {
+		case err == nil:
+			if err := syncDir(cur); err != nil {
+				return err
+			}
+		case !errors.Is(err, os.ErrExist):
+			return fmt.Errorf("blob dir: %w", unavailable(err))
+		}
+		cur = next
+	}
+	return nil
+}
+
+// syncDir makes the entries of dir (a rename or a new file in it) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("blob dir sync: %w", unavailable(err))
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("blob dir sync: %w", unavailable(err))
 	}
 	return nil
 }
@@ -101,4 +160,15 @@ func (f *FS) Open(key string) (io.ReadSeekCloser, error) {
 		return nil, fmt.Errorf("blob open: %w", err)
 	}
 	return fh, nil
+}
+
+// unavailable marks a filesystem error that means the disk cannot take
+// writes now (full, over quota, read-only, failing) with
+// store.ErrUnavailable, so that the upload is answered 503 rather than 500,
+// as the SQLite store does for the same conditions.
+func unavailable(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EIO) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
 }

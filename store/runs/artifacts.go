@@ -138,7 +138,7 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 				ct = "application/octet-stream"
 			}
 		}
-		key := fmt.Sprintf("artifacts/project_%d/task_%s/run_%s/%s_%s", ref.ProjectID, ref.TaskID, ref.RunID, hex.EncodeToString(rnd[:]), SafeName(it.Name))
+		key := ArtifactKey(ref, rnd, it.Name)
 		if err := blobs.Put(ctx, key, contents[i], ct); err != nil {
 			undo()
 			return nil, fmt.Errorf("store artifact %d: %w", i, err)
@@ -154,4 +154,24 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 	}
 	s.publish(ctx, ref.RunID, res)
 	return res, nil
+}
+
+// maxKeyNameBytes bounds the last segment of a blob key: filesystems refuse
+// a file name longer than 255 bytes (NAME_MAX), and the segment is the
+// 8-hex-digit random prefix, "_", then the name, which may itself be 255
+// bytes; the name is cut (at a character boundary) to fit.
+const maxKeyNameBytes = 255
+
+// ArtifactKey is the blob key of an artifact of run ref: its run's folder,
+// then a random prefix (so two artifacts of one name never collide) and
+// the artifact's name made safe for a path (SafeName), short enough for
+// any filesystem.
+func ArtifactKey(ref store.RunRef, rnd [4]byte, name string) string {
+	prefix := hex.EncodeToString(rnd[:]) + "_"
+	name = SafeName(name)
+	for len(prefix)+len(name) > maxKeyNameBytes {
+		_, size := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-size]
+	}
+	return fmt.Sprintf("artifacts/project_%d/task_%s/run_%s/%s%s", ref.ProjectID, ref.TaskID, ref.RunID, prefix, name)
 }

@@ -16,7 +16,7 @@ func (s *Store) CreateRelay(ctx context.Context, r store.Relay) error {
 	_, err := s.w.ExecContext(ctx, `INSERT INTO relays (id, run_id, channel, thread_ts, text, status, attempts, next_at, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`, r.ID, r.RunID, r.Channel, r.ThreadTS, r.Text, store.RelayPending, micros(r.NextAt), now, now)
 	if err != nil {
-		return fmt.Errorf("create relay: %w", err)
+		return fmt.Errorf("create relay: %w", unavailable(err))
 	}
 	return nil
 }
@@ -58,7 +58,7 @@ func (s *Store) UpdateRelay(ctx context.Context, r store.Relay) error {
 	res, err := s.w.ExecContext(ctx, "UPDATE relays SET status = ?, attempts = ?, last_error = ?, next_at = ?, updated_at = ? WHERE id = ?",
 		r.Status, r.Attempts, sql.NullString{String: r.LastError, Valid: r.LastError != ""}, micros(r.NextAt), micros(s.clock()), r.ID)
 	if err != nil {
-		return fmt.Errorf("update relay: %w", err)
+		return fmt.Errorf("update relay: %w", unavailable(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return store.ErrNotFound

@@ -180,7 +180,7 @@ func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
 		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
 	if err != nil {
-		return fmt.Errorf("update run: %w", err)
+		return fmt.Errorf("update run: %w", unavailable(err))
 	}
 	return nil
 }
@@ -194,7 +194,7 @@ func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, t
 	}
 	if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
 		r.rid, r.LastSeq, kind, typ, tsv, data); err != nil {
-		return store.Event{}, fmt.Errorf("insert event: %w", err)
+		return store.Event{}, fmt.Errorf("insert event: %w", unavailable(err))
 	}
 	return store.Event{RunID: r.ID, Seq: r.LastSeq, Kind: kind, Type: typ, Data: data}, nil
 }
@@ -203,7 +203,7 @@ func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, t
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w", unavailable(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -232,7 +232,7 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 	res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
 	if err != nil {
-		return nil, fmt.Errorf("insert run: %w", err)
+		return nil, fmt.Errorf("insert run: %w", unavailable(err))
 	}
 	if r.rid, err = res.LastInsertId(); err != nil {
 		return nil, fmt.Errorf("run rowid: %w", err)
@@ -245,7 +245,7 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit run: %w", err)
+		return nil, fmt.Errorf("commit run: %w", unavailable(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: []store.Event{ev}}, nil
 }
@@ -257,7 +257,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w", unavailable(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -290,15 +290,15 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 		snapshot, _ := json.Marshal(&r.Run)
 		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
 			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
-			return nil, fmt.Errorf("record idempotency key: %w", err)
+			return nil, fmt.Errorf("record idempotency key: %w", unavailable(err))
 		}
 		// Keys are kept at least IdempotencyTTL; older ones of this run go now.
 		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(now.Add(-IdempotencyTTL))); err != nil {
-			return nil, fmt.Errorf("expire idempotency keys: %w", err)
+			return nil, fmt.Errorf("expire idempotency keys: %w", unavailable(err))
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return nil, fmt.Errorf("commit: %w", unavailable(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
@@ -428,12 +428,12 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 				args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
 			}
 			if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
-				return nil, fmt.Errorf("insert log entries: %w", err)
+				return nil, fmt.Errorf("insert log entries: %w", unavailable(err))
 			}
 		}
 		r.LogCount += int64(len(stored))
 		if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
-			return nil, fmt.Errorf("update run seq: %w", err)
+			return nil, fmt.Errorf("update run seq: %w", unavailable(err))
 		}
 		return events, nil
 	})

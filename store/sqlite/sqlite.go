@@ -44,6 +44,7 @@ type Store struct {
 	r     *sql.DB // read-only pool
 	now   func() time.Time
 	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
+	dir   string               // the database file's directory (ProbeWrite)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -57,9 +58,17 @@ func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = no
 // Open opens (creating if needed) the database file at path and applies the
 // embedded migrations.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// Create the file 0600 before SQLite does (it would make it 0644): the
+	// -wal and -shm files SQLite creates beside it take the database
+	// file's mode, so none of the three is readable by other users.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create database file: %w", err)
+	}
+	f.Close()
 	dsn := func(extra ...string) string {
 		q := url.Values{}
 		for _, p := range []string{
@@ -84,7 +93,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w, now: time.Now}
+	s := &Store{w: w, now: time.Now, dir: filepath.Dir(path)}
 	for _, o := range opts {
 		o(s)
 	}

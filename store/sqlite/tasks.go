@@ -62,7 +62,7 @@ func slugPrefix(name string) string {
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w", unavailable(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -73,7 +73,7 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("next task number: %w", err)
+		return nil, fmt.Errorf("next task number: %w", unavailable(err))
 	}
 	t := &store.Task{
 		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: slugPrefix(name) + "-" + strconv.FormatInt(number, 10),
@@ -87,10 +87,10 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(now), micros(now)); err != nil {
-		return nil, fmt.Errorf("insert task: %w", err)
+		return nil, fmt.Errorf("insert task: %w", unavailable(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit task: %w", err)
+		return nil, fmt.Errorf("commit task: %w", unavailable(err))
 	}
 	return t, nil
 }
@@ -169,7 +169,7 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p store.TaskPatch) (*store.Task, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w", unavailable(err))
 	}
 	defer tx.Rollback()
 	t, rowid, err := taskRow(ctx, tx, project, id)
@@ -198,13 +198,13 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE tasks SET title = ?, description = ?, origin_product = ?, repository = ?, json_schema = ?, updated_at = ? WHERE seq = ?",
 		t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(t.UpdatedAt), rowid); err != nil {
-		return nil, fmt.Errorf("update task: %w", err)
+		return nil, fmt.Errorf("update task: %w", unavailable(err))
 	}
 	if err := latestRun(ctx, tx, t, rowid); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit task: %w", err)
+		return nil, fmt.Errorf("commit task: %w", unavailable(err))
 	}
 	return t, nil
 }
@@ -213,7 +213,7 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 func (s *Store) DeleteTask(ctx context.Context, project int64, id string) error {
 	res, err := s.w.ExecContext(ctx, "UPDATE tasks SET deleted = 1, updated_at = ? WHERE id = ? AND project_id = ? AND deleted = 0", micros(s.clock()), id, project)
 	if err != nil {
-		return fmt.Errorf("delete task: %w", err)
+		return fmt.Errorf("delete task: %w", unavailable(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return store.ErrNotFound
