@@ -58,8 +58,21 @@ func (s *Service) now() time.Time {
 	return time.Now()
 }
 
+// PublishTimeout bounds one publish after a commit. The publish is detached
+// from the request's context (a client that disconnects right after its
+// write must not make the broker refuse the news and leave subscribers
+// waiting for their position check), so it needs a bound of its own: 5 s is
+// far above a healthy broker's round trip and short enough that a stalled
+// broker holds a finished request only briefly.
+const PublishTimeout = 5 * time.Second
+
+// publish hands committed events to the publisher. The commit already
+// happened, so the request being cancelled must not stop the news: the
+// publish keeps ctx's values (logging) but not its cancellation.
 func (s *Service) publish(ctx context.Context, runID string, res *store.MutationResult) {
 	if s.Pub != nil && !res.Replayed && len(res.Events) > 0 {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
+		defer cancel()
 		s.Pub.Publish(ctx, runID, res.Events)
 	}
 }
