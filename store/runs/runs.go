@@ -10,7 +10,6 @@
 package runs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,20 +17,17 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
 	"runhub/store"
 )
 
 // Limits of the contract.
 const (
-	MaxEntries     = 10_000  // log entries per append
-	MaxEntryBytes  = 1 << 20 // one log entry, compact JSON
-	MaxStageLen    = 100
-	MaxBranchLen   = 255
-	MaxTitleLen    = 255
-	MaxIdemKeyLen  = 255
-	maxSchemaError = 1000 // characters of a schema validation message returned to the client
+	MaxEntries    = 10_000  // log entries per append
+	MaxEntryBytes = 1 << 20 // one log entry, compact JSON
+	MaxStageLen   = 100
+	MaxBranchLen  = 255
+	MaxTitleLen   = 255
+	MaxIdemKeyLen = 255
 )
 
 // Publisher carries committed events to live subscribers (the hub). It must
@@ -45,6 +41,8 @@ type Service struct {
 	Store store.Store
 	Pub   Publisher // nil: nothing is published
 	Now   func() time.Time
+
+	schemas schemaCache // compiled task schemas, so set_output does not recompile
 }
 
 // ErrOutputInvalid wraps the reason an output does not match the task's
@@ -117,7 +115,7 @@ func (s *Service) SetOutput(ctx context.Context, ref store.RunRef, output map[st
 		return nil, err
 	}
 	if task.JSONSchema != nil {
-		if err := ValidateOutput(task.JSONSchema, output); err != nil {
+		if err := s.validateOutput(task.JSONSchema, output); err != nil {
 			return nil, err
 		}
 	}
@@ -210,47 +208,6 @@ func maxLen(attr string, v **string, n int) error {
 	if v != nil && *v != nil && utf8.RuneCountInString(**v) > n {
 		return &store.ValidationError{Attr: attr, Code: "max_length",
 			Detail: fmt.Sprintf("Ensure this field has no more than %d characters.", n)}
-	}
-	return nil
-}
-
-// CompileSchema compiles a task's json_schema. No $ref is ever fetched from a
-// file or the network: only the document itself and the metaschemas resolve.
-func CompileSchema(schema json.RawMessage) (*jsonschema.Schema, error) {
-	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(schema))
-	if err != nil {
-		return nil, fmt.Errorf("parse schema: %w", err)
-	}
-	c := jsonschema.NewCompiler()
-	const loc = "urn:runhub:task-output-schema"
-	if err := c.AddResource(loc, doc); err != nil {
-		return nil, fmt.Errorf("add schema: %w", err)
-	}
-	sch, err := c.Compile(loc)
-	if err != nil {
-		return nil, fmt.Errorf("compile schema: %w", err)
-	}
-	return sch, nil
-}
-
-// ValidateOutput checks output against schema; the error wraps
-// ErrOutputInvalid with a short human reason.
-func ValidateOutput(schema json.RawMessage, output map[string]json.RawMessage) error {
-	sch, err := CompileSchema(schema)
-	if err != nil {
-		return fmt.Errorf("%w: the task's json_schema is invalid: %v", ErrOutputInvalid, err)
-	}
-	b, _ := json.Marshal(output)
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrOutputInvalid, err)
-	}
-	if err := sch.Validate(inst); err != nil {
-		msg := err.Error()
-		if len(msg) > maxSchemaError {
-			msg = msg[:maxSchemaError] + "…"
-		}
-		return fmt.Errorf("%w: %s", ErrOutputInvalid, msg)
 	}
 	return nil
 }
