@@ -7,6 +7,16 @@
 // names the field instead); events are published only after their
 // transaction committed, in seq order, once per mutation; an idempotent replay
 // publishes nothing.
+//
+// Text is UTF-8: an entry, an output or state value, an artifact's name,
+// content type or source, or an Idempotency-Key with bytes that are not
+// UTF-8 is refused, so stored and published data is always valid UTF-8
+// (a browser closes a WebSocket on a text frame that is not). JSON \u
+// escapes of lone surrogates ("\ud800") are accepted as they are valid
+// JSON text made of ASCII: raw values (entries, output, state) keep them
+// as written and every JSON decoder reads them (Go's as U+FFFD, a
+// browser's as a lone UTF-16 unit); values decoded into Go strings (names,
+// titles, text) already hold U+FFFD in their place.
 package runs
 
 import (
@@ -93,6 +103,12 @@ func (s *Service) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPa
 	if err := validateFields(p.Status, p.Stage, p.Branch, p.Environment, idem); err != nil {
 		return nil, err
 	}
+	if err := validUTF8("output", p.Output); err != nil {
+		return nil, err
+	}
+	if err := validUTF8("state", p.State); err != nil {
+		return nil, err
+	}
 	res, err := s.Store.UpdateRun(ctx, ref, p, idem)
 	if err != nil {
 		return nil, err
@@ -109,6 +125,9 @@ func (s *Service) SetOutput(ctx context.Context, ref store.RunRef, output map[st
 	}
 	if output == nil {
 		output = map[string]json.RawMessage{}
+	}
+	if err := validUTF8("output", output); err != nil {
+		return nil, err
 	}
 	task, err := s.Store.GetTask(ctx, ref.ProjectID, ref.TaskID)
 	if err != nil {
@@ -145,6 +164,10 @@ func (s *Service) AppendLog(ctx context.Context, ref store.RunRef, raw []json.Ra
 	entries := make([]store.LogEntry, len(raw))
 	for i, r := range raw {
 		e, err := store.ParseLogEntry(r, now)
+		if errors.Is(err, store.ErrEntryNotUTF8) {
+			return nil, &store.ValidationError{Attr: "entries", Code: "invalid",
+				Detail: fmt.Sprintf("Entry %d is not valid UTF-8.", i)}
+		}
 		if err != nil {
 			return nil, &store.ValidationError{Attr: "entries", Code: "invalid",
 				Detail: fmt.Sprintf("Entry %d is not a JSON object.", i)}
@@ -179,10 +202,21 @@ func optPtr(p *string) **string {
 	return &p
 }
 
+// validUTF8 refuses raw JSON values with bytes that are not UTF-8 (keys
+// were decoded into Go strings, which hold U+FFFD instead).
+func validUTF8(attr string, m map[string]json.RawMessage) error {
+	for _, v := range m {
+		if !utf8.Valid(v) {
+			return &store.ValidationError{Attr: attr, Code: "invalid", Detail: "This field must be valid UTF-8."}
+		}
+	}
+	return nil
+}
+
 func validateIdem(idem *store.Idempotency) error {
-	if idem != nil && (idem.Key == "" || len(idem.Key) > MaxIdemKeyLen) {
+	if idem != nil && (idem.Key == "" || len(idem.Key) > MaxIdemKeyLen || !utf8.ValidString(idem.Key)) {
 		return &store.ValidationError{Attr: "Idempotency-Key", Code: "invalid",
-			Detail: fmt.Sprintf("Idempotency-Key must be 1 to %d characters.", MaxIdemKeyLen)}
+			Detail: fmt.Sprintf("Idempotency-Key must be 1 to %d characters of valid UTF-8.", MaxIdemKeyLen)}
 	}
 	return nil
 }

@@ -3,11 +3,13 @@ package runs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
 
 	"runhub/store"
+	"runhub/store/blob"
 	"runhub/store/sqlite"
 )
 
@@ -92,5 +94,69 @@ func TestPublishOutlivesRequest(t *testing.T) {
 	}
 	if rec.errs[0] != nil {
 		t.Fatalf("publish got a context that was already done: %v", rec.errs[0])
+	}
+}
+
+// TestServiceRefusesInvalidUTF8: whoever calls the service (REST refuses
+// such bodies first; the agent's JSON-RPC layer re-encodes them), raw
+// values and strings with bytes that are not UTF-8 are refused on their
+// field and nothing is stored.
+func TestServiceRefusesInvalidUTF8(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	blobs, err := blob.NewFS(filepath.Join(t.TempDir(), "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := json.RawMessage("\"caf\xc3\"")
+	for _, c := range []struct {
+		attr string
+		call func() error
+	}{
+		{"entries", func() error {
+			_, err := f.svc.AppendLog(ctx, f.ref, []json.RawMessage{json.RawMessage(`{"type":"x"}`), json.RawMessage("{\"text\":\"\xff\"}")}, nil)
+			return err
+		}},
+		{"Idempotency-Key", func() error {
+			_, err := f.svc.AppendLog(ctx, f.ref, []json.RawMessage{json.RawMessage(`{"type":"x"}`)}, &store.Idempotency{Key: "k\xff"})
+			return err
+		}},
+		{"output", func() error {
+			_, err := f.svc.SetOutput(ctx, f.ref, map[string]json.RawMessage{"a": bad}, nil)
+			return err
+		}},
+		{"state", func() error {
+			_, err := f.svc.UpdateRun(ctx, f.ref, store.RunPatch{State: map[string]json.RawMessage{"a": bad}}, nil)
+			return err
+		}},
+		{"output", func() error {
+			_, err := f.svc.UpdateRun(ctx, f.ref, store.RunPatch{Output: map[string]json.RawMessage{"a": bad}}, nil)
+			return err
+		}},
+		{"artifacts.0.name", func() error {
+			_, err := f.svc.AddArtifacts(ctx, blobs, f.ref, []ArtifactInput{{Name: "a\xff", Type: "plan", Content: "x"}})
+			return err
+		}},
+		{"artifacts.0.content_type", func() error {
+			_, err := f.svc.AddArtifacts(ctx, blobs, f.ref, []ArtifactInput{{Name: "a", Type: "plan", Content: "x", ContentType: "text/\xff"}})
+			return err
+		}},
+		{"artifacts.0.source", func() error {
+			src := "ag\xffent"
+			_, err := f.svc.AddArtifacts(ctx, blobs, f.ref, []ArtifactInput{{Name: "a", Type: "plan", Content: "x", Source: &src}})
+			return err
+		}},
+	} {
+		var ve *store.ValidationError
+		if err := c.call(); !errors.As(err, &ve) || ve.Attr != c.attr {
+			t.Fatalf("%s: %v, want a validation error on %s", c.attr, err, c.attr)
+		}
+	}
+	run, err := f.st.GetRun(ctx, f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.LastSeq != 1 {
+		t.Fatalf("refused changes stored events: last seq %d, want 1 (the run's creation)", run.LastSeq)
 	}
 }
