@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
@@ -406,6 +408,29 @@ type Response struct {
 // to the run's HTTP sandbox (state.sandbox_url) when it has one. Errors:
 // ErrNoAgent, ErrAgentGone, ErrAgentTimeout, ErrBadSandbox.
 func (p *Proxy) Command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*Response, error) {
+	resp, err := p.command(ctx, run, method, params, id)
+	if err == nil && resp != nil {
+		// What an agent answers goes to browsers in WebSocket text frames,
+		// which must be UTF-8. Bytes that are not can only sit inside JSON
+		// strings, so replacing them keeps the result valid JSON.
+		resp.Result = validUTF8(resp.Result)
+		if resp.Error != nil && resp.Error.Data != nil {
+			d := validUTF8(*resp.Error.Data)
+			resp.Error.Data = &d
+		}
+	}
+	return resp, err
+}
+
+// validUTF8 replaces the bytes of raw JSON that are not UTF-8 with U+FFFD.
+func validUTF8(raw json.RawMessage) json.RawMessage {
+	if utf8.Valid(raw) {
+		return raw
+	}
+	return bytes.ToValidUTF8(raw, []byte("\uFFFD"))
+}
+
+func (p *Proxy) command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
 	defer cancel()
 	p.mu.Lock()
@@ -480,6 +505,10 @@ const (
 // WSCommand is Command for the /ws command method (hub.Commander): the
 // agent's result, or its JSON-RPC error, or the error of the relay.
 func (p *Proxy) WSCommand(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error) {
+	if !utf8.Valid(params) {
+		// The agent reads its commands from WebSocket text frames.
+		return nil, rpcErr(jsonrpc2.CodeInvalidParams, "params must be valid UTF-8")
+	}
 	resp, err := p.Command(ctx, run, method, params, nil)
 	switch {
 	case errors.Is(err, ErrNoAgent):

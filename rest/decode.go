@@ -8,7 +8,9 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // readBody reads the request body; the size limit is enforced by the
@@ -57,11 +59,17 @@ func isNull(raw json.RawMessage) bool { return jsonKind(raw) == "null" }
 
 // unmarshalBody decodes a request body that must be one JSON object into v,
 // mapping syntax errors to parse_error and a non-object body to a
-// validation error.
+// validation error. Every JSON body goes through here, so this is where
+// bytes that are not UTF-8 are refused (encoding/json would keep them in a
+// json.RawMessage and silently replace them in a string); \u escapes of
+// lone surrogates are valid JSON text and pass (see package runs).
 func unmarshalBody(body []byte, v any) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		body = []byte("{}")
+	}
+	if !utf8.Valid(body) {
+		return notUTF8(body)
 	}
 	err := json.Unmarshal(body, v)
 	if err == nil {
@@ -76,6 +84,26 @@ func unmarshalBody(body []byte, v any) error {
 		return validation("", "invalid_input", fmt.Sprintf("Invalid data. Expected a dictionary, but got %s.", k))
 	}
 	return validation(te.Field, "invalid_input", fmt.Sprintf("Expected %s.", te.Type))
+}
+
+// notUTF8 is the 400 for a body with bytes that are not UTF-8, on the
+// first top-level field (in key order) whose value holds them, or on no
+// field when they are elsewhere (a key, or a body that is not an object).
+func notUTF8(body []byte) error {
+	var f fields
+	if json.Unmarshal(body, &f) == nil {
+		keys := make([]string, 0, len(f))
+		for k := range f {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !utf8.Valid(f[k]) {
+				return validation(k, "invalid", "This field must be valid UTF-8.")
+			}
+		}
+	}
+	return validation("", "invalid", "The request body must be valid UTF-8.")
 }
 
 // parseBody decodes a request body that must be one JSON object.

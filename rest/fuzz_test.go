@@ -27,6 +27,25 @@ var fuzzSeeds = []string{
 	`{"status": 1, "branch": {}, "environment": "mars"}`,
 	"{\"entries\": [{\"timestamp\": \"\xff\xfe\"}]}",
 	`{"a":`,
+	"{\"entries\": [{\"type\": \"x\", \"text\": \"caf\xc3\"}]}",
+	"{\"title\": \"t\xed\xa0\x80\", \"text\": \"\xff\", \"state\": {\"k\": \"\xc0\xaf\"}}",
+	"{\"\xff\": 1}",
+	`{"entries": [{"type": "x", "text": "\ud800"}], "text": "\udc00", "title": "\ud83d"}`,
+}
+
+// wantUTF8 is the fuzz invariant on accepted bodies: whatever a decoder
+// accepts was valid UTF-8, so nothing it passes on can store or send
+// bytes a browser refuses.
+func wantUTF8(t *testing.T, body []byte, decoded ...string) {
+	t.Helper()
+	if !utf8.Valid(body) {
+		t.Fatalf("accepted body %q, which is not UTF-8", body)
+	}
+	for _, s := range decoded {
+		if !utf8.ValidString(s) {
+			t.Fatalf("body %q: decoded %q is not UTF-8", body, s)
+		}
+	}
 }
 
 // wantBadRequest is the fuzz invariant on decoder errors: a client error
@@ -58,6 +77,7 @@ func FuzzDecodeAppendLog(f *testing.F) {
 			wantBadRequest(t, body, err)
 			return
 		}
+		wantUTF8(t, body)
 		for i, raw := range entries {
 			e, err := store.ParseLogEntry(raw, now)
 			if err != nil {
@@ -66,6 +86,7 @@ func FuzzDecodeAppendLog(f *testing.F) {
 				}
 				continue
 			}
+			wantUTF8(t, body, string(e.Data))
 			// A parsed entry is one compact JSON object with a timestamp.
 			if len(e.Data) < 2 || e.Data[0] != '{' || e.Data[len(e.Data)-1] != '}' {
 				t.Fatalf("entry %d %q: stored data %q is not an object", i, raw, e.Data)
@@ -96,6 +117,12 @@ func FuzzDecodeRunPatch(f *testing.F) {
 			wantBadRequest(t, body, err)
 			return
 		}
+		wantUTF8(t, body)
+		for _, m := range []map[string]json.RawMessage{p.Output, p.State} {
+			for k, v := range m {
+				wantUTF8(t, body, k, string(v))
+			}
+		}
 		// "output": null clears; an object merges; never both.
 		if p.ClearOutput && p.Output != nil {
 			t.Fatalf("body %q: ClearOutput with an output", body)
@@ -115,11 +142,17 @@ func FuzzDecodeTask(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fs, err := parseBody(body)
+		var p store.TaskPatch
 		if err == nil {
-			_, err = taskFields(fs, true)
+			p, err = taskFields(fs, true)
 		}
 		if err != nil {
 			wantBadRequest(t, body, err)
+			return
+		}
+		wantUTF8(t, body, *p.Title)
+		if p.JSONSchema != nil {
+			wantUTF8(t, body, string(*p.JSONSchema))
 		}
 	})
 }
@@ -142,6 +175,7 @@ func FuzzDecodeCommand(f *testing.F) {
 			wantBadRequest(t, b, err)
 			return
 		}
+		wantUTF8(t, b, method, string(params))
 		if !commandMethods[method] {
 			t.Fatalf("accepted method %q", method)
 		}
@@ -176,7 +210,12 @@ func FuzzDecodeArtifacts(f *testing.F) {
 			wantBadRequest(t, b, err)
 			return
 		}
+		wantUTF8(t, b)
 		for _, it := range items {
+			wantUTF8(t, b, it.Name, it.Type, it.Content, it.ContentEncoding, it.ContentType)
+			if it.Source != nil {
+				wantUTF8(t, b, *it.Source)
+			}
 			name := runs.SafeName(it.Name)
 			if name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." || len(name) > 255 {
 				t.Fatalf("SafeName(%q) = %q", it.Name, name)
@@ -197,6 +236,7 @@ func FuzzDecodeRelay(f *testing.F) {
 			wantBadRequest(t, b, err)
 			return
 		}
+		wantUTF8(t, b, text)
 		if utf8.RuneCountInString(text) > MaxRelayText {
 			t.Fatalf("accepted %d characters", utf8.RuneCountInString(text))
 		}

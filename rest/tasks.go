@@ -82,7 +82,7 @@ func taskFields(f fields, create bool) (store.TaskPatch, error) {
 				return p, validation("json_schema", "invalid_input", "json_schema must be a JSON Schema object or null.")
 			}
 			if _, err := runs.CompileSchema(raw); err != nil {
-				return p, validation("json_schema", "invalid_input", "json_schema is not a valid JSON Schema: "+err.Error())
+				return p, err // a *store.ValidationError with a fixed text
 			}
 			schema = append(json.RawMessage(nil), raw...)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+	"unicode/utf8"
 )
 
 // TimeFormat is the wire format of every timestamp runhub writes: RFC 3339,
@@ -28,14 +29,26 @@ func (e *LogEntry) Ephemeral() bool { return e.Type == KindChunk }
 // ErrEntryNotObject: a log entry that is not a JSON object.
 var ErrEntryNotObject = errors.New("log entry must be a JSON object")
 
+// ErrEntryNotUTF8: a log entry with bytes that are not UTF-8. json.Compact
+// keeps them, and a browser closes a WebSocket (1007) on a text frame that
+// carries them, so such an entry is never stored.
+var ErrEntryNotUTF8 = errors.New("log entry must be valid UTF-8")
+
 // ParseLogEntry validates one raw entry and prepares it for storage.
 //
 // The event type is notification.params.update.sessionUpdate when
 // notification.method is "session/update", else notification.method, else
 // the entry's "type". An entry without a "timestamp" gets now, so that
 // session_logs' `after` filter sees every entry.
+//
+// The entry's bytes must be UTF-8 (else ErrEntryNotUTF8), so stored data
+// is. A \u escape of a lone surrogate ("\ud800") is valid JSON in UTF-8
+// and is kept as written: every JSON decoder reads it (Go's as U+FFFD).
 func ParseLogEntry(raw []byte, now time.Time) (LogEntry, error) {
 	raw = bytes.Trim(raw, " \t\r\n") // JSON's whitespace, nothing more
+	if !utf8.Valid(raw) {
+		return LogEntry{}, ErrEntryNotUTF8
+	}
 	if len(raw) == 0 || raw[0] != '{' {
 		return LogEntry{}, ErrEntryNotObject
 	}

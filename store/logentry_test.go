@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"runhub/store"
 )
@@ -213,16 +214,22 @@ func FuzzParseLogEntry(f *testing.F) {
 		"{\n \"a\": [1, 2]\n}",
 		`{"timestamp":17}`,
 		`[1]`,
+		"{\"type\":\"x\",\"text\":\"\xff\"}",
+		"{\"t\xe9xt\":1}",
+		`{"type":"x","text":"\ud800\udc00\udfff"}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		e, err := store.ParseLogEntry(raw, now)
 		if err != nil {
-			if !errors.Is(err, store.ErrEntryNotObject) {
-				t.Fatalf("error %v is not ErrEntryNotObject", err)
+			if !errors.Is(err, store.ErrEntryNotObject) && !errors.Is(err, store.ErrEntryNotUTF8) {
+				t.Fatalf("error %v is neither ErrEntryNotObject nor ErrEntryNotUTF8", err)
 			}
 			return
+		}
+		if !utf8.Valid(raw) || !utf8.Valid(e.Data) {
+			t.Fatalf("accepted %q (stored %q), which is not UTF-8", raw, e.Data)
 		}
 		if !json.Valid(e.Data) || len(e.Data) < 2 || e.Data[0] != '{' {
 			t.Fatalf("data %q is not a JSON object", e.Data)

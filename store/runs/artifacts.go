@@ -95,14 +95,17 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 	}
 	contents := make([][]byte, len(items))
 	for i, it := range items {
-		if it.Name == "" || utf8.RuneCountInString(it.Name) > maxNameLen {
-			return nil, invalidArtifact(i, "name", "name must be 1 to 255 characters.")
+		if it.Name == "" || utf8.RuneCountInString(it.Name) > maxNameLen || !utf8.ValidString(it.Name) {
+			return nil, invalidArtifact(i, "name", "name must be 1 to 255 characters of valid UTF-8.")
 		}
 		if !ArtifactTypes[it.Type] {
 			return nil, invalidArtifact(i, "type", "type must be one of plan, context, reference, output, artifact, tree_snapshot, user_attachment.")
 		}
-		if len(it.ContentType) > maxNameLen {
-			return nil, invalidArtifact(i, "content_type", "content_type must be at most 255 characters.")
+		if len(it.ContentType) > maxNameLen || !utf8.ValidString(it.ContentType) {
+			return nil, invalidArtifact(i, "content_type", "content_type must be at most 255 characters of valid UTF-8.")
+		}
+		if it.Source != nil && !utf8.ValidString(*it.Source) {
+			return nil, invalidArtifact(i, "source", "source must be valid UTF-8.")
 		}
 		switch it.ContentEncoding {
 		case "", "utf-8":

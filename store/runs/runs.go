@@ -7,10 +7,19 @@
 // names the field instead); events are published only after their
 // transaction committed, in seq order, once per mutation; an idempotent replay
 // publishes nothing.
+//
+// Text is UTF-8: an entry, an output or state value, an artifact's name,
+// content type or source, or an Idempotency-Key with bytes that are not
+// UTF-8 is refused, so stored and published data is always valid UTF-8
+// (a browser closes a WebSocket on a text frame that is not). JSON \u
+// escapes of lone surrogates ("\ud800") are accepted as they are valid
+// JSON text made of ASCII: raw values (entries, output, state) keep them
+// as written and every JSON decoder reads them (Go's as U+FFFD, a
+// browser's as a lone UTF-16 unit); values decoded into Go strings (names,
+// titles, text) already hold U+FFFD in their place.
 package runs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,20 +27,17 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
 	"runhub/store"
 )
 
 // Limits of the contract.
 const (
-	MaxEntries     = 10_000  // log entries per append
-	MaxEntryBytes  = 1 << 20 // one log entry, compact JSON
-	MaxStageLen    = 100
-	MaxBranchLen   = 255
-	MaxTitleLen    = 255
-	MaxIdemKeyLen  = 255
-	maxSchemaError = 1000 // characters of a schema validation message returned to the client
+	MaxEntries    = 10_000  // log entries per append
+	MaxEntryBytes = 1 << 20 // one log entry, compact JSON
+	MaxStageLen   = 100
+	MaxBranchLen  = 255
+	MaxTitleLen   = 255
+	MaxIdemKeyLen = 255
 )
 
 // Publisher carries committed events to live subscribers (the hub). It must
@@ -45,6 +51,8 @@ type Service struct {
 	Store store.Store
 	Pub   Publisher // nil: nothing is published
 	Now   func() time.Time
+
+	schemas schemaCache // compiled task schemas, so set_output does not recompile
 }
 
 // ErrOutputInvalid wraps the reason an output does not match the task's
@@ -58,8 +66,21 @@ func (s *Service) now() time.Time {
 	return time.Now()
 }
 
+// PublishTimeout bounds one publish after a commit. The publish is detached
+// from the request's context (a client that disconnects right after its
+// write must not make the broker refuse the news and leave subscribers
+// waiting for their position check), so it needs a bound of its own: 5 s is
+// far above a healthy broker's round trip and short enough that a stalled
+// broker holds a finished request only briefly.
+const PublishTimeout = 5 * time.Second
+
+// publish hands committed events to the publisher. The commit already
+// happened, so the request being cancelled must not stop the news: the
+// publish keeps ctx's values (logging) but not its cancellation.
 func (s *Service) publish(ctx context.Context, runID string, res *store.MutationResult) {
 	if s.Pub != nil && !res.Replayed && len(res.Events) > 0 {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
+		defer cancel()
 		s.Pub.Publish(ctx, runID, res.Events)
 	}
 }
@@ -82,6 +103,12 @@ func (s *Service) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPa
 	if err := validateFields(p.Status, p.Stage, p.Branch, p.Environment, idem); err != nil {
 		return nil, err
 	}
+	if err := validUTF8("output", p.Output); err != nil {
+		return nil, err
+	}
+	if err := validUTF8("state", p.State); err != nil {
+		return nil, err
+	}
 	res, err := s.Store.UpdateRun(ctx, ref, p, idem)
 	if err != nil {
 		return nil, err
@@ -99,12 +126,15 @@ func (s *Service) SetOutput(ctx context.Context, ref store.RunRef, output map[st
 	if output == nil {
 		output = map[string]json.RawMessage{}
 	}
+	if err := validUTF8("output", output); err != nil {
+		return nil, err
+	}
 	task, err := s.Store.GetTask(ctx, ref.ProjectID, ref.TaskID)
 	if err != nil {
 		return nil, err
 	}
 	if task.JSONSchema != nil {
-		if err := ValidateOutput(task.JSONSchema, output); err != nil {
+		if err := s.validateOutput(task.JSONSchema, output); err != nil {
 			return nil, err
 		}
 	}
@@ -134,6 +164,10 @@ func (s *Service) AppendLog(ctx context.Context, ref store.RunRef, raw []json.Ra
 	entries := make([]store.LogEntry, len(raw))
 	for i, r := range raw {
 		e, err := store.ParseLogEntry(r, now)
+		if errors.Is(err, store.ErrEntryNotUTF8) {
+			return nil, &store.ValidationError{Attr: "entries", Code: "invalid",
+				Detail: fmt.Sprintf("Entry %d is not valid UTF-8.", i)}
+		}
 		if err != nil {
 			return nil, &store.ValidationError{Attr: "entries", Code: "invalid",
 				Detail: fmt.Sprintf("Entry %d is not a JSON object.", i)}
@@ -168,10 +202,21 @@ func optPtr(p *string) **string {
 	return &p
 }
 
+// validUTF8 refuses raw JSON values with bytes that are not UTF-8 (keys
+// were decoded into Go strings, which hold U+FFFD instead).
+func validUTF8(attr string, m map[string]json.RawMessage) error {
+	for _, v := range m {
+		if !utf8.Valid(v) {
+			return &store.ValidationError{Attr: attr, Code: "invalid", Detail: "This field must be valid UTF-8."}
+		}
+	}
+	return nil
+}
+
 func validateIdem(idem *store.Idempotency) error {
-	if idem != nil && (idem.Key == "" || len(idem.Key) > MaxIdemKeyLen) {
+	if idem != nil && (idem.Key == "" || len(idem.Key) > MaxIdemKeyLen || !utf8.ValidString(idem.Key)) {
 		return &store.ValidationError{Attr: "Idempotency-Key", Code: "invalid",
-			Detail: fmt.Sprintf("Idempotency-Key must be 1 to %d characters.", MaxIdemKeyLen)}
+			Detail: fmt.Sprintf("Idempotency-Key must be 1 to %d characters of valid UTF-8.", MaxIdemKeyLen)}
 	}
 	return nil
 }
@@ -197,47 +242,6 @@ func maxLen(attr string, v **string, n int) error {
 	if v != nil && *v != nil && utf8.RuneCountInString(**v) > n {
 		return &store.ValidationError{Attr: attr, Code: "max_length",
 			Detail: fmt.Sprintf("Ensure this field has no more than %d characters.", n)}
-	}
-	return nil
-}
-
-// CompileSchema compiles a task's json_schema. No $ref is ever fetched from a
-// file or the network: only the document itself and the metaschemas resolve.
-func CompileSchema(schema json.RawMessage) (*jsonschema.Schema, error) {
-	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(schema))
-	if err != nil {
-		return nil, fmt.Errorf("parse schema: %w", err)
-	}
-	c := jsonschema.NewCompiler()
-	const loc = "urn:runhub:task-output-schema"
-	if err := c.AddResource(loc, doc); err != nil {
-		return nil, fmt.Errorf("add schema: %w", err)
-	}
-	sch, err := c.Compile(loc)
-	if err != nil {
-		return nil, fmt.Errorf("compile schema: %w", err)
-	}
-	return sch, nil
-}
-
-// ValidateOutput checks output against schema; the error wraps
-// ErrOutputInvalid with a short human reason.
-func ValidateOutput(schema json.RawMessage, output map[string]json.RawMessage) error {
-	sch, err := CompileSchema(schema)
-	if err != nil {
-		return fmt.Errorf("%w: the task's json_schema is invalid: %v", ErrOutputInvalid, err)
-	}
-	b, _ := json.Marshal(output)
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrOutputInvalid, err)
-	}
-	if err := sch.Validate(inst); err != nil {
-		msg := err.Error()
-		if len(msg) > maxSchemaError {
-			msg = msg[:maxSchemaError] + "…"
-		}
-		return fmt.Errorf("%w: %s", ErrOutputInvalid, msg)
 	}
 	return nil
 }

@@ -1,0 +1,79 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"github.com/sourcegraph/jsonrpc2"
+
+	"runhub/proxy"
+)
+
+// TestAgentTextIsUTF8: bytes that are not UTF-8 in what an agent sends
+// (append_log, update, set_output) never reach the store as such (jsonrpc2
+// decodes params into Go values, which replace them with U+FFFD); what an
+// agent answers to a command reaches the client as valid UTF-8; a /ws
+// command whose params are not UTF-8 is refused (-32602) before it reaches
+// the agent.
+func TestAgentTextIsUTF8(t *testing.T) {
+	e := newPxEnv(t, proxy.Config{})
+	run := e.newRun("")
+	a := e.dialRaw(run)
+	for i, req := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"append_log","params":{"seq":1,"entries":[{"type":"console","text":"caf` + "\xc3" + `"}]}}`,
+		`{"jsonrpc":"2.0","id":2,"method":"append_log","params":{"entries":[{"type":"console","t` + "\xff" + `":1}]}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"update","params":{"state":{"k":"` + "\xed\xa0\x80" + `"}}}`,
+		`{"jsonrpc":"2.0","id":4,"method":"update","params":{"stage":"` + "\xff" + `"}}`,
+		`{"jsonrpc":"2.0","id":5,"method":"set_output","params":{"output":{"a":["` + "\xfe" + `"]}}}`,
+	} {
+		a.send(t, req)
+		if m := a.read(t); m["id"] != float64(i+1) {
+			t.Fatalf("request %d: answer %v", i+1, m)
+		}
+	}
+	for _, path := range []string{e.runPath(run), e.runPath(run) + "/logs"} {
+		if b := e.call("GET", path, "", http.StatusOK, nil); !utf8.Valid(b) {
+			t.Fatalf("GET %s: %q is not UTF-8", path, b)
+		}
+	}
+
+	// The agent answers a command with bytes that are not UTF-8.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			_, b, err := a.ws.Read(a.ctx)
+			if err != nil {
+				return
+			}
+			var req struct {
+				ID     json.RawMessage `json:"id"`
+				Method string          `json:"method"`
+			}
+			if json.Unmarshal(b, &req) != nil || req.Method != "cancel" {
+				continue
+			}
+			a.ws.Write(a.ctx, websocket.MessageText, []byte(`{"jsonrpc":"2.0","id":`+string(req.ID)+`,"result":{"text":"ok `+"\xff\xfe"+`"}}`))
+			return
+		}
+	}()
+	b := e.call("POST", e.runPath(run)+"/command", `{"method":"cancel"}`, http.StatusOK, nil)
+	<-done
+	if !utf8.Valid(b) || !json.Valid(b) || !strings.Contains(string(b), "ok \uFFFD\"") {
+		t.Fatalf("command response %q is not valid UTF-8 JSON with the replaced text", b)
+	}
+
+	// A /ws command whose params are not UTF-8 is refused before the agent.
+	r, err := e.st.RunByID(context.Background(), run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, rerr := e.px.WSCommand(context.Background(), r, "user_message", json.RawMessage(`{"content":"`+"\xff"+`"}`)); rerr == nil || rerr.Code != jsonrpc2.CodeInvalidParams {
+		t.Fatalf("/ws command with bytes that are not UTF-8: %v, want -32602", rerr)
+	}
+}
