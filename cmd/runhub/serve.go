@@ -262,13 +262,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// shutdown starts so that Shutdown can wait for the rest.
 	baseCtx, cancelStreams := context.WithCancel(context.Background())
 	defer cancelStreams()
-	srv := &http.Server{
-		Handler:           api,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(lh, slog.LevelWarn),
-	}
+	srv := api.HTTPServer() // header, body and idle timeouts: rest.Timeouts
+	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
+	srv.ErrorLog = slog.NewLogLogger(lh, slog.LevelWarn)
 	srv.RegisterOnShutdown(cancelStreams)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
