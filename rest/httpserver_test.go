@@ -250,3 +250,43 @@ func TestIdleTimeoutClosesKeepAlive(t *testing.T) {
 		t.Errorf("closed after %v, want about %v", d, timeout)
 	}
 }
+
+// TestSeparateMetrics: with SeparateMetrics the API answers /metrics 404
+// and MetricsServer serves it, counting the API's requests.
+func TestSeparateMetrics(t *testing.T) {
+	e := newEnv(t, nil)
+	s := New(Config{Store: e.st, SeparateMetrics: true})
+	api := s.HTTPServer()
+	apiLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := s.MetricsServer()
+	mLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{}, 2)
+	go func() { api.Serve(apiLn); done <- struct{}{} }()
+	go func() { ms.Serve(mLn); done <- struct{}{} }()
+	t.Cleanup(func() { api.Close(); ms.Close(); <-done; <-done })
+	apiURL, mURL := "http://"+apiLn.Addr().String(), "http://"+mLn.Addr().String()
+
+	wantStatus(t, doWith(t, e.client, apiURL, req{Method: "GET", Path: "/metrics"}), 404)
+	wantStatus(t, doWith(t, e.client, apiURL, req{Method: "GET", Path: "/healthz"}), 200)
+	res, err := e.client.Get(mURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(b), `runhub_http_requests_total{method="GET",route="/healthz",status="200"} 1`) ||
+		!strings.Contains(string(b), `route="unmatched",status="404"} 1`) {
+		t.Fatalf("metrics listener: %d\n%s", res.StatusCode, b)
+	}
+	if res, err := e.client.Get(mURL + "/healthz"); err != nil || res.StatusCode != 404 {
+		t.Fatalf("the metrics listener serves more than /metrics: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+}
