@@ -58,9 +58,9 @@ func (t Timeouts) withDefaults() Timeouts {
 // HTTPServer is the http.Server the API listens with: the one place its
 // timeouts are set, used by `runhub serve` and by the tests alike. The
 // caller adds what belongs to the process (BaseContext, ErrorLog).
-// There is no ReadTimeout: it would also cut the request context of any
-// handler running longer than it (Go's background read fails at the
-// deadline), so ServeHTTP bounds the body instead.
+// There is no ReadTimeout (counted from the request's first byte):
+// ServeHTTP sets the body deadline once the headers are in, so a slow
+// header phase does not eat into the body's time.
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{
 		Handler:           s,
@@ -105,13 +105,13 @@ func (s *Server) guardBody(w http.ResponseWriter, r *http.Request) *requestBody 
 	return b
 }
 
+// Read notes the end of the body. There Go clears the read deadline itself
+// (its watch for the client going away starts without one), so a handler
+// that runs long after reading its body is not cancelled by it.
 func (b *requestBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.done.Swap(true) {
-		// The body is in. Go now watches the connection for the client
-		// going away; with the deadline left in place that watch would
-		// fail at it and cancel a handler that simply runs long.
-		b.rc.SetReadDeadline(time.Time{})
+	if err == io.EOF {
+		b.done.Store(true)
 	}
 	return n, err
 }
