@@ -134,15 +134,6 @@ type presigner interface {
 	PresignGet(ctx context.Context, key, filename string, ttl time.Duration) (string, error)
 }
 
-// baseURL is the scheme and host the client used.
-func baseURL(r *http.Request) string {
-	scheme := "http"
-	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host
-}
-
 // blobURL is a signed runhub link that downloads an artifact.
 func (s *Server) blobURL(r *http.Request, m runs.ManifestEntry) string {
 	p := "/blobs/" + m.StoragePath

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +63,7 @@ var (
 	errTaskNotFound   = notFound("Task not found")
 	errMethod         = &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request", Code: "method_not_allowed", Detail: "Method not allowed."}
 	errTooLarge       = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large", Detail: "Request body is larger than the limit."}
+	errBodyTimeout    = &apiError{Status: http.StatusRequestTimeout, Type: "invalid_request", Code: "request_timeout", Detail: "The request body was not received in time."}
 	errServer         = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error", Detail: "A server error occurred."}
 	errStoreTimeout   = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store is busy; retry shortly."}
 	errStoreReadOnly  = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store cannot write at the moment; retry later.", RetryAfter: storeUnavailableRetryAfter}
@@ -135,6 +137,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, proxy.ErrAgentGone):
 		writeJSON(w, http.StatusBadGateway, map[string]string{"error": "Agent server is not reachable"})
 		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The body did not arrive within the body-read deadline (Go has
+		// cancelled the request's context by now; the client may still
+		// be there to read this).
+		ae = errBodyTimeout
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		return
@@ -144,6 +151,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	default:
 		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = errServer
+	}
+	if ae.Type == "authentication_error" {
+		s.logAuthFailure(r, ae.Status, ae.Code)
 	}
 	if ae.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))

@@ -197,7 +197,7 @@ func parsePage(r *http.Request) page {
 // next/previous links.
 func listBody(r *http.Request, p page, total int64, results any) map[string]any {
 	link := func(offset int) *string {
-		u := url.URL{Scheme: scheme(r), Host: r.Host, Path: r.URL.Path}
+		u := url.URL{Path: r.URL.Path}
 		q := r.URL.Query()
 		q.Set("limit", strconv.Itoa(p.limit))
 		if offset > 0 {
@@ -206,7 +206,7 @@ func listBody(r *http.Request, p page, total int64, results any) map[string]any 
 			q.Del("offset")
 		}
 		u.RawQuery = q.Encode()
-		s := u.String()
+		s := baseURL(r) + u.String()
 		return &s
 	}
 	var next, prev *string
@@ -220,16 +220,6 @@ func listBody(r *http.Request, p page, total int64, results any) map[string]any 
 		prev = link(max(0, p.offset-p.limit))
 	}
 	return map[string]any{"count": total, "next": next, "previous": prev, "results": results}
-}
-
-func scheme(r *http.Request) string {
-	if p := r.Header.Get("X-Forwarded-Proto"); p == "https" || p == "http" {
-		return p
-	}
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
 }
 
 // queryInt parses an integer query parameter within [lo, hi].

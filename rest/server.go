@@ -13,6 +13,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +21,6 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"runhub/store"
 	"runhub/store/blob"
@@ -39,6 +39,21 @@ type Config struct {
 	Logger       *slog.Logger
 	MaxBodyBytes int64      // 0: DefaultMaxBodyBytes
 	RateLimit    *RateLimit // nil: no rate limit (the embedded default)
+	// Timeouts bound slow clients (zero fields: the defaults); HTTPServer
+	// and ServeHTTP apply them.
+	Timeouts Timeouts
+	// PublicURL ("https://runhub.example.com", optionally with a path
+	// prefix) is what every link in a response is built from; empty: the
+	// request's Host. Set it whenever the server is reachable under a
+	// known name, so a forged Host cannot point links elsewhere.
+	PublicURL string
+	// TrustedProxies are the peers whose X-Forwarded-Proto and
+	// X-Forwarded-Host are believed (when PublicURL is empty); from any
+	// other peer these headers are ignored.
+	TrustedProxies []netip.Prefix
+	// SeparateMetrics: /metrics is served only by MetricsServer, on its own
+	// listener, and the API answers it 404.
+	SeparateMetrics bool
 	// Ready reports extra readiness conditions (the broker); nil: store only.
 	Ready func(ctx context.Context) error
 	// WriteProbeInterval is how long /readyz caches the store's write
@@ -95,6 +110,11 @@ type Server struct {
 	files      *blob.FS
 	signer     *blob.Signer
 	presignTTL time.Duration
+	timeouts   Timeouts
+	publicURL  string
+	proxies    []netip.Prefix
+	separateMx bool
+	authLog    *authLog
 	router     *mux.Router
 	reg        *prometheus.Registry
 	reqs       *prometheus.CounterVec
@@ -119,12 +139,17 @@ func New(cfg Config) *Server {
 		files:      cfg.Files,
 		signer:     cfg.Signer,
 		presignTTL: cfg.PresignTTL,
+		timeouts:   cfg.Timeouts.withDefaults(),
+		publicURL:  strings.TrimSuffix(cfg.PublicURL, "/"),
+		proxies:    cfg.TrustedProxies,
+		separateMx: cfg.SeparateMetrics,
 		router:     mux.NewRouter().SkipClean(true),
 		reg:        prometheus.NewRegistry(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.authLog = newAuthLog()
 	if s.presignTTL <= 0 {
 		s.presignTTL = PresignTTL
 	}
@@ -165,17 +190,30 @@ func New(cfg Config) *Server {
 func (s *Server) Registry() prometheus.Registerer { return s.reg }
 
 // ServeHTTP wraps the router (mux middleware does not run for 404/405) with
-// the body limit and metrics.
+// the body deadline and limit, the base of links, and metrics. A response
+// written before the body was read (a refusal) closes the connection at
+// once.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	body := s.guardBody(w, r)
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 	}
-	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK, body: body}
 	// mux attaches the matched route to a copy of the request; the
 	// middleware installed in New reports it back through this holder.
 	route := "unmatched"
-	s.router.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeHolderKey{}, &route)))
+	ctx := context.WithValue(r.Context(), routeHolderKey{}, &route)
+	ctx = context.WithValue(ctx, baseURLKey{}, s.linkBase(r))
+	if r.ContentLength > s.maxBody {
+		// Refused before reading a byte of it.
+		s.writeError(rw, r, errTooLarge)
+	} else {
+		s.router.ServeHTTP(rw, r.WithContext(ctx))
+	}
+	if body.unread() && !rw.hijacked {
+		body.cut()
+	}
 	s.reqs.WithLabelValues(route, r.Method, strconv.Itoa(rw.status)).Inc()
 	s.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
 }
@@ -202,17 +240,23 @@ type statusWriter struct {
 	http.ResponseWriter
 	status      int
 	wroteHeader bool
+	body        *requestBody // nil: the request has no body
+	hijacked    bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if !w.wroteHeader {
 		w.status, w.wroteHeader = code, true
+		w.beforeHeader()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
-	w.wroteHeader = true
+	if !w.wroteHeader {
+		w.wroteHeader = true
+		w.beforeHeader()
+	}
 	return w.ResponseWriter.Write(b)
 }
 
@@ -255,7 +299,9 @@ func (s *Server) opsRoutes() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}).Methods(http.MethodGet, http.MethodHead)
-	s.router.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	if !s.separateMx {
+		s.router.Handle("/metrics", s.metricsHandler()).Methods(http.MethodGet)
+	}
 	s.router.HandleFunc("/api/schema{_s:/?}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openAPIDocument)

@@ -59,6 +59,7 @@ func (s *Server) refuseToken(w http.ResponseWriter, r *http.Request, err *apiErr
 		s.writeError(w, r, err)
 		return
 	}
+	s.logAuthFailure(r, err.Status, err.Code)
 	ws, aerr := websocket.Accept(w, r, nil)
 	if aerr != nil {
 		return // Accept has answered

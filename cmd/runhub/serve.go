@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,6 +47,11 @@ type config struct {
 	cmdTO     time.Duration
 	logLevel  slog.Level
 	logJSON   bool
+	// publicURL is the base of every link ("": the request's Host);
+	// proxies are the peers whose X-Forwarded-* are believed.
+	publicURL   string
+	proxies     []netip.Prefix
+	metricsAddr string
 }
 
 func env(name, def string) string {
@@ -64,6 +70,9 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
 	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
+	fs.StringVar(&c.publicURL, "public-url", env("RUNHUB_PUBLIC_URL", ""), "the URL clients reach this server at, e.g. https://runhub.example.com; every link is built from it (empty: from each request's Host)")
+	proxies := fs.String("trusted-proxies", env("RUNHUB_TRUSTED_PROXIES", ""), "comma-separated CIDRs of reverse proxies whose X-Forwarded-Proto/Host are believed (empty: none)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", env("RUNHUB_METRICS_ADDR", ""), "serve /metrics on this address instead of the API's, e.g. 127.0.0.1:9090 (empty: on the API address)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
 	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts HTTP sandboxes may be called on: host:port, or a bare host for ports 80 and 443")
@@ -78,6 +87,18 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("serve: unexpected argument %q", rest[0])}
 	}
 	c.maxBody = *maxBody
+	if c.publicURL != "" {
+		u, err := rest.ParsePublicURL(c.publicURL)
+		if err != nil {
+			return nil, usageError{err.Error()}
+		}
+		c.publicURL = u
+	}
+	if ps, err := rest.ParseTrustedProxies(*proxies); err != nil {
+		return nil, usageError{err.Error()}
+	} else {
+		c.proxies = ps
+	}
 	if d, err := time.ParseDuration(*cmdTO); err != nil || d <= 0 {
 		return nil, usageError{fmt.Sprintf("bad command timeout %q", *cmdTO)}
 	} else {
@@ -257,8 +278,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxBodyBytes: cfg.maxBody,
 		RateLimit:    cfg.rateLimit,
 		Ready:        ready,
+
+		PublicURL:       cfg.publicURL,
+		TrustedProxies:  cfg.proxies,
+		SeparateMetrics: cfg.metricsAddr != "",
 	})
+	if cfg.publicURL == "" {
+		log.Warn("links (log_url, ws_url, artifact URLs, pagination) are built from each request's Host header; set --public-url (RUNHUB_PUBLIC_URL) so that a forged Host cannot point them elsewhere")
+	}
 	api.Registry().MustRegister(h.Collectors()...)
+	if cfg.metricsAddr != "" {
+		stopMetrics, err := serveMetrics(api.MetricsServer(), cfg.metricsAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -267,20 +302,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// shutdown starts so that Shutdown can wait for the rest.
 	baseCtx, cancelStreams := context.WithCancel(context.Background())
 	defer cancelStreams()
-	srv := &http.Server{
-		Handler:           api,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(lh, slog.LevelWarn),
-	}
+	srv := api.HTTPServer() // header, body and idle timeouts: rest.Timeouts
+	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
+	srv.ErrorLog = slog.NewLogLogger(lh, slog.LevelWarn)
 	srv.RegisterOnShutdown(cancelStreams)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("runhub listening", "addr", ln.Addr().String(), "url", publicURL(ln.Addr()), "data_dir", cfg.dataDir,
-		"open", publicURL(ln.Addr())+"/ (sign in with the key in "+filepath.Join(cfg.dataDir, bootstrapKeyFile)+")",
+	base := cfg.publicURL
+	if base == "" {
+		base = publicURL(ln.Addr())
+	}
+	log.Info("runhub listening", "addr", ln.Addr().String(), "url", base, "data_dir", cfg.dataDir,
+		"open", base+"/ (sign in with the key in "+filepath.Join(cfg.dataDir, bootstrapKeyFile)+")",
 		"try", fmt.Sprintf(`curl -H "Authorization: Bearer $(cat %s)" %s/api/projects/1/tasks/`,
-			filepath.Join(cfg.dataDir, bootstrapKeyFile), publicURL(ln.Addr())))
+			filepath.Join(cfg.dataDir, bootstrapKeyFile), base))
 
 	select {
 	case err := <-errc:
