@@ -91,6 +91,26 @@ type Project struct {
 	ID        int64     `json:"id"`
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
+	// SlackChannels are the Slack channel ids the Slack relay may post to
+	// for this project's runs, set by the operator (projects update
+	// --slack-channels). state.slack_thread is written by any key with
+	// task:write, so it cannot be trusted to pick a channel by itself. Empty
+	// (the default, never nil) means the project may post nowhere: a bot
+	// reaches every channel it was invited to, and a project must not reach
+	// them by default.
+	SlackChannels []string `json:"slack_channels"`
+}
+
+// AllowsSlackChannel reports whether the operator allowed the project's runs
+// to post to channel. The comparison is exact: Slack channel ids are
+// case-sensitive upper-case ids such as C024BE91L.
+func (p *Project) AllowsSlackChannel(channel string) bool {
+	for _, c := range p.SlackChannels {
+		if c == channel {
+			return true
+		}
+	}
+	return false
 }
 
 // APIKey is a personal API key. Only a hash of its secret is stored.
@@ -303,6 +323,10 @@ type Store interface {
 	CreateProject(ctx context.Context, name string) (*Project, error)
 	GetProject(ctx context.Context, id int64) (*Project, error)
 	ListProjects(ctx context.Context) ([]Project, error)
+	// SetProjectSlackChannels replaces the project's Slack channel
+	// allow-list (nil or empty: the project may post nowhere) and returns
+	// the project after the change, or ErrNotFound.
+	SetProjectSlackChannels(ctx context.Context, id int64, channels []string) (*Project, error)
 
 	CreateAPIKey(ctx context.Context, k NewAPIKey) (*APIKey, error)
 	// APIKeyByHash returns the unrevoked key with that hash, or ErrNotFound.
