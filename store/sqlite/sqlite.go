@@ -44,6 +44,9 @@ type Store struct {
 	r     *sql.DB // read-only pool
 	now   func() time.Time
 	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
+	// onScan, when set (tests), is told the size of every entry a bounded
+	// read (QueryLog, EventsBefore) copied out of SQLite.
+	onScan func(bytes int)
 }
 
 var _ store.Store = (*Store)(nil)

@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Idempotency", testIdempotency},
 		{"Events", testEvents},
 		{"QueryLog", testQueryLog},
+		{"BoundedReads", testBoundedReads},
 		{"StreamLog", testStreamLog},
 		{"Concurrency", testConcurrency},
 	}
