@@ -110,11 +110,11 @@ func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
 
 // relayEnv is a server with the Slack relay against the fake.
 type relayEnv struct {
-	t      *testing.T
-	srv    *httptest.Server
-	st     *sqlite.Store
-	slack  *fakeSlack
-	relay  *proxy.SlackRelay
+	t       *testing.T
+	srv     *httptest.Server
+	st      *sqlite.Store
+	slack   *fakeSlack
+	relay   *proxy.SlackRelay
 	key     string
 	project int64
 	prefix  string // /api/projects/P/tasks/T/runs/
