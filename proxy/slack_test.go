@@ -41,13 +41,13 @@ type slackPost struct {
 func newFakeSlack(t *testing.T) *fakeSlack {
 	f := &fakeSlack{hang: make(chan struct{})}
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer xoxb-test" {
 			fmt.Fprint(w, `{"ok":false,"error":"invalid_auth"}`)
 			return
 		}
-		f.mu.Lock()
-		f.calls++
-		f.mu.Unlock()
 		switch r.URL.Path {
 		case "/chat.postMessage":
 			var m struct {
@@ -110,14 +110,13 @@ func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
 
 // relayEnv is a server with the Slack relay against the fake.
 type relayEnv struct {
-	t       *testing.T
-	srv     *httptest.Server
-	st      *sqlite.Store
-	slack   *fakeSlack
-	relay   *proxy.SlackRelay
-	key     string
-	project int64
-	prefix  string // /api/projects/P/tasks/T/runs/
+	t      *testing.T
+	srv    *httptest.Server
+	st     *sqlite.Store
+	slack  *fakeSlack
+	relay  *proxy.SlackRelay
+	key    string
+	prefix string // /api/projects/P/tasks/T/runs/
 }
 
 func newRelayEnv(t *testing.T, token string) *relayEnv {
@@ -134,7 +133,6 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Cleanup(e.srv.Close)
 	ctx := context.Background()
 	p, _ := st.CreateProject(ctx, "relay")
-	e.project = p.ID
 	// The channel of threadRun's threads; a project posts nowhere else.
 	if _, err := st.SetProjectSlackChannels(ctx, p.ID, []string{"C42"}); err != nil {
 		t.Fatal(err)
