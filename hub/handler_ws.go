@@ -369,6 +369,11 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 // maxHistory bounds the events one history request returns.
 const maxHistory = 1000
 
+// historyBytes caps the event bytes of one history reply, read as such from
+// the store: 1,000 events of up to 1 MiB would otherwise be a GiB in one
+// reply. It is session_logs' page cap, for the same reason.
+const historyBytes = store.ReadPageBytes
+
 // historyEvent is one stored event in a history reply.
 type historyEvent struct {
 	Seq   int64           `json:"seq"`
@@ -377,7 +382,10 @@ type historyEvent struct {
 
 // history answers {"run_id", "before", "limit"?, "token"?} with the stored
 // events whose seq is below before, the newest limit (default 500, at most
-// 1,000) of them, in seq order: how a viewer loads older lines.
+// 1,000) of them, in seq order: how a viewer loads older lines. A reply
+// also stops at historyBytes of events (keeping the newest, and at least
+// one), so it may hold fewer than limit events: the client asks again with
+// before = the first seq it got, until that seq is 1.
 func (m *muxSession) history(ctx context.Context, req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
 	var p struct {
 		RunID  string `json:"run_id"`
@@ -399,17 +407,14 @@ func (m *muxSession) history(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if rerr != nil {
 		return nil, rerr
 	}
-	after := max(0, p.Before-1-p.Limit)
 	out := []historyEvent{}
-	if n := p.Before - 1 - after; n > 0 {
-		evs, err := m.h.src.Events(ctx, run.ID, after, int(n))
+	if p.Before > 1 {
+		evs, err := m.h.src.EventsBefore(ctx, run.ID, p.Before, int(p.Limit), historyBytes)
 		if err != nil {
 			return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
 		}
 		for _, ev := range evs {
-			if ev.Seq < p.Before {
-				out = append(out, historyEvent{Seq: ev.Seq, Event: ev.Data})
-			}
+			out = append(out, historyEvent{Seq: ev.Seq, Event: ev.Data})
 		}
 	}
 	return map[string]any{"run_id": run.ID, "events": out}, nil

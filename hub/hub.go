@@ -77,6 +77,8 @@ const (
 // EventSource is the store as the hub needs it.
 type EventSource interface {
 	Events(ctx context.Context, runID string, after int64, limit int) ([]store.Event, error)
+	// EventsBefore serves /ws history: it stops reading at a byte budget.
+	EventsBefore(ctx context.Context, runID string, before int64, limit, maxBytes int) ([]store.Event, error)
 }
 
 // Broker carries committed events between hub nodes. Publish is called after

@@ -16,6 +16,10 @@ func (emptySource) Events(context.Context, string, int64, int) ([]store.Event, e
 	return nil, nil
 }
 
+func (emptySource) EventsBefore(context.Context, string, int64, int, int) ([]store.Event, error) {
+	return nil, nil
+}
+
 // TestSubscribeRacesLastUnsubscribe: a subscription that starts while the
 // run's last other subscription ends must land on the run state the hub
 // delivers to. Otherwise it is registered on a state the hub already

@@ -29,6 +29,7 @@ type fakeSlack struct {
 	script []string
 	posts  []slackPost
 	tries  []time.Time
+	calls  int // requests of any kind, answered or not
 	hang   chan struct{}
 }
 
@@ -40,6 +41,9 @@ type slackPost struct {
 func newFakeSlack(t *testing.T) *fakeSlack {
 	f := &fakeSlack{hang: make(chan struct{})}
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer xoxb-test" {
 			fmt.Fprint(w, `{"ok":false,"error":"invalid_auth"}`)
 			return
@@ -129,6 +133,10 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Cleanup(e.srv.Close)
 	ctx := context.Background()
 	p, _ := st.CreateProject(ctx, "relay")
+	// The channel of threadRun's threads; a project posts nowhere else.
+	if _, err := st.SetProjectSlackChannels(ctx, p.ID, []string{"C42"}); err != nil {
+		t.Fatal(err)
+	}
 	secret, prefix, hash := store.GenerateAPIKey()
 	st.CreateAPIKey(ctx, store.NewAPIKey{Label: "t", Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeAll}, AllProjects: true})
 	e.key = secret
@@ -282,5 +290,68 @@ func TestRelaySkippedOrUnconfigured(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if posts, _ := e.slack.snapshot(); len(posts) != 0 {
 		t.Fatalf("posts %+v", posts)
+	}
+}
+
+// TestRelayChannelAllowList: relay_message to a thread whose channel the
+// run's project was not allowed is 403 permission_denied with the standard
+// body, nothing enters the outbox and Slack receives no request; a project
+// with no allowed channel posts nowhere; the allowed channel is accepted and
+// posted.
+func TestRelayChannelAllowList(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.work(e.relay)
+	ctx := context.Background()
+	refused := func(path string) {
+		t.Helper()
+		var body struct {
+			Type, Code, Detail string
+			Attr               *string
+		}
+		raw := e.call("POST", path, `{"text":"hello"}`, http.StatusForbidden, &body)
+		if body.Type != "authentication_error" || body.Code != "permission_denied" || body.Detail == "" || body.Attr != nil ||
+			!strings.Contains(string(raw), `"attr":null`) {
+			t.Fatalf("refusal body %s", raw)
+		}
+	}
+
+	// Another channel of the same workspace, chosen by the tenant.
+	var other struct{ ID string }
+	e.call("POST", e.prefix, `{"status":"in_progress","state":{"slack_thread":{"channel":"C99","thread_ts":"1700000000.000200"}}}`,
+		http.StatusCreated, &other)
+	refused(e.prefix + other.ID + "/relay_message")
+
+	// A project the operator allowed nothing: even C42 is refused.
+	p2, err := e.st.CreateProject(ctx, "no channels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var task struct{ ID string }
+	e.call("POST", fmt.Sprintf("/api/projects/%d/tasks/", p2.ID), `{"title":"t"}`, http.StatusCreated, &task)
+	prefix2 := fmt.Sprintf("/api/projects/%d/tasks/%s/runs/", p2.ID, task.ID)
+	var run2 struct{ ID string }
+	e.call("POST", prefix2, `{"status":"in_progress","state":{"slack_thread":{"channel":"C42","thread_ts":"1700000000.000100"}}}`,
+		http.StatusCreated, &run2)
+	refused(prefix2 + run2.ID + "/relay_message")
+
+	time.Sleep(150 * time.Millisecond) // several polls of the worker
+	if due, err := e.st.DueRelays(ctx, time.Now().Add(time.Hour), 100); err != nil || len(due) != 0 {
+		t.Fatalf("outbox after refusals: %+v %v, want empty", due, err)
+	}
+	e.slack.mu.Lock()
+	calls := e.slack.calls
+	e.slack.mu.Unlock()
+	if calls != 0 {
+		t.Fatalf("Slack received %d requests after refused relays, want none", calls)
+	}
+
+	// The allowed channel still works.
+	out := e.relayMessage(e.threadRun("in_progress"), "allowed")
+	if out["status"] != "accepted" {
+		t.Fatalf("allowed channel: %v", out)
+	}
+	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
+	if posts, _ := e.slack.snapshot(); len(posts) != 1 || posts[0].Channel != "C42" || posts[0].Text != "allowed" {
+		t.Fatalf("posts %+v, want one to C42", posts)
 	}
 }

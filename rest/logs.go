@@ -16,8 +16,9 @@ import (
 
 // sessionLogsPageBytes caps one session_logs page (at least one entry is
 // always returned): PostHog added the same cap after huge pages timed out.
-// X-Has-More tells the client to fetch the rest.
-const sessionLogsPageBytes = 2 << 20
+// The store stops reading there, so limit=5000 of 1 MiB entries never
+// loads more than the cap. X-Has-More tells the client to fetch the rest.
+const sessionLogsPageBytes = store.ReadPageBytes
 
 // decodeAppendLog decodes an append_log body into its raw entries. It is the
 // decoder the fuzz target exercises.
@@ -150,7 +151,8 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	q := r.URL.Query()
-	lq := store.LogQuery{EventTypes: splitList(q.Get("event_types")), ExcludeTypes: splitList(q.Get("exclude_types"))}
+	lq := store.LogQuery{EventTypes: splitList(q.Get("event_types")), ExcludeTypes: splitList(q.Get("exclude_types")),
+		MaxBytes: sessionLogsPageBytes}
 	if v := q.Get("after"); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
@@ -178,12 +180,7 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	size, n := 0, 0
-	for n < len(p.Entries) && (n == 0 || size+len(p.Entries[n]) <= sessionLogsPageBytes) {
-		size += len(p.Entries[n])
-		n++
-	}
-	entries := p.Entries[:n]
+	entries := p.Entries
 	h := w.Header()
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Total-Count", strconv.FormatInt(p.Total, 10))

@@ -475,3 +475,46 @@ func TestSessionLogsAfterFarFutureTimestamp(t *testing.T) {
 	_, got = e.sessionLogs(f, "after="+url.QueryEscape("0900-01-01T00:00:00Z"))
 	wantIDs(t, got, "past", "future", "ancient")
 }
+
+// TestSessionLogsByteCap: a page asking for 5,000 entries of a log four
+// times the byte cap holds at most sessionLogsPageBytes of entries, with
+// counts saying how many came and X-Has-More true; following the offset
+// reads every entry once, in order, until X-Has-More is false.
+func TestSessionLogsByteCap(t *testing.T) {
+	const n, size = 40, 200 << 10
+	e := newEnv(t, nil)
+	f := e.fixture()
+	entries := make([]any, n)
+	for i := range entries {
+		entries[i] = map[string]any{"id": strconv.Itoa(i), "type": "x", "pad": strings.Repeat("p", size)}
+	}
+	e.appendLog(f, entries...)
+	next := 0
+	for offset, pages := 0, 0; ; pages++ {
+		if pages > n {
+			t.Fatal("paging does not end")
+		}
+		res, got := e.sessionLogs(f, fmt.Sprintf("limit=5000&offset=%d", offset))
+		wantStatus(t, res, http.StatusOK)
+		if len(res.body) > sessionLogsPageBytes+n*100 || len(got) == 0 {
+			t.Fatalf("offset %d: %d entries in %d bytes, want 1.. within the %d-byte cap", offset, len(got), len(res.body), sessionLogsPageBytes)
+		}
+		for _, entry := range got {
+			if entry["id"] != strconv.Itoa(next) {
+				t.Fatalf("offset %d: entry %v, want %d", offset, entry["id"], next)
+			}
+			next++
+		}
+		offset += len(got)
+		wantHeaders(t, res, n, n, len(got), offset < n)
+		if offset >= n {
+			break
+		}
+		if offset == len(got) && len(got) >= n/2 {
+			t.Fatalf("the first page holds %d of %d entries: not cut at the cap", len(got), n)
+		}
+	}
+	if next != n {
+		t.Fatalf("read %d entries, want %d", next, n)
+	}
+}

@@ -23,6 +23,11 @@ const MaxRelayText = 10000
 
 var errRelayOff = &handlerError{Status: http.StatusServiceUnavailable, Msg: "Slack relay is not configured"}
 
+// errSlackChannel refuses a relay to a channel the run's project was not
+// allowed by its operator (runhub projects update --slack-channels).
+var errSlackChannel = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+	Detail: "This project may not post to the run's Slack channel; the operator allows channels with runhub projects update --slack-channels."}
+
 // decodeRelay decodes {"text": string ≤10,000}.
 func decodeRelay(body []byte) (string, error) {
 	f, err := parseBody(body)
@@ -45,7 +50,9 @@ type slackThread struct {
 	ThreadTS string `json:"thread_ts"`
 }
 
-// relayMessage serves POST .../relay_message.
+// relayMessage serves POST .../relay_message. After the skip rules, the
+// thread's channel must be in the project's Slack allow-list (else 403
+// permission_denied, nothing stored or posted).
 func (s *Server) relayMessage(w http.ResponseWriter, r *http.Request) error {
 	run, err := s.runOf(r)
 	if err != nil {
@@ -66,6 +73,19 @@ func (s *Server) relayMessage(w http.ResponseWriter, r *http.Request) error {
 	if store.IsTerminal(run.Status) || strings.TrimSpace(text) == "" || th.Channel == "" || th.ThreadTS == "" {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "skipped"})
 		return nil
+	}
+	// state.slack_thread is written by any key with task:write, so the
+	// channel it names is checked against the operator's allow-list before
+	// anything reaches the outbox. A project with no allowed channel posts
+	// nowhere.
+	project, err := s.store.GetProject(r.Context(), run.ProjectID)
+	if err != nil {
+		return err
+	}
+	if !project.AllowsSlackChannel(th.Channel) {
+		s.log.WarnContext(r.Context(), "relay refused: slack channel not allowed for the project",
+			"run_id", run.ID, "project", run.ProjectID, "channel", th.Channel)
+		return errSlackChannel
 	}
 	if s.relay == nil || !s.relay.Configured() {
 		return errRelayOff

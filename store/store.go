@@ -95,6 +95,26 @@ type Project struct {
 	ID        int64     `json:"id"`
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
+	// SlackChannels are the Slack channel ids the Slack relay may post to
+	// for this project's runs, set by the operator (projects update
+	// --slack-channels). state.slack_thread is written by any key with
+	// task:write, so it cannot be trusted to pick a channel by itself. Empty
+	// (the default, never nil) means the project may post nowhere: a bot
+	// reaches every channel it was invited to, and a project must not reach
+	// them by default.
+	SlackChannels []string `json:"slack_channels"`
+}
+
+// AllowsSlackChannel reports whether the operator allowed the project's runs
+// to post to channel. The comparison is exact: Slack channel ids are
+// case-sensitive upper-case ids such as C024BE91L.
+func (p *Project) AllowsSlackChannel(channel string) bool {
+	for _, c := range p.SlackChannels {
+		if c == channel {
+			return true
+		}
+	}
+	return false
 }
 
 // APIKey is a personal API key. Only a hash of its secret is stored.
@@ -299,6 +319,13 @@ type MutationResult struct {
 	Replayed bool
 }
 
+// ReadPageBytes caps the entry bytes that one session_logs page or one /ws
+// history reply reads from the store. Entries may be 1 MiB each and a page
+// may ask for 5,000 of them: the cap, not the row limit, is what keeps a
+// request's memory at a few MiB. 2 MiB is the page cut PostHog adopted after
+// huge session_logs pages timed out, and it is what clients already page by.
+const ReadPageBytes = 2 << 20
+
 // LogQuery filters a run's stored log entries (session_logs).
 type LogQuery struct {
 	After        *time.Time // only entries whose timestamp is strictly later
@@ -307,6 +334,11 @@ type LogQuery struct {
 	AfterSeq     int64
 	Limit        int
 	Offset       int
+	// MaxBytes stops the page before the entry that would take its entries
+	// past this many bytes; the store stops reading there, so no more than
+	// MaxBytes plus one entry is ever held. At least one entry is returned
+	// when any matches, so a reader always progresses. 0 means ReadPageBytes.
+	MaxBytes int
 }
 
 // LogPage is one page of session_logs.
@@ -325,6 +357,10 @@ type Store interface {
 	CreateProject(ctx context.Context, name string) (*Project, error)
 	GetProject(ctx context.Context, id int64) (*Project, error)
 	ListProjects(ctx context.Context) ([]Project, error)
+	// SetProjectSlackChannels replaces the project's Slack channel
+	// allow-list (nil or empty: the project may post nowhere) and returns
+	// the project after the change, or ErrNotFound.
+	SetProjectSlackChannels(ctx context.Context, id int64, channels []string) (*Project, error)
 
 	CreateAPIKey(ctx context.Context, k NewAPIKey) (*APIKey, error)
 	// APIKeyByHash returns the unrevoked key with that hash, or ErrNotFound.
@@ -364,7 +400,15 @@ type Store interface {
 
 	// Events returns up to limit (> 0) events of run with seq > after, in order.
 	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)
-	// QueryLog returns a filtered page of stored log entries; q.Limit must be > 0.
+	// EventsBefore returns the newest stored events of run with seq <
+	// before, at most limit (> 0) of them, in seq order. It stops reading at
+	// the event that would take their data past maxBytes (> 0), but returns
+	// at least one event when any exists, so a reader paging backwards
+	// (before = the first seq returned) always progresses.
+	EventsBefore(ctx context.Context, runID string, before int64, limit, maxBytes int) ([]Event, error)
+	// QueryLog returns a filtered page of stored log entries; q.Limit must be
+	// > 0. The page stops at q.MaxBytes (see LogQuery); Matching still counts
+	// every matching entry, so Offset+len(Entries) < Matching means more.
 	QueryLog(ctx context.Context, ref RunRef, q LogQuery) (*LogPage, error)
 	// StreamLog calls fn with every stored log entry of the run, in order,
 	// reading in pages so that a long log is never held in memory whole.

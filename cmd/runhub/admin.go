@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -143,11 +144,16 @@ func joinInts(ids []int64) string {
 
 func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError{"projects: want create or list\n" + usage}
+		return usageError{"projects: want create, list or update\n" + usage}
 	}
 	sub, args := args[0], args[1:]
 	fs := newFlags("projects " + sub)
 	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
+	var channels *string // nil: the flag was not given
+	fs.Func("slack-channels", "Slack channel ids the project may post to, comma-separated (\"\" clears)", func(v string) error {
+		channels = &v
+		return nil
+	})
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -179,11 +185,74 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tCREATED")
+		fmt.Fprintln(tw, "ID\tNAME\tCREATED\tSLACK_CHANNELS")
 		for _, p := range ps {
-			fmt.Fprintf(tw, "%d\t%s\t%s\n", p.ID, p.Name, store.FormatTime(p.CreatedAt))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", p.ID, p.Name, store.FormatTime(p.CreatedAt), slackChannelsText(p.SlackChannels))
 		}
 		return tw.Flush()
+	case "update":
+		if len(pos) != 1 {
+			return usageError{"projects update: want one project id"}
+		}
+		id, err := strconv.ParseInt(pos[0], 10, 64)
+		if err != nil || id <= 0 {
+			return usageError{"projects update: the project id is a number (see projects list)"}
+		}
+		if channels == nil {
+			return usageError{"projects update: nothing to change (--slack-channels C1,C2, or \"\" to clear)"}
+		}
+		list, err := parseSlackChannels(*channels)
+		if err != nil {
+			return err
+		}
+		st, err := openStore(ctx, *dataDir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		p, err := st.SetProjectSlackChannels(ctx, id, list)
+		if err != nil {
+			return fmt.Errorf("project %d: %w", id, err)
+		}
+		fmt.Fprintf(stdout, "project %d slack channels: %s\n", p.ID, slackChannelsText(p.SlackChannels))
+		return nil
 	}
 	return usageError{fmt.Sprintf("projects: unknown subcommand %q", sub)}
+}
+
+// maxSlackChannelID bounds one channel id: Slack's ids are about a dozen
+// characters (C024BE91L); anything much longer is a mistake, not an id.
+const maxSlackChannelID = 64
+
+// parseSlackChannels parses --slack-channels: comma-separated Slack channel
+// ids, each upper-case letters and digits as Slack writes them (the relay
+// compares them exactly with state.slack_thread.channel), duplicates
+// dropped. "" is the empty list, which allows no channel.
+func parseSlackChannels(v string) ([]string, error) {
+	out := []string{}
+	if strings.TrimSpace(v) == "" {
+		return out, nil
+	}
+	for _, c := range strings.Split(v, ",") {
+		c = strings.TrimSpace(c)
+		ok := c != "" && len(c) <= maxSlackChannelID
+		for _, r := range c {
+			ok = ok && (r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+		}
+		if !ok {
+			return nil, usageError{fmt.Sprintf("projects update: bad Slack channel id %q (ids such as C024BE91L, comma-separated)", c)}
+		}
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// slackChannelsText renders an allow-list for people; "-" is none.
+func slackChannelsText(channels []string) string {
+	if len(channels) == 0 {
+		return "-"
+	}
+	return strings.Join(channels, ",")
 }

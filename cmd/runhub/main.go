@@ -5,6 +5,7 @@
 //	runhub keys create --project 1 --scopes task:read,task:write [--label L]
 //	runhub keys list | keys revoke ID
 //	runhub projects create NAME | projects list
+//	runhub projects update ID --slack-channels C1,C2
 //	runhub agent --url WS_URL --token AGENT_TOKEN
 //
 // Every flag has a RUNHUB_* environment variable (see config.go). The keys
@@ -66,6 +67,7 @@ const usage = `usage:
   runhub keys revoke ID
   runhub projects create NAME
   runhub projects list
+  runhub projects update ID --slack-channels C1,C2   ("" clears: the project posts to no Slack channel)
   runhub agent --url WS_URL --token AGENT_TOKEN   (the reference sandbox agent)
 `
 

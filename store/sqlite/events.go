@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"runhub/store"
@@ -14,6 +15,13 @@ import (
 // streamPage is how many entries StreamLog reads per query: large enough to
 // amortise the query, small enough to keep memory flat for any log length.
 const streamPage = 1000
+
+// scanned reports an entry copied out of SQLite by a bounded read.
+func (s *Store) scanned(n int) {
+	if s.onScan != nil {
+		s.onScan(n)
+	}
+}
 
 // Events returns up to limit events of the run with seq > after, in order.
 func (s *Store) Events(ctx context.Context, runID string, after int64, limit int) ([]store.Event, error) {
@@ -93,17 +101,67 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 		return nil, fmt.Errorf("read log entries: %w", err)
 	}
 	defer rows.Close()
+	budget := q.MaxBytes
+	if budget <= 0 {
+		budget = store.ReadPageBytes
+	}
+	size := 0
 	for rows.Next() {
 		var data []byte
 		if err := rows.Scan(&data); err != nil {
 			return nil, fmt.Errorf("scan log entry: %w", err)
 		}
+		s.scanned(len(data))
+		if len(page.Entries) > 0 && size+len(data) > budget {
+			break // the rows after it are never read
+		}
+		size += len(data)
 		page.Entries = append(page.Entries, data)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read log entries: %w", err)
 	}
 	return page, nil
+}
+
+// EventsBefore returns the newest events of the run with seq < before, in
+// seq order, reading newest first and stopping at the byte budget.
+func (s *Store) EventsBefore(ctx context.Context, runID string, before int64, limit, maxBytes int) ([]store.Event, error) {
+	var rid int64
+	err := s.r.QueryRowContext(ctx, "SELECT rid FROM runs WHERE id = ?", runID).Scan(&rid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find run: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, "SELECT seq, kind, event_type, data FROM run_events WHERE rid = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+		rid, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Event
+	size := 0
+	for rows.Next() {
+		ev := store.Event{RunID: runID}
+		var data []byte
+		if err := rows.Scan(&ev.Seq, &ev.Kind, &ev.Type, &data); err != nil {
+			return nil, fmt.Errorf("scan event: %w", err)
+		}
+		s.scanned(len(data))
+		if len(out) > 0 && size+len(data) > maxBytes {
+			break
+		}
+		size += len(data)
+		ev.Data = data
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	slices.Reverse(out)
+	return out, nil
 }
 
 // StreamLog calls fn with each stored entry of the run, in seq order, up to

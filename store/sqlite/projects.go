@@ -21,42 +21,76 @@ func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project,
 	if err != nil {
 		return nil, fmt.Errorf("project id: %w", err)
 	}
-	return &store.Project{ID: id, Name: name, CreatedAt: now}, nil
+	return &store.Project{ID: id, Name: name, CreatedAt: now, SlackChannels: []string{}}, nil
+}
+
+const projectColumns = "id, name, created_at, slack_channels"
+
+func scanProject(sc interface{ Scan(...any) error }) (*store.Project, error) {
+	var p store.Project
+	var created int64
+	var channels string
+	if err := sc.Scan(&p.ID, &p.Name, &created, &channels); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(channels), &p.SlackChannels); err != nil {
+		return nil, fmt.Errorf("decode project slack channels: %w", err)
+	}
+	if p.SlackChannels == nil {
+		p.SlackChannels = []string{}
+	}
+	p.CreatedAt = fromMicros(created)
+	return &p, nil
 }
 
 // GetProject returns one project or store.ErrNotFound.
 func (s *Store) GetProject(ctx context.Context, id int64) (*store.Project, error) {
-	var p store.Project
-	var created int64
-	err := s.r.QueryRowContext(ctx, "SELECT id, name, created_at FROM projects WHERE id = ?", id).Scan(&p.ID, &p.Name, &created)
+	p, err := scanProject(s.r.QueryRowContext(ctx, "SELECT "+projectColumns+" FROM projects WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get project: %w", err)
 	}
-	p.CreatedAt = fromMicros(created)
-	return &p, nil
+	return p, nil
 }
 
 // ListProjects returns every project, oldest first.
 func (s *Store) ListProjects(ctx context.Context) ([]store.Project, error) {
-	rows, err := s.r.QueryContext(ctx, "SELECT id, name, created_at FROM projects ORDER BY id")
+	rows, err := s.r.QueryContext(ctx, "SELECT "+projectColumns+" FROM projects ORDER BY id")
 	if err != nil {
 		return nil, fmt.Errorf("list projects: %w", err)
 	}
 	defer rows.Close()
 	var out []store.Project
 	for rows.Next() {
-		var p store.Project
-		var created int64
-		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
+		p, err := scanProject(rows)
+		if err != nil {
 			return nil, fmt.Errorf("scan project: %w", err)
 		}
-		p.CreatedAt = fromMicros(created)
-		out = append(out, p)
+		out = append(out, *p)
 	}
 	return out, rows.Err()
+}
+
+// SetProjectSlackChannels replaces the project's Slack channel allow-list.
+func (s *Store) SetProjectSlackChannels(ctx context.Context, id int64, channels []string) (*store.Project, error) {
+	if channels == nil {
+		channels = []string{}
+	}
+	b, err := json.Marshal(channels)
+	if err != nil {
+		return nil, fmt.Errorf("encode slack channels: %w", err)
+	}
+	p, err := scanProject(s.w.QueryRowContext(ctx,
+		"UPDATE projects SET slack_channels = ? WHERE id = ? RETURNING "+projectColumns, string(b), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("set project slack channels: %w", err)
+	}
+	return p, nil
 }
 
 // CreateAPIKey stores a key (its hash only).

@@ -45,6 +45,9 @@ type Store struct {
 	now   func() time.Time
 	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
 	dir   string               // the database file's directory (ProbeWrite)
+	// onScan, when set (tests), is told the size of every entry a bounded
+	// read (QueryLog, EventsBefore) copied out of SQLite.
+	onScan func(bytes int)
 }
 
 var _ store.Store = (*Store)(nil)

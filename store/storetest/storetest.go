@@ -48,12 +48,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		fn   func(t *testing.T, s store.Store)
 	}{
 		{"ProjectsAndKeys", testProjectsAndKeys},
+		{"ProjectSlackChannels", testProjectSlackChannels},
 		{"Tasks", testTasks},
 		{"Runs", testRuns},
 		{"AppendLog", testAppendLog},
 		{"Idempotency", testIdempotency},
 		{"Events", testEvents},
 		{"QueryLog", testQueryLog},
+		{"BoundedReads", testBoundedReads},
 		{"StreamLog", testStreamLog},
 		{"Concurrency", testConcurrency},
 	}
