@@ -56,6 +56,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"QueryLog", testQueryLog},
 		{"StreamLog", testStreamLog},
 		{"Concurrency", testConcurrency},
+		{"Revocation", testRevocation},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
