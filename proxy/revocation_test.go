@@ -364,3 +364,78 @@ func TestRevocationClosesConnections(t *testing.T) {
 		waitFor(t, "node "+name+"'s watches to be released", func() bool { return n.rv.Watching() == 0 })
 	}
 }
+
+// TestRevocationsWatch: the poller's contract on its own: a watch fires
+// once when its key is revoked (at once when it already is), never after
+// its stop, never for key 0; Start fails when the store cannot be read (a
+// node must not serve tokens it cannot check); Close stops the polling.
+func TestRevocationsWatch(t *testing.T) {
+	ctx := context.Background()
+	db := filepath.Join(t.TempDir(), "db")
+	st, err := sqlite.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var ids []int64
+	for range 2 {
+		_, prefix, hash := store.GenerateAPIKey()
+		k, err := st.CreateAPIKey(ctx, store.NewAPIKey{Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeRead}, AllProjects: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, k.ID)
+	}
+	rv := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Interval: revPoll, Window: revWindow})
+	if err := rv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer rv.Close()
+
+	fired := make(chan struct{})
+	stop := rv.Watch(ids[0], func() { close(fired) }) // a second call would panic
+	defer stop()
+	rv.Watch(ids[0], func() { t.Error("a stopped watch fired") })()
+	rv.Watch(0, func() { t.Error("key 0 fired") })()
+	if rv.Revoked(ids[0]) || rv.Revoked(0) {
+		t.Fatal("revoked before any revocation")
+	}
+	if err := st.RevokeAPIKey(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-fired:
+	case <-time.After(revWindow):
+		t.Fatal("the watch did not fire within the window")
+	}
+	if !rv.Revoked(ids[0]) || rv.Revoked(ids[1]) {
+		t.Errorf("Revoked: %v %v, want true false", rv.Revoked(ids[0]), rv.Revoked(ids[1]))
+	}
+	now := false
+	rv.Watch(ids[0], func() { now = true })()
+	if !now {
+		t.Error("a watch of a revoked key did not fire at once")
+	}
+	if n := rv.Watching(); n != 0 {
+		t.Errorf("%d watches left", n)
+	}
+
+	// After Close, nothing is polled any more.
+	rv.Close()
+	if err := st.RevokeAPIKey(ctx, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * revPoll)
+	if rv.Revoked(ids[1]) {
+		t.Error("polled after Close")
+	}
+
+	closed, err := sqlite.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	if err := proxy.NewRevocations(proxy.RevocationConfig{Store: closed}).Start(ctx); err == nil {
+		t.Error("Start on a store that cannot be read succeeded")
+	}
+}
