@@ -67,6 +67,8 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 	rc.Flush()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	// A revoked key ends the response: EventSource has no close code.
+	defer h.watchKeys(r.Context(), cancel).stop()
 	write := func(_ context.Context, frames [][]byte) error {
 		rc.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout))
 		for _, f := range frames { // buffered by the server; one flush sends them together
@@ -141,11 +143,23 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		// sent, else a plain close).
 		ww.shorten(h.cfg.SlowGrace)
 	}
+	// A revoked key closes the stream with 4001; the close runs as a
+	// writer (stop, below, comes before writers.Wait, so none starts
+	// after it).
+	rv := h.watchKeys(r.Context(), func() {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			ws.Close(closeRevoked, "API key revoked")
+			cancel()
+		}()
+	})
 	p := h.startPinger(ctx, ws)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	h.conns.Add(1)
 	context.AfterFunc(ctx, func() {
 		defer h.conns.Done()
+		rv.stop()
 		// No wake-up reaches c once it is unsubscribed, so no writer
 		// starts after this; wait for the one that may be running.
 		h.unsubscribe(s)

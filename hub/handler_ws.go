@@ -154,6 +154,12 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	m.c.mux = true
 	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
 	defer m.closeAll()
+	// The connection closes (4001) when a key that authenticated it, or a
+	// token it used, is revoked; rest's authorizer notes token keys on ctx.
+	revoked := make(chan struct{})
+	rv := h.watchKeys(r.Context(), func() { close(revoked) })
+	defer rv.stop()
+	ctx = context.WithValue(ctx, revocationKey{}, rv)
 	stream := wsStream{ws: ws, gw: gw, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, h.cfg.WriteTimeout)
 	}}
@@ -173,6 +179,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		case <-ctx.Done():
 			return
 		case <-rpc.DisconnectNotify():
+			return
+		case <-revoked:
+			ws.Close(closeRevoked, "API key revoked")
 			return
 		case <-m.c.signal:
 		}

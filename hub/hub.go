@@ -120,6 +120,7 @@ type Hub struct {
 	m      *metrics
 
 	commands Commander // nil: /ws has no command method
+	guard    Guard     // nil: revoking a key closes no connection
 
 	mu   sync.Mutex
 	runs map[string]*runState

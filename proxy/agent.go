@@ -170,6 +170,10 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	// The connection lives as long as the key that minted its token.
+	revoked := make(chan struct{})
+	stopWatch := p.cfg.Tokens.revocations.Watch(claims.KeyID, func() { close(revoked) })
+	defer stopWatch()
 	p.conns.Add(1)
 	defer p.conns.Done()
 	defer ws.CloseNow()
@@ -203,6 +207,10 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		case <-s.rpc.DisconnectNotify():
 			alive = false
 		case <-ctx.Done():
+			alive = false
+		case <-revoked:
+			p.log.Info("agent token's API key revoked: closing", "run_id", run.ID, "key_id", claims.KeyID)
+			ws.Close(CloseBadToken, "API key revoked")
 			alive = false
 		case <-pings.C:
 			pctx, pcancel := context.WithTimeout(ctx, p.cfg.PongTimeout)

@@ -4,7 +4,9 @@
 // Connection tokens are RS256 JWTs for one run. Guarantees: a token
 // verifies only with the algorithm pinned to RS256, the expected audience,
 // an expiry in the future and a kid this node knows (the current key, or
-// the previous one during a rotation); the caller then checks the run.
+// the previous one during a rotation), and not minted by an API key that
+// was revoked (claim key_id, see Revocations); the caller then checks the
+// run.
 // The signing key comes from RUNHUB_JWT_PRIVATE_KEY or is generated on
 // first start and kept in the data directory with mode 0600.
 package proxy
@@ -55,6 +57,10 @@ type Claims struct {
 	UserID     int64  `json:"user_id"`
 	DistinctID string `json:"distinct_id"`
 	Scope      string `json:"scope"` // "read" or "write"
+	// KeyID is the API key that minted the token: the token dies with it
+	// (Revocations). 0 (absent): minted by runhub itself, or before tokens
+	// named their key; such a token lives until it expires.
+	KeyID int64 `json:"key_id,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -67,7 +73,13 @@ type Tokens struct {
 	kid  string
 	pubs map[string]*rsa.PublicKey // kid -> key: the current one and the previous one
 	now  func() time.Time
+
+	revocations *Revocations // nil: no key is revoked
 }
+
+// UseRevocations makes Verify refuse the tokens of revoked keys, and agent
+// connections close when their key is revoked (call before serving).
+func (t *Tokens) UseRevocations(r *Revocations) { t.revocations = r }
 
 // TokenConfig configures LoadTokens.
 type TokenConfig struct {
@@ -189,7 +201,8 @@ func (t *Tokens) Mint(c Claims, audience string) (string, time.Time, error) {
 }
 
 // Verify checks a token for the audience and returns its claims; every
-// failure is ErrBadToken (wrapping the reason).
+// failure is ErrBadToken (wrapping the reason). A token minted by a key
+// this node knows to be revoked fails too.
 func (t *Tokens) Verify(token, audience string) (*Claims, error) {
 	p := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
 		jwt.WithAudience(audience), jwt.WithExpirationRequired(), jwt.WithTimeFunc(t.now))
@@ -207,6 +220,9 @@ func (t *Tokens) Verify(token, audience string) (*Claims, error) {
 	}
 	if c.RunID == "" || (c.Scope != "read" && c.Scope != "write") {
 		return nil, fmt.Errorf("%w: missing run_id or scope", ErrBadToken)
+	}
+	if t.revocations.Revoked(c.KeyID) {
+		return nil, fmt.Errorf("%w: api key %d was revoked", ErrBadToken, c.KeyID)
 	}
 	return &c, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"runhub/hub"
 	"runhub/proxy"
 	"runhub/store"
 )
@@ -150,7 +151,8 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 // authorizer for its subscriptions. A connection may carry an API key
 // (task:read: the runs of the key's projects), a connection token (?token=
 // or a Bearer JWT: that token's run), or nothing, in which case each
-// subscribe must carry a token for its run.
+// subscribe must carry a token for its run. The connection is closed
+// (4001) when the API key behind any of these is revoked.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	var key *store.APIKey
 	var claims *proxy.Claims
@@ -161,6 +163,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		claims = c
+		r = r.WithContext(hub.WithKey(r.Context(), c.KeyID)) // closed when the key is revoked
 	} else if bearer(r) != "" {
 		k, err := s.authenticate(r)
 		if err == nil && !k.HasScope(store.ScopeRead) {
@@ -171,6 +174,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		key = k
+		r = r.WithContext(hub.WithKey(r.Context(), k.ID))
 	} else if s.tokens == nil {
 		s.writeError(w, r, errUnauthenticated)
 		return
@@ -183,6 +187,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 				return nil, false, store.ErrForbidden
 			}
 			run, err := s.runForToken(ctx, c, runID)
+			if err == nil {
+				hub.AuthenticatedBy(ctx, c.KeyID) // the connection dies with the key
+			}
 			return run, err == nil && c.CanWrite(), err
 		case claims != nil:
 			run, err := s.runForToken(ctx, claims, runID)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
+	"runhub/hub"
 	"runhub/store"
 )
 
@@ -100,7 +101,9 @@ func (s *Server) routes() {
 			if err != nil {
 				return err
 			}
-			return s.stream(w, r, run)
+			// The stream ends when the key is revoked.
+			key := r.Context().Value(keyCtx).(*store.APIKey)
+			return s.stream(w, r.WithContext(hub.WithKey(r.Context(), key.ID)), run)
 		})
 		// A connection token (?token= or a Bearer JWT) stands in for the
 		// API key: browsers cannot set headers on a WebSocket.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"runhub/hub"
 	"runhub/proxy"
 	"runhub/store"
 )
@@ -90,7 +91,7 @@ func (s *Server) streamWithToken(w http.ResponseWriter, r *http.Request, token s
 	}
 	run, err := s.store.GetRun(r.Context(), ref)
 	if err == nil {
-		err = s.stream(w, r, run)
+		err = s.stream(w, r.WithContext(hub.WithKey(r.Context(), c.KeyID)), run)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -145,7 +146,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) error {
 		return validation("role", "invalid", `role must be "client" or "agent".`)
 	}
 	tok, exp, err := s.tokens.Mint(proxy.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID,
-		UserID: key.ID, DistinctID: "api_key:" + key.Prefix, Scope: scope}, aud)
+		UserID: key.ID, DistinctID: "api_key:" + key.Prefix, Scope: scope, KeyID: key.ID}, aud)
 	if err != nil {
 		return err
 	}

@@ -152,6 +152,20 @@ func (k *APIKey) CanReach(project int64) bool {
 	return false
 }
 
+// RevocationMark summarises the revoked API keys: how many there are and
+// when the newest was revoked. Revocation is permanent, so the count only
+// grows and any revocation changes the mark, even one stamped by a clock
+// behind the newest (another machine's `keys revoke`).
+type RevocationMark struct {
+	Count  int64
+	Newest time.Time // zero when no key is revoked
+}
+
+// Same reports whether two marks describe the same revocations.
+func (m RevocationMark) Same(o RevocationMark) bool {
+	return m.Count == o.Count && m.Newest.Equal(o.Newest)
+}
+
 // NewAPIKey describes a key to create.
 type NewAPIKey struct {
 	Label       string
@@ -367,6 +381,14 @@ type Store interface {
 	APIKeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
 	ListAPIKeys(ctx context.Context) ([]APIKey, error)
 	RevokeAPIKey(ctx context.Context, id int64) error
+	// RevocationMark is a cheap summary of the revoked keys that changes
+	// with every revocation. `keys revoke` runs in another process and
+	// writes the store directly, so every node polls this (every second or
+	// two) to learn of revocations without a broker, and calls
+	// RevokedAPIKeyIDs only when the mark changed.
+	RevocationMark(ctx context.Context) (RevocationMark, error)
+	// RevokedAPIKeyIDs returns the ids of every revoked key, ascending.
+	RevokedAPIKeyIDs(ctx context.Context) ([]int64, error)
 
 	CreateTask(ctx context.Context, project int64, t NewTask) (*Task, error)
 	GetTask(ctx context.Context, project int64, id string) (*Task, error)

@@ -217,6 +217,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("connection tokens: %w", err)
 	}
+	// `keys revoke` writes the store from another process: poll it, refuse
+	// revoked keys' tokens and close what they opened.
+	revocations := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Logger: log})
+	if err := revocations.Start(ctx); err != nil {
+		return err
+	}
+	defer revocations.Close()
+	tokens.UseRevocations(revocations)
+	h.UseGuard(revocations)
 	files, err := blob.NewFS(filepath.Join(cfg.dataDir, "blobs"))
 	if err != nil {
 		return err

@@ -177,3 +177,40 @@ func (s *Store) RevokeAPIKey(ctx context.Context, id int64) error {
 	}
 	return nil
 }
+
+// RevocationMark counts the revoked keys and finds the newest revocation.
+// It scans api_keys, a table of operator-created keys that stays small, so
+// it needs no index.
+func (s *Store) RevocationMark(ctx context.Context) (store.RevocationMark, error) {
+	var m store.RevocationMark
+	var newest int64
+	err := s.r.QueryRowContext(ctx, "SELECT COUNT(revoked_at), COALESCE(MAX(revoked_at), 0) FROM api_keys").Scan(&m.Count, &newest)
+	if err != nil {
+		return m, fmt.Errorf("revocation mark: %w", err)
+	}
+	if m.Count > 0 {
+		m.Newest = fromMicros(newest)
+	}
+	return m, nil
+}
+
+// RevokedAPIKeyIDs returns the ids of the revoked keys, ascending.
+func (s *Store) RevokedAPIKeyIDs(ctx context.Context) ([]int64, error) {
+	rows, err := s.r.QueryContext(ctx, "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("revoked api keys: %w", err)
+	}
+	defer rows.Close()
+	ids := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("scan revoked api key: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("revoked api keys: %w", err)
+	}
+	return ids, nil
+}

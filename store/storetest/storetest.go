@@ -58,6 +58,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"BoundedReads", testBoundedReads},
 		{"StreamLog", testStreamLog},
 		{"Concurrency", testConcurrency},
+		{"Revocation", testRevocation},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
