@@ -411,6 +411,13 @@ func newMxEnv(t *testing.T) *mxEnv {
 	mx.env = newEnv(t, func(c *Config) {
 		h := hub.New(hub.Config{Store: c.Store})
 		t.Cleanup(h.Close)
+		rv := proxy.NewRevocations(proxy.RevocationConfig{Store: c.Store, Interval: 50 * time.Millisecond, Window: 2 * time.Second})
+		if err := rv.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(rv.Close)
+		tk.UseRevocations(rv)
+		h.UseGuard(rv)
 		svc := &runs.Service{Store: c.Store, Pub: h}
 		px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
 		t.Cleanup(px.Close)
