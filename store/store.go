@@ -420,7 +420,11 @@ type Store interface {
 	// GetRelay reads one relay.
 	GetRelay(ctx context.Context, id string) (*Relay, error)
 
-	// Events returns up to limit (> 0) events of run with seq > after, in order.
+	// Events returns up to limit (> 0) events of run with seq > after, in
+	// order, stopping before the event that would take their data past
+	// ReadPageBytes (at least one event is returned when any follows), so a
+	// catch-up page of 1 MiB entries never holds hundreds of MiB. A reader
+	// asks again after the last seq it got.
 	Events(ctx context.Context, runID string, after int64, limit int) ([]Event, error)
 	// EventsBefore returns the newest stored events of run with seq <
 	// before, at most limit (> 0) of them, in seq order. It stops reading at

@@ -12,7 +12,7 @@ import (
 )
 
 // TestBoundedReadsScanLittle: with 40 entries of 200 KiB and a row limit of
-// 5,000, QueryLog and EventsBefore copy out of SQLite no more than their
+// 5,000, QueryLog, EventsBefore and Events copy out of SQLite no more than their
 // byte budget plus the one entry that crossed it; they do not read the log
 // and trim afterwards. Counted through the scan hook, not timed.
 func TestBoundedReadsScanLittle(t *testing.T) {
@@ -47,5 +47,12 @@ func TestBoundedReadsScanLittle(t *testing.T) {
 	must(t, err)
 	if got := scanned.Load(); got > limit || len(evs) == 0 || len(evs) >= n {
 		t.Fatalf("EventsBefore: %d events returned, %d bytes scanned; want a partial reply and at most %d bytes", len(evs), got, limit)
+	}
+	// The hub's catch-up page asks for 500 events: the budget stops it too.
+	scanned.Store(0)
+	evs, err = s.Events(ctx, ref.RunID, 0, 500)
+	must(t, err)
+	if got := scanned.Load(); got > limit || len(evs) == 0 || len(evs) >= n {
+		t.Fatalf("Events: %d events returned, %d bytes scanned; want a partial page and at most %d bytes", len(evs), got, limit)
 	}
 }

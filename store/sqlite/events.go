@@ -39,11 +39,16 @@ func (s *Store) Events(ctx context.Context, runID string, after int64, limit int
 	}
 	defer rows.Close()
 	var out []store.Event
+	size := 0
 	for rows.Next() {
 		ev := store.Event{RunID: runID}
 		var data []byte
 		if err := rows.Scan(&ev.Seq, &ev.Kind, &ev.Type, &data); err != nil {
 			return nil, fmt.Errorf("scan event: %w", err)
+		}
+		s.scanned(len(data))
+		if size += len(data); len(out) > 0 && size > store.ReadPageBytes {
+			break
 		}
 		ev.Data = data
 		out = append(out, ev)

@@ -20,7 +20,7 @@ func bigLine(n int) string {
 	return fmt.Sprintf(`{"type":"notification","n":%d,"pad":"%s"}`, n, strings.Repeat("x", bigEntryBytes))
 }
 
-// testBoundedReads: QueryLog and EventsBefore stop at their byte budget
+// testBoundedReads: QueryLog, Events and EventsBefore stop at their byte budget
 // whatever their row limit asks for, return at least one entry when an
 // entry alone is over the budget, and page through the whole log in order
 // without loss; QueryLog's Matching still counts everything so that
@@ -84,6 +84,32 @@ func testBoundedReads(t *testing.T, s store.Store) {
 		}
 		if next != bigEntryCount+1 {
 			t.Fatalf("paging read %d entries, want %d", next-1, bigEntryCount)
+		}
+	})
+
+	t.Run("Events", func(t *testing.T) {
+		evs, err := s.Events(ctx, f.run.ID, 0, 500)
+		noErr(t, err, "Events")
+		data := make([][]byte, len(evs))
+		for i, ev := range evs {
+			data[i] = ev.Data
+		}
+		if n := size(data); len(evs) == 0 || len(evs) >= bigEntryCount || n > store.ReadPageBytes {
+			t.Fatalf("%d events, %d bytes: want a non-empty partial page within %d bytes", len(evs), n, store.ReadPageBytes)
+		}
+		// Paging forward after the last seq returned reads every event once.
+		var all []int64
+		for after := int64(0); ; {
+			page, err := s.Events(ctx, f.run.ID, after, 500)
+			noErr(t, err, "Events page")
+			if len(page) == 0 {
+				break
+			}
+			all = append(all, seqsOf(page)...)
+			after = page[len(page)-1].Seq
+		}
+		if want := seqRange(1, 41); fmt.Sprint(all) != fmt.Sprint(want) {
+			t.Fatalf("paged seqs %v, want 1..41", all)
 		}
 	})
 
