@@ -82,8 +82,9 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	agents map[string]*session // run id -> its current agent
+	mu       sync.Mutex
+	agents   map[string]*session // run id -> its current agent
+	accepted atomic.Uint64       // numbers connections in the order they were accepted
 	relay  Relay               // nil: one node
 	conns  sync.WaitGroup      // ServeAgent calls in progress
 }
@@ -130,6 +131,7 @@ type session struct {
 	run  *store.Run
 	ws   *websocket.Conn
 	rpc  *jsonrpc2.Conn
+	n    uint64 // order of acceptance on this node: the newer connection wins
 	mu   sync.Mutex
 	last int64 // highest batch seq accepted on this run through this node
 
@@ -180,20 +182,44 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(maxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	s := &session{run: run, ws: ws}
+	s := &session{run: run, ws: ws, n: p.accepted.Add(1)}
+	// The agent's requests wait until the session is registered and
+	// agent_connected is on the log: its first batch must follow that entry,
+	// and a command must find the session it answers through.
+	registered := make(chan struct{})
+	handle := p.handler(s)
+	gated := func(ctx context.Context, c *jsonrpc2.Conn, req *jsonrpc2.Request) (any, error) {
+		select {
+		case <-registered:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return handle(ctx, c, req)
+	}
 	stream := hub.NewObjectStream(ctx, ws, p.cfg.CommandTimeout)
-	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(p.handler(s)), jsonrpc2.SetLogger(discard{}))
+	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(gated), jsonrpc2.SetLogger(discard{}))
 	defer s.rpc.Close()
 
+	// Two connections of one run may reach this point in either order; the
+	// one accepted later is the newer and stays, whichever registers last.
 	p.mu.Lock()
 	old := p.agents[run.ID]
-	p.agents[run.ID] = s
+	superseded := old != nil && old.n > s.n
+	if !superseded {
+		p.agents[run.ID] = s
+	}
 	p.mu.Unlock()
+	if superseded {
+		ws.Close(CloseReplaced, "replaced by a newer agent connection")
+		p.log.Info("agent connection superseded before it started", "run_id", run.ID)
+		return
+	}
 	if old != nil {
 		old.ws.Close(CloseReplaced, "replaced by a newer agent connection")
 	}
 	p.claim(ctx, run.ID)
 	p.event(ctx, s, "agent_connected")
+	close(registered)
 	p.log.Info("agent connected", "run_id", run.ID)
 
 	pings := time.NewTicker(p.cfg.PingInterval)

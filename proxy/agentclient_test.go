@@ -36,11 +36,17 @@ type flakyStore struct {
 	store.Store
 	failBatches atomic.Int32
 	batchCalls  atomic.Int32 // appends with a key that reached the store
+	// slowConnected delays the append of agent_connected (nanoseconds),
+	// as a busy store would.
+	slowConnected atomic.Int64
 }
 
 var errStoreBusy = errors.New("database is locked")
 
 func (f *flakyStore) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
+	if len(entries) > 0 && entries[0].Type == "agent_connected" {
+		time.Sleep(time.Duration(f.slowConnected.Load()))
+	}
 	if idem != nil {
 		f.batchCalls.Add(1)
 		if f.failBatches.Add(-1) >= 0 {
