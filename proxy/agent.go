@@ -85,8 +85,8 @@ type Proxy struct {
 	mu       sync.Mutex
 	agents   map[string]*session // run id -> its current agent
 	accepted atomic.Uint64       // numbers connections in the order they were accepted
-	relay  Relay               // nil: one node
-	conns  sync.WaitGroup      // ServeAgent calls in progress
+	relay    Relay               // nil: one node
+	conns    sync.WaitGroup      // ServeAgent calls in progress
 }
 
 // Close ends every agent connection (1001 going away: agents reconnect,
@@ -274,12 +274,24 @@ func (p *Proxy) event(ctx context.Context, s *session, typ string) {
 }
 
 // refuse answers a refused agent connection: the status on plain HTTP, a
-// close code after the upgrade on a WebSocket request.
+// close code after the upgrade on a WebSocket request. The codes are REST's:
+// not_authenticated without a token, authentication_failed for a token that
+// does not verify, permission_denied for one that names no live run.
 func refuse(w http.ResponseWriter, r *http.Request, status int, code websocket.StatusCode, msg string) {
+	apiCode := "permission_denied"
+	if status == http.StatusUnauthorized {
+		apiCode = "authentication_failed"
+		if agentToken(r) == "" {
+			apiCode = "not_authenticated"
+		}
+	}
+	if log, ok := r.Context().Value(authFailureKey{}).(AuthFailureLog); ok {
+		log(r, status, apiCode)
+	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(map[string]any{"type": "authentication_error", "code": "authentication_failed", "detail": msg, "attr": nil})
+		json.NewEncoder(w).Encode(map[string]any{"type": "authentication_error", "code": apiCode, "detail": msg, "attr": nil})
 		return
 	}
 	ws, err := websocket.Accept(w, r, nil)
@@ -287,6 +299,20 @@ func refuse(w http.ResponseWriter, r *http.Request, status int, code websocket.S
 		return
 	}
 	ws.Close(code, msg)
+}
+
+// AuthFailureLog records a refused credential (the HTTP server's
+// rate-limited authentication log); status and code are those of the
+// refusal.
+type AuthFailureLog func(r *http.Request, status int, code string)
+
+type authFailureKey struct{}
+
+// WithAuthFailureLog returns a context under which ServeAgent reports each
+// refused agent token to log: the server that mounts /agent/connect keeps
+// one log of refused credentials for every route.
+func WithAuthFailureLog(ctx context.Context, log AuthFailureLog) context.Context {
+	return context.WithValue(ctx, authFailureKey{}, log)
 }
 
 type discard struct{}

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"runhub/proxy"
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // logBuffer is a slog JSON sink that handlers may write concurrently.
@@ -130,5 +132,46 @@ func TestAuthLogLimiter(t *testing.T) {
 	}
 	if ok, _ := a.allow(t0.Add(time.Second / authLogPerSecond)); ok {
 		t.Fatal("the refill gave more than one line")
+	}
+}
+
+// TestAgentAuthFailuresLogged: a refused agent token on /agent/connect
+// goes to the same log as every other refused credential, with REST's
+// codes (not_authenticated without a token, authentication_failed for one
+// that does not verify), and the token itself is never written.
+func TestAgentAuthFailuresLogged(t *testing.T) {
+	logs := &logBuffer{}
+	e := linkEnv(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+		px := proxy.New(proxy.Config{Tokens: c.Tokens.(*proxy.Tokens), Runs: &runs.Service{Store: c.Store}, Store: c.Store, DecodePatch: DecodeRunPatch})
+		t.Cleanup(px.Close)
+		c.Agent = px.ServeAgent
+	})
+	token := "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNlY3JldA"
+	for _, tc := range []struct {
+		path, code string
+	}{
+		{"/agent/connect", "not_authenticated"},
+		{"/agent/connect?token=" + token, "authentication_failed"},
+	} {
+		res := e.do(req{Method: "GET", Path: tc.path})
+		wantStatus(t, res, http.StatusUnauthorized)
+		var body struct{ Code string }
+		json.Unmarshal(res.body, &body)
+		if got := body.Code; got != tc.code {
+			t.Errorf("%s: code %v, want %s", tc.path, got, tc.code)
+		}
+	}
+	lines := logs.authLines(t)
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want 2:\n%s", len(lines), logs)
+	}
+	for i, want := range []string{"not_authenticated", "authentication_failed"} {
+		if lines[i]["code"] != want || lines[i]["path"] != "/agent/connect" || lines[i]["status"] != 401.0 {
+			t.Errorf("line %d: %v", i, lines[i])
+		}
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Errorf("the log holds the token: %s", logs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"runhub/hub"
+	"runhub/proxy"
 	"runhub/store"
 )
 
@@ -88,7 +89,9 @@ func (s *Server) routes() {
 	}
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
 	if s.agent != nil {
-		r.Handle("/agent/connect"+slash, s.agent).Methods(http.MethodGet)
+		r.HandleFunc("/agent/connect"+slash, func(w http.ResponseWriter, r *http.Request) {
+			s.agent(w, r.WithContext(proxy.WithAuthFailureLog(r.Context(), s.logAuthFailure)))
+		}).Methods(http.MethodGet)
 	}
 	if s.ws != nil {
 		r.Handle("/ws"+slash, http.HandlerFunc(s.serveWS)).Methods(http.MethodGet)
