@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"runhub/hub"
 	"runhub/proxy"
 	"runhub/store"
 )
@@ -174,6 +175,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	} else if s.tokens == nil {
 		s.writeError(w, r, errUnauthenticated)
 		return
+	}
+	if key != nil || claims != nil {
+		// Without credentials, the hub gives the connection a few seconds
+		// to subscribe with a token.
+		r = r.WithContext(hub.WithAuthenticated(r.Context()))
 	}
 	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, bool, error) {
 		switch {
