@@ -3,12 +3,14 @@ package proxy_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,5 +284,86 @@ func TestRelaySkippedOrUnconfigured(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if posts, _ := e.slack.snapshot(); len(posts) != 0 {
 		t.Fatalf("posts %+v", posts)
+	}
+}
+
+// closedRelays is the outbox as the worker uses it, which counts the calls
+// made after the test marked it closed (as serve closes the store once
+// SlackRelay.Close has returned).
+type closedRelays struct {
+	proxy.Relays
+	closed atomic.Bool
+	after  atomic.Int64
+}
+
+func (c *closedRelays) touch() error {
+	if c.closed.Load() {
+		c.after.Add(1)
+		return errors.New("store closed")
+	}
+	return nil
+}
+
+func (c *closedRelays) CreateRelay(ctx context.Context, r store.Relay) error {
+	if err := c.touch(); err != nil {
+		return err
+	}
+	return c.Relays.CreateRelay(ctx, r)
+}
+
+func (c *closedRelays) DueRelays(ctx context.Context, now time.Time, limit int) ([]store.Relay, error) {
+	if err := c.touch(); err != nil {
+		return nil, err
+	}
+	return c.Relays.DueRelays(ctx, now, limit)
+}
+
+func (c *closedRelays) UpdateRelay(ctx context.Context, r store.Relay) error {
+	if err := c.touch(); err != nil {
+		return err
+	}
+	return c.Relays.UpdateRelay(ctx, r)
+}
+
+// TestRelayCloseJoinsWorker: Close stops the worker Start launched and
+// returns promptly, while a post is in flight (Slack does not answer) or
+// while a message waits for its backoff; once it has returned the worker
+// never touches the store. serve used to start the worker with go and
+// close the store without waiting for it.
+func TestRelayCloseJoinsWorker(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		script string
+		ready  func(e *relayEnv, id string) bool
+	}{
+		{"post in flight", "hang", func(e *relayEnv, _ string) bool { p, _ := e.slack.snapshot(); return len(p) == 1 }},
+		{"waiting for backoff", "500", func(e *relayEnv, id string) bool {
+			r, err := e.st.GetRelay(context.Background(), id)
+			return err == nil && r.LastError != "" && r.NextAt.After(time.Now())
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRelayEnv(t, "xoxb-test")
+			e.slack.script = []string{tc.script}
+			outbox := &closedRelays{Relays: e.st}
+			w := proxy.NewSlackRelay(outbox, proxy.SlackConfig{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
+				Poll: 10 * time.Millisecond, MinBackoff: time.Minute, MaxBackoff: time.Hour})
+			w.Start(context.Background())
+			t.Cleanup(w.Close)
+			run := e.threadRun("in_progress")
+			out := e.relayMessage(run, "hello")
+			waitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
+
+			start := time.Now()
+			w.Close()
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("Close took %v", d)
+			}
+			outbox.closed.Store(true)
+			time.Sleep(200 * time.Millisecond) // many polls
+			if n := outbox.after.Load(); n > 0 {
+				t.Fatalf("the worker used the store %d times after Close returned", n)
+			}
+		})
 	}
 }
