@@ -50,11 +50,9 @@ func TestCloseJoinsBackgroundWork(t *testing.T) {
 				positionCheck: tc.positionCheck,
 			})
 			run := e.newRun()
-			c := dialMux(t, e)
-			if m := rpcCall(t, c, 1, "subscribe", map[string]any{"run_id": run}, 5*time.Second); m.Error != nil {
-				t.Fatalf("subscribe: error %d", m.Error.Code)
-			}
-			wantSeqs(t, testCtx(t, 5*time.Second), c, run, 1, 1)
+			// An SSE subscriber: its handler, not the hub, owns the
+			// connection.
+			e.mustSSE(testCtx(t, 10*time.Second), run, "").wantIDs(t, 1, 1)
 			waitFor(t, 5*time.Second, "the subscription to go live", func() bool { return e.h.LiveForTest() == 1 })
 			if tc.gap {
 				// seq 3 arrives without seq 2: the run waits for it, then

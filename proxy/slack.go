@@ -183,6 +183,9 @@ func (s *SlackRelay) deliver(ctx context.Context, r store.Relay) {
 			return
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return // shutting down: the next start looks again
+			}
 			s.retryLater(ctx, r, err)
 			return
 		}

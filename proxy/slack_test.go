@@ -32,6 +32,10 @@ type fakeSlack struct {
 	posts  []slackPost
 	tries  []time.Time
 	hang   chan struct{}
+	// lookupsHang: conversations.replies never answers; lookups counts
+	// its calls.
+	lookupsHang bool
+	lookups     int
 }
 
 type slackPost struct {
@@ -83,6 +87,12 @@ func newFakeSlack(t *testing.T) *fakeSlack {
 		case "/conversations.replies":
 			r.ParseForm()
 			f.mu.Lock()
+			f.lookups++
+			if f.lookupsHang {
+				f.mu.Unlock()
+				<-f.hang
+				return
+			}
 			var msgs []map[string]any
 			for _, p := range f.posts {
 				if p.Channel == r.Form.Get("channel") && p.ThreadTS == r.Form.Get("ts") {
@@ -326,28 +336,38 @@ func (c *closedRelays) UpdateRelay(ctx context.Context, r store.Relay) error {
 }
 
 // TestRelayCloseJoinsWorker: Close stops the worker Start launched and
-// returns promptly, while a post is in flight (Slack does not answer) or
-// while a message waits for its backoff; once it has returned the worker
-// never touches the store. serve used to start the worker with go and
+// returns promptly, while a post or a thread lookup is in flight (Slack
+// does not answer) or while a message waits for its backoff; once it has
+// returned the worker never touches the store. serve used to start the worker with go and
 // close the store without waiting for it.
 func TestRelayCloseJoinsWorker(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		script string
-		ready  func(e *relayEnv, id string) bool
+		name        string
+		script      string
+		lookupsHang bool
+		backoff     time.Duration
+		ready       func(e *relayEnv, id string) bool
 	}{
-		{"post in flight", "hang", func(e *relayEnv, _ string) bool { p, _ := e.slack.snapshot(); return len(p) == 1 }},
-		{"waiting for backoff", "500", func(e *relayEnv, id string) bool {
+		{"post in flight", "hang", false, time.Minute, func(e *relayEnv, _ string) bool { p, _ := e.slack.snapshot(); return len(p) == 1 }},
+		{"waiting for backoff", "500", false, time.Minute, func(e *relayEnv, id string) bool {
 			r, err := e.st.GetRelay(context.Background(), id)
 			return err == nil && r.LastError != "" && r.NextAt.After(time.Now())
+		}},
+		// A retry first looks for the message in its thread; when that
+		// lookup is cut short, the worker records the outcome in the store.
+		{"thread lookup in flight", "500", true, 20 * time.Millisecond, func(e *relayEnv, _ string) bool {
+			e.slack.mu.Lock()
+			defer e.slack.mu.Unlock()
+			return e.slack.lookups > 0
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newRelayEnv(t, "xoxb-test")
 			e.slack.script = []string{tc.script}
+			e.slack.lookupsHang = tc.lookupsHang
 			outbox := &closedRelays{Relays: e.st}
 			w := proxy.NewSlackRelay(outbox, proxy.SlackConfig{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
-				Poll: 10 * time.Millisecond, MinBackoff: time.Minute, MaxBackoff: time.Hour})
+				Poll: 10 * time.Millisecond, MinBackoff: tc.backoff, MaxBackoff: time.Hour})
 			w.Start(context.Background())
 			t.Cleanup(w.Close)
 			run := e.threadRun("in_progress")
