@@ -2,10 +2,14 @@ package hub_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"runhub/hub"
 	"runhub/store"
@@ -189,4 +193,128 @@ func TestPositionCheckFindsLostTail(t *testing.T) {
 	e.setStatus(run, "completed") // seq 7, then stream-end: nothing was sent twice
 	c.wantIDs(t, 7, 7)
 	c.wantEnd(t, "completed")
+}
+
+// stallBroker delivers in-process, and its Subscribe for one run blocks
+// until released or until its context ends, like a Redis that stopped
+// answering.
+type stallBroker struct {
+	h       *hub.Hub
+	stalled string
+	entered chan struct{} // closed when the stalled Subscribe starts
+	release chan struct{}
+	ended   chan error // the stalled Subscribe's result
+
+	mu         sync.Mutex
+	subscribed map[string]bool
+}
+
+func (b *stallBroker) Publish(_ context.Context, runID string, events []store.Event) error {
+	b.h.Deliver(runID, events)
+	return nil
+}
+
+func (b *stallBroker) Subscribe(ctx context.Context, runID string) error {
+	if runID == b.stalled {
+		close(b.entered)
+		var err error
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		b.ended <- err
+		if err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.subscribed[runID] = true
+	return nil
+}
+
+func (b *stallBroker) Unsubscribe(_ context.Context, runID string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.subscribed, runID)
+	return nil
+}
+
+func (b *stallBroker) isSubscribed(run string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.subscribed[run]
+}
+
+// TestBrokerStallBlocksOnlyItsRun: a broker Subscribe that hangs for one
+// run does not hold up subscribers of another run on the same node, and
+// the hanging call is given up after BrokerTimeout (the subscriber then
+// gets its reply and is served from the store and the position check).
+// The hub used to hold one mutex across every broker call, with no
+// deadline: one stalled Redis call blocked every subscribe on the node for
+// as long as it lasted.
+func TestBrokerStallBlocksOnlyItsRun(t *testing.T) {
+	const bound = time.Second
+	b := &stallBroker{entered: make(chan struct{}), release: make(chan struct{}), ended: make(chan error, 1),
+		subscribed: map[string]bool{}}
+	e := newHTEnv(t, hub.Config{BrokerTimeout: bound}, htOptions{setup: func(h *hub.Hub) { b.h = h; h.UseBroker(b) }})
+	t.Cleanup(func() {
+		select {
+		case <-b.release:
+		default:
+			close(b.release)
+		}
+	})
+	stalled, other := e.newRun(), e.newRun()
+	b.stalled = stalled
+	c1, c2 := dialMux(t, e), dialMux(t, e)
+	ctx := testCtx(t, 10*time.Second)
+
+	send(t, c1, fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"run_id":%q}}`, stalled))
+	select {
+	case <-b.entered:
+	case <-ctx.Done():
+		t.Fatal("no broker Subscribe for the run")
+	}
+	start := time.Now()
+
+	// Another run's subscriber is served while the call hangs.
+	if m := rpcCall(t, c2, 1, "subscribe", map[string]any{"run_id": other}, bound/2); m.Error != nil {
+		t.Fatalf("subscribe to another run: error %d", m.Error.Code)
+	}
+	select {
+	case err := <-b.ended:
+		t.Fatalf("the stalled call ended (%v) before the other run's subscribe was answered", err)
+	default:
+	}
+	if !b.isSubscribed(other) {
+		t.Fatal("the other run is not subscribed at the broker")
+	}
+	wantSeqs(t, ctx, c2, other, 1, 1)
+
+	// The hanging call is given up after the bound, and its subscriber
+	// answered.
+	select {
+	case err := <-b.ended:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stalled Subscribe ended with %v, want its deadline", err)
+		}
+	case <-time.After(5 * bound):
+		t.Fatalf("the stalled Subscribe still runs %v after it started; want it bounded by %v", time.Since(start), bound)
+	}
+	if d := time.Since(start); d < bound*9/10 {
+		t.Errorf("stalled Subscribe gave up after %v, before its %v bound", d, bound)
+	}
+	if m := readReply(t, ctx, c1, 1); m.Error != nil {
+		t.Fatalf("subscribe to the stalled run: error %d", m.Error.Code)
+	}
+	wantSeqs(t, ctx, c1, stalled, 1, 1)
+
+	// Leaving ends the broker subscriptions.
+	c1.Close(websocket.StatusNormalClosure, "")
+	c2.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, 5*time.Second, "the broker subscriptions to end", func() bool {
+		return !b.isSubscribed(other) && !b.isSubscribed(stalled)
+	})
 }

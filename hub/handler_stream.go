@@ -65,8 +65,13 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 	hdr.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc.Flush()
+	if !h.hold() {
+		return
+	}
+	defer h.work.Done()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
+	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
 	// A revoked key ends the response: EventSource has no close code.
 	defer h.watchKeys(r.Context(), cancel).stop()
 	write := func(_ context.Context, frames [][]byte) error {
@@ -110,6 +115,10 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	ws, gw, err := acceptWS(w, r)
 	if err != nil {
 		return nil // Accept has answered the request
+	}
+	if !h.hold() {
+		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		return nil
 	}
 	// CloseRead's goroutine answers pings and the close handshake (this
 	// stream takes no client messages); ctx ends with the connection, or
@@ -156,9 +165,8 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	})
 	p := h.startPinger(ctx, ws)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
-	h.conns.Add(1)
 	context.AfterFunc(ctx, func() {
-		defer h.conns.Done()
+		defer h.work.Done()
 		rv.stop()
 		// No wake-up reaches c once it is unsubscribed, so no writer
 		// starts after this; wait for the one that may be running.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -21,9 +22,30 @@ import (
 // error, -32600 invalid request, -32601 method not found, -32602 invalid
 // params, -32603 internal error), in the server-defined range.
 const (
-	CodeForbidden = -32003 // the caller may not follow this run
-	CodeNotFound  = -32004 // no such run (or not in a project the caller reaches)
+	CodeForbidden            = -32003 // the caller may not follow this run
+	CodeNotFound             = -32004 // no such run (or not in a project the caller reaches)
+	CodeTooManySubscriptions = -32005 // the connection follows MaxSubscriptions runs already
+	CodeTooManyCommands      = -32006 // the connection has MaxCommands commands in flight
 )
+
+// closeUnauthenticated closes a /ws connection that did not authenticate
+// within AuthTimeout (the code of a refused connection token).
+const closeUnauthenticated websocket.StatusCode = 4001
+
+type authenticatedKey struct{}
+
+// WithAuthenticated marks the context of a /ws request whose credentials
+// (an API key or a connection token) the caller verified before ServeWS.
+// A connection without the mark is closed (4001) unless one of its
+// requests carries a token the authorizer accepts within AuthTimeout.
+func WithAuthenticated(ctx context.Context) context.Context {
+	return context.WithValue(ctx, authenticatedKey{}, true)
+}
+
+func authenticatedAtUpgrade(ctx context.Context) bool {
+	v, _ := ctx.Value(authenticatedKey{}).(bool)
+	return v
+}
 
 // maxWSMessage bounds one client message on /ws; requests are small.
 const maxWSMessage = 1 << 20
@@ -131,26 +153,44 @@ type muxSession struct {
 	authorize RunAuthorizer
 	mu        sync.Mutex
 	subs      map[string]*sub
+	// authed: the connection carried credentials, or a request's token
+	// was accepted; until then it lives at most AuthTimeout.
+	authed atomic.Bool
+	// commands holds a slot per command in flight (MaxCommands); running
+	// counts their goroutines, which ServeWS waits for.
+	commands chan struct{}
+	running  sync.WaitGroup
 }
 
-// ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws for an
-// authenticated caller: subscribe {"run_id", "after"?: seq | "latest"} →
-// {"run_id", "last_seq"}; unsubscribe {"run_id"}; the server sends event
-// and stream_end notifications.
+// ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws:
+// subscribe {"run_id", "after"?: seq | "latest"} → {"run_id", "last_seq"};
+// unsubscribe {"run_id"}; the server sends event and stream_end
+// notifications. A request whose context is not marked WithAuthenticated
+// must authenticate with a token in a request within AuthTimeout, else the
+// connection is closed (4001). A connection follows at most
+// MaxSubscriptions runs and has at most MaxCommands commands in flight.
 func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer) {
 	ws, gw, err := acceptWS(w, r)
 	if err != nil {
 		return
 	}
 	defer ws.CloseNow()
+	if !h.hold() {
+		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer h.work.Done()
 	ws.SetReadLimit(maxWSMessage)
+	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}, commands: make(chan struct{}, h.cfg.MaxCommands)}
+	m.authed.Store(authenticatedAtUpgrade(r.Context()))
 	ctx, cancel := context.WithCancel(r.Context())
+	defer m.running.Wait() // after cancel: commands end with ctx
 	defer cancel()
 	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	defer ww.stop()
 	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
-	m := &muxSession{h: h, c: newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write), authorize: authorize, subs: map[string]*sub{}}
+	m.c = newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	m.c.mux = true
 	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
 	defer m.closeAll()
@@ -167,6 +207,12 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	defer rpc.Close()
 	p := h.startPinger(ctx, ws)
 	defer p.stop()
+	var authDeadline <-chan time.Time
+	if !m.authed.Load() {
+		t := time.NewTimer(h.cfg.AuthTimeout)
+		defer t.Stop()
+		authDeadline = t.C
+	}
 	for {
 		if err := m.c.flush(ctx, h); err != nil {
 			h.logEnd(ctx, "", "ws-mux", err)
@@ -184,6 +230,13 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 			ws.Close(closeRevoked, "API key revoked")
 			return
 		case <-m.c.signal:
+		case <-authDeadline:
+			authDeadline = nil
+			if !m.authed.Load() {
+				h.log.Info("unauthenticated /ws connection closed", "peer", r.RemoteAddr, "after", h.cfg.AuthTimeout.String())
+				ws.Close(closeUnauthenticated, "not authenticated")
+				return
+			}
 		}
 	}
 }
@@ -212,7 +265,16 @@ func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc
 	if req.Method == "command" && !req.Notif {
 		// A command waits for an agent (up to the command timeout): it
 		// must not hold up the connection's other requests.
+		select {
+		case m.commands <- struct{}{}:
+		default:
+			rc.ReplyWithError(ctx, req.ID, rpcError(CodeTooManyCommands, "too many commands in flight"))
+			return
+		}
+		m.running.Add(1)
 		go func() {
+			defer m.running.Done()
+			defer func() { <-m.commands }()
 			result, rerr := m.command(ctx, req)
 			if rerr != nil {
 				rc.ReplyWithError(ctx, req.ID, rerr)
@@ -268,6 +330,9 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	}
 	switch req.Method {
 	case "subscribe":
+		if m.full(p.RunID) {
+			return nil, rpcError(CodeTooManySubscriptions, "too many subscriptions")
+		}
 		run, _, rerr := m.resolve(ctx, p.RunID, p.Token)
 		if rerr != nil {
 			return nil, rerr
@@ -305,6 +370,39 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 	return nil, rpcError(jsonrpc2.CodeMethodNotFound, "method not found: "+req.Method)
 }
 
+// full reports whether subscribing to runID would exceed MaxSubscriptions
+// (subscribing again to a run the connection follows replaces its
+// subscription). Subscriptions whose stream ended (stream_end was sent)
+// make room first: a task board whose runs completed may follow new ones
+// without unsubscribing. Handle runs one request at a time, so nothing
+// else subscribes in between.
+func (m *muxSession) full(runID string) bool {
+	m.mu.Lock()
+	_, again := m.subs[runID]
+	n := len(m.subs)
+	m.mu.Unlock()
+	if again || n < m.h.cfg.MaxSubscriptions {
+		return false
+	}
+	var ended []*sub
+	m.mu.Lock()
+	for id, s := range m.subs {
+		s.run.mu.Lock()
+		done := s.ended
+		s.run.mu.Unlock()
+		if done {
+			ended = append(ended, s)
+			delete(m.subs, id)
+		}
+	}
+	n = len(m.subs)
+	m.mu.Unlock()
+	for _, s := range ended {
+		m.h.unsubscribe(s)
+	}
+	return n >= m.h.cfg.MaxSubscriptions
+}
+
 // runIDParam checks a run_id param and returns its canonical form.
 func runIDParam(v string) (string, *jsonrpc2.Error) {
 	id, err := uuid.Parse(v)
@@ -327,6 +425,7 @@ func (m *muxSession) resolve(ctx context.Context, runID, token string) (*store.R
 	case err != nil:
 		return nil, false, rpcError(jsonrpc2.CodeInternalError, "internal error")
 	}
+	m.authed.Store(true) // the caller proved it may follow a run
 	return run, write, nil
 }
 

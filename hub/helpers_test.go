@@ -60,6 +60,8 @@ type htOptions struct {
 	setup func(*hub.Hub)
 	// positionCheck runs the hub's position check (h.Run) as serve does.
 	positionCheck bool
+	// tokens enables connection tokens (endpoint 9, tokens on /ws).
+	tokens rest.Tokens
 }
 
 func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
@@ -89,7 +91,13 @@ func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 		}
 	}
 	svc := &runs.Service{Store: st, Pub: h}
-	srv := httptest.NewUnstartedServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS}))
+	rcfg := rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS}
+	for _, o := range opts {
+		if o.tokens != nil {
+			rcfg.Tokens = o.tokens
+		}
+	}
+	srv := httptest.NewUnstartedServer(rest.New(rcfg))
 	for _, o := range opts {
 		if o.listener != nil {
 			srv.Listener = o.listener(srv.Listener)

@@ -67,6 +67,27 @@ const (
 	// one are held for it: long enough for a publisher that committed first
 	// but published second, short enough to be unnoticed by a person.
 	DefaultReorderWait = 100 * time.Millisecond
+	// DefaultAuthTimeout is how long a /ws connection opened without
+	// credentials may stay before it authenticates (a request carrying a
+	// valid token): a browser subscribes with its token right after
+	// connecting, well within a second; an idle stranger must not hold a
+	// socket and its goroutines for ever.
+	DefaultAuthTimeout = 10 * time.Second
+	// DefaultMaxSubscriptions bounds the runs one /ws connection follows:
+	// a task board follows tens; each subscription is hub state and fan-out
+	// work on every event of its run, which one client must not multiply
+	// without end.
+	DefaultMaxSubscriptions = 1000
+	// DefaultMaxCommands bounds one /ws connection's commands waiting for
+	// their agents: each holds a goroutine for up to the command timeout
+	// (30 s), and a person sends a handful at a time.
+	DefaultMaxCommands = 64
+	// DefaultBrokerTimeout bounds one broker subscribe or unsubscribe: a
+	// healthy Redis answers in milliseconds, and a stalled one must not hold
+	// a subscriber's reply (or a connection's teardown) for longer. A run
+	// whose subscribe timed out is still covered by the position check (and
+	// go-redis subscribes it again when it reconnects).
+	DefaultBrokerTimeout = 5 * time.Second
 	// maxPending bounds the events held per run while waiting for a gap.
 	maxPending = 4096
 	// catchUpPage is how many events one store read returns while a
@@ -109,6 +130,12 @@ type Config struct {
 	KeepAlive    time.Duration
 	PingInterval time.Duration
 	PongTimeout  time.Duration
+	// AuthTimeout, MaxSubscriptions, MaxCommands and BrokerTimeout: see
+	// their defaults (0: default).
+	AuthTimeout      time.Duration
+	MaxSubscriptions int
+	MaxCommands      int
+	BrokerTimeout    time.Duration
 }
 
 // Hub is one node's fan-out.
@@ -125,14 +152,23 @@ type Hub struct {
 	mu   sync.Mutex
 	runs map[string]*runState
 
-	// ctx ends detached connections (WebSocket streams) at Close; conns
-	// counts them.
-	ctx   context.Context
-	stop  context.CancelFunc
-	conns sync.WaitGroup
+	// ctx ends, at Close, everything the hub runs: connections (WebSocket
+	// streams outlive their handlers), the position check and gap reads;
+	// work counts them (see hold), so that Close can wait for them.
+	ctx    context.Context
+	stop   context.CancelFunc
+	work   sync.WaitGroup
+	workMu sync.Mutex
+	closed bool // guarded by workMu
 
-	brokerMu   sync.Mutex      // serialises broker (un)subscribe calls
-	brokerSubs map[string]bool // runs the broker is subscribed to; guarded by brokerMu
+	brokerMu   sync.Mutex              // guards brokerRuns (never held across broker I/O)
+	brokerRuns map[string]*brokerState // runs with a broker subscription or a call in flight
+}
+
+// brokerState is the broker subscription of one run as the hub knows it.
+type brokerState struct {
+	subscribed bool          // as of the last completed call
+	busy       chan struct{} // non-nil while a call is in flight; closed when it ends
 }
 
 // runState is the subscribers of one run on this node.
@@ -190,21 +226,61 @@ func New(cfg Config) *Hub {
 	if cfg.ReorderWait <= 0 {
 		cfg.ReorderWait = DefaultReorderWait
 	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
+	}
+	if cfg.MaxSubscriptions <= 0 {
+		cfg.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if cfg.MaxCommands <= 0 {
+		cfg.MaxCommands = DefaultMaxCommands
+	}
+	if cfg.BrokerTimeout <= 0 {
+		cfg.BrokerTimeout = DefaultBrokerTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerSubs: map[string]bool{}, m: newMetrics()}
+	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerRuns: map[string]*brokerState{}, m: newMetrics()}
 	h.ctx, h.stop = context.WithCancel(context.Background())
 	h.broker = memory.New(h.Deliver)
 	return h
 }
 
-// Close ends every connection the hub holds after its handler returned
-// (WebSocket streams) and waits until they are gone. Call it once the HTTP
-// server has stopped calling handlers.
+// Close ends everything the hub runs (connections, including WebSocket
+// streams that outlive their handlers, the position check and gap reads)
+// and waits until it is gone: after Close returns the hub reads nothing
+// from the store, so the store may close. It may be called more than once.
 func (h *Hub) Close() {
+	h.workMu.Lock()
+	h.closed = true
+	h.workMu.Unlock()
 	h.stop()
-	h.conns.Wait()
+	h.work.Wait()
+}
+
+// hold registers work that Close must end and wait for; the caller calls
+// h.work.Done when it finishes. It reports false once Close has begun: the
+// work must not start.
+func (h *Hub) hold() bool {
+	h.workMu.Lock()
+	defer h.workMu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.work.Add(1)
+	return true
+}
+
+// Start runs the position check (see Run) until Close, which waits for it.
+func (h *Hub) Start() {
+	if !h.hold() {
+		return
+	}
+	go func() {
+		defer h.work.Done()
+		h.check(h.ctx)
+	}()
 }
 
 // UseBroker replaces the in-process broker (call before serving). The
@@ -240,7 +316,21 @@ func (h *Hub) Resync(runID string) {
 // on their way through the broker are not lost; under load there always
 // are some, which is why one check is not enough.) It bounds how long a
 // lost message can go unnoticed to two intervals.
+//
+// Run also returns at Close, which waits for it; serve uses Start.
 func (h *Hub) Run(ctx context.Context) {
+	if !h.hold() {
+		return
+	}
+	defer h.work.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(h.ctx, cancel)()
+	h.check(ctx)
+}
+
+// check is the position check loop of Run.
+func (h *Hub) check(ctx context.Context) {
 	t := time.NewTicker(h.cfg.CheckInterval)
 	defer t.Stop()
 	unseen := map[string]int64{} // run -> an unseen seq found at the last check
@@ -430,8 +520,13 @@ func (rs *runState) releaseAll(ready []store.Event) []store.Event {
 // The run reads the missing events from the store once, for all of its
 // subscribers, rather than each subscriber reading them on its own; only
 // when the store cannot fill the gap either (a read error, or a gap longer
-// than a page) do the subscribers backfill themselves.
+// than a page) do the subscribers backfill themselves. A timer that fires
+// after Close does nothing; one that fired before is waited for by Close.
 func (h *Hub) gapExpired(rs *runState) {
+	if !h.hold() {
+		return
+	}
+	defer h.work.Done()
 	rs.mu.Lock()
 	rs.gapTimer = nil
 	from, to := rs.head, int64(0)
@@ -446,12 +541,12 @@ func (h *Hub) gapExpired(rs *runState) {
 	}
 	var evs []store.Event
 	if n := to - 1 - from; n > 0 && n <= catchUpPage {
-		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.WriteTimeout)
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
 		var err error
 		evs, err = h.src.Events(ctx, rs.id, from, int(n))
 		cancel()
 		h.m.gapReads.Inc()
-		if err != nil {
+		if err != nil && h.ctx.Err() == nil {
 			h.log.Warn("gap backfill failed; subscribers will read the store", "run_id", rs.id, "err", err)
 		}
 	}
@@ -569,32 +664,76 @@ func (h *Hub) unsubscribe(s *sub) {
 	}
 	h.mu.Unlock()
 	if empty {
-		h.syncBroker(context.Background(), rs.id)
+		h.syncBroker(h.ctx, rs.id)
 	}
 }
 
 // syncBroker makes the broker subscription of a run match whether the run
-// has subscribers now. Calls are serialised and each reconciles to the
-// current state, so racing subscribe/unsubscribe pairs cannot leave a run
-// with subscribers but no broker subscription.
+// has subscribers now, and returns when it does (or when ctx ends; the call
+// in flight then finishes the job). Each call to the broker is bounded by
+// BrokerTimeout and made without any hub lock held, so a stalled broker
+// delays only the subscribers of the run it stalls on. At most one call per
+// run is in flight; whoever made it reconciles again when it returns, so
+// racing subscribe/unsubscribe pairs cannot leave a run with subscribers
+// but no broker subscription, or subscribed without subscribers.
 func (h *Hub) syncBroker(ctx context.Context, runID string) {
-	h.brokerMu.Lock()
-	defer h.brokerMu.Unlock()
-	h.mu.Lock()
-	_, want := h.runs[runID]
-	h.mu.Unlock()
-	have := h.brokerSubs[runID]
-	switch {
-	case want && !have:
-		if err := h.broker.Subscribe(ctx, runID); err != nil {
-			h.log.WarnContext(ctx, "broker subscribe failed; the position check covers it", "run_id", runID, "err", err)
+	for {
+		h.brokerMu.Lock()
+		bs := h.brokerRuns[runID]
+		if bs != nil && bs.busy != nil {
+			busy := bs.busy
+			h.brokerMu.Unlock()
+			select {
+			case <-busy:
+				continue
+			case <-ctx.Done():
+				return
+			}
 		}
-		h.brokerSubs[runID] = true
-	case !want && have:
-		if err := h.broker.Unsubscribe(context.Background(), runID); err != nil {
-			h.log.Warn("broker unsubscribe failed", "run_id", runID, "err", err)
+		h.mu.Lock()
+		_, want := h.runs[runID]
+		h.mu.Unlock()
+		if want == (bs != nil && bs.subscribed) {
+			h.brokerMu.Unlock()
+			return
 		}
-		delete(h.brokerSubs, runID)
+		if bs == nil {
+			bs = &brokerState{}
+			h.brokerRuns[runID] = bs
+		}
+		done := make(chan struct{})
+		bs.busy = done
+		h.brokerMu.Unlock()
+
+		// Detached from the caller: other subscribers of the run wait for
+		// this call, whoever made it.
+		bctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
+		var err error
+		if want {
+			err = h.broker.Subscribe(bctx, runID)
+		} else {
+			err = h.broker.Unsubscribe(bctx, runID)
+		}
+		cancel()
+		if err != nil && h.ctx.Err() == nil {
+			op := "unsubscribe"
+			if want {
+				op = "subscribe"
+			}
+			h.log.Warn("broker "+op+" failed; the position check covers the run", "run_id", runID, "err", err)
+		}
+
+		h.brokerMu.Lock()
+		// A failed call counts as done: the broker keeps the run's
+		// subscription state (go-redis re-subscribes what it was asked to
+		// on reconnect), and the position check covers lost messages.
+		bs.subscribed = want
+		bs.busy = nil
+		if !want {
+			delete(h.brokerRuns, runID)
+		}
+		close(done)
+		h.brokerMu.Unlock()
 	}
 }
 

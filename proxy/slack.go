@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"runhub/store"
@@ -52,6 +53,10 @@ type SlackRelay struct {
 	cfg   SlackConfig
 	store Relays
 	wake  chan struct{}
+
+	mu     sync.Mutex
+	cancel context.CancelFunc // ends the worker Start launched
+	done   chan struct{}      // closed when that worker has returned
 }
 
 // NewSlackRelay builds the relay over the outbox.
@@ -101,6 +106,37 @@ func (s *SlackRelay) Enqueue(ctx context.Context, id, runID, channel, threadTS, 
 	return nil
 }
 
+// Start runs the worker (Run) in the background until ctx ends or Close.
+// It starts at most one worker; later calls do nothing.
+func (s *SlackRelay) Start(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done != nil {
+		return
+	}
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.done = make(chan struct{})
+	go func(done chan struct{}) {
+		defer close(done)
+		s.Run(ctx)
+	}(s.done)
+}
+
+// Close stops the worker Start launched and waits until it has returned,
+// so that the store may close: a post in flight is abandoned (the message
+// stays in the outbox, and the next worker looks in the thread before
+// posting it again), a message waiting for its backoff stays due later.
+func (s *SlackRelay) Close() {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}
+
 // Run posts due messages until ctx ends; pending messages survive a
 // restart in the outbox.
 func (s *SlackRelay) Run(ctx context.Context) {
@@ -147,6 +183,9 @@ func (s *SlackRelay) deliver(ctx context.Context, r store.Relay) {
 			return
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return // shutting down: the next start looks again
+			}
 			s.retryLater(ctx, r, err)
 			return
 		}

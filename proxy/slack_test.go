@@ -3,12 +3,14 @@ package proxy_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +33,10 @@ type fakeSlack struct {
 	tries  []time.Time
 	calls  int // requests of any kind, answered or not
 	hang   chan struct{}
+	// lookupsHang: conversations.replies never answers; lookups counts
+	// its calls.
+	lookupsHang bool
+	lookups     int
 }
 
 type slackPost struct {
@@ -85,6 +91,12 @@ func newFakeSlack(t *testing.T) *fakeSlack {
 		case "/conversations.replies":
 			r.ParseForm()
 			f.mu.Lock()
+			f.lookups++
+			if f.lookupsHang {
+				f.mu.Unlock()
+				<-f.hang
+				return
+			}
 			var msgs []map[string]any
 			for _, p := range f.posts {
 				if p.Channel == r.Form.Get("channel") && p.ThreadTS == r.Form.Get("ts") {
@@ -353,5 +365,96 @@ func TestRelayChannelAllowList(t *testing.T) {
 	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
 	if posts, _ := e.slack.snapshot(); len(posts) != 1 || posts[0].Channel != "C42" || posts[0].Text != "allowed" {
 		t.Fatalf("posts %+v, want one to C42", posts)
+	}
+}
+
+// closedRelays is the outbox as the worker uses it, which counts the calls
+// made after the test marked it closed (as serve closes the store once
+// SlackRelay.Close has returned).
+type closedRelays struct {
+	proxy.Relays
+	closed atomic.Bool
+	after  atomic.Int64
+}
+
+func (c *closedRelays) touch() error {
+	if c.closed.Load() {
+		c.after.Add(1)
+		return errors.New("store closed")
+	}
+	return nil
+}
+
+func (c *closedRelays) CreateRelay(ctx context.Context, r store.Relay) error {
+	if err := c.touch(); err != nil {
+		return err
+	}
+	return c.Relays.CreateRelay(ctx, r)
+}
+
+func (c *closedRelays) DueRelays(ctx context.Context, now time.Time, limit int) ([]store.Relay, error) {
+	if err := c.touch(); err != nil {
+		return nil, err
+	}
+	return c.Relays.DueRelays(ctx, now, limit)
+}
+
+func (c *closedRelays) UpdateRelay(ctx context.Context, r store.Relay) error {
+	if err := c.touch(); err != nil {
+		return err
+	}
+	return c.Relays.UpdateRelay(ctx, r)
+}
+
+// TestRelayCloseJoinsWorker: Close stops the worker Start launched and
+// returns promptly, while a post or a thread lookup is in flight (Slack
+// does not answer) or while a message waits for its backoff; once it has
+// returned the worker never touches the store. serve used to start the worker with go and
+// close the store without waiting for it.
+func TestRelayCloseJoinsWorker(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		script      string
+		lookupsHang bool
+		backoff     time.Duration
+		ready       func(e *relayEnv, id string) bool
+	}{
+		{"post in flight", "hang", false, time.Minute, func(e *relayEnv, _ string) bool { p, _ := e.slack.snapshot(); return len(p) == 1 }},
+		{"waiting for backoff", "500", false, time.Minute, func(e *relayEnv, id string) bool {
+			r, err := e.st.GetRelay(context.Background(), id)
+			return err == nil && r.LastError != "" && r.NextAt.After(time.Now())
+		}},
+		// A retry first looks for the message in its thread; when that
+		// lookup is cut short, the worker records the outcome in the store.
+		{"thread lookup in flight", "500", true, 20 * time.Millisecond, func(e *relayEnv, _ string) bool {
+			e.slack.mu.Lock()
+			defer e.slack.mu.Unlock()
+			return e.slack.lookups > 0
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRelayEnv(t, "xoxb-test")
+			e.slack.script = []string{tc.script}
+			e.slack.lookupsHang = tc.lookupsHang
+			outbox := &closedRelays{Relays: e.st}
+			w := proxy.NewSlackRelay(outbox, proxy.SlackConfig{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
+				Poll: 10 * time.Millisecond, MinBackoff: tc.backoff, MaxBackoff: time.Hour})
+			w.Start(context.Background())
+			t.Cleanup(w.Close)
+			run := e.threadRun("in_progress")
+			out := e.relayMessage(run, "hello")
+			waitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
+
+			start := time.Now()
+			w.Close()
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("Close took %v", d)
+			}
+			outbox.closed.Store(true)
+			time.Sleep(200 * time.Millisecond) // many polls
+			if n := outbox.after.Load(); n > 0 {
+				t.Fatalf("the worker used the store %d times after Close returned", n)
+			}
+		})
 	}
 }

@@ -179,6 +179,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errUnauthenticated)
 		return
 	}
+	if key != nil || claims != nil {
+		// Without credentials, the hub gives the connection a few seconds
+		// to subscribe with a token.
+		r = r.WithContext(hub.WithAuthenticated(r.Context()))
+	}
 	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, bool, error) {
 		switch {
 		case token != "" && s.tokens != nil:

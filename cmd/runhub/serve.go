@@ -201,7 +201,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ready = b.Ready
 		log.Info("broker: redis pub/sub")
 	}
-	go h.Run(ctx)
+	h.Start()       // the position check; Close (below, or at an early return) waits for it
+	defer h.Close() // before the store closes (deferred earlier)
 	if cfg.pprofAddr != "" {
 		stopPprof, err := servePprof(cfg.pprofAddr, log)
 		if err != nil {
@@ -267,7 +268,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Logger: log})
 	if slack.Configured() {
 		// Pending messages of an earlier run of the server are posted too.
-		go slack.Run(ctx)
+		slack.Start(ctx)
+		defer slack.Close() // waits for the worker before the store closes
 	}
 	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
