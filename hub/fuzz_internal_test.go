@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
@@ -30,6 +31,7 @@ func FuzzWSMessage(f *testing.F) {
 		f.Add([]byte(s), true)
 	}
 	f.Add([]byte{0xff, 0x00}, false)
+	f.Add([]byte(`{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"run_id":"`+"\xff"+`"}}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, text bool) {
 		h := New(Config{Store: emptySource{}})
 		defer h.Close()
@@ -48,10 +50,13 @@ func FuzzWSMessage(f *testing.F) {
 			var r struct {
 				Error *jsonrpc2.Error `json:"error"`
 			}
-			if json.Unmarshal(reply, &r) != nil || r.Error == nil || r.Error.Code == 0 {
+			if json.Unmarshal(reply, &r) != nil || r.Error == nil || r.Error.Code == 0 || !utf8.Valid(reply) {
 				t.Fatalf("bad error reply %s", reply)
 			}
 			return
+		}
+		if !utf8.Valid(b) && req.Method != "" {
+			t.Fatalf("a request that is not UTF-8 was accepted: %q", b)
 		}
 		if _, rerr := m.handle(context.Background(), &req); rerr != nil && rerr.Code == 0 {
 			t.Fatalf("error without a code: %+v", rerr)
@@ -61,4 +66,35 @@ func FuzzWSMessage(f *testing.F) {
 			t.Fatalf("after closing: %d runs, %d subscriptions", runs, subs)
 		}
 	})
+}
+
+// TestDecodeMessageRefusesInvalidUTF8: a request that is not UTF-8 gets
+// -32602 under its own id (null when it has none) and is not decoded; a
+// response (an agent's answer) goes through for the proxy to repair.
+func TestDecodeMessageRefusesInvalidUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		msg, id string
+		refused bool
+	}{
+		{`{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"run_id":"` + "\xff" + `"}}`, "7", true},
+		{`{"jsonrpc":"2.0","id":"a","method":"append_log","params":{"entries":[{"t` + "\xc3" + `":1}]}}`, `"a"`, true},
+		{`{"jsonrpc":"2.0","method":"note","params":{"x":"` + "\xfe" + `"}}`, "null", true},
+		{`{"jsonrpc":"2.0","id":3,"result":{"text":"` + "\xff" + `"}}`, "", false},
+	} {
+		var req map[string]any // what jsonrpc2 decodes into takes requests and responses
+		reply := decodeMessage(websocket.MessageText, []byte(tc.msg), &req)
+		if !tc.refused {
+			if reply != nil {
+				t.Errorf("%q: refused with %s, want it decoded", tc.msg, reply)
+			}
+			continue
+		}
+		var r struct {
+			ID    json.RawMessage `json:"id"`
+			Error *jsonrpc2.Error `json:"error"`
+		}
+		if json.Unmarshal(reply, &r) != nil || r.Error == nil || r.Error.Code != jsonrpc2.CodeInvalidParams || string(r.ID) != tc.id || req != nil {
+			t.Errorf("%q: reply %s (decoded %v), want -32602 with id %s", tc.msg, reply, req, tc.id)
+		}
+	}
 }

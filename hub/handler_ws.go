@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
@@ -137,6 +139,22 @@ func decodeMessage(typ websocket.MessageType, b []byte, v any) (reply []byte) {
 		return parseErrorReply
 	case len(b) > 0 && strings.TrimSpace(string(b[:1])) == "[":
 		return invalidRequestReply
+	case !utf8.Valid(b):
+		// Stored and relayed text is always UTF-8 (a browser closes the
+		// socket with 1007 on anything else), so a request that is not is
+		// refused, not repaired, and the connection goes on. A response
+		// (an agent's answer to a command) goes through: the proxy
+		// replaces what is not UTF-8 before relaying it.
+		var req struct {
+			ID     json.RawMessage `json:"id"`
+			Method *string         `json:"method"`
+		}
+		if json.Unmarshal(b, &req) != nil || req.Method != nil {
+			if len(req.ID) == 0 || !utf8.Valid(req.ID) {
+				req.ID = json.RawMessage("null")
+			}
+			return fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%s,"error":{"code":-32602,"message":"Invalid params: text must be valid UTF-8"}}`, req.ID)
+		}
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return invalidRequestReply

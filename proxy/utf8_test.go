@@ -14,12 +14,11 @@ import (
 	"runhub/proxy"
 )
 
-// TestAgentTextIsUTF8: bytes that are not UTF-8 in what an agent sends
-// (append_log, update, set_output) never reach the store as such (jsonrpc2
-// decodes params into Go values, which replace them with U+FFFD); what an
-// agent answers to a command reaches the client as valid UTF-8; a /ws
-// command whose params are not UTF-8 is refused (-32602) before it reaches
-// the agent.
+// TestAgentTextIsUTF8: a request of an agent that is not UTF-8
+// (append_log, update, set_output) is refused with -32602 under its id and
+// stores nothing, and the connection goes on; what an agent answers to a
+// command reaches the client as valid UTF-8; a /ws command whose params are
+// not UTF-8 is refused (-32602) before it reaches the agent.
 func TestAgentTextIsUTF8(t *testing.T) {
 	e := newPxEnv(t, proxy.Config{})
 	run := e.newRun("")
@@ -32,9 +31,17 @@ func TestAgentTextIsUTF8(t *testing.T) {
 		`{"jsonrpc":"2.0","id":5,"method":"set_output","params":{"output":{"a":["` + "\xfe" + `"]}}}`,
 	} {
 		a.send(t, req)
-		if m := a.read(t); m["id"] != float64(i+1) {
-			t.Fatalf("request %d: answer %v", i+1, m)
+		m := a.read(t)
+		if e, _ := m["error"].(map[string]any); m["id"] != float64(i+1) || e == nil || e["code"] != float64(jsonrpc2.CodeInvalidParams) {
+			t.Fatalf("request %d: answer %v, want -32602", i+1, m)
 		}
+	}
+	if got := e.logTypes(run); len(got) != 1 || got[0] != "agent_connected" {
+		t.Fatalf("log after refused requests: %v, want agent_connected alone", got)
+	}
+	// The connection goes on: a valid batch is stored.
+	if m := a.append(t, 6, `{"seq":1,"entries":[{"type":"console","text":"café"}]}`); m["error"] != nil {
+		t.Fatalf("valid batch after refusals: %v", m)
 	}
 	for _, path := range []string{e.runPath(run), e.runPath(run) + "/logs"} {
 		if b := e.call("GET", path, "", http.StatusOK, nil); !utf8.Valid(b) {
