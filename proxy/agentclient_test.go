@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,14 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"net/http/httptest"
-
-	"runhub/hub"
 	"runhub/proxy"
-	"runhub/rest"
 	"runhub/store"
-	"runhub/store/runs"
-	"runhub/store/sqlite"
 )
 
 // flakyStore is the real store, except that the next failBatches appends
@@ -60,40 +53,11 @@ func (f *flakyStore) AppendLog(ctx context.Context, ref store.RunRef, entries []
 // flakyStore.
 func newFlakyPxEnv(t *testing.T) (*pxEnv, *flakyStore) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := hub.New(hub.Config{Store: st})
-	t.Cleanup(h.Close)
-	flaky := &flakyStore{Store: st}
-	svc := &runs.Service{Store: flaky, Pub: h}
-	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch})
-	t.Cleanup(px.Close) // after the server, before the store: disconnections are recorded
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent}))
-	t.Cleanup(srv.Close)
-	e := &pxEnv{t: t, srv: srv, st: st, px: px}
-	p, err := st.CreateProject(ctx, "proxy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.project = p.ID
-	secret, prefix, hash := store.GenerateAPIKey()
-	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Label: "t", Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeAll}, AllProjects: true}); err != nil {
-		t.Fatal(err)
-	}
-	e.key = secret
-	var task struct{ ID string }
-	e.call("POST", fmt.Sprintf("/api/projects/%d/tasks/", e.project), `{"title":"t"}`, http.StatusCreated, &task)
-	e.task = task.ID
+	var flaky *flakyStore
+	e := newPxEnvWith(t, proxy.Config{}, func(st store.Store) store.Store {
+		flaky = &flakyStore{Store: st}
+		return flaky
+	})
 	return e, flaky
 }
 

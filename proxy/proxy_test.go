@@ -41,6 +41,13 @@ type pxEnv struct {
 
 func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
 	t.Helper()
+	return newPxEnvWith(t, cfg, nil)
+}
+
+// newPxEnvWith is newPxEnv whose run service writes through wrap(store)
+// (nil: the store itself).
+func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.Store) *pxEnv {
+	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
 	if err != nil {
@@ -53,9 +60,14 @@ func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
 	}
 	h := hub.New(hub.Config{Store: st})
 	t.Cleanup(h.Close)
-	svc := &runs.Service{Store: st, Pub: h}
+	var writes store.Store = st
+	if wrap != nil {
+		writes = wrap(st)
+	}
+	svc := &runs.Service{Store: writes, Pub: h}
 	cfg.Tokens, cfg.Runs, cfg.Store, cfg.DecodePatch = tk, svc, st, rest.DecodeRunPatch
 	px := proxy.New(cfg)
+	t.Cleanup(px.Close) // after the server, before the store: disconnections are recorded
 	h.UseCommands(px.WSCommand)
 	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
 		Tokens: tk, Commands: px, Agent: px.ServeAgent}))

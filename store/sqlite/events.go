@@ -23,8 +23,17 @@ func (s *Store) scanned(n int) {
 	}
 }
 
-// Events returns up to limit events of the run with seq > after, in order.
+// Events returns up to limit events of the run with seq > after, in order,
+// stopping at the read budget.
 func (s *Store) Events(ctx context.Context, runID string, after int64, limit int) ([]store.Event, error) {
+	return s.boundedEvents(ctx, runID, "seq > ? ORDER BY seq", after, limit, store.ReadPageBytes)
+}
+
+// boundedEvents reads the events of run matching where (on seq, with its
+// order) and stops before the event that would take their data past
+// maxBytes, keeping at least one: it never copies more than maxBytes and one
+// event out of SQLite.
+func (s *Store) boundedEvents(ctx context.Context, runID, where string, seq int64, limit, maxBytes int) ([]store.Event, error) {
 	var rid int64
 	err := s.r.QueryRowContext(ctx, "SELECT rid FROM runs WHERE id = ?", runID).Scan(&rid)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -33,7 +42,7 @@ func (s *Store) Events(ctx context.Context, runID string, after int64, limit int
 	if err != nil {
 		return nil, fmt.Errorf("find run: %w", err)
 	}
-	rows, err := s.r.QueryContext(ctx, "SELECT seq, kind, event_type, data FROM run_events WHERE rid = ? AND seq > ? ORDER BY seq LIMIT ?", rid, after, limit)
+	rows, err := s.r.QueryContext(ctx, "SELECT seq, kind, event_type, data FROM run_events WHERE rid = ? AND "+where+" LIMIT ?", rid, seq, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}
@@ -47,13 +56,17 @@ func (s *Store) Events(ctx context.Context, runID string, after int64, limit int
 			return nil, fmt.Errorf("scan event: %w", err)
 		}
 		s.scanned(len(data))
-		if size += len(data); len(out) > 0 && size > store.ReadPageBytes {
+		if len(out) > 0 && size+len(data) > maxBytes {
 			break
 		}
+		size += len(data)
 		ev.Data = data
 		out = append(out, ev)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	return out, nil
 }
 
 // logFilter builds the WHERE clause shared by session_logs' count and page.
@@ -132,41 +145,9 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 // EventsBefore returns the newest events of the run with seq < before, in
 // seq order, reading newest first and stopping at the byte budget.
 func (s *Store) EventsBefore(ctx context.Context, runID string, before int64, limit, maxBytes int) ([]store.Event, error) {
-	var rid int64
-	err := s.r.QueryRowContext(ctx, "SELECT rid FROM runs WHERE id = ?", runID).Scan(&rid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, store.ErrNotFound
-	}
-	if err != nil {
-		return nil, fmt.Errorf("find run: %w", err)
-	}
-	rows, err := s.r.QueryContext(ctx, "SELECT seq, kind, event_type, data FROM run_events WHERE rid = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-		rid, before, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
-	}
-	defer rows.Close()
-	var out []store.Event
-	size := 0
-	for rows.Next() {
-		ev := store.Event{RunID: runID}
-		var data []byte
-		if err := rows.Scan(&ev.Seq, &ev.Kind, &ev.Type, &data); err != nil {
-			return nil, fmt.Errorf("scan event: %w", err)
-		}
-		s.scanned(len(data))
-		if len(out) > 0 && size+len(data) > maxBytes {
-			break
-		}
-		size += len(data)
-		ev.Data = data
-		out = append(out, ev)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
-	}
+	out, err := s.boundedEvents(ctx, runID, "seq < ? ORDER BY seq DESC", before, limit, maxBytes)
 	slices.Reverse(out)
-	return out, nil
+	return out, err
 }
 
 // StreamLog calls fn with each stored entry of the run, in seq order, up to
