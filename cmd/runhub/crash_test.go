@@ -288,17 +288,7 @@ func TestBootstrapAndAdminCommands(t *testing.T) {
 		t.Fatalf("the bootstrap key path is not logged:\n%s", logs)
 	}
 
-	cli := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(runhubBinary(t), args...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("runhub %v: %v\n%s", args, err, stderr.String())
-		}
-		return string(out)
-	}
+	cli := func(args ...string) string { t.Helper(); return runCLI(t, args...) }
 	id := strings.TrimSpace(cli("projects", "create", "Acme", "--data-dir", dataDir))
 	if id != "2" {
 		t.Fatalf("projects create printed %q, want 2", id)
