@@ -37,6 +37,12 @@ const (
 	// 1 KB schema. A 64 KiB schema without such sharing has a few thousand
 	// subschemas, so 10,000 refuses no honest schema.
 	MaxSchemaExpanded = 10_000
+	// schemaRecursionLaps is how deep a recursive $ref is unrolled when the
+	// schema is counted: as deep as MaxSchemaDepth, so that a recursion
+	// that branches at all (2^32 checks) is over MaxSchemaExpanded however
+	// many levels each lap spans, while a linear one (a tree of children)
+	// costs 32 times its lap.
+	schemaRecursionLaps = 32
 	// maxCachedSchemas bounds the compiled schemas a Service keeps: one
 	// of MaxSchemaBytes (2,500 properties) holds about 2.2 MB once
 	// compiled, so the cache stays under 150 MB at worst, while a node
@@ -114,31 +120,32 @@ func CompileSchema(schema json.RawMessage) (*jsonschema.Schema, error) {
 		}
 		return nil, errSchemaInvalid
 	}
-	if expandedSize(sch, map[*jsonschema.Schema]int{}, map[*jsonschema.Schema]bool{}) > MaxSchemaExpanded {
+	if expandedSize(sch, map[*jsonschema.Schema]int{}) > MaxSchemaExpanded {
 		return nil, errSchemaExpands
 	}
 	return sch, nil
 }
 
 // expandedSize counts the subschemas of s as validation visits them, every
-// $ref followed, capped just above MaxSchemaExpanded. A $ref back to a
-// schema being counted (recursion) counts once: it repeats only as deep as
-// the value being validated.
-func expandedSize(s *jsonschema.Schema, memo map[*jsonschema.Schema]int, counting map[*jsonschema.Schema]bool) int {
+// $ref followed, capped just above MaxSchemaExpanded. A recursive $ref (back
+// to a schema on the current path) is followed schemaRecursionLaps times:
+// a recursion that visits one schema per lap (a list of children) stays
+// small, one that branches (two $refs back per lap, which costs 2^depth
+// checks of a deep enough output) passes the cap and is refused. Nothing is
+// memoised, since a schema's count depends on the path to it; the cap
+// bounds the walk itself.
+func expandedSize(s *jsonschema.Schema, onPath map[*jsonschema.Schema]int) int {
 	if s == nil {
 		return 0
 	}
-	if n, ok := memo[s]; ok {
-		return n
-	}
-	if counting[s] {
+	if onPath[s] >= schemaRecursionLaps {
 		return 1
 	}
-	counting[s] = true
+	onPath[s]++
 	n := 1
 	add := func(c *jsonschema.Schema) {
 		if n <= MaxSchemaExpanded {
-			n += expandedSize(c, memo, counting)
+			n += expandedSize(c, onPath)
 		}
 	}
 	addAny := func(v any) { // the fields that hold a schema, a bool or a list
@@ -180,10 +187,8 @@ func expandedSize(s *jsonschema.Schema, memo map[*jsonschema.Schema]int, countin
 	addAny(s.AdditionalProperties)
 	addAny(s.Items)
 	addAny(s.AdditionalItems)
-	delete(counting, s)
-	n = min(n, MaxSchemaExpanded+1)
-	memo[s] = n
-	return n
+	onPath[s]--
+	return min(n, MaxSchemaExpanded+1)
 }
 
 // refKeywords hold a reference; dataKeywords hold instance data (which

@@ -155,6 +155,27 @@ func TestCompileSchemaLimits(t *testing.T) {
 	_, err = CompileSchema(json.RawMessage(chain(30)))
 	wantSchemaError(t, "2^30 expansion", err, errSchemaExpands)
 
+	// Recursion: one $ref back per lap (a tree of children, a linked
+	// list) is linear in the output and allowed; two per lap (allOf of the
+	// same recursive schema, or a recursive schema reached twice at one
+	// place) checks a value of depth d 2^d times and is refused.
+	for _, ok := range []string{
+		`{"type":"object","properties":{"children":{"type":"array","items":{"$ref":"#"}}}}`,
+		`{"$defs":{"node":{"type":"object","properties":{"value":{"type":"string"},"next":{"$ref":"#/$defs/node"}}}},"$ref":"#/$defs/node"}`,
+	} {
+		if _, err := CompileSchema(json.RawMessage(ok)); err != nil {
+			t.Fatalf("linear recursion %s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		`{"$defs":{"t":{"allOf":[{"$ref":"#/$defs/u"},{"$ref":"#/$defs/u"}]},"u":{"properties":{"a":{"$ref":"#/$defs/t"}}}},"$ref":"#/$defs/t"}`,
+		`{"type":"object","properties":{"a":{"$ref":"#"}},"patternProperties":{"^a$":{"$ref":"#"}}}`,
+		`{"anyOf":[{"properties":{"x":{"$ref":"#"}}},{"properties":{"x":{"$ref":"#"}}}]}`,
+	} {
+		_, err := CompileSchema(json.RawMessage(bad))
+		wantSchemaError(t, "branching recursion "+bad, err, errSchemaExpands)
+	}
+
 	for _, bad := range []string{`{"type": 5}`, `{"required": "x"}`, `{"type": "nonsense"}`} {
 		_, err := CompileSchema(json.RawMessage(bad))
 		wantSchemaError(t, bad, err, errSchemaInvalid)
