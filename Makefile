@@ -70,6 +70,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArtifacts$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRelay$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzToMrkdwn$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompileSchema$$' -fuzztime $(FUZZTIME) ./store/runs/
+	$(GO) test -run '^$$' -fuzz '^FuzzLinkBase$$' -fuzztime $(FUZZTIME) ./rest/
 
 clean:
 	rm -rf bin

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"runhub/proxy"
 	"runhub/store/blob"
@@ -171,4 +174,45 @@ func TestParsePublicURLAndTrustedProxies(t *testing.T) {
 	if _, err := ParseTrustedProxies("10.0.0.0/8,example.com"); err == nil {
 		t.Error("a host name was accepted as a trusted proxy")
 	}
+}
+
+// FuzzLinkBase: whatever Host and X-Forwarded-* a trusted proxy passes on,
+// the base of every link is scheme://host and nothing more: no path, user
+// info, query or second host can be smuggled into a link the server signs
+// and hands out.
+func FuzzLinkBase(f *testing.F) {
+	for _, s := range [][3]string{
+		{"api.example.com", "https", "runhub.example.com"},
+		{"api.example.com:8080", "HTTP", "evil.example/x?y#z"},
+		{"h", "https, http", "a.example, b.example"},
+		{"h", "javascript", "user@evil.example"},
+		{"[::1]:80", "", "[::1"},
+		{"h", "https", "exa mple.com"},
+		{"h", "https", "ok.example:99999"},
+		{"h", "", "\xff.example"},
+	} {
+		f.Add(s[0], s[1], s[2])
+	}
+	srv := &Server{proxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	f.Fuzz(func(t *testing.T, host, proto, fwdHost string) {
+		r := httptest.NewRequest("GET", "http://placeholder/", nil)
+		r.Host, r.RemoteAddr = host, "127.0.0.1:4000"
+		r.Header.Set("X-Forwarded-Proto", proto)
+		r.Header.Set("X-Forwarded-Host", fwdHost)
+		base := srv.linkBase(r)
+		if fh := firstForwarded(fwdHost); validHost(fh) {
+			u, err := url.Parse(base)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host != fh || u.Path != "" ||
+				u.User != nil || u.RawQuery != "" || u.Fragment != "" || base != u.Scheme+"://"+u.Host {
+				t.Fatalf("forwarded host %q, proto %q: base %q", fwdHost, proto, base)
+			}
+			if !utf8.ValidString(base) {
+				t.Fatalf("base %q is not UTF-8", base)
+			}
+			return
+		}
+		if !strings.HasSuffix(base, "://"+host) {
+			t.Fatalf("forwarded host %q refused, yet base %q is not the request's host %q", fwdHost, base, host)
+		}
+	})
 }
