@@ -14,18 +14,25 @@ import (
 // can be let in by the network alone. It returns the function that stops
 // the server and waits for it.
 func serveMetrics(srv *http.Server, addr string, log *slog.Logger) (func(), error) {
+	return serveSide("metrics", srv, addr, log)
+}
+
+// serveSide runs an operator's side server (metrics, pprof) on addr. The
+// returned stop shuts it down (closing it after shutdownTimeout) and waits
+// for its goroutine, so nothing of it outlives serve.
+func serveSide(name string, srv *http.Server, addr string, log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics listen: %w", err)
+		return nil, fmt.Errorf("%s listen: %w", name, err)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
+			log.Error(name+" server stopped", "err", err)
 		}
 	}()
-	log.Info("metrics listening", "addr", ln.Addr().String())
+	log.Info(name+" listening", "addr", ln.Addr().String())
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
