@@ -1,0 +1,216 @@
+// Package postgres is the store.Store for several nodes: PostgreSQL through
+// pgx's connection pool (github.com/jackc/pgx/v5/pgxpool).
+//
+// Several processes may open the same database. A run's seqs are assigned
+// under the run's row lock (SELECT ... FOR UPDATE), so writers of one run,
+// in any process, take turns and seq stays 1, 2, 3, ... with no gap, while
+// writers of different runs never wait for each other. A batch of log
+// entries is one INSERT, whatever its size. Durability is PostgreSQL's
+// default: a mutation returns after its commit is flushed
+// (synchronous_commit=on).
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"runhub/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the key of the advisory lock that the nodes of one
+// database take while they migrate: the first applies the migrations, the
+// others wait and then find nothing to do. Any constant works as long as
+// nothing else in the database uses it; this one spells "runhub" in ASCII.
+const migrationLock int64 = 0x72756e687562
+
+// Store is the PostgreSQL implementation of store.Store.
+type Store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+	// onScan, when set (tests), is told the size of every entry a bounded
+	// read (QueryLog, Events, EventsBefore) copied out of PostgreSQL.
+	onScan func(bytes int)
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock injects the clock (tests).
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
+// Open connects to the database at url (postgres://...) and applies the
+// embedded migrations that it lacks.
+func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres pool: %w", err)
+	}
+	s := &Store{pool: pool, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := s.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the pool, waiting for connections in use to be released.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping postgres: %w", unavailable(err))
+	}
+	return nil
+}
+
+// migrate applies every embedded migration newer than the newest recorded
+// in schema_migrations, in one transaction that holds migrationLock, so
+// nodes starting together apply each migration once and none starts on a
+// half-migrated schema.
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("list migrations: %w", err)
+	}
+	sort.Strings(names)
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin migration: %w", unavailable(err))
+	}
+	defer rollback(ctx, tx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+		return fmt.Errorf("take migration lock: %w", unavailable(err))
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    integer PRIMARY KEY,
+		applied_at bigint  NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", unavailable(err))
+	}
+	var version int
+	if err := tx.QueryRow(ctx, "SELECT COALESCE(max(version), 0) FROM schema_migrations").Scan(&version); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	for _, name := range names {
+		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: bad name", name)
+		}
+		if n <= version {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("read migration %s: %w", name, err)
+		}
+		// Exec without arguments uses the simple protocol, which runs a
+		// file of several statements.
+		if _, err := tx.Exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("apply migration %s: %w", name, unavailable(err))
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", n, micros(s.clock())); err != nil {
+			return fmt.Errorf("record migration %s: %w", name, unavailable(err))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit migrations: %w", unavailable(err))
+	}
+	return nil
+}
+
+// unavailable marks an error that means the database cannot be written or
+// reached now, through no fault of the request, with store.ErrUnavailable,
+// so that it is answered 503 rather than 500: a full disk or exhausted
+// resources (SQLSTATE class 53), a read-only transaction or server (25006,
+// a hot standby), an I/O error (58030), a server shutting down or starting
+// (57P01-57P03), a lost or refused connection (class 08, or no connection
+// at all). Other errors, and nil, are returned as they are.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		return err
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch {
+	case strings.HasPrefix(pe.Code, "53"), strings.HasPrefix(pe.Code, "08"),
+		pe.Code == "25006", pe.Code == "58030", pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03":
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
+}
+
+// ProbeWrite proves that the store can commit a write now, for readiness
+// checks; it fails with store.ErrUnavailable when it cannot (a read-only
+// server, a full disk, no connection). It rewrites the newest migration's
+// row with its own values, which writes a tuple and flushes a commit.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	tag, err := s.pool.Exec(ctx,
+		"UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT max(version) FROM schema_migrations)")
+	if err != nil {
+		return fmt.Errorf("write probe: %w", unavailable(err))
+	}
+	if tag.RowsAffected() != 1 {
+		return errors.New("write probe: no schema version recorded")
+	}
+	return nil
+}
+
+// micros converts a time to the stored form.
+func micros(t time.Time) int64 { return t.UnixMicro() }
+
+// fromMicros converts a stored time back.
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+func nullMicros(n *int64) *time.Time {
+	if n == nil {
+		return nil
+	}
+	t := fromMicros(*n)
+	return &t
+}
+
+// clock returns the store's notion of now, truncated to the wire precision.
+func (s *Store) clock() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
+
+// notFound turns "no row" into store.ErrNotFound and wraps other errors.
+func notFound(err error, what string) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ErrNotFound
+	}
+	return fmt.Errorf("%s: %w", what, unavailable(err))
+}
+
+// rollback ends a transaction that was not committed; it runs in defers,
+// after the request's context may have ended, so it ignores cancellation.
+func rollback(ctx context.Context, tx pgx.Tx) { tx.Rollback(context.WithoutCancel(ctx)) }
