@@ -38,6 +38,11 @@ var migrations embed.FS
 // nothing else in the database uses it; this one spells "runhub" in ASCII.
 const migrationLock int64 = 0x72756e687562
 
+var _ store.Store = (*Store)(nil)
+
+// pgxReadSnapshot reads a count and a page from one snapshot.
+var pgxReadSnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+
 // Store is the PostgreSQL implementation of store.Store.
 type Store struct {
 	pool *pgxpool.Pool
