@@ -1,13 +1,21 @@
 package postgres_test
 
 import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"runhub/store"
 	"runhub/store/postgres"
 	"runhub/store/postgres/pgtest"
+	"runhub/store/storetest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -86,5 +94,231 @@ func TestMigrateConcurrently(t *testing.T) {
 	var tables int
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'runs'").Scan(&tables); err != nil || tables != 1 {
 		t.Fatalf("runs tables: %d, %v", tables, err)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, _ := openTemp(t)
+		return s
+	})
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fixture creates a project, a task and a run in s.
+func fixture(t *testing.T, s store.Store) store.RunRef {
+	t.Helper()
+	ctx := t.Context()
+	p, err := s.CreateProject(ctx, "Acme")
+	must(t, err)
+	task, err := s.CreateTask(ctx, p.ID, store.NewTask{Title: "t", OriginProduct: "user_created"})
+	must(t, err)
+	res, err := s.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
+	must(t, err)
+	return store.RunRef{ProjectID: p.ID, TaskID: task.ID, RunID: res.Run.ID}
+}
+
+// TestAppendFromSeveralNodes: several Stores on one database, each with
+// its own pool as separate processes would have, append batches to one run
+// at once (and patch it, which shares the seq counter). The run's seqs are
+// 1..N exactly: no gap, no duplicate, every batch contiguous, every entry
+// stored once.
+func TestAppendFromSeveralNodes(t *testing.T) {
+	const nodes, writersPerNode, batches, size = 4, 3, 8, 25
+	ctx := t.Context()
+	url := pgtest.DB(t)
+	stores := make([]*postgres.Store, nodes)
+	for i := range stores {
+		s, err := postgres.Open(ctx, url)
+		must(t, err)
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	ref := fixture(t, stores[0])
+	type tag struct{ N, W, B, I int }
+	var wg sync.WaitGroup
+	errs := make(chan error, nodes*writersPerNode)
+	var patches atomic.Int64
+	for n, s := range stores {
+		for w := range writersPerNode {
+			wg.Go(func() {
+				for b := range batches {
+					in := make([]store.LogEntry, size)
+					for i := range in {
+						e, err := store.ParseLogEntry(fmt.Appendf(nil, `{"type":"x","n":%d,"w":%d,"b":%d,"i":%d}`, n, w, b, i), time.Now())
+						if err != nil {
+							errs <- err
+							return
+						}
+						in[i] = e
+					}
+					res, err := s.AppendLog(ctx, ref, in, nil)
+					if err != nil {
+						errs <- fmt.Errorf("node %d writer %d batch %d: %w", n, w, b, err)
+						return
+					}
+					first := res.Events[0].Seq
+					for i, ev := range res.Events {
+						if ev.Seq != first+int64(i) {
+							errs <- fmt.Errorf("node %d writer %d batch %d: seqs not contiguous: %d at %d", n, w, b, ev.Seq, i)
+							return
+						}
+					}
+					if b%4 == 0 {
+						if _, err := s.UpdateRun(ctx, ref, store.RunPatch{State: map[string]json.RawMessage{"n": json.RawMessage(strconv.Itoa(n))}}, nil); err != nil {
+							errs <- err
+							return
+						}
+						patches.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	logs := int64(nodes * writersPerNode * batches * size)
+	want := 1 + logs + patches.Load() // the create's event, the entries, the patches
+	var seqs []int64
+	seen := map[tag]bool{}
+	for after := int64(0); ; {
+		evs, err := stores[1].Events(ctx, ref.RunID, after, 500)
+		must(t, err)
+		if len(evs) == 0 {
+			break
+		}
+		for _, ev := range evs {
+			seqs = append(seqs, ev.Seq)
+			if ev.Kind != store.KindLog {
+				continue
+			}
+			var tg tag
+			must(t, json.Unmarshal(ev.Data, &tg))
+			if seen[tg] {
+				t.Fatalf("entry %+v stored twice", tg)
+			}
+			seen[tg] = true
+		}
+		after = evs[len(evs)-1].Seq
+	}
+	if int64(len(seqs)) != want || int64(len(seen)) != logs {
+		t.Fatalf("%d events (%d entries), want %d (%d)", len(seqs), len(seen), want, logs)
+	}
+	for i, sq := range seqs {
+		if sq != int64(i+1) {
+			t.Fatalf("event %d has seq %d: the seqs are not 1..%d", i, sq, want)
+		}
+	}
+	run, err := stores[2].GetRun(ctx, ref)
+	must(t, err)
+	if run.LastSeq != want || run.LogCount != logs {
+		t.Fatalf("run last_seq %d log_count %d, want %d %d", run.LastSeq, run.LogCount, want, logs)
+	}
+}
+
+// TestEntriesByteForByte: an entry comes back from every read exactly as
+// appended: key order, spacing inside strings, escapes (\u0000, which jsonb
+// refuses, and an escaped lone surrogate), and non-ASCII text.
+func TestEntriesByteForByte(t *testing.T) {
+	ctx := t.Context()
+	s, _ := openTemp(t)
+	ref := fixture(t, s)
+	lines := []string{
+		`{"z":1,"a":2,"type":"x","timestamp":"2026-01-01T00:00:00Z","m":{"b":1,"a":[3,2,1]}}`,
+		`{"timestamp":"2026-01-01T00:00:00.5+02:00","type":"x","nul":"a\u0000b","lone":"\ud800","uni":"žluť 🐙","esc":"\"\\\/\n","num":1.50e+10}`,
+		`{"type":"x","a":1,"a":2,"timestamp":"not a time"}`,
+	}
+	in := make([]store.LogEntry, len(lines))
+	for i, l := range lines {
+		e, err := store.ParseLogEntry([]byte(l), time.Now())
+		must(t, err)
+		if string(e.Data) != l {
+			t.Fatalf("ParseLogEntry changed %s into %s", l, e.Data)
+		}
+		in[i] = e
+	}
+	_, err := s.AppendLog(ctx, ref, in, nil)
+	must(t, err)
+
+	page, err := s.QueryLog(ctx, ref, store.LogQuery{Limit: 10})
+	must(t, err)
+	evs, err := s.Events(ctx, ref.RunID, 1, 10)
+	must(t, err)
+	before, err := s.EventsBefore(ctx, ref.RunID, 100, 10, store.ReadPageBytes)
+	must(t, err)
+	var streamed []string
+	must(t, s.StreamLog(ctx, ref, func(e []byte) error { streamed = append(streamed, string(e)); return nil }))
+	if len(page.Entries) != len(lines) || len(evs) != len(lines) || len(before) != len(lines)+1 || len(streamed) != len(lines) {
+		t.Fatalf("QueryLog %d, Events %d, EventsBefore %d, StreamLog %d entries; want %d", len(page.Entries), len(evs), len(before), len(streamed), len(lines))
+	}
+	for i, l := range lines {
+		for what, got := range map[string]string{
+			"QueryLog": string(page.Entries[i]), "Events": string(evs[i].Data),
+			"EventsBefore": string(before[i+1].Data), "StreamLog": streamed[i],
+		} {
+			if got != l {
+				t.Errorf("%s: entry %d is %s, appended %s", what, i, got, l)
+			}
+		}
+	}
+}
+
+// TestBoundedReadsTransferLittle: with 40 entries of 200 KiB and a row
+// limit of 5,000, QueryLog, EventsBefore and Events receive from the
+// server no more than their byte budget plus the one entry that crossed
+// it: the server stops, not only the client. Counted through the scan
+// hook, which sees every row the server sent, not timed.
+func TestBoundedReadsTransferLittle(t *testing.T) {
+	const n, size = 40, 200 << 10
+	var scanned atomic.Int64
+	s, _ := openTemp(t, postgres.WithScanHook(func(b int) { scanned.Add(int64(b)) }))
+	ctx := t.Context()
+	ref := fixture(t, s)
+	es := make([]store.LogEntry, n)
+	for i := range es {
+		var err error
+		es[i], err = store.ParseLogEntry([]byte(fmt.Sprintf(`{"type":"x","n":%d,"pad":%q}`, i, strings.Repeat("y", size))), time.Now())
+		must(t, err)
+	}
+	_, err := s.AppendLog(ctx, ref, es, nil)
+	must(t, err)
+
+	limit := int64(store.ReadPageBytes + size + 100) // the budget and one entry (with its JSON around the pad)
+	for _, tc := range []struct {
+		name string
+		read func() (int, error)
+	}{
+		{"QueryLog", func() (int, error) {
+			page, err := s.QueryLog(ctx, ref, store.LogQuery{Limit: 5000})
+			return len(page.Entries), err
+		}},
+		{"QueryLog offset", func() (int, error) {
+			page, err := s.QueryLog(ctx, ref, store.LogQuery{Limit: 5000, Offset: 5})
+			return len(page.Entries), err
+		}},
+		{"EventsBefore", func() (int, error) {
+			evs, err := s.EventsBefore(ctx, ref.RunID, int64(n+2), 1000, store.ReadPageBytes)
+			return len(evs), err
+		}},
+		{"Events", func() (int, error) { // the hub's catch-up page asks for 500 events
+			evs, err := s.Events(ctx, ref.RunID, 0, 500)
+			return len(evs), err
+		}},
+	} {
+		scanned.Store(0)
+		got, err := tc.read()
+		must(t, err)
+		if b := scanned.Load(); b > limit || got == 0 || got >= n {
+			t.Errorf("%s: %d entries returned, %d bytes received; want a partial page and at most %d bytes", tc.name, got, b, limit)
+		}
 	}
 }
