@@ -112,14 +112,22 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
 		return fmt.Errorf("take migration lock: %w", unavailable(err))
 	}
-	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version    integer PRIMARY KEY,
-		applied_at bigint  NOT NULL)`); err != nil {
-		return fmt.Errorf("create schema_migrations: %w", unavailable(err))
+	// An up-to-date database is opened without a write, so a node can
+	// start (and serve reads) on a database that refuses writes for now.
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+		return fmt.Errorf("find schema_migrations: %w", unavailable(err))
+	}
+	if !exists {
+		if _, err := tx.Exec(ctx, `CREATE TABLE schema_migrations (
+			version    integer PRIMARY KEY,
+			applied_at bigint  NOT NULL)`); err != nil {
+			return fmt.Errorf("create schema_migrations: %w", unavailable(err))
+		}
 	}
 	var version int
 	if err := tx.QueryRow(ctx, "SELECT COALESCE(max(version), 0) FROM schema_migrations").Scan(&version); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
+		return fmt.Errorf("read schema version: %w", unavailable(err))
 	}
 	for _, name := range names {
 		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])

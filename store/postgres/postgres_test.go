@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -320,5 +321,122 @@ func TestBoundedReadsTransferLittle(t *testing.T) {
 		if b := scanned.Load(); b > limit || got == 0 || got >= n {
 			t.Errorf("%s: %d entries returned, %d bytes received; want a partial page and at most %d bytes", tc.name, got, b, limit)
 		}
+	}
+}
+
+// TestRelayLease: the relay workers of several nodes share the outbox. A
+// relay that one node took in DueRelays is not handed to another before
+// its lease ends, whatever the timing of their calls; recording an attempt
+// keeps the lease; an outcome (a retry at a new time) ends it.
+func TestRelayLease(t *testing.T) {
+	const nodes, relays = 4, 30
+	ctx := t.Context()
+	url := pgtest.DB(t)
+	stores := make([]*postgres.Store, nodes)
+	for i := range stores {
+		s, err := postgres.Open(ctx, url)
+		must(t, err)
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	for i := range relays {
+		must(t, stores[0].CreateRelay(ctx, store.Relay{ID: fmt.Sprintf("r%02d", i), RunID: "run", Channel: "C1", ThreadTS: "1.2",
+			Text: "hi", NextAt: base.Add(-time.Duration(relays-i) * time.Second)}))
+	}
+	// Every node polls at once, in small pages, until nothing is due: with
+	// leases that hold, all the pages together hand out each relay once,
+	// so a node needs at most relays/3 polls; polls beyond are a failure.
+	var mu sync.Mutex
+	taken := map[string]int{}
+	var wg sync.WaitGroup
+	for _, s := range stores {
+		wg.Go(func() {
+			for range relays/3 + 1 {
+				due, err := s.DueRelays(ctx, base, 3)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(due) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, r := range due {
+					taken[r.ID]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(taken) != relays {
+		t.Fatalf("%d relays taken, want %d", len(taken), relays)
+	}
+	for id, n := range taken {
+		if n != 1 {
+			t.Fatalf("relay %s handed out %d times", id, n)
+		}
+	}
+
+	// Recording an attempt keeps the lease; a retry at a new time ends it.
+	r, err := stores[0].GetRelay(ctx, "r00")
+	must(t, err)
+	r.Attempts = 1
+	must(t, stores[0].UpdateRelay(ctx, *r))
+	if due, err := stores[1].DueRelays(ctx, base.Add(time.Second), 50); err != nil || len(due) != 0 {
+		t.Fatalf("after an attempt was recorded, due %+v, %v; want none (every relay is leased)", due, err)
+	}
+	r.LastError, r.NextAt = "HTTP 500", base.Add(time.Second)
+	must(t, stores[0].UpdateRelay(ctx, *r))
+	due, err := stores[1].DueRelays(ctx, base.Add(time.Second), 50)
+	must(t, err)
+	if len(due) != 1 || due[0].ID != "r00" || due[0].Attempts != 1 {
+		t.Fatalf("after a retry was scheduled, due %+v; want r00 alone", due)
+	}
+	// Leases end: a node that died mid-delivery does not hold a relay for ever.
+	due, err = stores[2].DueRelays(ctx, base.Add(time.Hour), 50)
+	must(t, err)
+	if len(due) != relays {
+		t.Fatalf("after the leases ended, %d relays due, want %d", len(due), relays)
+	}
+	for i := 1; i < len(due); i++ {
+		if due[i].NextAt.Before(due[i-1].NextAt) {
+			t.Fatalf("due relays not oldest first: %v before %v", due[i-1].NextAt, due[i].NextAt)
+		}
+	}
+}
+
+// TestReadOnlyIsUnavailable: a database that refuses writes (a read-only
+// transaction, as on a hot standby) fails writes and ProbeWrite with
+// store.ErrUnavailable, the 503 of the REST layer, while reads go on.
+func TestReadOnlyIsUnavailable(t *testing.T) {
+	ctx := t.Context()
+	s, url := openTemp(t)
+	ref := fixture(t, s)
+	must(t, s.ProbeWrite(ctx))
+	c, err := pgx.Connect(ctx, url)
+	must(t, err)
+	defer c.Close(ctx)
+	_, err = c.Exec(ctx, "ALTER DATABASE "+c.Config().Database+" SET default_transaction_read_only = on")
+	must(t, err)
+	s.Close() // its connections predate the setting
+	// An up-to-date database opens without a write.
+	s, err = postgres.Open(ctx, url)
+	must(t, err)
+	defer s.Close()
+	if err := s.ProbeWrite(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("ProbeWrite: %v, want ErrUnavailable", err)
+	}
+	e, err := store.ParseLogEntry([]byte(`{"type":"x"}`), time.Now())
+	must(t, err)
+	if _, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, nil); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("AppendLog: %v, want ErrUnavailable", err)
+	}
+	if _, err := s.CreateProject(ctx, "p"); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("CreateProject: %v, want ErrUnavailable", err)
+	}
+	if _, err := s.GetRun(ctx, ref); err != nil {
+		t.Errorf("GetRun: %v", err)
 	}
 }
