@@ -440,3 +440,71 @@ func TestReadOnlyIsUnavailable(t *testing.T) {
 		t.Errorf("GetRun: %v", err)
 	}
 }
+
+// TestClock checks the rules that need a controlled clock: completed_at
+// times and how long idempotency keys are kept.
+func TestClock(t *testing.T) {
+	ctx := t.Context()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	s, _ := openTemp(t, postgres.WithClock(func() time.Time { return now }))
+	ref := fixture(t, s)
+	status := func(st string) *store.Run {
+		t.Helper()
+		now = now.Add(time.Minute)
+		res, err := s.UpdateRun(ctx, ref, store.RunPatch{Status: &st}, nil)
+		must(t, err)
+		if !res.Run.UpdatedAt.Equal(now) {
+			t.Errorf("updated_at = %v, want %v", res.Run.UpdatedAt, now)
+		}
+		return res.Run
+	}
+	steps := []struct {
+		status string
+		want   time.Duration // completed_at minus the start; -1 for null
+	}{
+		{store.StatusInProgress, -1},
+		{store.StatusCompleted, 2 * time.Minute},
+		{store.StatusFailed, 2 * time.Minute},
+		{store.StatusQueued, -1},
+		{store.StatusCancelled, 5 * time.Minute},
+	}
+	start := now
+	for _, st := range steps {
+		r := status(st.status)
+		switch {
+		case st.want < 0 && r.CompletedAt != nil:
+			t.Errorf("%s: completed_at %v, want null", st.status, r.CompletedAt)
+		case st.want >= 0 && (r.CompletedAt == nil || !r.CompletedAt.Equal(start.Add(st.want))):
+			t.Errorf("%s: completed_at %v, want %v", st.status, r.CompletedAt, start.Add(st.want))
+		}
+	}
+
+	// A key is remembered for at least 24 h, and forgotten after the TTL.
+	idem := &store.Idempotency{Namespace: store.IdemREST, Key: "k", RequestHash: []byte("h")}
+	e, err := store.ParseLogEntry([]byte(`{"type":"x"}`), now)
+	must(t, err)
+	first, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, idem)
+	must(t, err)
+	now = now.Add(24*time.Hour - time.Second)
+	_, err = s.AppendLog(ctx, ref, []store.LogEntry{e}, &store.Idempotency{Namespace: store.IdemREST, Key: "other", RequestHash: []byte("h")})
+	must(t, err)
+	rep, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, idem)
+	must(t, err)
+	if !rep.Replayed || rep.Run.LastSeq != first.Run.LastSeq {
+		t.Errorf("key applied 24 h ago: replayed %v last_seq %d, want replay of %d", rep.Replayed, rep.Run.LastSeq, first.Run.LastSeq)
+	}
+	// The same key in the other namespace is another request.
+	agent, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, &store.Idempotency{Namespace: store.IdemAgent, Key: "k", RequestHash: []byte("h")})
+	must(t, err)
+	if agent.Replayed {
+		t.Error("an agent key replayed a REST key of the same name")
+	}
+	now = now.Add(72 * time.Hour)
+	_, err = s.AppendLog(ctx, ref, []store.LogEntry{e}, &store.Idempotency{Namespace: store.IdemREST, Key: "third", RequestHash: []byte("h")})
+	must(t, err)
+	again, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, idem)
+	must(t, err)
+	if again.Replayed {
+		t.Error("a key applied 4 days ago was still replayed")
+	}
+}
