@@ -53,6 +53,8 @@ bench: build
 	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
 	bin/runhub-bench idle -conns 10000
 	bin/runhub-bench command -n 2000
+	bin/runhub-bench append -writers 16 -runs 16 -batch 100 -size 200 -duration 10s
+	bin/runhub-bench append -writers 16 -runs 1 -batch 100 -size 200 -duration 10s
 	bin/runhub-bench fanout -transport ws -subs 20 -publishers 4 -rate 200 -batch 8 -size 4096 -max-bytes 52428800 -duration 60s
 	bin/runhub-bench fanout -transport ws -subs 20 -slow 20 -publishers 4 -rate 200 -batch 8 -size 4096 -max-bytes 52428800 -duration 60s
 
