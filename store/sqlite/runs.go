@@ -72,7 +72,7 @@ func findRun(row *sql.Row) (*runRow, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get run: %w", err)
+		return nil, fmt.Errorf("get run: %w", classify(err))
 	}
 	return r, nil
 }
@@ -93,7 +93,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get run: %w", err)
+		return nil, fmt.Errorf("get run: %w", classify(err))
 	}
 	return &r.Run, nil
 }
@@ -102,7 +102,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, 0, fmt.Errorf("begin read: %w", err)
+		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer tx.Rollback()
 	_, rowid, err := taskRow(ctx, tx, project, task)
@@ -111,23 +111,23 @@ func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit,
 	}
 	var total int64
 	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM runs WHERE task_rowid = ?", rowid).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count runs: %w", err)
+		return nil, 0, fmt.Errorf("count runs: %w", classify(err))
 	}
 	rows, err := tx.QueryContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.task_rowid = ? ORDER BY r.rid DESC LIMIT ? OFFSET ?", rowid, limit, offset)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", err)
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	defer rows.Close()
 	out := []store.Run{}
 	for rows.Next() {
 		r, err := scanRun(rows)
 		if err != nil {
-			return nil, 0, fmt.Errorf("scan run: %w", err)
+			return nil, 0, fmt.Errorf("scan run: %w", classify(err))
 		}
 		out = append(out, r.Run)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", err)
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	return out, total, nil
 }
@@ -154,7 +154,7 @@ func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
 		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
 	if err != nil {
-		return fmt.Errorf("update run: %w", unavailable(err))
+		return fmt.Errorf("update run: %w", classify(err))
 	}
 	return nil
 }
@@ -164,7 +164,7 @@ func insertEvents(ctx context.Context, tx *sql.Tx, rid int64, events []store.Eve
 	for _, ev := range events {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
 			rid, ev.Seq, ev.Kind, ev.Type, ts.UnixMicro(), []byte(ev.Data)); err != nil {
-			return fmt.Errorf("insert event: %w", unavailable(err))
+			return fmt.Errorf("insert event: %w", classify(err))
 		}
 	}
 	return nil
@@ -174,7 +174,7 @@ func insertEvents(ctx context.Context, tx *sql.Tx, rid int64, events []store.Eve
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -188,10 +188,10 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 	res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
 	if err != nil {
-		return nil, fmt.Errorf("insert run: %w", unavailable(err))
+		return nil, fmt.Errorf("insert run: %w", classify(err))
 	}
 	if r.rid, err = res.LastInsertId(); err != nil {
-		return nil, fmt.Errorf("run rowid: %w", err)
+		return nil, fmt.Errorf("run rowid: %w", classify(err))
 	}
 	if err := insertEvents(ctx, tx, r.rid, events, now); err != nil {
 		return nil, err
@@ -200,7 +200,7 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit run: %w", unavailable(err))
+		return nil, fmt.Errorf("commit run: %w", classify(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
@@ -212,7 +212,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -234,7 +234,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 			}
 			return &store.MutationResult{Run: prev, Replayed: true}, nil
 		case !errors.Is(err, sql.ErrNoRows):
-			return nil, fmt.Errorf("idempotency lookup: %w", err)
+			return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
 		}
 	}
 	events, err := fn(tx, r, now)
@@ -248,15 +248,15 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 		}
 		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
 			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
-			return nil, fmt.Errorf("record idempotency key: %w", unavailable(err))
+			return nil, fmt.Errorf("record idempotency key: %w", classify(err))
 		}
 		// Keys are kept at least store.IdempotencyTTL; older ones of this run go now.
 		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(store.IdempotencyCutoff(now))); err != nil {
-			return nil, fmt.Errorf("expire idempotency keys: %w", unavailable(err))
+			return nil, fmt.Errorf("expire idempotency keys: %w", classify(err))
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", unavailable(err))
+		return nil, fmt.Errorf("commit: %w", classify(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
@@ -326,11 +326,11 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 				args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
 			}
 			if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
-				return nil, fmt.Errorf("insert log entries: %w", unavailable(err))
+				return nil, fmt.Errorf("insert log entries: %w", classify(err))
 			}
 		}
 		if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
-			return nil, fmt.Errorf("update run seq: %w", unavailable(err))
+			return nil, fmt.Errorf("update run seq: %w", classify(err))
 		}
 		return ap.Events, nil
 	})
