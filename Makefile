@@ -62,6 +62,7 @@ bench: build
 # failures are written to testdata/fuzz and must be committed with the fix.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLogEntry$$' -fuzztime $(FUZZTIME) ./store/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunSnapshot$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAppendLog$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunPatch$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTask$$' -fuzztime $(FUZZTIME) ./rest/
