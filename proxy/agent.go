@@ -18,7 +18,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/hub/wsrpc"
 	"runhub/store"
 )
 
@@ -196,8 +196,8 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		}
 		return handle(ctx, c, req)
 	}
-	stream := hub.NewObjectStream(ctx, ws, p.cfg.CommandTimeout)
-	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(gated), jsonrpc2.SetLogger(discard{}))
+	stream := wsrpc.NewObjectStream(ctx, ws, nil, p.cfg.CommandTimeout)
+	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(gated), jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer s.rpc.Close()
 
 	// Two connections of one run may reach this point in either order; the
@@ -314,10 +314,6 @@ type authFailureKey struct{}
 func WithAuthFailureLog(ctx context.Context, log AuthFailureLog) context.Context {
 	return context.WithValue(ctx, authFailureKey{}, log)
 }
-
-type discard struct{}
-
-func (discard) Printf(string, ...any) {}
 
 // appendParams are the params of an agent's append_log.
 type appendParams struct {

@@ -15,7 +15,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/hub/wsrpc"
 )
 
 // AgentOptions configures a reference agent.
@@ -178,8 +178,8 @@ func (a *Agent) session(ctx context.Context) error {
 	ws.SetReadLimit(maxAgentMessage)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream := &readErrStream{ObjectStream: hub.NewObjectStream(sctx, ws, 30*time.Second)}
-	conn := jsonrpc2.NewConn(sctx, stream, jsonrpc2.AsyncHandler(agentHandler{a}), jsonrpc2.SetLogger(discard{}))
+	stream := &readErrStream{ObjectStream: wsrpc.NewObjectStream(sctx, ws, nil, 30*time.Second)}
+	conn := jsonrpc2.NewConn(sctx, stream, jsonrpc2.AsyncHandler(agentHandler{a}), jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer conn.Close()
 	delivered := make(chan struct{})
 	go func() {
