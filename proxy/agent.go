@@ -19,6 +19,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"runhub/hub/wsrpc"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -62,7 +63,7 @@ var (
 
 // Config configures a Proxy.
 type Config struct {
-	Tokens *Tokens
+	Tokens *tokens.Tokens
 	Runs   Runs
 	Store  RunLookup
 	// DecodePatch turns an update's params into a RunPatch with the REST
@@ -158,7 +159,7 @@ func agentToken(r *http.Request) string {
 // agent of the token's run, until the connection ends. A newer connection
 // for the same run replaces this one (close 4009).
 func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
-	claims, err := p.cfg.Tokens.Verify(agentToken(r), AudienceAgent)
+	claims, err := p.cfg.Tokens.Verify(agentToken(r), tokens.AudienceAgent)
 	if err != nil {
 		refuse(w, r, http.StatusUnauthorized, CloseBadToken, "Invalid agent token.")
 		return
@@ -174,7 +175,7 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	// The connection lives as long as the key that minted its token.
 	revoked := make(chan struct{})
-	stopWatch := p.cfg.Tokens.revocations.Watch(claims.KeyID, func() { close(revoked) })
+	stopWatch := p.cfg.Tokens.Revocations().Watch(claims.KeyID, func() { close(revoked) })
 	defer stopWatch()
 	p.conns.Add(1)
 	defer p.conns.Done()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/proxytest"
 	"runhub/store"
 )
 
@@ -74,7 +75,7 @@ func (e *pxEnv) runAgent(run string, client *http.Client) (a *proxy.Agent, stop 
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-finished }) }
 	e.t.Cleanup(stop)
-	waitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
+	proxytest.WaitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
 	return a, stop
 }
 
@@ -157,7 +158,7 @@ func TestAgentRestartKeepsBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop()
-	waitFor(t, "the first agent to go", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the first agent to go", func() bool { return !e.px.Connected(run) })
 
 	second, _ := e.runAgent(run, nil)
 	if err := second.Append(appendCtx(t), console(2)); err != nil {
@@ -218,7 +219,7 @@ func TestAgentResendsInOrder(t *testing.T) {
 	}
 
 	d.setDown(true)
-	waitFor(t, "the server to see the agent go", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the server to see the agent go", func() bool { return !e.px.Connected(run) })
 	const pending = 12
 	gone, cancel := context.WithCancel(context.Background())
 	cancel() // queue without waiting for the acknowledgement
@@ -228,7 +229,7 @@ func TestAgentResendsInOrder(t *testing.T) {
 		}
 	}
 	d.setDown(false)
-	waitFor(t, "the pending batches to be acknowledged", func() bool { return a.Unacked() == 0 })
+	proxytest.WaitFor(t, "the pending batches to be acknowledged", func() bool { return a.Unacked() == 0 })
 
 	want := make([]int, pending+1)
 	for i := range want {

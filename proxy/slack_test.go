@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/proxytest"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -182,7 +183,7 @@ func (e *relayEnv) work(r *proxy.SlackRelay) (stop func()) {
 
 func (e *relayEnv) call(method, path, body string, status int, out any) []byte {
 	e.t.Helper()
-	return apiCall(e.t, e.srv.URL, e.key, method, path, body, status, out)
+	return proxytest.APICall(e.t, e.srv.URL, e.key, method, path, body, status, out)
 }
 
 func (e *relayEnv) threadRun(status string) string {
@@ -259,7 +260,7 @@ func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 	stop := e.work(e.relay)
 	run := e.threadRun("in_progress")
 	out := e.relayMessage(run, "once")
-	waitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	proxytest.WaitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
 	stop() // killed with the answer still in flight
 	if r, _ := e.st.GetRelay(context.Background(), out["relay_id"]); r.Status != store.RelayPending || r.Attempts != 1 {
 		t.Fatalf("after the crash: %+v", r)
@@ -443,7 +444,7 @@ func TestRelayCloseJoinsWorker(t *testing.T) {
 			t.Cleanup(w.Close)
 			run := e.threadRun("in_progress")
 			out := e.relayMessage(run, "hello")
-			waitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
+			proxytest.WaitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
 
 			start := time.Now()
 			w.Close()

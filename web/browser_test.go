@@ -18,6 +18,7 @@ import (
 
 	"runhub/hub"
 	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
@@ -33,7 +34,7 @@ type node struct {
 	addr string
 	st   *sqlite.Store
 	dir  string
-	tk   *proxy.Tokens
+	tk   *tokens.Tokens
 	srv  *http.Server
 	h    *hub.Hub
 	px   *proxy.Proxy
@@ -86,7 +87,7 @@ func newNode(t *testing.T) (*node, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

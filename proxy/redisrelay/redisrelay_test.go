@@ -17,7 +17,9 @@ import (
 	redisbroker "runhub/hub/redis"
 	"runhub/hub/redis/redistest"
 	"runhub/proxy"
+	"runhub/proxy/proxytest"
 	"runhub/proxy/redisrelay"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -31,7 +33,7 @@ type node struct {
 	px  *proxy.Proxy
 }
 
-func newNode(t *testing.T, st store.Store, tk *proxy.Tokens, redisURL string) *node {
+func newNode(t *testing.T, st store.Store, tk *tokens.Tokens, redisURL string) *node {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -80,17 +82,6 @@ func call(t *testing.T, n *node, key, method, path, body string, status int, out
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestCrossNodeCommands: the agent is connected to node A and a command
 // sent to node B is answered through B; then the agent connects to B
 // (which closes its connection to A with 4009) and commands sent to A
@@ -103,7 +94,7 @@ func TestCrossNodeCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +120,7 @@ func TestCrossNodeCommands(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(actx) }()
 		t.Cleanup(cancel)
-		waitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
+		proxytest.WaitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
 		return done, cancel
 	}
 
@@ -157,7 +148,7 @@ func TestCrossNodeCommands(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent on A was not replaced")
 	}
-	waitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
+	proxytest.WaitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
 	call(t, a, secret, "POST", runPath+"/command", `{"id":2,"method":"user_message","params":{"content":"again"}}`, http.StatusOK, &r)
 	if r.Result.Message != "on "+b.srv.URL+": again" {
 		t.Fatalf("command through A to the agent on B: %+v", r)
