@@ -21,6 +21,7 @@ import (
 	redisbroker "runhub/hub/redis"
 	"runhub/proxy"
 	"runhub/proxy/redisrelay"
+	"runhub/proxy/slack"
 	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
@@ -265,12 +266,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		px.UseRelay(relay)
 	}
 	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
-	slack := proxy.NewSlackRelay(st, proxy.SlackConfig{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
+	sr := slack.New(st, slack.Config{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
 		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Logger: log})
-	if slack.Configured() {
+	if sr.Configured() {
 		// Pending messages of an earlier run of the server are posted too.
-		slack.Start(ctx)
-		defer slack.Close() // waits for the worker before the store closes
+		sr.Start(ctx)
+		defer sr.Close() // waits for the worker before the store closes
 	}
 	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
@@ -281,7 +282,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Tokens:       tk,
 		Commands:     px,
 		Agent:        px.ServeAgent,
-		Relay:        slack,
+		Relay:        sr,
 		Extra:        web.Mount,
 		Blobs:        blobs,
 		Files:        files,
