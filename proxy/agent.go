@@ -48,9 +48,10 @@ const (
 	DefaultCommandTimeout = 30 * time.Second
 	defaultPingInterval   = 25 * time.Second
 	defaultPongTimeout    = 10 * time.Second
-	// maxAgentMessage bounds one agent message: an append_log of 10,000
-	// entries is large, but bounded by the REST body limit's order.
-	maxAgentMessage = 64 << 20
+	// MaxAgentMessage bounds one agent message, on both ends of the
+	// connection: an append_log of 10,000 entries is large, but bounded by
+	// the REST body limit's order.
+	MaxAgentMessage = 64 << 20
 )
 
 // Errors of Command, mapped to HTTP by the REST layer.
@@ -180,7 +181,7 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	p.conns.Add(1)
 	defer p.conns.Done()
 	defer ws.CloseNow()
-	ws.SetReadLimit(maxAgentMessage)
+	ws.SetReadLimit(MaxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := &session{run: run, ws: ws, n: p.accepted.Add(1)}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
 	"runhub/store"
 )
@@ -64,10 +65,10 @@ func newFlakyPxEnv(t *testing.T) (*pxEnv, *flakyStore) {
 
 // runAgent runs a reference agent for run until stop is called or the
 // test ends; client dials its connections (nil: the default).
-func (e *pxEnv) runAgent(run string, client *http.Client) (a *proxy.Agent, stop func()) {
+func (e *pxEnv) runAgent(run string, client *http.Client) (a *agentclient.Agent, stop func()) {
 	e.t.Helper()
 	tok, url := e.agentToken(run)
-	a = proxy.NewAgent(proxy.AgentOptions{URL: url, Token: tok, HTTPClient: client,
+	a = agentclient.New(agentclient.Options{URL: url, Token: tok, HTTPClient: client,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	finished := make(chan struct{})

@@ -22,6 +22,7 @@ import (
 
 	"runhub/hub"
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
 	"runhub/proxy/tokens"
 	"runhub/rest"
@@ -118,9 +119,9 @@ func (e *pxEnv) agentToken(run string) (token, url string) {
 }
 
 // startAgent runs the reference agent for run until the test ends.
-func (e *pxEnv) startAgent(run string) (*proxy.Agent, <-chan error) {
+func (e *pxEnv) startAgent(run string) (*agentclient.Agent, <-chan error) {
 	tok, url := e.agentToken(run)
-	a := proxy.NewAgent(proxy.AgentOptions{URL: url, Token: tok, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	a := agentclient.New(agentclient.Options{URL: url, Token: tok, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	finished := make(chan struct{})

@@ -18,6 +18,7 @@ import (
 
 	"runhub/hub"
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
 	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
@@ -275,7 +276,7 @@ func TestRunPageInChromium(t *testing.T) {
 	n.call(key, "GET", runPath+"/connection_token/?role=agent", "", &atok)
 	actx, stopAgent := context.WithCancel(context.Background())
 	defer stopAgent()
-	go proxy.NewAgent(proxy.AgentOptions{URL: atok.URL, Token: atok.Token}).Run(actx)
+	go agentclient.New(agentclient.Options{URL: atok.URL, Token: atok.Token}).Run(actx)
 	waitPage(t, ctx, "agent_connected", `document.getElementById("log").textContent.includes("agent connected")`, 10*time.Second)
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#msg", "please fix it"), chromedp.Click("#send")); err != nil {
 		t.Fatal(err)

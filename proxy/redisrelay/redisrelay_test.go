@@ -17,6 +17,7 @@ import (
 	redisbroker "runhub/hub/redis"
 	"runhub/hub/redis/redistest"
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
 	"runhub/proxy/redisrelay"
 	"runhub/proxy/tokens"
@@ -115,7 +116,7 @@ func TestCrossNodeCommands(t *testing.T) {
 			URL   string `json:"ws_url"`
 		}
 		call(t, n, secret, "GET", runPath+"/connection_token?role=agent", "", http.StatusOK, &tb)
-		ag := proxy.NewAgent(proxy.AgentOptions{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
+		ag := agentclient.New(agentclient.Options{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
 		actx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(actx) }()
