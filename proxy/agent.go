@@ -1,3 +1,8 @@
+// Package proxy connects sandbox agents to runhub: the agent sessions of
+// GET /agent/connect (whose changes take the run service's one mutation
+// path), commands routed to a run's agent on this node, on another node
+// (Relay) or to its HTTP sandbox. Connection tokens are proxy/tokens, the
+// reference agent proxy/agentclient, the Slack relay proxy/slack.
 package proxy
 
 import (

@@ -29,7 +29,7 @@ func APICall(t *testing.T, base, key, method, path, body string, status int, out
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != status {
-		t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
+		t.Fatalf("%s %s%s: %d %s, want %d", method, base, path, res.StatusCode, b, status)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

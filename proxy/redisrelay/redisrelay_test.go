@@ -2,7 +2,6 @@ package redisrelay_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -64,23 +63,7 @@ func newNode(t *testing.T, st store.Store, tk *tokens.Tokens, redisURL string) *
 
 func call(t *testing.T, n *node, key, method, path, body string, status int, out any) {
 	t.Helper()
-	r, _ := http.NewRequest(method, n.srv.URL+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+key)
-	r.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != status {
-		t.Fatalf("%s %s on %s: %d %s, want %d", method, path, n.srv.URL, res.StatusCode, b, status)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatal(err)
-		}
-	}
+	proxytest.APICall(t, n.srv.URL, key, method, path, body, status, out)
 }
 
 // TestCrossNodeCommands: the agent is connected to node A and a command
