@@ -17,7 +17,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"runhub/hub"
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -97,9 +97,9 @@ func (e *htEnv) connectionToken(run string) string {
 	return tok.Token
 }
 
-func newTokens(t *testing.T) *proxy.Tokens {
+func newTokens(t *testing.T) *tokens.Tokens {
 	t.Helper()
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

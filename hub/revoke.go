@@ -13,7 +13,7 @@ import (
 const closeRevoked websocket.StatusCode = 4001
 
 // Guard tells a connection that an API key that authenticated it, itself or
-// through a token it minted, was revoked (proxy.Revocations).
+// through a token it minted, was revoked (tokens.Revocations).
 type Guard interface {
 	// Watch calls onRevoke once when keyID is revoked (at once if it
 	// already is); onRevoke must not block. After stop returns, onRevoke

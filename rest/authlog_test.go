@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/runs"
 )
@@ -143,7 +144,7 @@ func TestAgentAuthFailuresLogged(t *testing.T) {
 	logs := &logBuffer{}
 	e := linkEnv(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
-		px := proxy.New(proxy.Config{Tokens: c.Tokens.(*proxy.Tokens), Runs: &runs.Service{Store: c.Store}, Store: c.Store, DecodePatch: DecodeRunPatch})
+		px := proxy.New(proxy.Config{Tokens: c.Tokens.(*tokens.Tokens), Runs: &runs.Service{Store: c.Store}, Store: c.Store, DecodePatch: DecodeRunPatch})
 		t.Cleanup(px.Close)
 		c.Agent = px.ServeAgent
 	})

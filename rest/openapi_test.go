@@ -16,7 +16,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/sqlite"
@@ -37,7 +37,7 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 	}
 	t.Cleanup(func() { st.Close() })
 	ws := func(http.ResponseWriter, *http.Request, RunAuthorizer) {}
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

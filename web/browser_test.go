@@ -18,6 +18,8 @@ import (
 
 	"runhub/hub"
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
@@ -33,7 +35,7 @@ type node struct {
 	addr string
 	st   *sqlite.Store
 	dir  string
-	tk   *proxy.Tokens
+	tk   *tokens.Tokens
 	srv  *http.Server
 	h    *hub.Hub
 	px   *proxy.Proxy
@@ -86,7 +88,7 @@ func newNode(t *testing.T) (*node, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +276,7 @@ func TestRunPageInChromium(t *testing.T) {
 	n.call(key, "GET", runPath+"/connection_token/?role=agent", "", &atok)
 	actx, stopAgent := context.WithCancel(context.Background())
 	defer stopAgent()
-	go proxy.NewAgent(proxy.AgentOptions{URL: atok.URL, Token: atok.Token}).Run(actx)
+	go agentclient.New(agentclient.Options{URL: atok.URL, Token: atok.Token}).Run(actx)
 	waitPage(t, ctx, "agent_connected", `document.getElementById("log").textContent.includes("agent connected")`, 10*time.Second)
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#msg", "please fix it"), chromedp.Click("#send")); err != nil {
 		t.Fatal(err)

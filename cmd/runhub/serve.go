@@ -21,6 +21,8 @@ import (
 	redisbroker "runhub/hub/redis"
 	"runhub/proxy"
 	"runhub/proxy/redisrelay"
+	"runhub/proxy/slack"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
@@ -210,7 +212,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer stopPprof()
 	}
-	tokens, err := proxy.LoadTokens(proxy.TokenConfig{
+	tk, err := tokens.Load(tokens.Config{
 		PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
 		PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
 		DataDir:              cfg.dataDir,
@@ -220,12 +222,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// `keys revoke` writes the store from another process: poll it, refuse
 	// revoked keys' tokens and close what they opened.
-	revocations := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Logger: log})
+	revocations := tokens.NewRevocations(tokens.RevocationConfig{Store: st, Logger: log})
 	if err := revocations.Start(ctx); err != nil {
 		return err
 	}
 	defer revocations.Close()
-	tokens.UseRevocations(revocations)
+	tk.UseRevocations(revocations)
 	h.UseGuard(revocations)
 	files, err := blob.NewFS(filepath.Join(cfg.dataDir, "blobs"))
 	if err != nil {
@@ -253,7 +255,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return usageError{err.Error()}
 		}
 	}
-	px := proxy.New(proxy.Config{Tokens: tokens, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
+	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
 		Logger: log, CommandTimeout: cfg.cmdTO, Sandboxes: sandboxes})
 	if cfg.redisURL != "" {
 		relay, err := redisrelay.New(ctx, cfg.redisURL, px, log)
@@ -264,12 +266,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		px.UseRelay(relay)
 	}
 	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
-	slack := proxy.NewSlackRelay(st, proxy.SlackConfig{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
+	sr := slack.New(st, slack.Config{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
 		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Logger: log})
-	if slack.Configured() {
+	if sr.Configured() {
 		// Pending messages of an earlier run of the server are posted too.
-		slack.Start(ctx)
-		defer slack.Close() // waits for the worker before the store closes
+		sr.Start(ctx)
+		defer sr.Close() // waits for the worker before the store closes
 	}
 	h.UseCommands(px.WSCommand)
 	api := rest.New(rest.Config{
@@ -277,10 +279,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Runs:         svc,
 		Stream:       h.ServeStream,
 		WS:           h.ServeWS,
-		Tokens:       tokens,
+		Tokens:       tk,
 		Commands:     px,
 		Agent:        px.ServeAgent,
-		Relay:        slack,
+		Relay:        sr,
 		Extra:        web.Mount,
 		Blobs:        blobs,
 		Files:        files,

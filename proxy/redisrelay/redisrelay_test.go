@@ -2,7 +2,6 @@ package redisrelay_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +16,10 @@ import (
 	redisbroker "runhub/hub/redis"
 	"runhub/hub/redis/redistest"
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
+	"runhub/proxy/proxytest"
 	"runhub/proxy/redisrelay"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -31,7 +33,7 @@ type node struct {
 	px  *proxy.Proxy
 }
 
-func newNode(t *testing.T, st store.Store, tk *proxy.Tokens, redisURL string) *node {
+func newNode(t *testing.T, st store.Store, tk *tokens.Tokens, redisURL string) *node {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -61,34 +63,7 @@ func newNode(t *testing.T, st store.Store, tk *proxy.Tokens, redisURL string) *n
 
 func call(t *testing.T, n *node, key, method, path, body string, status int, out any) {
 	t.Helper()
-	r, _ := http.NewRequest(method, n.srv.URL+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+key)
-	r.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != status {
-		t.Fatalf("%s %s on %s: %d %s, want %d", method, path, n.srv.URL, res.StatusCode, b, status)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	proxytest.APICall(t, n.srv.URL, key, method, path, body, status, out)
 }
 
 // TestCrossNodeCommands: the agent is connected to node A and a command
@@ -103,7 +78,7 @@ func TestCrossNodeCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,12 +99,12 @@ func TestCrossNodeCommands(t *testing.T) {
 			URL   string `json:"ws_url"`
 		}
 		call(t, n, secret, "GET", runPath+"/connection_token?role=agent", "", http.StatusOK, &tb)
-		ag := proxy.NewAgent(proxy.AgentOptions{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
+		ag := agentclient.New(agentclient.Options{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
 		actx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(actx) }()
 		t.Cleanup(cancel)
-		waitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
+		proxytest.WaitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
 		return done, cancel
 	}
 
@@ -157,7 +132,7 @@ func TestCrossNodeCommands(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent on A was not replaced")
 	}
-	waitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
+	proxytest.WaitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
 	call(t, a, secret, "POST", runPath+"/command", `{"id":2,"method":"user_message","params":{"content":"again"}}`, http.StatusOK, &r)
 	if r.Result.Message != "on "+b.srv.URL+": again" {
 		t.Fatalf("command through A to the agent on B: %+v", r)
