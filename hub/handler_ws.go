@@ -62,9 +62,6 @@ type RunAuthorizer = func(ctx context.Context, runID, token string) (run *store.
 // result, or the JSON-RPC error to answer with (the sandbox proxy).
 type Commander func(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error)
 
-// UseCommands enables the /ws command method (call before serving).
-func (h *Hub) UseCommands(c Commander) { h.commands = c }
-
 // wsStream adapts a coder/websocket connection to jsonrpc2.ObjectStream:
 // one JSON-RPC message per text message. Malformed JSON gets a -32700 reply
 // and the connection goes on (jsonrpc2 itself would drop it).

@@ -77,10 +77,6 @@ type Tokens struct {
 	revocations *Revocations // nil: no key is revoked
 }
 
-// UseRevocations makes Verify refuse the tokens of revoked keys, and agent
-// connections close when their key is revoked (call before serving).
-func (t *Tokens) UseRevocations(r *Revocations) { t.revocations = r }
-
 // TokenConfig configures LoadTokens.
 type TokenConfig struct {
 	// PrivateKeyPEM, if set, is the signing key (PKCS#1 or PKCS#8).
@@ -92,6 +88,11 @@ type TokenConfig struct {
 	PreviousPublicKeyPEM string
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// Revocations makes Verify refuse the tokens of revoked keys, and agent
+	// connections close when their key is revoked. nil: no key is ever
+	// revoked, for tokens minted without a store of keys (tests of the
+	// tokens alone); a node always sets it.
+	Revocations *Revocations
 }
 
 // LoadTokens loads or creates the signing key.
@@ -110,7 +111,7 @@ func LoadTokens(cfg TokenConfig) (*Tokens, error) {
 			return nil, err
 		}
 	}
-	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now}
+	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now, revocations: cfg.Revocations}
 	if t.now == nil {
 		t.now = time.Now
 	}
