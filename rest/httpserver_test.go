@@ -19,6 +19,9 @@ import (
 // (Server.HTTPServer) on a loopback port and returns its address.
 func serveReal(t *testing.T, cfg Config) string {
 	t.Helper()
+	if cfg.Runs == nil {
+		cfg.Runs = quietRuns(t, cfg.Store)
+	}
 	srv := New(cfg).HTTPServer()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
