@@ -32,7 +32,10 @@ func FuzzWSMessage(f *testing.F) {
 	f.Add([]byte{0xff, 0x00}, false)
 	f.Add([]byte(`{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"run_id":"`+"\xff"+`"}}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, text bool) {
-		h := New(Config{Store: emptySource{}})
+		h, err := New(Config{Store: emptySource{}, Broker: NewMemoryBroker()})
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer h.Close()
 		nop := func(context.Context, [][]byte) error { return nil }
 		m := &muxSession{h: h, c: newConn(kindWS, 1<<20, 0, nop), subs: map[string]*sub{},

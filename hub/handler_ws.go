@@ -59,9 +59,6 @@ type RunAuthorizer = func(ctx context.Context, runID, token string) (run *store.
 // result, or the JSON-RPC error to answer with (the sandbox proxy).
 type Commander func(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error)
 
-// UseCommands enables the /ws command method (call before serving).
-func (h *Hub) UseCommands(c Commander) { h.commands = c }
-
 // muxSession is one /ws connection following any number of runs.
 type muxSession struct {
 	h         *Hub

@@ -21,10 +21,6 @@ type Guard interface {
 	Watch(keyID int64, onRevoke func()) (stop func())
 }
 
-// UseGuard makes the hub close every connection whose API key is revoked
-// (call before serving); without it, revocation closes nothing.
-func (h *Hub) UseGuard(g Guard) { h.guard = g }
-
 type keysKey struct{}
 
 // WithKey returns ctx noting that the API key keyID authenticated the

@@ -82,6 +82,9 @@ type Config struct {
 	// Sandboxes forwards commands to HTTP sandboxes (state.sandbox_url);
 	// nil: none.
 	Sandboxes *SandboxClient
+	// Relay reaches the agents held by other nodes (redisrelay); nil: this
+	// node is the only one, and holds every agent it can reach.
+	Relay Relay
 }
 
 // Proxy holds this node's agent sessions and routes commands to them.
@@ -113,11 +116,18 @@ func (p *Proxy) Close() {
 // agents it holds; the relay's presence TTL is three times longer.
 const claimRefresh = 10 * time.Second
 
-// UseRelay connects the proxy to other nodes (call before serving).
-func (p *Proxy) UseRelay(r Relay) { p.relay = r }
-
-// New builds a proxy.
-func New(cfg Config) *Proxy {
+// New builds a proxy on its tokens, run service and store (all required).
+func New(cfg Config) (*Proxy, error) {
+	switch {
+	case cfg.Tokens == nil:
+		return nil, errors.New("proxy: Config.Tokens is required")
+	case cfg.Runs == nil:
+		return nil, errors.New("proxy: Config.Runs is required")
+	case cfg.Store == nil:
+		return nil, errors.New("proxy: Config.Store is required")
+	case cfg.DecodePatch == nil:
+		return nil, errors.New("proxy: Config.DecodePatch is required")
+	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = DefaultCommandTimeout
 	}
@@ -130,7 +140,20 @@ func New(cfg Config) *Proxy {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Proxy{cfg: cfg, log: cfg.Logger, agents: map[string]*session{}}
+	return &Proxy{cfg: cfg, log: cfg.Logger, agents: map[string]*session{}, relay: cfg.Relay}, nil
+}
+
+// Start hands the proxy to its relay (if any) as the handler of the
+// commands and evictions other nodes send here. Call it once, before
+// serving.
+func (p *Proxy) Start(ctx context.Context) error {
+	if p.relay == nil {
+		return nil
+	}
+	if err := p.relay.Start(ctx, p); err != nil {
+		return fmt.Errorf("proxy: start relay: %w", err)
+	}
+	return nil
 }
 
 // session is one agent connection.

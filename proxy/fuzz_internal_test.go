@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"testing"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -51,13 +52,14 @@ func FuzzAgentRequest(f *testing.F) {
 		f.Add(s[0], []byte(s[1]))
 	}
 	f.Fuzz(func(t *testing.T, method string, params []byte) {
-		p := New(Config{Runs: acceptRuns{}, DecodePatch: func(b []byte) (store.RunPatch, error) {
+		// Built in place: only the dispatch is fuzzed, with no tokens or store.
+		p := &Proxy{log: slog.Default(), agents: map[string]*session{}, cfg: Config{Runs: acceptRuns{}, DecodePatch: func(b []byte) (store.RunPatch, error) {
 			var m map[string]json.RawMessage
 			if err := json.Unmarshal(b, &m); err != nil {
 				return store.RunPatch{}, &store.ValidationError{Attr: "body", Code: "parse_error", Detail: "bad"}
 			}
 			return store.RunPatch{}, nil
-		}})
+		}}}
 		s := &session{run: &store.Run{ID: "r", TaskID: "t", ProjectID: 1}}
 		req := &jsonrpc2.Request{Method: method}
 		if params != nil {

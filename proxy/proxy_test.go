@@ -20,14 +20,11 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/cmd/node"
 	"runhub/proxy"
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
-	"runhub/proxy/tokens"
-	"runhub/rest"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -56,24 +53,16 @@ func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: t.TempDir(), Proxy: cfg, WrapWrites: wrap})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hub.New(hub.Config{Store: st})
-	t.Cleanup(h.Close)
-	var writes store.Store = st
-	if wrap != nil {
-		writes = wrap(st)
+	t.Cleanup(func() { n.Close() }) // after the server: disconnections are recorded before the store closes
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
 	}
-	svc := &runs.Service{Store: writes, Pub: h}
-	cfg.Tokens, cfg.Runs, cfg.Store, cfg.DecodePatch = tk, svc, st, rest.DecodeRunPatch
-	px := proxy.New(cfg)
-	t.Cleanup(px.Close) // after the server, before the store: disconnections are recorded
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent}))
+	px := n.Proxy()
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
 	e := &pxEnv{t: t, srv: srv, st: st, px: px}
 	p, err := st.CreateProject(ctx, "proxy")

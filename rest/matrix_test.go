@@ -390,10 +390,6 @@ func newMxEnv(t *testing.T) *mxEnv {
 	}
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	tk, err := tokens.Load(tokens.Config{PrivateKeyPEM: keyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
 	past, err := tokens.Load(tokens.Config{PrivateKeyPEM: keyPEM,
 		Now: func() time.Time { return time.Now().Add(-tokens.TTL - time.Hour) }})
 	if err != nil {
@@ -408,21 +404,38 @@ func newMxEnv(t *testing.T) *mxEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mx := &mxEnv{tokens: tk, expired: past, signer: signer}
+	mx := &mxEnv{expired: past, signer: signer}
+	// A whole node, wired by hand as cmd/node does: this test is in package
+	// rest (it reads the router), which cmd/node imports.
 	mx.env = newEnv(t, func(c *Config) {
-		h := hub.New(hub.Config{Store: c.Store})
-		t.Cleanup(h.Close)
 		rv := tokens.NewRevocations(tokens.RevocationConfig{Store: c.Store, Interval: 50 * time.Millisecond, Window: 2 * time.Second})
 		if err := rv.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(rv.Close)
-		tk.UseRevocations(rv)
-		h.UseGuard(rv)
-		svc := &runs.Service{Store: c.Store, Pub: h}
-		px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
+		tk, err := tokens.Load(tokens.Config{PrivateKeyPEM: keyPEM, Revocations: rv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mx.tokens = tk
+		broker := hub.NewMemoryBroker()
+		svc, err := runs.New(runs.Config{Store: c.Store, Publisher: broker})
+		if err != nil {
+			t.Fatal(err)
+		}
+		px, err := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(px.Close)
-		h.UseCommands(px.WSCommand)
+		h, err := hub.New(hub.Config{Store: c.Store, Broker: broker, Commands: px.WSCommand, Guard: rv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(h.Close)
+		if err := h.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		c.Runs, c.Stream, c.WS, c.Tokens, c.Commands, c.Agent = svc, h.ServeStream, h.ServeWS, tk, px, px.ServeAgent
 		c.Blobs, c.Files, c.Signer = files, files, signer
 		c.Extra = web.Mount

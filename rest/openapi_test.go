@@ -50,7 +50,7 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Config{Store: st, WS: ws, Tokens: tk, Agent: func(http.ResponseWriter, *http.Request) {},
+	return New(Config{Store: st, Runs: quietRuns(t, st), WS: ws, Tokens: tk, Agent: func(http.ResponseWriter, *http.Request) {},
 		Blobs: fs, Files: fs, Signer: signer}), st
 }
 

@@ -44,10 +44,19 @@ func newTokenEnv(t *testing.T) *tokenEnv {
 	}
 	te := &tokenEnv{key: key, tokens: tk}
 	te.env = newEnv(t, func(c *Config) {
-		h := hub.New(hub.Config{Store: c.Store})
+		broker := hub.NewMemoryBroker()
+		h, err := hub.New(hub.Config{Store: c.Store, Broker: broker})
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(h.Close)
+		if err := h.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		c.Stream, c.WS, c.Tokens = h.ServeStream, h.ServeWS, tk
-		c.Runs = &runs.Service{Store: c.Store, Pub: h}
+		if c.Runs, err = runs.New(runs.Config{Store: c.Store, Publisher: broker}); err != nil {
+			t.Fatal(err)
+		}
 	})
 	return te
 }

@@ -12,56 +12,45 @@ import (
 	"testing"
 	"time"
 
-	"runhub/hub"
-	redisbroker "runhub/hub/redis"
+	"runhub/cmd/node"
 	"runhub/hub/redis/redistest"
 	"runhub/proxy"
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
-	"runhub/proxy/redisrelay"
-	"runhub/proxy/tokens"
-	"runhub/rest"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
-// node is one runhub node: its own hub, broker, proxy, relay and HTTP
-// server, over the store all nodes share.
-type node struct {
+// testNode is one runhub node: its own store connection, hub, broker,
+// proxy, relay and HTTP server, over the database file and data directory
+// all nodes share (as separate processes would).
+type testNode struct {
 	srv *httptest.Server
 	px  *proxy.Proxy
 }
 
-func newNode(t *testing.T, st store.Store, tk *tokens.Tokens, redisURL string) *node {
+func newNode(t *testing.T, dbPath, dataDir, redisURL string) *testNode {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := hub.New(hub.Config{Store: st, Logger: log})
-	b, err := redisbroker.New(ctx, redisURL, h.Deliver, h.Resync, log)
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: dataDir, RedisURL: redisURL, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	h.UseBroker(b)
-	svc := &runs.Service{Store: st, Pub: h}
-	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch, Logger: log})
-	relay, err := redisrelay.New(ctx, redisURL, px, log)
-	if err != nil {
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { relay.Close() })
-	px.UseRelay(relay)
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent, Logger: log}))
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
-	t.Cleanup(h.Close)
-	return &node{srv: srv, px: px}
+	return &testNode{srv: srv, px: n.Proxy()}
 }
 
-func call(t *testing.T, n *node, key, method, path, body string, status int, out any) {
+func call(t *testing.T, n *testNode, key, method, path, body string, status int, out any) {
 	t.Helper()
 	proxytest.APICall(t, n.srv.URL, key, method, path, body, status, out)
 }
@@ -73,16 +62,13 @@ func call(t *testing.T, n *node, key, method, path, body string, status int, out
 func TestCrossNodeCommands(t *testing.T) {
 	rs := redistest.Start(t)
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	dbPath, dataDir := filepath.Join(t.TempDir(), "db"), t.TempDir()
+	st, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := newNode(t, st, tk, rs.URL()), newNode(t, st, tk, rs.URL())
+	a, b := newNode(t, dbPath, dataDir, rs.URL()), newNode(t, dbPath, dataDir, rs.URL())
 
 	p, _ := st.CreateProject(ctx, "relay")
 	secret, prefix, hash := store.GenerateAPIKey()
@@ -93,7 +79,7 @@ func TestCrossNodeCommands(t *testing.T) {
 	call(t, a, secret, "POST", runs, `{}`, http.StatusCreated, &run)
 	runPath := runs + run.ID
 
-	agentOn := func(n *node) (<-chan error, context.CancelFunc) {
+	agentOn := func(n *testNode) (<-chan error, context.CancelFunc) {
 		var tb struct {
 			Token string `json:"token"`
 			URL   string `json:"ws_url"`

@@ -14,13 +14,12 @@ import (
 
 	"github.com/coder/websocket"
 
+	"runhub/cmd/node"
 	"runhub/hub"
 	"runhub/proxy"
 	"runhub/proxy/proxytest"
 	"runhub/proxy/tokens"
-	"runhub/rest"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -49,27 +48,18 @@ func newRevNode(t *testing.T, dbPath, keyDir string) *revNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := tokens.Load(tokens.Config{DataDir: keyDir})
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: keyDir,
+		Revocation: tokens.RevocationConfig{Interval: revPoll, Window: revWindow}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rv := tokens.NewRevocations(tokens.RevocationConfig{Store: st, Interval: revPoll, Window: revWindow})
-	if err := rv.Start(ctx); err != nil {
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(rv.Close)
-	tk.UseRevocations(rv)
-	h := hub.New(hub.Config{Store: st})
-	t.Cleanup(h.Close)
-	h.UseGuard(rv)
-	svc := &runs.Service{Store: st, Pub: h}
-	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch})
-	t.Cleanup(px.Close)
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent}))
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
+	px, tk, rv := n.Proxy(), n.Tokens(), n.Revocations()
 	return &revNode{srv: srv, st: st, px: px, tokens: tk, rv: rv}
 }
 

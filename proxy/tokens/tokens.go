@@ -78,12 +78,8 @@ type Tokens struct {
 	revocations *Revocations // nil: no key is revoked
 }
 
-// UseRevocations makes Verify refuse the tokens of revoked keys, and agent
-// connections close when their key is revoked (call before serving).
-func (t *Tokens) UseRevocations(r *Revocations) { t.revocations = r }
-
-// Revocations is what UseRevocations set (nil: no key is revoked); an
-// agent connection watches its token's key through it.
+// Revocations is the poller Config.Revocations named (nil: no key is
+// revoked); an agent connection watches its token's key through it.
 func (t *Tokens) Revocations() *Revocations { return t.revocations }
 
 // Config configures Load.
@@ -97,6 +93,11 @@ type Config struct {
 	PreviousPublicKeyPEM string
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// Revocations makes Verify refuse the tokens of revoked keys, and agent
+	// connections close when their key is revoked. nil: no key is ever
+	// revoked, for tokens minted without a store of keys (tests of the
+	// tokens alone); a node always sets it.
+	Revocations *Revocations
 }
 
 // Load loads or creates the signing key.
@@ -115,7 +116,7 @@ func Load(cfg Config) (*Tokens, error) {
 			return nil, err
 		}
 	}
-	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now}
+	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now, revocations: cfg.Revocations}
 	if t.now == nil {
 		t.now = time.Now
 	}
