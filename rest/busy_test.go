@@ -28,7 +28,7 @@ func TestStoreBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	srv := httptest.NewServer(New(Config{Store: st}))
+	srv := httptest.NewServer(New(Config{Store: st, Runs: quietRuns(t, st)}))
 	t.Cleanup(srv.Close)
 	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
 	p, err := st.CreateProject(context.Background(), "Busy")
@@ -75,7 +75,7 @@ func TestStoreBusy(t *testing.T) {
 // depth, to the busy 503, and an error that merely says "database is
 // locked" (no sentinel) to the bare 500: no driver message is parsed.
 func TestBusyIsNotAStringMatch(t *testing.T) {
-	s := New(Config{Store: nil})
+	s := newEnv(t, nil).srv.Config.Handler.(*Server)
 	for _, c := range []struct {
 		err    error
 		status int
