@@ -55,6 +55,8 @@ bench: build
 	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
 	bin/runhub-bench idle -conns 10000
 	bin/runhub-bench command -n 2000
+	bin/runhub-bench append -writers 16 -runs 16 -batch 100 -size 200 -duration 10s
+	bin/runhub-bench append -writers 16 -runs 1 -batch 100 -size 200 -duration 10s
 	bin/runhub-bench fanout -transport ws -subs 20 -publishers 4 -rate 200 -batch 8 -size 4096 -max-bytes 52428800 -duration 60s
 	bin/runhub-bench fanout -transport ws -subs 20 -slow 20 -publishers 4 -rate 200 -batch 8 -size 4096 -max-bytes 52428800 -duration 60s
 
@@ -62,16 +64,18 @@ bench: build
 # failures are written to testdata/fuzz and must be committed with the fix.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLogEntry$$' -fuzztime $(FUZZTIME) ./store/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunSnapshot$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAppendLog$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunPatch$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTask$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzWSMessage$$' -fuzztime $(FUZZTIME) ./hub/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime $(FUZZTIME) ./hub/wsrpc/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) ./rest/
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifyToken$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyToken$$' -fuzztime $(FUZZTIME) ./proxy/tokens/
 	$(GO) test -run '^$$' -fuzz '^FuzzAgentRequest$$' -fuzztime $(FUZZTIME) ./proxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArtifacts$$' -fuzztime $(FUZZTIME) ./rest/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRelay$$' -fuzztime $(FUZZTIME) ./rest/
-	$(GO) test -run '^$$' -fuzz '^FuzzToMrkdwn$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzToMrkdwn$$' -fuzztime $(FUZZTIME) ./proxy/slack/
 	$(GO) test -run '^$$' -fuzz '^FuzzCompileSchema$$' -fuzztime $(FUZZTIME) ./store/runs/
 	$(GO) test -run '^$$' -fuzz '^FuzzLinkBase$$' -fuzztime $(FUZZTIME) ./rest/
 

@@ -20,9 +20,8 @@ import (
 // effect when the call completes. The next Unsubscribe can be held open to
 // model a slow round trip.
 type gateBroker struct {
-	h *hub.Hub
-
 	mu         sync.Mutex
+	h          hub.BrokerEventHandler // set by Start
 	subscribed map[string]bool
 	calls      []string
 
@@ -35,12 +34,19 @@ func newGateBroker() *gateBroker {
 	return &gateBroker{subscribed: map[string]bool{}, unsubbing: make(chan string, 1), release: make(chan struct{})}
 }
 
+func (b *gateBroker) Start(_ context.Context, h hub.BrokerEventHandler) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.h = h
+	return nil
+}
+
 func (b *gateBroker) Publish(_ context.Context, runID string, events []store.Event) error {
 	b.mu.Lock()
-	ok := b.subscribed[runID]
+	ok, h := b.subscribed[runID], b.h
 	b.mu.Unlock()
 	if ok {
-		b.h.Deliver(runID, events)
+		h.Deliver(runID, events)
 	}
 	return nil
 }
@@ -81,7 +87,7 @@ func (b *gateBroker) isSubscribed(run string) bool {
 func TestBrokerSubscriptionFollowsSubscribers(t *testing.T) {
 	b := newGateBroker()
 	e := newHTEnv(t, hub.Config{CheckInterval: 5 * time.Second}, htOptions{
-		setup:         func(h *hub.Hub) { b.h = h; h.UseBroker(b) },
+		broker:        b,
 		positionCheck: true,
 	})
 	run := e.newRun()
@@ -146,13 +152,33 @@ func TestBrokerSubscriptionFollowsSubscribers(t *testing.T) {
 // dropBroker loses every publish while drop is set, like Redis pub/sub
 // during a network blip that go-redis does not notice.
 type dropBroker struct {
-	h    *hub.Hub
+	handlerOf
 	drop atomic.Bool
+}
+
+// handlerOf is the hub a test broker delivers to, handed over by Start
+// (as Hub.Start does).
+type handlerOf struct {
+	mu sync.Mutex
+	h  hub.BrokerEventHandler
+}
+
+func (x *handlerOf) Start(_ context.Context, h hub.BrokerEventHandler) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.h = h
+	return nil
+}
+
+func (x *handlerOf) handler() hub.BrokerEventHandler {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.h
 }
 
 func (b *dropBroker) Publish(_ context.Context, runID string, events []store.Event) error {
 	if !b.drop.Load() {
-		b.h.Deliver(runID, events)
+		b.handler().Deliver(runID, events)
 	}
 	return nil
 }
@@ -167,7 +193,7 @@ func (b *dropBroker) Unsubscribe(context.Context, string) error { return nil }
 func TestPositionCheckFindsLostTail(t *testing.T) {
 	b := &dropBroker{}
 	e := newHTEnv(t, hub.Config{CheckInterval: 300 * time.Millisecond, ReorderWait: 50 * time.Millisecond}, htOptions{
-		setup:         func(h *hub.Hub) { b.h = h; h.UseBroker(b) },
+		broker:        b,
 		positionCheck: true,
 	})
 	run := e.newRun()
@@ -199,7 +225,7 @@ func TestPositionCheckFindsLostTail(t *testing.T) {
 // until released or until its context ends, like a Redis that stopped
 // answering.
 type stallBroker struct {
-	h       *hub.Hub
+	handlerOf
 	stalled string
 	entered chan struct{} // closed when the stalled Subscribe starts
 	release chan struct{}
@@ -258,7 +284,7 @@ func TestBrokerStallBlocksOnlyItsRun(t *testing.T) {
 	const bound = time.Second
 	b := &stallBroker{entered: make(chan struct{}), release: make(chan struct{}), ended: make(chan error, 1),
 		subscribed: map[string]bool{}}
-	e := newHTEnv(t, hub.Config{BrokerTimeout: bound}, htOptions{setup: func(h *hub.Hub) { b.h = h; h.UseBroker(b) }})
+	e := newHTEnv(t, hub.Config{BrokerTimeout: bound}, htOptions{broker: b})
 	t.Cleanup(func() {
 		select {
 		case <-b.release:

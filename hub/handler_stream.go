@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"runhub/hub/wsrpc"
 	"runhub/store"
 )
 
@@ -112,7 +113,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 // request's memory. What remains per idle connection is coder/websocket's
 // reader goroutine and buffers, the subscription, and two timers.
 func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) error {
-	ws, gw, err := acceptWS(w, r)
+	ws, gw, err := wsrpc.Accept(w, r)
 	if err != nil {
 		return nil // Accept has answered the request
 	}

@@ -4,19 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
 	"github.com/sourcegraph/jsonrpc2"
 
+	"runhub/hub/wsrpc"
 	"runhub/store"
 )
 
@@ -62,108 +59,6 @@ type RunAuthorizer = func(ctx context.Context, runID, token string) (run *store.
 // result, or the JSON-RPC error to answer with (the sandbox proxy).
 type Commander func(ctx context.Context, run *store.Run, method string, params json.RawMessage) (json.RawMessage, *jsonrpc2.Error)
 
-// UseCommands enables the /ws command method (call before serving).
-func (h *Hub) UseCommands(c Commander) { h.commands = c }
-
-// wsStream adapts a coder/websocket connection to jsonrpc2.ObjectStream:
-// one JSON-RPC message per text message. Malformed JSON gets a -32700 reply
-// and the connection goes on (jsonrpc2 itself would drop it).
-type wsStream struct {
-	ws      *websocket.Conn
-	gw      *gatherWriter
-	ctx     context.Context
-	timeout func() (context.Context, context.CancelFunc)
-}
-
-func (s wsStream) WriteObject(obj any) error {
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := s.timeout()
-	defer cancel()
-	if s.gw == nil {
-		return s.ws.Write(ctx, websocket.MessageText, b)
-	}
-	s.gw.gather()
-	err = s.ws.Write(ctx, websocket.MessageText, b)
-	if rerr := s.gw.release(); err == nil {
-		err = rerr
-	}
-	return err
-}
-
-// NewObjectStream adapts a WebSocket to jsonrpc2.ObjectStream as /ws does
-// (one JSON-RPC message per text message; a malformed message gets -32700
-// and the connection goes on; batches get -32600); each write must finish
-// within timeout. The sandbox proxy uses it for agent connections.
-func NewObjectStream(ctx context.Context, ws *websocket.Conn, timeout time.Duration) jsonrpc2.ObjectStream {
-	return wsStream{ws: ws, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(ctx, timeout)
-	}}
-}
-
-var (
-	parseErrorReply     = []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}`)
-	invalidRequestReply = []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request: send one JSON-RPC object per message (batches are not supported)"}}`)
-)
-
-func (s wsStream) ReadObject(v any) error {
-	for {
-		typ, b, err := s.ws.Read(s.ctx)
-		if err != nil {
-			if st := websocket.CloseStatus(err); st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway {
-				return io.EOF
-			}
-			return err
-		}
-		reply := decodeMessage(typ, b, v)
-		if reply == nil {
-			return nil
-		}
-		ctx, cancel := s.timeout()
-		err = s.ws.Write(ctx, websocket.MessageText, reply)
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// decodeMessage decodes one client message into v, or returns the error
-// reply it gets instead: -32700 for what is not JSON text, -32600 for a
-// batch or a message that is not a JSON-RPC object.
-func decodeMessage(typ websocket.MessageType, b []byte, v any) (reply []byte) {
-	switch {
-	case typ != websocket.MessageText || !json.Valid(b):
-		return parseErrorReply
-	case len(b) > 0 && strings.TrimSpace(string(b[:1])) == "[":
-		return invalidRequestReply
-	case !utf8.Valid(b):
-		// Stored and relayed text is always UTF-8 (a browser closes the
-		// socket with 1007 on anything else), so a request that is not is
-		// refused, not repaired, and the connection goes on. A response
-		// (an agent's answer to a command) goes through: the proxy
-		// replaces what is not UTF-8 before relaying it.
-		var req struct {
-			ID     json.RawMessage `json:"id"`
-			Method *string         `json:"method"`
-		}
-		if json.Unmarshal(b, &req) != nil || req.Method != nil {
-			if len(req.ID) == 0 || !utf8.Valid(req.ID) {
-				req.ID = json.RawMessage("null")
-			}
-			return fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%s,"error":{"code":-32602,"message":"Invalid params: text must be valid UTF-8"}}`, req.ID)
-		}
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return invalidRequestReply
-	}
-	return nil
-}
-
-func (s wsStream) Close() error { return s.ws.Close(websocket.StatusNormalClosure, "") }
-
 // muxSession is one /ws connection following any number of runs.
 type muxSession struct {
 	h         *Hub
@@ -188,7 +83,7 @@ type muxSession struct {
 // connection is closed (4001). A connection follows at most
 // MaxSubscriptions runs and has at most MaxCommands commands in flight.
 func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer) {
-	ws, gw, err := acceptWS(w, r)
+	ws, gw, err := wsrpc.Accept(w, r)
 	if err != nil {
 		return
 	}
@@ -218,10 +113,8 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	rv := h.watchKeys(r.Context(), func() { close(revoked) })
 	defer rv.stop()
 	ctx = context.WithValue(ctx, revocationKey{}, rv)
-	stream := wsStream{ws: ws, gw: gw, ctx: ctx, timeout: func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(ctx, h.cfg.WriteTimeout)
-	}}
-	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(discardLogger{}))
+	stream := wsrpc.NewObjectStream(ctx, ws, gw, h.cfg.WriteTimeout)
+	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer rpc.Close()
 	p := h.startPinger(ctx, ws)
 	defer p.stop()
@@ -258,10 +151,6 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		}
 	}
 }
-
-type discardLogger struct{}
-
-func (discardLogger) Printf(string, ...any) {}
 
 func (m *muxSession) closeAll() {
 	m.mu.Lock()

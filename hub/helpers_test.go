@@ -56,8 +56,8 @@ type htOptions struct {
 	listener func(net.Listener) net.Listener
 	// source wraps the store as the hub reads it.
 	source func(hub.EventSource) hub.EventSource
-	// setup is called with the hub before the server starts (UseBroker).
-	setup func(*hub.Hub)
+	// broker replaces the in-process broker; the env hands it the hub.
+	broker hub.Broker
 	// positionCheck runs the hub's position check (h.Run) as serve does.
 	positionCheck bool
 	// tokens enables connection tokens (endpoint 9, tokens on /ws).
@@ -78,19 +78,33 @@ func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 			cfg.Store = o.source(cfg.Store)
 		}
 	}
-	h := hub.New(cfg)
+	cfg.Broker = hub.NewMemoryBroker()
+	for _, o := range opts {
+		if o.broker != nil {
+			cfg.Broker = o.broker
+		}
+	}
+	h, err := hub.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(h.Close) // runs after the server's cleanups, registered below
 	runCtx, stopRun := context.WithCancel(context.Background())
 	t.Cleanup(stopRun)
+	// What Hub.Start does, with the position check only where asked for:
+	// the hub is the broker's one handler.
+	if err := cfg.Broker.Start(runCtx, h); err != nil {
+		t.Fatal(err)
+	}
 	for _, o := range opts {
-		if o.setup != nil {
-			o.setup(h)
-		}
 		if o.positionCheck {
 			go h.Run(runCtx)
 		}
 	}
-	svc := &runs.Service{Store: st, Pub: h}
+	svc, err := runs.New(runs.Config{Store: st, Publisher: cfg.Broker})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rcfg := rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS}
 	for _, o := range opts {
 		if o.tokens != nil {

@@ -24,12 +24,13 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
-	"runhub/hub/memory"
 	"runhub/store"
 )
 
@@ -102,18 +103,46 @@ type EventSource interface {
 	EventsBefore(ctx context.Context, runID string, before int64, limit, maxBytes int) ([]store.Event, error)
 }
 
-// Broker carries committed events between hub nodes. Publish is called after
-// the store commit; the broker calls the handler given to Start with every
-// message for a run this node subscribed to (including its own).
+// Broker carries committed events between hub nodes. It is built before
+// the hub and given to it in Config; Hub.Start hands the hub to the broker
+// as its one event handler (as centrifuge's Node.Run does), so events flow
+// one way: runs.Service → Broker.Publish → the broker → every subscribed
+// node's hub. Publish is called after the store commit (it is the
+// runs.Publisher); the broker calls the handler with every message for a
+// run this node subscribed to (including its own).
 type Broker interface {
+	// Start registers the node's one event handler and begins delivering
+	// to it, until the broker is closed (or ctx ends); it is called once,
+	// by Hub.Start, before the hub subscribes to any run.
+	Start(ctx context.Context, h BrokerEventHandler) error
 	Publish(ctx context.Context, runID string, events []store.Event) error
 	Subscribe(ctx context.Context, runID string) error
 	Unsubscribe(ctx context.Context, runID string) error
 }
 
+// BrokerEventHandler is what a broker delivers to: the node's Hub.
+type BrokerEventHandler interface {
+	// Deliver fans one message out to this node's subscribers of the run.
+	Deliver(runID string, events []store.Event)
+	// Resync makes the run's live subscribers read the store: called when
+	// the broker may have lost messages (it (re)confirmed a subscription).
+	Resync(runID string)
+}
+
 // Config configures a Hub.
 type Config struct {
-	Store EventSource
+	// Store and Broker are required: the store is the source of truth the
+	// hub backfills from, the broker carries the news (NewMemoryBroker on
+	// a single node, hub/redis across nodes).
+	Store  EventSource
+	Broker Broker
+	// Commands serves the /ws command method (the sandbox proxy's
+	// WSCommand); nil: this hub relays no commands and /ws answers the
+	// method with -32601, as a hub without a proxy must.
+	Commands Commander
+	// Guard closes the connections of revoked API keys (tokens.Revocations);
+	// nil: the caller has no revocations to watch (a hub without keys).
+	Guard Guard
 	// CheckInterval is the period of the position check (0: default).
 	CheckInterval time.Duration
 	// ReorderWait is how long out-of-order events wait for a missing one
@@ -146,8 +175,8 @@ type Hub struct {
 	log    *slog.Logger
 	m      *metrics
 
-	commands Commander // nil: /ws has no command method
-	guard    Guard     // nil: revoking a key closes no connection
+	commands Commander // nil: /ws has no command method (Config.Commands)
+	guard    Guard     // nil: revoking a key closes no connection (Config.Guard)
 
 	mu   sync.Mutex
 	runs map[string]*runState
@@ -197,8 +226,15 @@ type sub struct {
 	gone   bool // unsubscribed (guarded by run.mu)
 }
 
-// New builds a hub. With no broker it uses an in-process one.
-func New(cfg Config) *Hub {
+// New builds a hub on its store and broker (both required). Start hands it
+// to the broker.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("hub: Config.Store is required")
+	}
+	if cfg.Broker == nil {
+		return nil, errors.New("hub: Config.Broker is required")
+	}
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = DefaultQueueBytes
 	}
@@ -241,10 +277,10 @@ func New(cfg Config) *Hub {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	h := &Hub{cfg: cfg, src: cfg.Store, log: cfg.Logger, runs: map[string]*runState{}, brokerRuns: map[string]*brokerState{}, m: newMetrics()}
+	h := &Hub{cfg: cfg, src: cfg.Store, broker: cfg.Broker, commands: cfg.Commands, guard: cfg.Guard,
+		log: cfg.Logger, runs: map[string]*runState{}, brokerRuns: map[string]*brokerState{}, m: newMetrics()}
 	h.ctx, h.stop = context.WithCancel(context.Background())
-	h.broker = memory.New(h.Deliver)
-	return h
+	return h, nil
 }
 
 // Close ends everything the hub runs (connections, including WebSocket
@@ -272,21 +308,22 @@ func (h *Hub) hold() bool {
 	return true
 }
 
-// Start runs the position check (see Run) until Close, which waits for it.
-func (h *Hub) Start() {
+// Start hands the hub to its broker as the broker's one event handler, then
+// runs the position check (see Run) until Close, which waits for it. Call
+// it once, before serving.
+func (h *Hub) Start(ctx context.Context) error {
+	if err := h.broker.Start(ctx, h); err != nil {
+		return fmt.Errorf("hub: start broker: %w", err)
+	}
 	if !h.hold() {
-		return
+		return errors.New("hub: closed")
 	}
 	go func() {
 		defer h.work.Done()
 		h.check(h.ctx)
 	}()
+	return nil
 }
-
-// UseBroker replaces the in-process broker (call before serving). The
-// broker must call h.Deliver with every message of a subscribed run and
-// h.Resync whenever it (re)confirms a run's subscription.
-func (h *Hub) UseBroker(b Broker) { h.broker = b }
 
 // Resync makes every live subscriber of the run read the store after its
 // cursor: called when the broker may have lost messages.
@@ -317,7 +354,8 @@ func (h *Hub) Resync(runID string) {
 // are some, which is why one check is not enough.) It bounds how long a
 // lost message can go unnoticed to two intervals.
 //
-// Run also returns at Close, which waits for it; serve uses Start.
+// Run also returns at Close, which waits for it; a node uses Start, which
+// also hands the hub to its broker.
 func (h *Hub) Run(ctx context.Context) {
 	if !h.hold() {
 		return
@@ -370,14 +408,6 @@ func (h *Hub) check(ctx context.Context) {
 				delete(unseen, id)
 			}
 		}
-	}
-}
-
-// Publish hands committed events to the broker (runs.Publisher). A failure
-// loses nothing: subscribers find the events in the store at the next gap.
-func (h *Hub) Publish(ctx context.Context, runID string, events []store.Event) {
-	if err := h.broker.Publish(ctx, runID, events); err != nil {
-		h.log.WarnContext(ctx, "publish failed; subscribers will backfill", "run_id", runID, "err", err)
 	}
 }
 
@@ -438,7 +468,7 @@ func (b *batch) statusAt(i int) string {
 	return b.status[i]
 }
 
-// Deliver is the broker's callback: fan one message out to this node's
+// Deliver is the broker's callback (BrokerEventHandler): fan one message out to this node's
 // subscribers of the run.
 //
 // Concurrent publishers commit in one order and publish in another, so

@@ -17,7 +17,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"runhub/hub"
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -97,9 +97,9 @@ func (e *htEnv) connectionToken(run string) string {
 	return tok.Token
 }
 
-func newTokens(t *testing.T) *proxy.Tokens {
+func newTokens(t *testing.T) *tokens.Tokens {
 	t.Helper()
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,8 +214,8 @@ func TestWSCommandCap(t *testing.T) {
 	entered := make(chan string, 16)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
-	e := newHTEnv(t, hub.Config{MaxCommands: limit}, htOptions{setup: func(h *hub.Hub) {
-		h.UseCommands(func(ctx context.Context, run *store.Run, method string, _ json.RawMessage) (json.RawMessage, *jsonrpc2.Error) {
+	e := newHTEnv(t, hub.Config{MaxCommands: limit,
+		Commands: func(ctx context.Context, run *store.Run, method string, _ json.RawMessage) (json.RawMessage, *jsonrpc2.Error) {
 			entered <- method
 			select {
 			case <-release:
@@ -223,8 +223,7 @@ func TestWSCommandCap(t *testing.T) {
 			case <-ctx.Done():
 				return nil, &jsonrpc2.Error{Code: jsonrpc2.CodeInternalError, Message: ctx.Err().Error()}
 			}
-		})
-	}})
+		}})
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	c := dialMux(t, e)
 	run := e.newRun()

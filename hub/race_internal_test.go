@@ -32,7 +32,10 @@ func (emptySource) EventsBefore(context.Context, string, int64, int, int) ([]sto
 // test repeats the race for a second (the old code failed within ~10^4
 // iterations).
 func TestSubscribeRacesLastUnsubscribe(t *testing.T) {
-	h := New(Config{Store: emptySource{}})
+	h, err := New(Config{Store: emptySource{}, Broker: NewMemoryBroker()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	nop := func(context.Context, [][]byte) error { return nil }
 	const run = "run"

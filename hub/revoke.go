@@ -13,17 +13,13 @@ import (
 const closeRevoked websocket.StatusCode = 4001
 
 // Guard tells a connection that an API key that authenticated it, itself or
-// through a token it minted, was revoked (proxy.Revocations).
+// through a token it minted, was revoked (tokens.Revocations).
 type Guard interface {
 	// Watch calls onRevoke once when keyID is revoked (at once if it
 	// already is); onRevoke must not block. After stop returns, onRevoke
 	// is not running and will not run. keyID 0 is never revoked.
 	Watch(keyID int64, onRevoke func()) (stop func())
 }
-
-// UseGuard makes the hub close every connection whose API key is revoked
-// (call before serving); without it, revocation closes nothing.
-func (h *Hub) UseGuard(g Guard) { h.guard = g }
 
 type keysKey struct{}
 

@@ -1,3 +1,8 @@
+// Package proxy connects sandbox agents to runhub: the agent sessions of
+// GET /agent/connect (whose changes take the run service's one mutation
+// path), commands routed to a run's agent on this node, on another node
+// (Relay) or to its HTTP sandbox. Connection tokens are proxy/tokens, the
+// reference agent proxy/agentclient, the Slack relay proxy/slack.
 package proxy
 
 import (
@@ -18,7 +23,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/hub/wsrpc"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -47,9 +53,10 @@ const (
 	DefaultCommandTimeout = 30 * time.Second
 	defaultPingInterval   = 25 * time.Second
 	defaultPongTimeout    = 10 * time.Second
-	// maxAgentMessage bounds one agent message: an append_log of 10,000
-	// entries is large, but bounded by the REST body limit's order.
-	maxAgentMessage = 64 << 20
+	// MaxAgentMessage bounds one agent message, on both ends of the
+	// connection: an append_log of 10,000 entries is large, but bounded by
+	// the REST body limit's order.
+	MaxAgentMessage = 64 << 20
 )
 
 // Errors of Command, mapped to HTTP by the REST layer.
@@ -62,7 +69,7 @@ var (
 
 // Config configures a Proxy.
 type Config struct {
-	Tokens *Tokens
+	Tokens *tokens.Tokens
 	Runs   Runs
 	Store  RunLookup
 	// DecodePatch turns an update's params into a RunPatch with the REST
@@ -75,6 +82,9 @@ type Config struct {
 	// Sandboxes forwards commands to HTTP sandboxes (state.sandbox_url);
 	// nil: none.
 	Sandboxes *SandboxClient
+	// Relay reaches the agents held by other nodes (redisrelay); nil: this
+	// node is the only one, and holds every agent it can reach.
+	Relay Relay
 }
 
 // Proxy holds this node's agent sessions and routes commands to them.
@@ -106,11 +116,18 @@ func (p *Proxy) Close() {
 // agents it holds; the relay's presence TTL is three times longer.
 const claimRefresh = 10 * time.Second
 
-// UseRelay connects the proxy to other nodes (call before serving).
-func (p *Proxy) UseRelay(r Relay) { p.relay = r }
-
-// New builds a proxy.
-func New(cfg Config) *Proxy {
+// New builds a proxy on its tokens, run service and store (all required).
+func New(cfg Config) (*Proxy, error) {
+	switch {
+	case cfg.Tokens == nil:
+		return nil, errors.New("proxy: Config.Tokens is required")
+	case cfg.Runs == nil:
+		return nil, errors.New("proxy: Config.Runs is required")
+	case cfg.Store == nil:
+		return nil, errors.New("proxy: Config.Store is required")
+	case cfg.DecodePatch == nil:
+		return nil, errors.New("proxy: Config.DecodePatch is required")
+	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = DefaultCommandTimeout
 	}
@@ -123,7 +140,20 @@ func New(cfg Config) *Proxy {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Proxy{cfg: cfg, log: cfg.Logger, agents: map[string]*session{}}
+	return &Proxy{cfg: cfg, log: cfg.Logger, agents: map[string]*session{}, relay: cfg.Relay}, nil
+}
+
+// Start hands the proxy to its relay (if any) as the handler of the
+// commands and evictions other nodes send here. Call it once, before
+// serving.
+func (p *Proxy) Start(ctx context.Context) error {
+	if p.relay == nil {
+		return nil
+	}
+	if err := p.relay.Start(ctx, p); err != nil {
+		return fmt.Errorf("proxy: start relay: %w", err)
+	}
+	return nil
 }
 
 // session is one agent connection.
@@ -158,7 +188,7 @@ func agentToken(r *http.Request) string {
 // agent of the token's run, until the connection ends. A newer connection
 // for the same run replaces this one (close 4009).
 func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
-	claims, err := p.cfg.Tokens.Verify(agentToken(r), AudienceAgent)
+	claims, err := p.cfg.Tokens.Verify(agentToken(r), tokens.AudienceAgent)
 	if err != nil {
 		refuse(w, r, http.StatusUnauthorized, CloseBadToken, "Invalid agent token.")
 		return
@@ -174,12 +204,12 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	// The connection lives as long as the key that minted its token.
 	revoked := make(chan struct{})
-	stopWatch := p.cfg.Tokens.revocations.Watch(claims.KeyID, func() { close(revoked) })
+	stopWatch := p.cfg.Tokens.Revocations().Watch(claims.KeyID, func() { close(revoked) })
 	defer stopWatch()
 	p.conns.Add(1)
 	defer p.conns.Done()
 	defer ws.CloseNow()
-	ws.SetReadLimit(maxAgentMessage)
+	ws.SetReadLimit(MaxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := &session{run: run, ws: ws, n: p.accepted.Add(1)}
@@ -196,8 +226,8 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		}
 		return handle(ctx, c, req)
 	}
-	stream := hub.NewObjectStream(ctx, ws, p.cfg.CommandTimeout)
-	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(gated), jsonrpc2.SetLogger(discard{}))
+	stream := wsrpc.NewObjectStream(ctx, ws, nil, p.cfg.CommandTimeout)
+	s.rpc = jsonrpc2.NewConn(ctx, stream, jsonrpc2.HandlerWithError(gated), jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer s.rpc.Close()
 
 	// Two connections of one run may reach this point in either order; the
@@ -314,10 +344,6 @@ type authFailureKey struct{}
 func WithAuthFailureLog(ctx context.Context, log AuthFailureLog) context.Context {
 	return context.WithValue(ctx, authFailureKey{}, log)
 }
-
-type discard struct{}
-
-func (discard) Printf(string, ...any) {}
 
 // appendParams are the params of an agent's append_log.
 type appendParams struct {

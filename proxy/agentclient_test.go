@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/agentclient"
+	"runhub/proxy/proxytest"
 	"runhub/store"
 )
 
@@ -63,10 +65,10 @@ func newFlakyPxEnv(t *testing.T) (*pxEnv, *flakyStore) {
 
 // runAgent runs a reference agent for run until stop is called or the
 // test ends; client dials its connections (nil: the default).
-func (e *pxEnv) runAgent(run string, client *http.Client) (a *proxy.Agent, stop func()) {
+func (e *pxEnv) runAgent(run string, client *http.Client) (a *agentclient.Agent, stop func()) {
 	e.t.Helper()
 	tok, url := e.agentToken(run)
-	a = proxy.NewAgent(proxy.AgentOptions{URL: url, Token: tok, HTTPClient: client,
+	a = agentclient.New(agentclient.Options{URL: url, Token: tok, HTTPClient: client,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	finished := make(chan struct{})
@@ -74,7 +76,7 @@ func (e *pxEnv) runAgent(run string, client *http.Client) (a *proxy.Agent, stop 
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-finished }) }
 	e.t.Cleanup(stop)
-	waitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
+	proxytest.WaitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
 	return a, stop
 }
 
@@ -157,7 +159,7 @@ func TestAgentRestartKeepsBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop()
-	waitFor(t, "the first agent to go", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the first agent to go", func() bool { return !e.px.Connected(run) })
 
 	second, _ := e.runAgent(run, nil)
 	if err := second.Append(appendCtx(t), console(2)); err != nil {
@@ -218,7 +220,7 @@ func TestAgentResendsInOrder(t *testing.T) {
 	}
 
 	d.setDown(true)
-	waitFor(t, "the server to see the agent go", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the server to see the agent go", func() bool { return !e.px.Connected(run) })
 	const pending = 12
 	gone, cancel := context.WithCancel(context.Background())
 	cancel() // queue without waiting for the acknowledgement
@@ -228,7 +230,7 @@ func TestAgentResendsInOrder(t *testing.T) {
 		}
 	}
 	d.setDown(false)
-	waitFor(t, "the pending batches to be acknowledged", func() bool { return a.Unacked() == 0 })
+	proxytest.WaitFor(t, "the pending batches to be acknowledged", func() bool { return a.Unacked() == 0 })
 
 	want := make([]int, pending+1)
 	for i := range want {

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"runhub/proxy/proxytest"
+
 	"github.com/coder/websocket"
 )
 
@@ -31,7 +33,7 @@ func TestAgentFirstBatchFollowsConnected(t *testing.T) {
 		}
 		ws.Close(websocket.StatusNormalClosure, "")
 		cancel()
-		waitFor(t, "the agent to disconnect", func() bool { return !e.px.Connected(run) })
+		proxytest.WaitFor(t, "the agent to disconnect", func() bool { return !e.px.Connected(run) })
 		got := e.logTypes(run)
 		if len(got) < 2 || got[0] != "agent_connected" || got[1] != "first" {
 			t.Fatalf("connection %d: log %v, want agent_connected then the agent's first entry", i, got)

@@ -20,11 +20,11 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/cmd/node"
 	"runhub/proxy"
-	"runhub/rest"
+	"runhub/proxy/agentclient"
+	"runhub/proxy/proxytest"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -53,24 +53,16 @@ func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: t.TempDir(), Proxy: cfg, WrapWrites: wrap})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hub.New(hub.Config{Store: st})
-	t.Cleanup(h.Close)
-	var writes store.Store = st
-	if wrap != nil {
-		writes = wrap(st)
+	t.Cleanup(func() { n.Close() }) // after the server: disconnections are recorded before the store closes
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
 	}
-	svc := &runs.Service{Store: writes, Pub: h}
-	cfg.Tokens, cfg.Runs, cfg.Store, cfg.DecodePatch = tk, svc, st, rest.DecodeRunPatch
-	px := proxy.New(cfg)
-	t.Cleanup(px.Close) // after the server, before the store: disconnections are recorded
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent}))
+	px := n.Proxy()
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
 	e := &pxEnv{t: t, srv: srv, st: st, px: px}
 	p, err := st.CreateProject(ctx, "proxy")
@@ -92,33 +84,7 @@ func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.S
 // call sends an authenticated request, wants status and decodes into out.
 func (e *pxEnv) call(method, path, body string, status int, out any) []byte {
 	e.t.Helper()
-	return apiCall(e.t, e.srv.URL, e.key, method, path, body, status, out)
-}
-
-// apiCall sends a request with an API key to base, wants status and
-// decodes the body into out.
-func apiCall(t *testing.T, base, key, method, path, body string, status int, out any) []byte {
-	t.Helper()
-	r, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+key)
-	if body != "" {
-		r.Header.Set("Content-Type", "application/json")
-	}
-	res, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != status {
-		t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, status)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s: %v", b, err)
-		}
-	}
-	return b
+	return proxytest.APICall(e.t, e.srv.URL, e.key, method, path, body, status, out)
 }
 
 func (e *pxEnv) runPath(run string) string {
@@ -142,27 +108,16 @@ func (e *pxEnv) agentToken(run string) (token, url string) {
 }
 
 // startAgent runs the reference agent for run until the test ends.
-func (e *pxEnv) startAgent(run string) (*proxy.Agent, <-chan error) {
+func (e *pxEnv) startAgent(run string) (*agentclient.Agent, <-chan error) {
 	tok, url := e.agentToken(run)
-	a := proxy.NewAgent(proxy.AgentOptions{URL: url, Token: tok, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	a := agentclient.New(agentclient.Options{URL: url, Token: tok, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	finished := make(chan struct{})
 	go func() { done <- a.Run(ctx); close(finished) }()
 	e.t.Cleanup(func() { cancel(); <-finished })
-	waitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
+	proxytest.WaitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
 	return a, done
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // logTypes returns the event types of the run's stored log, in order.
@@ -251,8 +206,8 @@ func TestCommandsReachTheAgent(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent did not exit after close")
 	}
-	waitFor(t, "the proxy to drop the agent", func() bool { return !e.px.Connected(run) })
-	waitFor(t, "agent_disconnected in the log", func() bool {
+	proxytest.WaitFor(t, "the proxy to drop the agent", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "agent_disconnected in the log", func() bool {
 		ty := e.logTypes(run)
 		return len(ty) > 0 && ty[len(ty)-1] == "agent_disconnected"
 	})
@@ -285,7 +240,7 @@ func (e *pxEnv) dialRaw(run string) *rawAgent {
 	}
 	e.t.Cleanup(func() { ws.CloseNow() })
 	ws.SetReadLimit(-1)
-	waitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
+	proxytest.WaitFor(e.t, "the agent to connect", func() bool { return e.px.Connected(run) })
 	return &rawAgent{ws: ws, ctx: ctx}
 }
 
@@ -344,7 +299,7 @@ func TestCommandFailures(t *testing.T) {
 		t.Errorf("silent agent: %s after %v", b, time.Since(start))
 	}
 	silent.ws.CloseNow()
-	waitFor(t, "the silent agent to go", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the silent agent to go", func() bool { return !e.px.Connected(run) })
 
 	// Dies mid-call: 502.
 	dying := e.dialRaw(run)
@@ -371,9 +326,9 @@ func TestAgentBatchSeqIdempotent(t *testing.T) {
 	a := e.dialRaw(run)
 	batch := `{"jsonrpc":"2.0","id":1,"method":"append_log","params":{"seq":1,"entries":[{"type":"console","n":1},{"type":"console","n":2}]}}`
 	a.send(t, batch)
-	waitFor(t, "the batch to be stored", func() bool { return strings.Count(strings.Join(e.logTypes(run), ","), "console") == 2 })
+	proxytest.WaitFor(t, "the batch to be stored", func() bool { return strings.Count(strings.Join(e.logTypes(run), ","), "console") == 2 })
 	a.ws.CloseNow() // the ack is never read
-	waitFor(t, "the proxy to drop the agent", func() bool { return !e.px.Connected(run) })
+	proxytest.WaitFor(t, "the proxy to drop the agent", func() bool { return !e.px.Connected(run) })
 
 	b := e.dialRaw(run)
 	b.send(t, batch)

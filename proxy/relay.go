@@ -7,8 +7,13 @@ import (
 
 // Relay carries commands between nodes (the Redis relay; nil on a single
 // node): which node holds a run's agent, and a request to that node with
-// its reply.
+// its reply. It is built before the proxy and given to it in Config;
+// Proxy.Start hands the proxy to it as the handler of the requests other
+// nodes relay here.
 type Relay interface {
+	// Start registers h as the one handler of relayed messages and begins
+	// serving them until the relay is closed; called once, by Proxy.Start.
+	Start(ctx context.Context, h RelayHandler) error
 	// NodeID names this node.
 	NodeID() string
 	// Claim records that this node holds the run's agent (called again to

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -140,14 +141,14 @@ func (c *SandboxClient) allowed(u *url.URL) bool {
 	return c.permits(canonicalHost(u.Hostname()), port)
 }
 
-func (c *SandboxClient) forward(ctx context.Context, tokens *Tokens, run *store.Run, raw, method string, params json.RawMessage, id any) (*Response, error) {
+func (c *SandboxClient) forward(ctx context.Context, tk *tokens.Tokens, run *store.Run, raw, method string, params json.RawMessage, id any) (*Response, error) {
 	u, err := url.Parse(raw)
 	if err != nil || !c.allowed(u) {
 		return nil, ErrBadSandbox
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + "/command"
 	u.RawQuery, u.Fragment = "", ""
-	tok, _, err := tokens.Mint(Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID, DistinctID: "runhub", Scope: "write"}, AudienceClient)
+	tok, _, err := tk.Mint(tokens.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID, DistinctID: "runhub", Scope: "write"}, tokens.AudienceClient)
 	if err != nil {
 		return nil, err
 	}

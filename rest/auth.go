@@ -12,7 +12,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"runhub/hub"
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -155,9 +155,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 // (4001) when the API key behind any of these is revoked.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	var key *store.APIKey
-	var claims *proxy.Claims
+	var claims *tokens.Claims
 	if tok := connectionToken(r); tok != "" && s.tokens != nil {
-		c, err := s.tokens.Verify(tok, proxy.AudienceClient)
+		c, err := s.tokens.Verify(tok, tokens.AudienceClient)
 		if err != nil {
 			s.refuseToken(w, r, errBadToken)
 			return
@@ -187,7 +187,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.ws(w, r, func(ctx context.Context, runID, token string) (*store.Run, bool, error) {
 		switch {
 		case token != "" && s.tokens != nil:
-			c, err := s.tokens.Verify(token, proxy.AudienceClient)
+			c, err := s.tokens.Verify(token, tokens.AudienceClient)
 			if err != nil {
 				return nil, false, store.ErrForbidden
 			}

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
-	"runhub/store/runs"
 )
 
 // logBuffer is a slog JSON sink that handlers may write concurrently.
@@ -143,7 +143,10 @@ func TestAgentAuthFailuresLogged(t *testing.T) {
 	logs := &logBuffer{}
 	e := linkEnv(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
-		px := proxy.New(proxy.Config{Tokens: c.Tokens.(*proxy.Tokens), Runs: &runs.Service{Store: c.Store}, Store: c.Store, DecodePatch: DecodeRunPatch})
+		px, err := proxy.New(proxy.Config{Tokens: c.Tokens.(*tokens.Tokens), Runs: c.Runs, Store: c.Store, DecodePatch: DecodeRunPatch})
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(px.Close)
 		c.Agent = px.ServeAgent
 	})

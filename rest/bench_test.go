@@ -13,6 +13,7 @@ import (
 
 	"runhub/rest"
 	"runhub/store"
+	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -34,7 +35,11 @@ func BenchmarkAppendLogHTTP(b *testing.B) {
 			}
 			task, _ := st.CreateTask(ctx, p.ID, store.NewTask{Title: "bench", OriginProduct: "user_created"})
 			run, _ := st.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
-			srv := httptest.NewServer(rest.New(rest.Config{Store: st}))
+			svc, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc}))
 			defer srv.Close()
 			url := fmt.Sprintf("%s/api/projects/%d/tasks/%s/runs/%s/append_log/", srv.URL, p.ID, task.ID, run.Run.ID)
 			entry := map[string]any{"type": "notification", "timestamp": "2026-11-28T21:04:05.123456Z",

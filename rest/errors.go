@@ -145,7 +145,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		return
-	case isBusy(err):
+	case errors.Is(err, store.ErrBusy):
+		// Another process held the store's lock past its busy timeout:
+		// transient, the client retries, not a server fault.
 		ae = errStoreTimeout
 		w.Header().Set("Retry-After", "1")
 	default:
@@ -159,11 +161,4 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
 	}
 	writeJSON(w, ae.Status, ae)
-}
-
-// isBusy reports SQLite's "database is locked" after the busy timeout: a
-// transient condition the client should retry, not a server fault.
-func isBusy(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
 }

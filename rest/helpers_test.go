@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"runhub/store"
+	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -38,6 +39,17 @@ type env struct {
 }
 
 // newEnv builds an env; cfg, when not nil, adjusts the server config.
+// quietRuns is the run service of a server whose tests follow no stream:
+// it publishes nothing.
+func quietRuns(t testing.TB, st store.Store) *runs.Service {
+	t.Helper()
+	svc, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
 func newEnv(t *testing.T, cfg func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
@@ -46,7 +58,9 @@ func newEnv(t *testing.T, cfg func(*Config)) *env {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	c := Config{Store: st}
+	// Tests that follow no stream publish nothing; those that do set Runs
+	// with the hub's broker.
+	c := Config{Store: st, Runs: quietRuns(t, st)}
 	if cfg != nil {
 		cfg(&c)
 	}

@@ -19,6 +19,9 @@ import (
 // (Server.HTTPServer) on a loopback port and returns its address.
 func serveReal(t *testing.T, cfg Config) string {
 	t.Helper()
+	if cfg.Runs == nil {
+		cfg.Runs = quietRuns(t, cfg.Store)
+	}
 	srv := New(cfg).HTTPServer()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -255,7 +258,7 @@ func TestIdleTimeoutClosesKeepAlive(t *testing.T) {
 // and MetricsServer serves it, counting the API's requests.
 func TestSeparateMetrics(t *testing.T) {
 	e := newEnv(t, nil)
-	s := New(Config{Store: e.st, SeparateMetrics: true})
+	s := New(Config{Store: e.st, Runs: quietRuns(t, e.st), SeparateMetrics: true})
 	api := s.HTTPServer()
 	apiLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store/blob"
 )
 
@@ -21,7 +21,7 @@ import (
 func linkEnv(t *testing.T, cfg func(*Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: dir})
+	tk, err := tokens.Load(tokens.Config{DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,15 +26,18 @@ func decodeAppendLog(body []byte) ([]json.RawMessage, error) {
 	// One typed decode: the body may hold 10,000 entries, so it is scanned
 	// as few times as possible. Entries are validated one by one later.
 	var req struct {
-		Entries json.RawMessage `json:"entries"`
+		Entries []json.RawMessage `json:"entries"`
 	}
-	if err := unmarshalBody(body, &req); err != nil {
+	if err := unmarshalBody(body, &req); err == nil && req.Entries != nil {
+		return req.Entries, nil
+	}
+	// Not a list of entries (absent, null, another type, or a body that is
+	// no object): the general path names what is wrong.
+	f, err := parseBody(body)
+	if err != nil {
 		return nil, err
 	}
-	if req.Entries == nil {
-		return nil, validation("entries", "required", "This field is required.")
-	}
-	return fields{"entries": req.Entries}.list("entries")
+	return f.list("entries")
 }
 
 func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {

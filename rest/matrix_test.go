@@ -29,6 +29,7 @@ import (
 
 	"runhub/hub"
 	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/runs"
@@ -370,8 +371,8 @@ func matrixRows() []matrixRow {
 // filesystem blob store with signed links, the viewer) on the test env.
 type mxEnv struct {
 	*env
-	tokens  *proxy.Tokens
-	expired *proxy.Tokens // the same key, with a clock a day and an hour behind
+	tokens  *tokens.Tokens
+	expired *tokens.Tokens // the same key, with a clock a day and an hour behind
 	signer  *blob.Signer
 	router  *mux.Router
 
@@ -389,12 +390,8 @@ func newMxEnv(t *testing.T) *mxEnv {
 	}
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{PrivateKeyPEM: keyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
-	past, err := proxy.LoadTokens(proxy.TokenConfig{PrivateKeyPEM: keyPEM,
-		Now: func() time.Time { return time.Now().Add(-proxy.TokenTTL - time.Hour) }})
+	past, err := tokens.Load(tokens.Config{PrivateKeyPEM: keyPEM,
+		Now: func() time.Time { return time.Now().Add(-tokens.TTL - time.Hour) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,21 +404,38 @@ func newMxEnv(t *testing.T) *mxEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mx := &mxEnv{tokens: tk, expired: past, signer: signer}
+	mx := &mxEnv{expired: past, signer: signer}
+	// A whole node, wired by hand as cmd/node does: this test is in package
+	// rest (it reads the router), which cmd/node imports.
 	mx.env = newEnv(t, func(c *Config) {
-		h := hub.New(hub.Config{Store: c.Store})
-		t.Cleanup(h.Close)
-		rv := proxy.NewRevocations(proxy.RevocationConfig{Store: c.Store, Interval: 50 * time.Millisecond, Window: 2 * time.Second})
+		rv := tokens.NewRevocations(tokens.RevocationConfig{Store: c.Store, Interval: 50 * time.Millisecond, Window: 2 * time.Second})
 		if err := rv.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(rv.Close)
-		tk.UseRevocations(rv)
-		h.UseGuard(rv)
-		svc := &runs.Service{Store: c.Store, Pub: h}
-		px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
+		tk, err := tokens.Load(tokens.Config{PrivateKeyPEM: keyPEM, Revocations: rv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mx.tokens = tk
+		broker := hub.NewMemoryBroker()
+		svc, err := runs.New(runs.Config{Store: c.Store, Publisher: broker})
+		if err != nil {
+			t.Fatal(err)
+		}
+		px, err := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(px.Close)
-		h.UseCommands(px.WSCommand)
+		h, err := hub.New(hub.Config{Store: c.Store, Broker: broker, Commands: px.WSCommand, Guard: rv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(h.Close)
+		if err := h.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		c.Runs, c.Stream, c.WS, c.Tokens, c.Commands, c.Agent = svc, h.ServeStream, h.ServeWS, tk, px, px.ServeAgent
 		c.Blobs, c.Files, c.Signer = files, files, signer
 		c.Extra = web.Mount
@@ -490,16 +504,16 @@ func (mx *mxEnv) newFixture(t *testing.T, revoker string) *mxFixture {
 	fx.agentToken = mint(mx.writeKey, "?role=agent")
 	fx.revokedClient = mint(revoker, "")
 	fx.revokedAgent = mint(revoker, "?role=agent")
-	claims := proxy.Claims{RunID: fx.run, TaskID: fx.task, TeamID: mx.p1, UserID: 1, DistinctID: "matrix", Scope: "write"}
+	claims := tokens.Claims{RunID: fx.run, TaskID: fx.task, TeamID: mx.p1, UserID: 1, DistinctID: "matrix", Scope: "write"}
 	var err error
-	if fx.expiredToken, _, err = mx.expired.Mint(claims, proxy.AudienceClient); err != nil {
+	if fx.expiredToken, _, err = mx.expired.Mint(claims, tokens.AudienceClient); err != nil {
 		t.Fatal(err)
 	}
-	if fx.expiredAgent, _, err = mx.expired.Mint(claims, proxy.AudienceAgent); err != nil {
+	if fx.expiredAgent, _, err = mx.expired.Mint(claims, tokens.AudienceAgent); err != nil {
 		t.Fatal(err)
 	}
 	claims.RunID = randomUUID
-	if fx.agentUnknown, _, err = mx.tokens.Mint(claims, proxy.AudienceAgent); err != nil {
+	if fx.agentUnknown, _, err = mx.tokens.Mint(claims, tokens.AudienceAgent); err != nil {
 		t.Fatal(err)
 	}
 	return fx

@@ -16,7 +16,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/sqlite"
@@ -37,7 +37,7 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 	}
 	t.Cleanup(func() { st.Close() })
 	ws := func(http.ResponseWriter, *http.Request, RunAuthorizer) {}
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
+	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func openAPIServer(t *testing.T) (*Server, store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Config{Store: st, WS: ws, Tokens: tk, Agent: func(http.ResponseWriter, *http.Request) {},
+	return New(Config{Store: st, Runs: quietRuns(t, st), WS: ws, Tokens: tk, Agent: func(http.ResponseWriter, *http.Request) {},
 		Blobs: fs, Files: fs, Signer: signer}), st
 }
 

@@ -12,7 +12,7 @@ import (
 	"runhub/store"
 )
 
-// Relayer queues messages for a run's Slack thread (proxy.SlackRelay).
+// Relayer queues messages for a run's Slack thread (slack.Relay).
 type Relayer interface {
 	Configured() bool
 	Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error

@@ -34,6 +34,7 @@ const DefaultMaxBodyBytes = 32 << 20
 
 // Config wires a Server.
 type Config struct {
+	// Store and Runs (the one mutation path, runs.New) are required.
 	Store        store.Store
 	Runs         *runs.Service
 	Logger       *slog.Logger
@@ -156,8 +157,10 @@ func New(cfg Config) *Server {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
-	if s.runs == nil {
-		s.runs = &runs.Service{Store: cfg.Store}
+	if cfg.Store == nil || s.runs == nil {
+		// Programming errors, refused at once rather than served as a
+		// server that quietly publishes nothing.
+		panic("rest: Config.Store and Config.Runs are required")
 	}
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)

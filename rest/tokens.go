@@ -12,14 +12,14 @@ import (
 	"github.com/coder/websocket"
 
 	"runhub/hub"
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
-// Tokens mints and verifies connection tokens (proxy.Tokens).
+// Tokens mints and verifies connection tokens (tokens.Tokens).
 type Tokens interface {
-	Mint(c proxy.Claims, audience string) (string, time.Time, error)
-	Verify(token, audience string) (*proxy.Claims, error)
+	Mint(c tokens.Claims, audience string) (string, time.Time, error)
+	Verify(token, audience string) (*tokens.Claims, error)
 	// ServeJWKS serves the public keys (GET /.well-known/jwks.json).
 	ServeJWKS(w http.ResponseWriter, r *http.Request)
 }
@@ -75,7 +75,7 @@ func (s *Server) refuseToken(w http.ResponseWriter, r *http.Request, err *apiErr
 // streamWithToken serves GET .../stream for a connection token (client
 // audience) instead of an API key.
 func (s *Server) streamWithToken(w http.ResponseWriter, r *http.Request, token string) {
-	c, err := s.tokens.Verify(token, proxy.AudienceClient)
+	c, err := s.tokens.Verify(token, tokens.AudienceClient)
 	if err != nil {
 		s.refuseToken(w, r, errBadToken)
 		return
@@ -99,7 +99,7 @@ func (s *Server) streamWithToken(w http.ResponseWriter, r *http.Request, token s
 }
 
 // runForToken resolves the run a client token admits, or ErrForbidden.
-func (s *Server) runForToken(ctx context.Context, c *proxy.Claims, runID string) (*store.Run, error) {
+func (s *Server) runForToken(ctx context.Context, c *tokens.Claims, runID string) (*store.Run, error) {
 	if c.RunID != runID {
 		return nil, store.ErrForbidden
 	}
@@ -129,7 +129,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	key := r.Context().Value(keyCtx).(*store.APIKey)
-	aud, scope := proxy.AudienceClient, "read"
+	aud, scope := tokens.AudienceClient, "read"
 	if key.HasScope(store.ScopeWrite) {
 		scope = "write"
 	}
@@ -141,11 +141,11 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) error {
 		if !key.HasScope(store.ScopeWrite) {
 			return missingScope(store.ScopeWrite)
 		}
-		aud, path = proxy.AudienceAgent, "/agent/connect"
+		aud, path = tokens.AudienceAgent, "/agent/connect"
 	default:
 		return validation("role", "invalid", `role must be "client" or "agent".`)
 	}
-	tok, exp, err := s.tokens.Mint(proxy.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID,
+	tok, exp, err := s.tokens.Mint(tokens.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID,
 		UserID: key.ID, DistinctID: "api_key:" + key.Prefix, Scope: scope, KeyID: key.ID}, aud)
 	if err != nil {
 		return err

@@ -19,7 +19,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"runhub/hub"
-	"runhub/proxy"
+	"runhub/proxy/tokens"
 	"runhub/store/runs"
 )
 
@@ -28,7 +28,7 @@ import (
 type tokenEnv struct {
 	*env
 	key    *rsa.PrivateKey
-	tokens *proxy.Tokens
+	tokens *tokens.Tokens
 }
 
 func newTokenEnv(t *testing.T) *tokenEnv {
@@ -38,16 +38,25 @@ func newTokenEnv(t *testing.T) *tokenEnv {
 		t.Fatal(err)
 	}
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{PrivateKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))})
+	tk, err := tokens.Load(tokens.Config{PrivateKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	te := &tokenEnv{key: key, tokens: tk}
 	te.env = newEnv(t, func(c *Config) {
-		h := hub.New(hub.Config{Store: c.Store})
+		broker := hub.NewMemoryBroker()
+		h, err := hub.New(hub.Config{Store: c.Store, Broker: broker})
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(h.Close)
+		if err := h.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		c.Stream, c.WS, c.Tokens = h.ServeStream, h.ServeWS, tk
-		c.Runs = &runs.Service{Store: c.Store, Pub: h}
+		if c.Runs, err = runs.New(runs.Config{Store: c.Store, Publisher: broker}); err != nil {
+			t.Fatal(err)
+		}
 	})
 	return te
 }
@@ -69,7 +78,7 @@ func (te *tokenEnv) mint(t *testing.T, f fixture, key, query string) (connection
 func (te *tokenEnv) sign(t *testing.T, method jwt.SigningMethod, secret any, c jwt.MapClaims) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(method, c)
-	kid, _ := proxy.KeyID(&te.key.PublicKey)
+	kid, _ := tokens.KeyID(&te.key.PublicKey)
 	tok.Header["kid"] = kid
 	s, err := tok.SignedString(secret)
 	if err != nil {
@@ -93,7 +102,7 @@ func TestConnectionTokenEndpoint(t *testing.T) {
 
 	rb, res := te.mint(t, f, te.readKey, "")
 	wantStatus(t, res, http.StatusOK)
-	c, err := te.tokens.Verify(rb.Token, proxy.AudienceClient)
+	c, err := te.tokens.Verify(rb.Token, tokens.AudienceClient)
 	if err != nil {
 		t.Fatalf("minted token: %v", err)
 	}
@@ -109,15 +118,15 @@ func TestConnectionTokenEndpoint(t *testing.T) {
 
 	wb, res := te.mint(t, f, te.writeKey, "")
 	wantStatus(t, res, http.StatusOK)
-	if c, err := te.tokens.Verify(wb.Token, proxy.AudienceClient); err != nil || c.Scope != "write" {
+	if c, err := te.tokens.Verify(wb.Token, tokens.AudienceClient); err != nil || c.Scope != "write" {
 		t.Errorf("write key's token: %+v %v", c, err)
 	}
 	ab, res := te.mint(t, f, te.writeKey, "?role=agent")
 	wantStatus(t, res, http.StatusOK)
-	if _, err := te.tokens.Verify(ab.Token, proxy.AudienceAgent); err != nil || !strings.HasSuffix(ab.WSURL, "/agent/connect") {
+	if _, err := te.tokens.Verify(ab.Token, tokens.AudienceAgent); err != nil || !strings.HasSuffix(ab.WSURL, "/agent/connect") {
 		t.Errorf("agent token: %v, ws_url %q", err, ab.WSURL)
 	}
-	if _, err := te.tokens.Verify(ab.Token, proxy.AudienceClient); err == nil {
+	if _, err := te.tokens.Verify(ab.Token, tokens.AudienceClient); err == nil {
 		t.Error("agent token verifies as a client token")
 	}
 	_, res = te.mint(t, f, te.readKey, "?role=agent")
@@ -152,7 +161,7 @@ func TestConnectionTokenEndpoint(t *testing.T) {
 			return nil, errors.New("kid mismatch")
 		}
 		return pub, nil
-	}, jwt.WithValidMethods([]string{"RS256"}), jwt.WithAudience(proxy.AudienceClient))
+	}, jwt.WithValidMethods([]string{"RS256"}), jwt.WithAudience(tokens.AudienceClient))
 	if err != nil || !parsed.Valid {
 		t.Fatalf("token does not verify with the JWKS key: %v", err)
 	}
@@ -171,7 +180,7 @@ func TestStreamTokenRefusals(t *testing.T) {
 	pubDER, _ := x509.MarshalPKIXPublicKey(&te.key.PublicKey)
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
 	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
-	unknownKid := jwt.NewWithClaims(jwt.SigningMethodRS256, claimsFor(f, te.p1, proxy.AudienceClient, time.Now().Add(time.Hour)))
+	unknownKid := jwt.NewWithClaims(jwt.SigningMethodRS256, claimsFor(f, te.p1, tokens.AudienceClient, time.Now().Add(time.Hour)))
 	unknownKid.Header["kid"] = "0123456789abcdef"
 	unknownKidTok, _ := unknownKid.SignedString(otherKey)
 	tampered := []byte(good.Token)
@@ -179,9 +188,9 @@ func TestStreamTokenRefusals(t *testing.T) {
 
 	bad := map[string]string{
 		"agent audience":   agent.Token,
-		"expired":          te.sign(t, jwt.SigningMethodRS256, te.key, claimsFor(f, te.p1, proxy.AudienceClient, time.Now().Add(-time.Minute))),
-		"alg none":         te.sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claimsFor(f, te.p1, proxy.AudienceClient, time.Now().Add(time.Hour))),
-		"hs256 public key": te.sign(t, jwt.SigningMethodHS256, pubPEM, claimsFor(f, te.p1, proxy.AudienceClient, time.Now().Add(time.Hour))),
+		"expired":          te.sign(t, jwt.SigningMethodRS256, te.key, claimsFor(f, te.p1, tokens.AudienceClient, time.Now().Add(-time.Minute))),
+		"alg none":         te.sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claimsFor(f, te.p1, tokens.AudienceClient, time.Now().Add(time.Hour))),
+		"hs256 public key": te.sign(t, jwt.SigningMethodHS256, pubPEM, claimsFor(f, te.p1, tokens.AudienceClient, time.Now().Add(time.Hour))),
 		"tampered":         string(tampered),
 		"unknown kid":      unknownKidTok,
 	}

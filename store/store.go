@@ -9,7 +9,16 @@
 //     without the row change that caused them.
 //   - Entries of one append are stored contiguously and in request order.
 //   - A mutation carrying an Idempotency key that was already applied to the
-//     same run stores nothing and returns the snapshot recorded the first time.
+//     same run stores nothing and returns the snapshot recorded the first time
+//     (RunSnapshot).
+//   - A lock the backend cannot take in time is reported as ErrBusy, and a
+//     store that cannot write now as ErrUnavailable, never as a driver error
+//     that callers would have to read.
+//
+// The rules of a run mutation (create defaults, PATCH merge, completed_at,
+// the event bodies and their seqs) are pure functions of this package
+// (rules.go): a backend loads the run, applies one, and writes the row and
+// the events it returned in one transaction.
 package store
 
 import (
@@ -32,6 +41,11 @@ var (
 	// or mount, full disk, I/O error): the request was sound and may
 	// succeed later, so it is a 503, not a 500.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrBusy: the store could not take its lock in time (SQLite's
+	// SQLITE_BUSY, "database is locked", once the busy timeout ran out:
+	// another process held the write lock). It passes by itself, so it
+	// is a 503 the client retries shortly, not a 500.
+	ErrBusy = errors.New("store busy")
 )
 
 // ValidationError is a domain rule broken by a request; Attr names the field.

@@ -16,46 +16,42 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"runhub/hub"
-	"runhub/proxy"
-	"runhub/rest"
+	rnode "runhub/cmd/node"
+	"runhub/proxy/agentclient"
 	"runhub/store"
-	"runhub/store/blob"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
-	"runhub/web"
 )
 
 // node is a runhub server on a fixed address that can be stopped and
-// started again over the same store.
+// started again over the same store file and data directory.
 type node struct {
-	t    *testing.T
-	addr string
-	st   *sqlite.Store
-	dir  string
-	tk   *proxy.Tokens
-	srv  *http.Server
-	h    *hub.Hub
-	px   *proxy.Proxy
-	svc  *runs.Service
+	t      *testing.T
+	addr   string
+	dbPath string
+	dir    string
+	srv    *http.Server
+	n      *rnode.Node
+	svc    *runs.Service
+	// offline writes the store file while the node is stopped (through a
+	// connection of its own; there is no hub to tell).
+	offline *runs.Service
 }
 
 func (n *node) start() {
 	n.t.Helper()
-	n.h = hub.New(hub.Config{Store: n.st})
-	n.svc = &runs.Service{Store: n.st, Pub: n.h}
-	n.px = proxy.New(proxy.Config{Tokens: n.tk, Runs: n.svc, Store: n.st, DecodePatch: rest.DecodeRunPatch})
-	n.h.UseCommands(n.px.WSCommand)
-	files, err := blob.NewFS(filepath.Join(n.dir, "blobs"))
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, n.dbPath)
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	signer, err := blob.LoadSigner(n.dir, nil)
-	if err != nil {
+	if n.n, err = rnode.New(ctx, rnode.Config{Store: st, DataDir: n.dir}); err != nil {
 		n.t.Fatal(err)
 	}
-	api := rest.New(rest.Config{Store: n.st, Runs: n.svc, Stream: n.h.ServeStream, WS: n.h.ServeWS, Tokens: n.tk,
-		Commands: n.px, Agent: n.px.ServeAgent, Extra: web.Mount, Blobs: files, Files: files, Signer: signer})
+	if err := n.n.Start(ctx); err != nil {
+		n.t.Fatal(err)
+	}
+	n.svc = n.n.Runs()
 	var ln net.Listener
 	for i := 0; i < 50; i++ { // the port may linger for a moment after a stop
 		if ln, err = net.Listen("tcp", n.addr); err == nil {
@@ -67,32 +63,31 @@ func (n *node) start() {
 		n.t.Fatal(err)
 	}
 	n.addr = ln.Addr().String()
-	n.srv = &http.Server{Handler: api}
+	n.srv = &http.Server{Handler: n.n.Handler()}
 	go n.srv.Serve(ln)
 }
 
 func (n *node) stop() {
 	n.srv.Close()
-	n.h.Close()
-	n.px.Close()
+	n.n.Close()
 }
 
 func (n *node) url() string { return "http://" + n.addr }
 
 func newNode(t *testing.T) (*node, string) {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &node{t: t, addr: "127.0.0.1:0", st: st, tk: tk, dir: t.TempDir()}
+	n := &node{t: t, addr: "127.0.0.1:0", dbPath: filepath.Join(t.TempDir(), "db"), dir: t.TempDir()}
 	n.start()
 	t.Cleanup(n.stop)
+	st := n.n.Store()
+	own, err := sqlite.Open(context.Background(), n.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { own.Close() })
+	if n.offline, err = runs.New(runs.Config{Store: own, Publisher: runs.NoPublisher{}}); err != nil {
+		t.Fatal(err)
+	}
 	secret, prefix, hash := store.GenerateAPIKey()
 	st.CreateProject(context.Background(), "web")
 	st.CreateAPIKey(context.Background(), store.NewAPIKey{Label: "t", Prefix: prefix, Hash: hash, Scopes: []string{store.ScopeAll}, AllProjects: true})
@@ -257,7 +252,7 @@ func TestRunPageInChromium(t *testing.T) {
 	waitPage(t, ctx, "the page to notice", `document.getElementById("conn").textContent === "reconnecting"`, 10*time.Second)
 	raw := []json.RawMessage{json.RawMessage(`{"type":"console","message":"while down"}`)}
 	ref := store.RunRef{ProjectID: 1, TaskID: task.ID, RunID: run.ID}
-	if _, err := n.svc.AppendLog(context.Background(), ref, raw, nil); err != nil {
+	if _, err := n.offline.AppendLog(context.Background(), ref, raw, nil); err != nil {
 		t.Fatal(err)
 	}
 	n.start()
@@ -274,7 +269,7 @@ func TestRunPageInChromium(t *testing.T) {
 	n.call(key, "GET", runPath+"/connection_token/?role=agent", "", &atok)
 	actx, stopAgent := context.WithCancel(context.Background())
 	defer stopAgent()
-	go proxy.NewAgent(proxy.AgentOptions{URL: atok.URL, Token: atok.Token}).Run(actx)
+	go agentclient.New(agentclient.Options{URL: atok.URL, Token: atok.Token}).Run(actx)
 	waitPage(t, ctx, "agent_connected", `document.getElementById("log").textContent.includes("agent connected")`, 10*time.Second)
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#msg", "please fix it"), chromedp.Click("#send")); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"time"
 
-	"runhub/proxy"
+	"runhub/proxy/agentclient"
 )
 
 // commandCmd measures command round trips: POST .../command (cancel) to a
@@ -61,7 +61,7 @@ func commandCmd(args []string) error {
 	if err := a.call(ctx, "GET", runPath+"/connection_token?role=agent", nil, &tb); err != nil {
 		return err
 	}
-	agent := proxy.NewAgent(proxy.AgentOptions{URL: tb.URL, Token: tb.Token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	agent := agentclient.New(agentclient.Options{URL: tb.URL, Token: tb.Token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	actx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
 	go agent.Run(actx)

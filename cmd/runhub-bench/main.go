@@ -6,6 +6,7 @@
 //	runhub-bench fanout [-subs 2000] [-transport ws|sse] [-publishers 16] [-size 200] [-rate 0] [-duration 20s]
 //	runhub-bench idle   [-conns 10000]
 //	runhub-bench command [-n 2000] [-cross=true]
+//	runhub-bench append  [-writers 16] [-runs 16] [-batch 100] [-size 200] [-duration 10s] [-server-args "..."]
 //
 // fanout: N subscribers follow one run while publishers append one entry
 // per request (as fast as they can, or at -rate appends/s in total). It
@@ -15,6 +16,12 @@
 //
 // command: POST .../command round trips to a reference agent, through the
 // node it is connected to and through a second node (Redis relay).
+//
+// append: writers POST append_log batches as fast as each is acknowledged
+// (after its commit), on -runs runs; it prints entries/s, requests/s,
+// request latency percentiles and server CPU, then reads every run back and
+// fails unless each acknowledged entry is stored exactly once with gap-free
+// seqs. -server-args (and the inherited environment) select the backend.
 //
 // idle: N WebSocket connections each subscribed to a run, then quiet; it
 // prints the server's RSS growth per connection.
@@ -31,7 +38,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command [flags]")
+		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command|append [flags]")
 		os.Exit(2)
 	}
 	raiseFileLimit()
@@ -43,6 +50,8 @@ func main() {
 		err = idleCmd(os.Args[2:])
 	case "command":
 		err = commandCmd(os.Args[2:])
+	case "append":
+		err = appendCmd(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown scenario %q", os.Args[1])
 	}

@@ -25,12 +25,12 @@ type server struct {
 	client  *http.Client
 }
 
-func startServer(ctx context.Context, c *commonFlags) (*server, error) {
+func startServer(ctx context.Context, c *commonFlags, extra ...string) (*server, error) {
 	dir, err := os.MkdirTemp("", "runhub-bench")
 	if err != nil {
 		return nil, err
 	}
-	return startServerIn(ctx, c, dir)
+	return startServerIn(ctx, c, dir, extra...)
 }
 
 // startServerIn starts a server on a free loopback port with the data

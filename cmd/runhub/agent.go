@@ -12,7 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"runhub/proxy"
+	"runhub/proxy/agentclient"
 )
 
 // agentCmd runs the reference sandbox agent: runhub agent --url WS_URL
@@ -43,7 +43,7 @@ func agentCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	err := proxy.NewAgent(proxy.AgentOptions{URL: *url, Token: *token, Logger: log}).Run(ctx)
+	err := agentclient.New(agentclient.Options{URL: *url, Token: *token, Logger: log}).Run(ctx)
 	if err == nil || errors.Is(err, context.Canceled) {
 		log.Info("agent closed")
 		return nil

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
+	"runhub/proxy/tokens"
 
-	"runhub/proxy"
+	"github.com/coder/websocket"
 )
 
 // runCLI runs a runhub subcommand and returns its stdout.
@@ -112,10 +112,10 @@ func TestKeysRevokeAcrossProcesses(t *testing.T) {
 			if websocket.CloseStatus(e.err) != 4001 {
 				t.Errorf("%s ended with %v, want close 4001", e.name, e.err)
 			}
-			if d := e.at.Sub(revoked); d > proxy.RevocationWindow {
-				t.Errorf("%s closed %v after keys revoke, want within %v", e.name, d, proxy.RevocationWindow)
+			if d := e.at.Sub(revoked); d > tokens.RevocationWindow {
+				t.Errorf("%s closed %v after keys revoke, want within %v", e.name, d, tokens.RevocationWindow)
 			}
-		case <-time.After(proxy.RevocationWindow + 5*time.Second):
+		case <-time.After(tokens.RevocationWindow + 5*time.Second):
 			t.Fatalf("a connection is still open %v after keys revoke\nlogs a:\n%s\nlogs b:\n%s", time.Since(revoked), a.output(), b.output())
 		}
 	}

@@ -17,16 +17,15 @@ import (
 	"syscall"
 	"time"
 
+	"runhub/cmd/node"
 	"runhub/hub"
-	redisbroker "runhub/hub/redis"
 	"runhub/proxy"
-	"runhub/proxy/redisrelay"
+	"runhub/proxy/slack"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
-	"runhub/web"
 )
 
 // shutdownTimeout bounds a graceful stop: in-flight requests get this long
@@ -180,29 +179,54 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
-	defer st.Close()
 	if err := bootstrap(ctx, st, cfg.dataDir, log); err != nil {
+		st.Close()
 		return err
 	}
-
+	ncfg := node.Config{Store: st, DataDir: cfg.dataDir, RedisURL: cfg.redisURL, Logger: log,
+		Tokens: tokens.Config{
+			PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
+			PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
+		},
+		Proxy: proxy.Config{CommandTimeout: cfg.cmdTO},
+		REST: rest.Config{
+			MaxBodyBytes:    cfg.maxBody,
+			RateLimit:       cfg.rateLimit,
+			PublicURL:       cfg.publicURL,
+			TrustedProxies:  cfg.proxies,
+			SeparateMetrics: cfg.metricsAddr != "",
+		},
+	}
 	ivl := cfg.writeIvl
 	if ivl == 0 {
 		ivl = -1 // hub.Config: negative is "none"
 	}
-	h := hub.New(hub.Config{Store: st, Logger: log, WriteInterval: ivl})
-	var ready func(context.Context) error
-	if cfg.redisURL != "" {
-		b, err := redisbroker.New(ctx, cfg.redisURL, h.Deliver, h.Resync, log)
-		if err != nil {
-			return fmt.Errorf("broker: %w", err)
+	ncfg.Hub.WriteInterval = ivl
+	if cfg.sandboxes != "" {
+		if ncfg.Proxy.Sandboxes, err = proxy.NewSandboxClient(strings.Split(cfg.sandboxes, ",")); err != nil {
+			st.Close()
+			return usageError{err.Error()}
 		}
-		defer b.Close()
-		h.UseBroker(b)
-		ready = b.Ready
+	}
+	if ep := os.Getenv("RUNHUB_S3_ENDPOINT"); ep != "" {
+		ncfg.S3 = &blob.S3Config{Endpoint: ep, Bucket: os.Getenv("RUNHUB_S3_BUCKET"),
+			Region: env("RUNHUB_S3_REGION", "us-east-1"), PathStyle: os.Getenv("RUNHUB_S3_PATH_STYLE") == "true",
+			AccessKey: os.Getenv("RUNHUB_S3_ACCESS_KEY"), SecretKey: os.Getenv("RUNHUB_S3_SECRET_KEY")}
+	}
+	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
+	ncfg.Slack = slack.Config{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
+		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts}
+	n, err := node.New(ctx, ncfg) // owns the store from here on
+	if err != nil {
+		return err
+	}
+	defer n.Close() // after the server stopped (below), or at an early return
+	if cfg.redisURL != "" {
 		log.Info("broker: redis pub/sub")
 	}
-	h.Start()       // the position check; Close (below, or at an early return) waits for it
-	defer h.Close() // before the store closes (deferred earlier)
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
 	if cfg.pprofAddr != "" {
 		stopPprof, err := servePprof(cfg.pprofAddr, log)
 		if err != nil {
@@ -210,96 +234,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer stopPprof()
 	}
-	tokens, err := proxy.LoadTokens(proxy.TokenConfig{
-		PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
-		PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
-		DataDir:              cfg.dataDir,
-	})
-	if err != nil {
-		return fmt.Errorf("connection tokens: %w", err)
-	}
-	// `keys revoke` writes the store from another process: poll it, refuse
-	// revoked keys' tokens and close what they opened.
-	revocations := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Logger: log})
-	if err := revocations.Start(ctx); err != nil {
-		return err
-	}
-	defer revocations.Close()
-	tokens.UseRevocations(revocations)
-	h.UseGuard(revocations)
-	files, err := blob.NewFS(filepath.Join(cfg.dataDir, "blobs"))
-	if err != nil {
-		return err
-	}
-	signer, err := blob.LoadSigner(cfg.dataDir, nil)
-	if err != nil {
-		return err
-	}
-	var blobs blob.Store = files
-	if ep := os.Getenv("RUNHUB_S3_ENDPOINT"); ep != "" {
-		s3, err := blob.NewS3(blob.S3Config{Endpoint: ep, Bucket: os.Getenv("RUNHUB_S3_BUCKET"),
-			Region: env("RUNHUB_S3_REGION", "us-east-1"), PathStyle: os.Getenv("RUNHUB_S3_PATH_STYLE") == "true",
-			AccessKey: os.Getenv("RUNHUB_S3_ACCESS_KEY"), SecretKey: os.Getenv("RUNHUB_S3_SECRET_KEY")})
-		if err != nil {
-			return fmt.Errorf("artifact storage: %w", err)
-		}
-		blobs, files = s3, nil
-		log.Info("artifacts: s3", "endpoint", ep, "bucket", os.Getenv("RUNHUB_S3_BUCKET"))
-	}
-	svc := &runs.Service{Store: st, Pub: h}
-	var sandboxes *proxy.SandboxClient
-	if cfg.sandboxes != "" {
-		if sandboxes, err = proxy.NewSandboxClient(strings.Split(cfg.sandboxes, ",")); err != nil {
-			return usageError{err.Error()}
-		}
-	}
-	px := proxy.New(proxy.Config{Tokens: tokens, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch,
-		Logger: log, CommandTimeout: cfg.cmdTO, Sandboxes: sandboxes})
-	if cfg.redisURL != "" {
-		relay, err := redisrelay.New(ctx, cfg.redisURL, px, log)
-		if err != nil {
-			return fmt.Errorf("command relay: %w", err)
-		}
-		defer relay.Close()
-		px.UseRelay(relay)
-	}
-	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
-	slack := proxy.NewSlackRelay(st, proxy.SlackConfig{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
-		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Logger: log})
-	if slack.Configured() {
-		// Pending messages of an earlier run of the server are posted too.
-		slack.Start(ctx)
-		defer slack.Close() // waits for the worker before the store closes
-	}
-	h.UseCommands(px.WSCommand)
-	api := rest.New(rest.Config{
-		Store:        st,
-		Runs:         svc,
-		Stream:       h.ServeStream,
-		WS:           h.ServeWS,
-		Tokens:       tokens,
-		Commands:     px,
-		Agent:        px.ServeAgent,
-		Relay:        slack,
-		Extra:        web.Mount,
-		Blobs:        blobs,
-		Files:        files,
-		Signer:       signer,
-		Logger:       log,
-		MaxBodyBytes: cfg.maxBody,
-		RateLimit:    cfg.rateLimit,
-		Ready:        ready,
-
-		PublicURL:       cfg.publicURL,
-		TrustedProxies:  cfg.proxies,
-		SeparateMetrics: cfg.metricsAddr != "",
-	})
 	if cfg.publicURL == "" {
 		log.Warn("links (log_url, ws_url, artifact URLs, pagination) are built from each request's Host header; set --public-url (RUNHUB_PUBLIC_URL) so that a forged Host cannot point them elsewhere")
 	}
-	api.Registry().MustRegister(h.Collectors()...)
 	if cfg.metricsAddr != "" {
-		stopMetrics, err := serveMetrics(api.MetricsServer(), cfg.metricsAddr, log)
+		stopMetrics, err := serveMetrics(n.MetricsServer(), cfg.metricsAddr, log)
 		if err != nil {
 			return err
 		}
@@ -309,14 +248,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	// Streams never finish by themselves: cancel their contexts when the
-	// shutdown starts so that Shutdown can wait for the rest.
-	baseCtx, cancelStreams := context.WithCancel(context.Background())
-	defer cancelStreams()
-	srv := api.HTTPServer() // header, body and idle timeouts: rest.Timeouts
-	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
+	// Header, body and idle timeouts: rest.Timeouts; the streams' contexts
+	// end when the shutdown starts, so that Shutdown can wait for the rest.
+	srv := n.HTTPServer()
 	srv.ErrorLog = slog.NewLogLogger(lh, slog.LevelWarn)
-	srv.RegisterOnShutdown(cancelStreams)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	base := cfg.publicURL
@@ -340,8 +275,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("shutdown incomplete", "err", err)
 		srv.Close()
 	}
-	h.Close()  // the WebSocket streams, which outlive their handlers
-	px.Close() // agent connections, before the relay and the store close
+	n.Close() // hub, proxy, pollers, broker, store: in that order
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}

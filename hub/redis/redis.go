@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"runhub/hub"
 	"runhub/store"
 )
 
@@ -32,13 +34,15 @@ const retryDelay = 100 * time.Millisecond
 
 // Broker is a Redis pub/sub broker.
 type Broker struct {
-	rdb     *goredis.Client
-	ps      *goredis.PubSub
-	deliver func(runID string, events []store.Event)
-	resync  func(runID string)
-	log     *slog.Logger
-	up      atomic.Bool
-	done    chan struct{}
+	rdb *goredis.Client
+	ps  *goredis.PubSub
+	log *slog.Logger
+	up  atomic.Bool
+
+	mu      sync.Mutex
+	handler hub.BrokerEventHandler // set once by Start
+	closed  bool
+	done    chan struct{} // closed when the receive loop returns; nil before Start
 }
 
 // wireEvent is an event on the wire.
@@ -49,11 +53,9 @@ type wireEvent struct {
 	Data json.RawMessage `json:"d"`
 }
 
-// New connects to url (redis://...) and starts the receive loop, which runs
-// until ctx is cancelled or Close is called. deliver gets every message of a
-// subscribed run; resync is called whenever Redis (re)confirms a run's
-// subscription, after which earlier messages may have been lost.
-func New(ctx context.Context, url string, deliver func(string, []store.Event), resync func(string), log *slog.Logger) (*Broker, error) {
+// New connects to url (redis://...). The broker delivers nothing until
+// Start hands it the node's hub.
+func New(ctx context.Context, url string, log *slog.Logger) (*Broker, error) {
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
@@ -68,16 +70,43 @@ func New(ctx context.Context, url string, deliver func(string, []store.Event), r
 		rdb.Close()
 		return nil, fmt.Errorf("redis ping: %w", err)
 	}
-	b := &Broker{rdb: rdb, ps: rdb.Subscribe(ctx), deliver: deliver, resync: resync, log: log, done: make(chan struct{})}
+	b := &Broker{rdb: rdb, ps: rdb.Subscribe(ctx), log: log}
 	b.up.Store(true)
-	go b.receive(ctx)
 	return b, nil
 }
 
-// Close stops the receive loop and closes the connections.
+// Start registers the node's hub as the one handler and starts the receive
+// loop, which runs until ctx is cancelled or Close is called: h.Deliver gets
+// every message of a subscribed run; h.Resync is called whenever Redis
+// (re)confirms a run's subscription, after which earlier messages may have
+// been lost. (hub.Broker; called by Hub.Start.)
+func (b *Broker) Start(ctx context.Context, h hub.BrokerEventHandler) error {
+	if h == nil {
+		return errors.New("redis broker: nil handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errors.New("redis broker: closed")
+	case b.handler != nil:
+		return errors.New("redis broker: already started")
+	}
+	b.handler, b.done = h, make(chan struct{})
+	go b.receive(ctx)
+	return nil
+}
+
+// Close stops the receive loop, waits for it and closes the connections.
 func (b *Broker) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	done := b.done
+	b.mu.Unlock()
 	err := b.ps.Close()
-	<-b.done
+	if done != nil {
+		<-done
+	}
 	if e := b.rdb.Close(); err == nil {
 		err = e
 	}
@@ -144,7 +173,7 @@ func (b *Broker) receive(ctx context.Context) {
 			if !b.up.Swap(true) {
 				b.log.Info("redis pub/sub reconnected; resyncing runs from the store")
 			}
-			b.resync(strings.TrimPrefix(m.Channel, channelPrefix))
+			b.handler.Resync(strings.TrimPrefix(m.Channel, channelPrefix))
 		case *goredis.Message:
 			var wire []wireEvent
 			if err := json.Unmarshal([]byte(m.Payload), &wire); err != nil {
@@ -156,7 +185,7 @@ func (b *Broker) receive(ctx context.Context) {
 			for i, w := range wire {
 				events[i] = store.Event{RunID: runID, Seq: w.Seq, Kind: w.Kind, Type: w.Type, Data: w.Data}
 			}
-			b.deliver(runID, events)
+			b.handler.Deliver(runID, events)
 		}
 	}
 }

@@ -57,16 +57,24 @@ func newNode(t *testing.T, st store.Store, redisURL string) *node {
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	// A long position check: these tests prove the broker path and the
 	// resync on resubscribe, not the periodic safety net.
-	h := hub.New(hub.Config{Store: st, Logger: log, CheckInterval: time.Hour})
-	t.Cleanup(h.Close)
-	b, err := redisbroker.New(ctx, redisURL, h.Deliver, h.Resync, log)
+	b, err := redisbroker.New(ctx, redisURL, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	h.UseBroker(b)
-	go h.Run(ctx)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: &runs.Service{Store: st, Pub: h}, Stream: h.ServeStream, Logger: log}))
+	h, err := hub.New(hub.Config{Store: st, Broker: b, Logger: log, CheckInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	if err := h.Start(ctx); err != nil { // hands the hub to the broker
+		t.Fatal(err)
+	}
+	svc, err := runs.New(runs.Config{Store: st, Publisher: b, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, Logger: log}))
 	t.Cleanup(srv.Close)
 	return &node{srv: srv, logs: logs}
 }
@@ -91,7 +99,11 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	task, _ := st.CreateTask(ctx, p.ID, store.NewTask{Title: "redis", OriginProduct: "user_created"})
-	run, err := (&runs.Service{Store: st}).CreateRun(ctx, p.ID, task.ID, store.NewRun{})
+	svc, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := svc.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,19 +55,22 @@ type Relay struct {
 
 	mu      sync.Mutex
 	waiting map[string]chan message
-
-	cancel context.CancelFunc
-	done   chan struct{}
+	closed  bool               // guarded by mu
+	cancel  context.CancelFunc // nil before Start
+	done    chan struct{}      // closed when the receive loop returns
 }
 
-// New connects to Redis, subscribes to this node's channel and serves
-// relayed requests with h until Close.
-func New(ctx context.Context, url string, h proxy.RelayHandler, log *slog.Logger) (*Relay, error) {
+// New connects to Redis and subscribes to this node's channel; the relay
+// serves what arrives there once Start hands it the node's proxy.
+func New(ctx context.Context, url string, log *slog.Logger) (*Relay, error) {
 	opt, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
-	r := &Relay{rdb: goredis.NewClient(opt), node: uuid.NewString(), log: log, handler: h,
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Relay{rdb: goredis.NewClient(opt), node: uuid.NewString(), log: log,
 		waiting: map[string]chan message{}, done: make(chan struct{})}
 	r.ps = r.rdb.Subscribe(ctx, nodePrefix+r.node)
 	if _, err := r.ps.Receive(ctx); err != nil { // the subscription's confirmation
@@ -75,17 +78,43 @@ func New(ctx context.Context, url string, h proxy.RelayHandler, log *slog.Logger
 		r.rdb.Close()
 		return nil, fmt.Errorf("redis subscribe: %w", err)
 	}
-	rctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go r.receive(rctx)
 	return r, nil
 }
 
-// Close stops serving and closes the connections.
+// Start registers h (the node's proxy) as the one handler of relayed
+// requests and evictions and serves them until Close (proxy.Relay; called
+// by Proxy.Start). The receive loop is the relay's own: Close stops it.
+func (r *Relay) Start(_ context.Context, h proxy.RelayHandler) error {
+	if h == nil {
+		return errors.New("redis relay: nil handler")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closed:
+		return errors.New("redis relay: closed")
+	case r.handler != nil:
+		return errors.New("redis relay: already started")
+	}
+	r.handler = h
+	rctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go r.receive(rctx)
+	return nil
+}
+
+// Close stops serving, waits for the requests in progress and closes the
+// connections.
 func (r *Relay) Close() error {
-	r.cancel()
+	r.mu.Lock()
+	r.closed = true
+	cancel := r.cancel
+	r.mu.Unlock()
 	r.ps.Close()
-	<-r.done
+	if cancel != nil {
+		cancel()
+		<-r.done
+	}
 	return r.rdb.Close()
 }
 

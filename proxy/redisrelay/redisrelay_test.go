@@ -2,7 +2,6 @@ package redisrelay_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,82 +12,47 @@ import (
 	"testing"
 	"time"
 
-	"runhub/hub"
-	redisbroker "runhub/hub/redis"
+	"runhub/cmd/node"
 	"runhub/hub/redis/redistest"
 	"runhub/proxy"
-	"runhub/proxy/redisrelay"
-	"runhub/rest"
+	"runhub/proxy/agentclient"
+	"runhub/proxy/proxytest"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
-// node is one runhub node: its own hub, broker, proxy, relay and HTTP
-// server, over the store all nodes share.
-type node struct {
+// testNode is one runhub node: its own store connection, hub, broker,
+// proxy, relay and HTTP server, over the database file and data directory
+// all nodes share (as separate processes would).
+type testNode struct {
 	srv *httptest.Server
 	px  *proxy.Proxy
 }
 
-func newNode(t *testing.T, st store.Store, tk *proxy.Tokens, redisURL string) *node {
+func newNode(t *testing.T, dbPath, dataDir, redisURL string) *testNode {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := hub.New(hub.Config{Store: st, Logger: log})
-	b, err := redisbroker.New(ctx, redisURL, h.Deliver, h.Resync, log)
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: dataDir, RedisURL: redisURL, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	h.UseBroker(b)
-	svc := &runs.Service{Store: st, Pub: h}
-	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch, Logger: log})
-	relay, err := redisrelay.New(ctx, redisURL, px, log)
-	if err != nil {
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { relay.Close() })
-	px.UseRelay(relay)
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent, Logger: log}))
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
-	t.Cleanup(h.Close)
-	return &node{srv: srv, px: px}
+	return &testNode{srv: srv, px: n.Proxy()}
 }
 
-func call(t *testing.T, n *node, key, method, path, body string, status int, out any) {
+func call(t *testing.T, n *testNode, key, method, path, body string, status int, out any) {
 	t.Helper()
-	r, _ := http.NewRequest(method, n.srv.URL+path, strings.NewReader(body))
-	r.Header.Set("Authorization", "Bearer "+key)
-	r.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != status {
-		t.Fatalf("%s %s on %s: %d %s, want %d", method, path, n.srv.URL, res.StatusCode, b, status)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	proxytest.APICall(t, n.srv.URL, key, method, path, body, status, out)
 }
 
 // TestCrossNodeCommands: the agent is connected to node A and a command
@@ -98,16 +62,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestCrossNodeCommands(t *testing.T) {
 	rs := redistest.Start(t)
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	dbPath, dataDir := filepath.Join(t.TempDir(), "db"), t.TempDir()
+	st, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := newNode(t, st, tk, rs.URL()), newNode(t, st, tk, rs.URL())
+	a, b := newNode(t, dbPath, dataDir, rs.URL()), newNode(t, dbPath, dataDir, rs.URL())
 
 	p, _ := st.CreateProject(ctx, "relay")
 	secret, prefix, hash := store.GenerateAPIKey()
@@ -118,18 +79,18 @@ func TestCrossNodeCommands(t *testing.T) {
 	call(t, a, secret, "POST", runs, `{}`, http.StatusCreated, &run)
 	runPath := runs + run.ID
 
-	agentOn := func(n *node) (<-chan error, context.CancelFunc) {
+	agentOn := func(n *testNode) (<-chan error, context.CancelFunc) {
 		var tb struct {
 			Token string `json:"token"`
 			URL   string `json:"ws_url"`
 		}
 		call(t, n, secret, "GET", runPath+"/connection_token?role=agent", "", http.StatusOK, &tb)
-		ag := proxy.NewAgent(proxy.AgentOptions{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
+		ag := agentclient.New(agentclient.Options{URL: tb.URL, Token: tb.Token, Reply: func(c string) string { return "on " + n.srv.URL + ": " + c }})
 		actx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- ag.Run(actx) }()
 		t.Cleanup(cancel)
-		waitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
+		proxytest.WaitFor(t, "the agent to connect to "+n.srv.URL, func() bool { return n.px.Connected(run.ID) })
 		return done, cancel
 	}
 
@@ -157,7 +118,7 @@ func TestCrossNodeCommands(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent on A was not replaced")
 	}
-	waitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
+	proxytest.WaitFor(t, "A to drop the agent", func() bool { return !a.px.Connected(run.ID) })
 	call(t, a, secret, "POST", runPath+"/command", `{"id":2,"method":"user_message","params":{"content":"again"}}`, http.StatusOK, &r)
 	if r.Result.Message != "on "+b.srv.URL+": again" {
 		t.Fatalf("command through A to the agent on B: %+v", r)

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 	"unicode/utf8"
 
@@ -40,19 +41,52 @@ const (
 	MaxIdemKeyLen = 255
 )
 
-// Publisher carries committed events to live subscribers (the hub). It must
-// not block on slow subscribers.
+// Publisher carries committed events to live subscribers: the node's
+// broker (hub.Broker), which hands them to every subscribed hub. It must not
+// block on slow subscribers. A failure loses nothing: subscribers find the
+// events in the store at the next gap.
 type Publisher interface {
-	Publish(ctx context.Context, runID string, events []store.Event)
+	Publish(ctx context.Context, runID string, events []store.Event) error
 }
 
-// Service validates, stores and publishes run mutations.
+// NoPublisher publishes nothing. It is for a store that no hub follows
+// (the admin commands, tests of the mutation path alone), chosen
+// explicitly: a Service is never without a publisher by default.
+type NoPublisher struct{}
+
+// Publish does nothing.
+func (NoPublisher) Publish(context.Context, string, []store.Event) error { return nil }
+
+// Config configures a Service. Store and Publisher are required.
+type Config struct {
+	Store     store.Store
+	Publisher Publisher
+	Logger    *slog.Logger // nil: slog.Default()
+	Now       func() time.Time
+}
+
+// Service validates, stores and publishes run mutations. Build it with New.
 type Service struct {
 	Store store.Store
-	Pub   Publisher // nil: nothing is published
 	Now   func() time.Time
 
+	pub     Publisher
+	log     *slog.Logger
 	schemas schemaCache // compiled task schemas, so set_output does not recompile
+}
+
+// New builds the service on its store and publisher, both required.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("runs: Config.Store is required")
+	}
+	if cfg.Publisher == nil {
+		return nil, errors.New("runs: Config.Publisher is required (NoPublisher publishes nothing)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{Store: cfg.Store, Now: cfg.Now, pub: cfg.Publisher, log: cfg.Logger}, nil
 }
 
 // ErrOutputInvalid wraps the reason an output does not match the task's
@@ -76,12 +110,15 @@ const PublishTimeout = 5 * time.Second
 
 // publish hands committed events to the publisher. The commit already
 // happened, so the request being cancelled must not stop the news: the
-// publish keeps ctx's values (logging) but not its cancellation.
+// publish keeps ctx's values (logging) but not its cancellation. A failure
+// is logged and loses nothing: subscribers backfill from the store.
 func (s *Service) publish(ctx context.Context, runID string, res *store.MutationResult) {
-	if s.Pub != nil && !res.Replayed && len(res.Events) > 0 {
+	if !res.Replayed && len(res.Events) > 0 {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
 		defer cancel()
-		s.Pub.Publish(ctx, runID, res.Events)
+		if err := s.pub.Publish(ctx, runID, res.Events); err != nil {
+			s.log.WarnContext(ctx, "publish failed; subscribers will backfill", "run_id", runID, "err", err)
+		}
 	}
 }
 

@@ -37,7 +37,10 @@ func newFixture(t *testing.T, schema json.RawMessage) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := &Service{Store: st}
+	svc, err := New(Config{Store: st, Publisher: NoPublisher{}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	run, err := svc.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
 	if err != nil {
 		t.Fatal(err)
@@ -52,10 +55,11 @@ type ctxRecorder struct {
 	errs []error
 }
 
-func (r *ctxRecorder) Publish(ctx context.Context, _ string, _ []store.Event) {
+func (r *ctxRecorder) Publish(ctx context.Context, _ string, _ []store.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.errs = append(r.errs, ctx.Err())
+	return nil
 }
 
 // cancelAfterCommit is the real store, with the request's context
@@ -80,7 +84,10 @@ func TestPublishOutlivesRequest(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := &ctxRecorder{}
-	svc := &Service{Store: cancelAfterCommit{Store: f.st, cancel: cancel}, Pub: rec}
+	svc, err := New(Config{Store: cancelAfterCommit{Store: f.st, cancel: cancel}, Publisher: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := svc.AppendLog(ctx, f.ref, []json.RawMessage{json.RawMessage(`{"type":"x"}`)}, nil); err != nil {
 		t.Fatalf("append: %v", err)
 	}
@@ -94,6 +101,20 @@ func TestPublishOutlivesRequest(t *testing.T) {
 	}
 	if rec.errs[0] != nil {
 		t.Fatalf("publish got a context that was already done: %v", rec.errs[0])
+	}
+}
+
+// TestNewRequiresDependencies: a service without a store or a publisher is
+// a construction error, never one that quietly publishes nothing.
+func TestNewRequiresDependencies(t *testing.T) {
+	f := newFixture(t, nil)
+	for name, cfg := range map[string]Config{
+		"no store":     {Publisher: NoPublisher{}},
+		"no publisher": {Store: f.st},
+	} {
+		if svc, err := New(cfg); err == nil || svc != nil {
+			t.Errorf("%s: New = %v, %v; want an error", name, svc, err)
+		}
 	}
 }
 

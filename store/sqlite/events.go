@@ -40,11 +40,11 @@ func (s *Store) boundedEvents(ctx context.Context, runID, where string, seq int6
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("find run: %w", err)
+		return nil, fmt.Errorf("find run: %w", classify(err))
 	}
 	rows, err := s.r.QueryContext(ctx, "SELECT seq, kind, event_type, data FROM run_events WHERE rid = ? AND "+where+" LIMIT ?", rid, seq, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
+		return nil, fmt.Errorf("read events: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Event
@@ -53,7 +53,7 @@ func (s *Store) boundedEvents(ctx context.Context, runID, where string, seq int6
 		ev := store.Event{RunID: runID}
 		var data []byte
 		if err := rows.Scan(&ev.Seq, &ev.Kind, &ev.Type, &data); err != nil {
-			return nil, fmt.Errorf("scan event: %w", err)
+			return nil, fmt.Errorf("scan event: %w", classify(err))
 		}
 		s.scanned(len(data))
 		if len(out) > 0 && size+len(data) > maxBytes {
@@ -64,7 +64,7 @@ func (s *Store) boundedEvents(ctx context.Context, runID, where string, seq int6
 		out = append(out, ev)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
+		return nil, fmt.Errorf("read events: %w", classify(err))
 	}
 	return out, nil
 }
@@ -102,7 +102,7 @@ func logFilter(rid int64, q store.LogQuery) (string, []any) {
 func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery) (*store.LogPage, error) {
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, fmt.Errorf("begin read: %w", err)
+		return nil, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer tx.Rollback()
 	r, err := findRun(tx.QueryRowContext(ctx, findRunSQL, runKey(ref)...))
@@ -112,11 +112,11 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 	where, args := logFilter(r.rid, q)
 	page := &store.LogPage{Total: r.LogCount, Entries: []json.RawMessage{}}
 	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM run_events"+where, args...).Scan(&page.Matching); err != nil {
-		return nil, fmt.Errorf("count log entries: %w", err)
+		return nil, fmt.Errorf("count log entries: %w", classify(err))
 	}
 	rows, err := tx.QueryContext(ctx, "SELECT data FROM run_events"+where+" ORDER BY seq LIMIT ? OFFSET ?", append(args, q.Limit, q.Offset)...)
 	if err != nil {
-		return nil, fmt.Errorf("read log entries: %w", err)
+		return nil, fmt.Errorf("read log entries: %w", classify(err))
 	}
 	defer rows.Close()
 	budget := q.MaxBytes
@@ -127,7 +127,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 	for rows.Next() {
 		var data []byte
 		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("scan log entry: %w", err)
+			return nil, fmt.Errorf("scan log entry: %w", classify(err))
 		}
 		s.scanned(len(data))
 		if len(page.Entries) > 0 && size+len(data) > budget {
@@ -137,7 +137,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 		page.Entries = append(page.Entries, data)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read log entries: %w", err)
+		return nil, fmt.Errorf("read log entries: %w", classify(err))
 	}
 	return page, nil
 }
@@ -162,14 +162,14 @@ func (s *Store) StreamLog(ctx context.Context, ref store.RunRef, fn func(entry [
 		rows, err := s.r.QueryContext(ctx, "SELECT seq, data FROM run_events WHERE rid = ? AND seq > ? AND seq <= ? AND kind = 'log' ORDER BY seq LIMIT ?",
 			r.rid, after, r.LastSeq, streamPage)
 		if err != nil {
-			return fmt.Errorf("read log: %w", err)
+			return fmt.Errorf("read log: %w", classify(err))
 		}
 		n := 0
 		for rows.Next() {
 			var data []byte
 			if err := rows.Scan(&after, &data); err != nil {
 				rows.Close()
-				return fmt.Errorf("scan log entry: %w", err)
+				return fmt.Errorf("scan log entry: %w", classify(err))
 			}
 			n++
 			if err := fn(data); err != nil {
@@ -179,7 +179,7 @@ func (s *Store) StreamLog(ctx context.Context, ref store.RunRef, fn func(entry [
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read log: %w", err)
+			return fmt.Errorf("read log: %w", classify(err))
 		}
 		if n == 0 {
 			break

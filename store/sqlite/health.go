@@ -13,19 +13,23 @@ import (
 	"runhub/store"
 )
 
-// unavailable marks an error that means the database cannot be written
-// now, through no fault of the request (a read-only file or mount, a full
-// disk, an I/O error, a file that cannot be opened), with
-// store.ErrUnavailable, so that it is answered 503 rather than 500. Other
-// errors, and nil, are returned as they are.
-func unavailable(err error) error {
+// classify marks a SQLite error that is no fault of the request with the
+// store's sentinel, so that callers never read driver messages: a database
+// that cannot be written now (a read-only file or mount, a full disk, an
+// I/O error, a file that cannot be opened) with store.ErrUnavailable, a
+// lock another connection held past the busy timeout (SQLITE_BUSY and its
+// extended codes) with store.ErrBusy. Both are answered 503 rather than
+// 500. Other errors, and nil, are returned as they are.
+func classify(err error) error {
 	var se *msqlite.Error
-	if err == nil || errors.Is(err, store.ErrUnavailable) || !errors.As(err, &se) {
+	if err == nil || errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrBusy) || !errors.As(err, &se) {
 		return err
 	}
 	switch se.Code() & 0xff { // the primary code of an extended one
 	case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM:
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	case sqlite3.SQLITE_BUSY:
+		return fmt.Errorf("%w: %w", store.ErrBusy, err)
 	}
 	return err
 }
@@ -66,18 +70,18 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("write probe: begin: %w", unavailable(err))
+		return fmt.Errorf("write probe: begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	var version int
 	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		return fmt.Errorf("write probe: read: %w", unavailable(err))
+		return fmt.Errorf("write probe: read: %w", classify(err))
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version)); err != nil {
-		return fmt.Errorf("write probe: write: %w", unavailable(err))
+		return fmt.Errorf("write probe: write: %w", classify(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("write probe: commit: %w", unavailable(err))
+		return fmt.Errorf("write probe: commit: %w", classify(err))
 	}
 	return nil
 }

@@ -15,11 +15,11 @@ func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project,
 	now := s.clock()
 	res, err := s.w.ExecContext(ctx, "INSERT INTO projects (name, created_at) VALUES (?, ?)", name, micros(now))
 	if err != nil {
-		return nil, fmt.Errorf("insert project: %w", err)
+		return nil, fmt.Errorf("insert project: %w", classify(err))
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return nil, fmt.Errorf("project id: %w", err)
+		return nil, fmt.Errorf("project id: %w", classify(err))
 	}
 	return &store.Project{ID: id, Name: name, CreatedAt: now, SlackChannels: []string{}}, nil
 }
@@ -50,7 +50,7 @@ func (s *Store) GetProject(ctx context.Context, id int64) (*store.Project, error
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get project: %w", err)
+		return nil, fmt.Errorf("get project: %w", classify(err))
 	}
 	return p, nil
 }
@@ -59,14 +59,14 @@ func (s *Store) GetProject(ctx context.Context, id int64) (*store.Project, error
 func (s *Store) ListProjects(ctx context.Context) ([]store.Project, error) {
 	rows, err := s.r.QueryContext(ctx, "SELECT "+projectColumns+" FROM projects ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("list projects: %w", err)
+		return nil, fmt.Errorf("list projects: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Project
 	for rows.Next() {
 		p, err := scanProject(rows)
 		if err != nil {
-			return nil, fmt.Errorf("scan project: %w", err)
+			return nil, fmt.Errorf("scan project: %w", classify(err))
 		}
 		out = append(out, *p)
 	}
@@ -88,7 +88,7 @@ func (s *Store) SetProjectSlackChannels(ctx context.Context, id int64, channels 
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("set project slack channels: %w", err)
+		return nil, fmt.Errorf("set project slack channels: %w", classify(err))
 	}
 	return p, nil
 }
@@ -105,11 +105,11 @@ func (s *Store) CreateAPIKey(ctx context.Context, k store.NewAPIKey) (*store.API
 		"INSERT INTO api_keys (label, prefix, hash, scopes, all_projects, projects, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
 		k.Label, k.Prefix, k.Hash, string(scopes), k.AllProjects, string(projects), micros(now))
 	if err != nil {
-		return nil, fmt.Errorf("insert api key: %w", err)
+		return nil, fmt.Errorf("insert api key: %w", classify(err))
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return nil, fmt.Errorf("api key id: %w", err)
+		return nil, fmt.Errorf("api key id: %w", classify(err))
 	}
 	return &store.APIKey{ID: id, Label: k.Label, Prefix: k.Prefix, Scopes: k.Scopes, AllProjects: k.AllProjects,
 		Projects: k.Projects, CreatedAt: now}, nil
@@ -143,7 +143,7 @@ func (s *Store) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, e
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get api key: %w", err)
+		return nil, fmt.Errorf("get api key: %w", classify(err))
 	}
 	return k, nil
 }
@@ -152,14 +152,14 @@ func (s *Store) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, e
 func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
 	rows, err := s.r.QueryContext(ctx, "SELECT "+keyColumns+" FROM api_keys ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("list api keys: %w", err)
+		return nil, fmt.Errorf("list api keys: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.APIKey
 	for rows.Next() {
 		k, err := scanKey(rows)
 		if err != nil {
-			return nil, fmt.Errorf("scan api key: %w", err)
+			return nil, fmt.Errorf("scan api key: %w", classify(err))
 		}
 		out = append(out, *k)
 	}
@@ -170,7 +170,7 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
 func (s *Store) RevokeAPIKey(ctx context.Context, id int64) error {
 	res, err := s.w.ExecContext(ctx, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", micros(s.clock()), id)
 	if err != nil {
-		return fmt.Errorf("revoke api key: %w", err)
+		return fmt.Errorf("revoke api key: %w", classify(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return store.ErrNotFound
@@ -186,7 +186,7 @@ func (s *Store) RevocationMark(ctx context.Context) (store.RevocationMark, error
 	var newest int64
 	err := s.r.QueryRowContext(ctx, "SELECT COUNT(revoked_at), COALESCE(MAX(revoked_at), 0) FROM api_keys").Scan(&m.Count, &newest)
 	if err != nil {
-		return m, fmt.Errorf("revocation mark: %w", err)
+		return m, fmt.Errorf("revocation mark: %w", classify(err))
 	}
 	if m.Count > 0 {
 		m.Newest = fromMicros(newest)
@@ -198,19 +198,19 @@ func (s *Store) RevocationMark(ctx context.Context) (store.RevocationMark, error
 func (s *Store) RevokedAPIKeyIDs(ctx context.Context) ([]int64, error) {
 	rows, err := s.r.QueryContext(ctx, "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("revoked api keys: %w", err)
+		return nil, fmt.Errorf("revoked api keys: %w", classify(err))
 	}
 	defer rows.Close()
 	ids := []int64{}
 	for rows.Next() {
 		var id int64
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("scan revoked api key: %w", err)
+			return nil, fmt.Errorf("scan revoked api key: %w", classify(err))
 		}
 		ids = append(ids, id)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("revoked api keys: %w", err)
+		return nil, fmt.Errorf("revoked api keys: %w", classify(err))
 	}
 	return ids, nil
 }

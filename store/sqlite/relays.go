@@ -16,7 +16,7 @@ func (s *Store) CreateRelay(ctx context.Context, r store.Relay) error {
 	_, err := s.w.ExecContext(ctx, `INSERT INTO relays (id, run_id, channel, thread_ts, text, status, attempts, next_at, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`, r.ID, r.RunID, r.Channel, r.ThreadTS, r.Text, store.RelayPending, micros(r.NextAt), now, now)
 	if err != nil {
-		return fmt.Errorf("create relay: %w", unavailable(err))
+		return fmt.Errorf("create relay: %w", classify(err))
 	}
 	return nil
 }
@@ -39,14 +39,14 @@ func (s *Store) DueRelays(ctx context.Context, now time.Time, limit int) ([]stor
 	rows, err := s.r.QueryContext(ctx, "SELECT "+relayColumns+" FROM relays WHERE status = ? AND next_at <= ? ORDER BY next_at, created_at LIMIT ?",
 		store.RelayPending, micros(now), limit)
 	if err != nil {
-		return nil, fmt.Errorf("due relays: %w", err)
+		return nil, fmt.Errorf("due relays: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Relay
 	for rows.Next() {
 		r, err := scanRelay(rows)
 		if err != nil {
-			return nil, fmt.Errorf("due relays: %w", err)
+			return nil, fmt.Errorf("due relays: %w", classify(err))
 		}
 		out = append(out, *r)
 	}
@@ -58,7 +58,7 @@ func (s *Store) UpdateRelay(ctx context.Context, r store.Relay) error {
 	res, err := s.w.ExecContext(ctx, "UPDATE relays SET status = ?, attempts = ?, last_error = ?, next_at = ?, updated_at = ? WHERE id = ?",
 		r.Status, r.Attempts, sql.NullString{String: r.LastError, Valid: r.LastError != ""}, micros(r.NextAt), micros(s.clock()), r.ID)
 	if err != nil {
-		return fmt.Errorf("update relay: %w", unavailable(err))
+		return fmt.Errorf("update relay: %w", classify(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return store.ErrNotFound
@@ -73,7 +73,7 @@ func (s *Store) GetRelay(ctx context.Context, id string) (*store.Relay, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get relay: %w", err)
+		return nil, fmt.Errorf("get relay: %w", classify(err))
 	}
 	return r, nil
 }

@@ -72,7 +72,7 @@ func findRun(row *sql.Row) (*runRow, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get run: %w", err)
+		return nil, fmt.Errorf("get run: %w", classify(err))
 	}
 	return r, nil
 }
@@ -93,7 +93,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get run: %w", err)
+		return nil, fmt.Errorf("get run: %w", classify(err))
 	}
 	return &r.Run, nil
 }
@@ -102,7 +102,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, 0, fmt.Errorf("begin read: %w", err)
+		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer tx.Rollback()
 	_, rowid, err := taskRow(ctx, tx, project, task)
@@ -111,51 +111,25 @@ func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit,
 	}
 	var total int64
 	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM runs WHERE task_rowid = ?", rowid).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count runs: %w", err)
+		return nil, 0, fmt.Errorf("count runs: %w", classify(err))
 	}
 	rows, err := tx.QueryContext(ctx, "SELECT "+runColumns+runFrom+"WHERE r.task_rowid = ? ORDER BY r.rid DESC LIMIT ? OFFSET ?", rowid, limit, offset)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", err)
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	defer rows.Close()
 	out := []store.Run{}
 	for rows.Next() {
 		r, err := scanRun(rows)
 		if err != nil {
-			return nil, 0, fmt.Errorf("scan run: %w", err)
+			return nil, 0, fmt.Errorf("scan run: %w", classify(err))
 		}
 		out = append(out, r.Run)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", err)
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	return out, total, nil
-}
-
-// runStateEvent builds the task_run_state event body for r.
-func runStateEvent(r *store.Run) json.RawMessage {
-	var completed *string
-	if r.CompletedAt != nil {
-		c := store.FormatTime(*r.CompletedAt)
-		completed = &c
-	}
-	var output any
-	if r.Output != nil {
-		output = r.Output
-	}
-	b, _ := json.Marshal(struct {
-		Type         string  `json:"type"`
-		RunID        string  `json:"run_id"`
-		TaskID       string  `json:"task_id"`
-		Status       string  `json:"status"`
-		Stage        *string `json:"stage"`
-		Output       any     `json:"output"`
-		Branch       *string `json:"branch"`
-		ErrorMessage *string `json:"error_message"`
-		UpdatedAt    string  `json:"updated_at"`
-		CompletedAt  *string `json:"completed_at"`
-	}{store.KindRunState, r.ID, r.TaskID, r.Status, r.Stage, output, r.Branch, r.ErrorMessage, store.FormatTime(r.UpdatedAt), completed})
-	return b
 }
 
 // jsonOrNull renders v as JSON text, or SQL NULL for a nil map.
@@ -180,30 +154,27 @@ func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
 		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
 	if err != nil {
-		return fmt.Errorf("update run: %w", unavailable(err))
+		return fmt.Errorf("update run: %w", classify(err))
 	}
 	return nil
 }
 
-// insertEvent appends one event to the run's log with the run's next seq.
-func insertEvent(ctx context.Context, tx *sql.Tx, r *runRow, kind, typ string, ts *time.Time, data []byte) (store.Event, error) {
-	r.LastSeq++
-	var tsv any
-	if ts != nil {
-		tsv = ts.UnixMicro()
+// insertEvents stores events the domain rules numbered, each stamped ts.
+func insertEvents(ctx context.Context, tx *sql.Tx, rid int64, events []store.Event, ts time.Time) error {
+	for _, ev := range events {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
+			rid, ev.Seq, ev.Kind, ev.Type, ts.UnixMicro(), []byte(ev.Data)); err != nil {
+			return fmt.Errorf("insert event: %w", classify(err))
+		}
 	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
-		r.rid, r.LastSeq, kind, typ, tsv, data); err != nil {
-		return store.Event{}, fmt.Errorf("insert event: %w", unavailable(err))
-	}
-	return store.Event{RunID: r.ID, Seq: r.LastSeq, Kind: kind, Type: typ, Data: data}, nil
+	return nil
 }
 
 // CreateRun inserts a run and its first task_run_state event.
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -211,43 +182,27 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 	if err != nil {
 		return nil, err
 	}
-	r := &runRow{Run: store.Run{
-		ID: uuid.NewString(), TaskID: task, ProjectID: project, Stage: nr.Stage, Branch: nr.Branch, Status: nr.Status,
-		Environment: nr.Environment, ErrorMessage: nr.ErrorMessage, Output: nr.Output, State: nr.State,
-		Artifacts: []json.RawMessage{}, CreatedAt: now, UpdatedAt: now,
-	}}
-	if r.Status == "" {
-		r.Status = store.StatusNotStarted
-	}
-	if r.Environment == "" {
-		r.Environment = store.EnvCloud
-	}
-	if r.State == nil {
-		r.State = map[string]json.RawMessage{}
-	}
-	if store.IsTerminal(r.Status) {
-		r.CompletedAt = &now
-	}
+	run, events := store.NewRunFrom(uuid.NewString(), project, task, nr, now)
+	r := &runRow{Run: *run}
 	state, _ := json.Marshal(r.State)
 	res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
 	if err != nil {
-		return nil, fmt.Errorf("insert run: %w", unavailable(err))
+		return nil, fmt.Errorf("insert run: %w", classify(err))
 	}
 	if r.rid, err = res.LastInsertId(); err != nil {
-		return nil, fmt.Errorf("run rowid: %w", err)
+		return nil, fmt.Errorf("run rowid: %w", classify(err))
 	}
-	ev, err := insertEvent(ctx, tx, r, store.KindRunState, store.KindRunState, &now, runStateEvent(&r.Run))
-	if err != nil {
+	if err := insertEvents(ctx, tx, r.rid, events, now); err != nil {
 		return nil, err
 	}
 	if err := writeRun(ctx, tx, r); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit run: %w", unavailable(err))
+		return nil, fmt.Errorf("commit run: %w", classify(err))
 	}
-	return &store.MutationResult{Run: &r.Run, Events: []store.Event{ev}}, nil
+	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
 
 // mutate runs fn on the run inside one write transaction, handling the
@@ -257,7 +212,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -273,13 +228,13 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 			if !bytes.Equal(hash, idem.RequestHash) {
 				return nil, store.ErrIdempotencyMismatch
 			}
-			var prev store.Run
-			if err := json.Unmarshal(snapshot, &prev); err != nil {
-				return nil, fmt.Errorf("decode idempotent response: %w", err)
+			prev, err := store.DecodeRunSnapshot(snapshot)
+			if err != nil {
+				return nil, err
 			}
-			return &store.MutationResult{Run: &prev, Replayed: true}, nil
+			return &store.MutationResult{Run: prev, Replayed: true}, nil
 		case !errors.Is(err, sql.ErrNoRows):
-			return nil, fmt.Errorf("idempotency lookup: %w", err)
+			return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
 		}
 	}
 	events, err := fn(tx, r, now)
@@ -287,91 +242,47 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 		return nil, err
 	}
 	if idem != nil {
-		snapshot, _ := json.Marshal(&r.Run)
+		snapshot, err := store.EncodeRunSnapshot(&r.Run)
+		if err != nil {
+			return nil, err
+		}
 		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
 			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
-			return nil, fmt.Errorf("record idempotency key: %w", unavailable(err))
+			return nil, fmt.Errorf("record idempotency key: %w", classify(err))
 		}
-		// Keys are kept at least IdempotencyTTL; older ones of this run go now.
-		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(now.Add(-IdempotencyTTL))); err != nil {
-			return nil, fmt.Errorf("expire idempotency keys: %w", unavailable(err))
+		// Keys are kept at least store.IdempotencyTTL; older ones of this run go now.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(store.IdempotencyCutoff(now))); err != nil {
+			return nil, fmt.Errorf("expire idempotency keys: %w", classify(err))
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", unavailable(err))
+		return nil, fmt.Errorf("commit: %w", classify(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
 
-// IdempotencyTTL is how long an applied Idempotency-Key is remembered: the
-// contract promises at least 24 h; twice that covers clients that retry
-// across a day boundary.
-const IdempotencyTTL = 48 * time.Hour
-
-// stateChanged records the run row and its task_run_state event.
-func stateChanged(ctx context.Context, tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-	r.UpdatedAt = now
-	ev, err := insertEvent(ctx, tx, r, store.KindRunState, store.KindRunState, &now, runStateEvent(&r.Run))
-	if err != nil {
+// recordChange writes the run row and appends the events a rule returned.
+func recordChange(ctx context.Context, tx *sql.Tx, r *runRow, events []store.Event, now time.Time) ([]store.Event, error) {
+	if err := insertEvents(ctx, tx, r.rid, events, now); err != nil {
 		return nil, err
 	}
 	if err := writeRun(ctx, tx, r); err != nil {
 		return nil, err
 	}
-	return []store.Event{ev}, nil
+	return events, nil
 }
 
-// UpdateRun applies a PATCH: shallow merges of output and state, key
-// removal, and the completed_at rules.
+// UpdateRun applies a PATCH (store.ApplyPatch).
 func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		if p.Status != nil {
-			r.Status = *p.Status
-			switch {
-			case !store.IsTerminal(r.Status):
-				r.CompletedAt = nil
-			case r.CompletedAt == nil:
-				r.CompletedAt = &now
-			}
-		}
-		if p.Stage != nil {
-			r.Stage = *p.Stage
-		}
-		if p.Branch != nil {
-			r.Branch = *p.Branch
-		}
-		if p.ErrorMessage != nil {
-			r.ErrorMessage = *p.ErrorMessage
-		}
-		if p.Environment != nil {
-			r.Environment = *p.Environment
-		}
-		if p.ClearOutput {
-			r.Output = nil
-		}
-		if p.Output != nil {
-			if r.Output == nil {
-				r.Output = make(map[string]json.RawMessage, len(p.Output))
-			}
-			for k, v := range p.Output {
-				r.Output[k] = v
-			}
-		}
-		for k, v := range p.State {
-			r.State[k] = v
-		}
-		for _, k := range p.StateRemoveKeys {
-			delete(r.State, k)
-		}
-		return stateChanged(ctx, tx, r, now)
+		return recordChange(ctx, tx, r, store.ApplyPatch(&r.Run, p, now), now)
 	})
 }
 
-// SetOutput replaces the run's output.
+// SetOutput replaces the run's output (store.ReplaceOutput).
 func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		r.Output = output
-		return stateChanged(ctx, tx, r, now)
+		return recordChange(ctx, tx, r, store.ReplaceOutput(&r.Run, output, now), now)
 	})
 }
 
@@ -398,23 +309,10 @@ func insertEventsSQL(n int) string {
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		events := make([]store.Event, 0, len(entries))
-		stored := make([]store.Event, 0, len(entries))
-		var stamps []*time.Time
-		for i := range entries {
-			e := &entries[i]
-			if e.Ephemeral() {
-				events = append(events, store.Event{RunID: r.ID, Kind: store.KindChunk, Type: e.Type, Data: e.Data})
-				continue
-			}
-			r.LastSeq++
-			ev := store.Event{RunID: r.ID, Seq: r.LastSeq, Kind: store.KindLog, Type: e.Type, Data: e.Data}
-			events = append(events, ev)
-			stored = append(stored, ev)
-			stamps = append(stamps, e.Time)
-		}
+		ap := store.AppendEntries(&r.Run, entries)
+		stored, stamps := ap.Stored, ap.Times
 		if len(stored) == 0 {
-			return events, nil
+			return ap.Events, nil
 		}
 		args := make([]any, 0, 6*min(len(stored), insertChunk))
 		for start := 0; start < len(stored); start += insertChunk {
@@ -428,37 +326,23 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 				args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
 			}
 			if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
-				return nil, fmt.Errorf("insert log entries: %w", unavailable(err))
+				return nil, fmt.Errorf("insert log entries: %w", classify(err))
 			}
 		}
-		r.LogCount += int64(len(stored))
 		if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
-			return nil, fmt.Errorf("update run seq: %w", unavailable(err))
+			return nil, fmt.Errorf("update run seq: %w", classify(err))
 		}
-		return events, nil
+		return ap.Events, nil
 	})
 }
 
 // AddArtifacts appends manifest entries and their artifact events.
 func (s *Store) AddArtifacts(ctx context.Context, ref store.RunRef, entries []json.RawMessage) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		events := make([]store.Event, 0, len(entries))
-		for _, e := range entries {
-			data, err := json.Marshal(map[string]json.RawMessage{"type": json.RawMessage(`"artifact"`), "artifact": e})
-			if err != nil {
-				return nil, fmt.Errorf("artifact event: %w", err)
-			}
-			ev, err := insertEvent(ctx, tx, r, store.KindArtifact, "artifact", &now, data)
-			if err != nil {
-				return nil, err
-			}
-			events = append(events, ev)
-		}
-		r.Artifacts = append(r.Artifacts, entries...)
-		r.UpdatedAt = now
-		if err := writeRun(ctx, tx, r); err != nil {
+		events, err := store.AddArtifactEntries(&r.Run, entries, now)
+		if err != nil {
 			return nil, err
 		}
-		return events, nil
+		return recordChange(ctx, tx, r, events, now)
 	})
 }

@@ -5,7 +5,7 @@
 // serialised in-process and seq assignment (read last_seq, insert events,
 // store last_seq) cannot race; other processes (the `runhub keys` command
 // while the server runs) are serialised by SQLite's own lock with a busy
-// timeout. Reads use a separate pool of read-only connections and never wait
+// timeout, past which a write fails with store.ErrBusy. Reads use a separate pool of read-only connections and never wait
 // for the writer. synchronous=NORMAL in WAL mode keeps every committed
 // transaction across a process crash (kill -9); only an OS crash or power
 // loss may drop the last few commits, never half of one.
@@ -43,6 +43,7 @@ type Store struct {
 	w     *sql.DB // exactly one connection: all writes
 	r     *sql.DB // read-only pool
 	now   func() time.Time
+	busy  time.Duration        // how long a connection waits for another's lock
 	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
 	dir   string               // the database file's directory (ProbeWrite)
 	// onScan, when set (tests), is told the size of every entry a bounded
@@ -58,6 +59,11 @@ type Option func(*Store)
 // WithClock injects the clock (tests).
 func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
 
+// WithBusyTimeout replaces busyTimeout, how long a statement waits for a
+// lock another connection holds before it fails with store.ErrBusy (tests
+// shorten it to see that failure in milliseconds).
+func WithBusyTimeout(d time.Duration) Option { return func(s *Store) { s.busy = d } }
+
 // Open opens (creating if needed) the database file at path and applies the
 // embedded migrations.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
@@ -72,11 +78,15 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("create database file: %w", err)
 	}
 	f.Close()
+	s := &Store{now: time.Now, busy: busyTimeout, dir: filepath.Dir(path)}
+	for _, o := range opts {
+		o(s)
+	}
 	dsn := func(extra ...string) string {
 		q := url.Values{}
 		for _, p := range []string{
 			"journal_mode(WAL)",
-			"busy_timeout(" + strconv.Itoa(int(busyTimeout/time.Millisecond)) + ")",
+			"busy_timeout(" + strconv.Itoa(int(s.busy/time.Millisecond)) + ")",
 			"synchronous(NORMAL)",
 			"foreign_keys(ON)",
 		} {
@@ -96,10 +106,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w, now: time.Now, dir: filepath.Dir(path)}
-	for _, o := range opts {
-		o(s)
-	}
+	s.w = w
 	if err := s.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
@@ -138,7 +145,7 @@ func (s *Store) Close() error {
 func (s *Store) Ping(ctx context.Context) error {
 	var one int
 	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
-		return fmt.Errorf("ping sqlite: %w", err)
+		return fmt.Errorf("ping sqlite: %w", classify(err))
 	}
 	return nil
 }

@@ -62,7 +62,7 @@ func slugPrefix(name string) string {
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	now := s.clock() // read while holding the writer, so time follows seq order
@@ -73,7 +73,7 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("next task number: %w", unavailable(err))
+		return nil, fmt.Errorf("next task number: %w", classify(err))
 	}
 	t := &store.Task{
 		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: slugPrefix(name) + "-" + strconv.FormatInt(number, 10),
@@ -87,10 +87,10 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(now), micros(now)); err != nil {
-		return nil, fmt.Errorf("insert task: %w", unavailable(err))
+		return nil, fmt.Errorf("insert task: %w", classify(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit task: %w", unavailable(err))
+		return nil, fmt.Errorf("commit task: %w", classify(err))
 	}
 	return t, nil
 }
@@ -102,7 +102,7 @@ func taskRow(ctx context.Context, q querier, project int64, id string) (*store.T
 		return nil, 0, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("get task: %w", err)
+		return nil, 0, fmt.Errorf("get task: %w", classify(err))
 	}
 	return t, rowid, nil
 }
@@ -114,7 +114,7 @@ func latestRun(ctx context.Context, q querier, t *store.Task, rowid int64) error
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("latest run: %w", err)
+		return fmt.Errorf("latest run: %w", classify(err))
 	}
 	t.LatestRun = &r.Run
 	return nil
@@ -136,11 +136,11 @@ func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.T
 func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
 	var total int64
 	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM tasks WHERE project_id = ? AND deleted = 0", project).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count tasks: %w", err)
+		return nil, 0, fmt.Errorf("count tasks: %w", classify(err))
 	}
 	rows, err := s.r.QueryContext(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.project_id = ? AND t.deleted = 0 ORDER BY t.seq DESC LIMIT ? OFFSET ?", project, limit, offset)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", err)
+		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
 	var out []store.Task
 	var rowids []int64
@@ -148,14 +148,14 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 		t, rowid, err := scanTask(rows)
 		if err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("scan task: %w", err)
+			return nil, 0, fmt.Errorf("scan task: %w", classify(err))
 		}
 		out = append(out, *t)
 		rowids = append(rowids, rowid)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", err)
+		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
 	for i := range out {
 		if err := latestRun(ctx, s.r, &out[i], rowids[i]); err != nil {
@@ -169,7 +169,7 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p store.TaskPatch) (*store.Task, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer tx.Rollback()
 	t, rowid, err := taskRow(ctx, tx, project, id)
@@ -198,13 +198,13 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE tasks SET title = ?, description = ?, origin_product = ?, repository = ?, json_schema = ?, updated_at = ? WHERE seq = ?",
 		t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(t.UpdatedAt), rowid); err != nil {
-		return nil, fmt.Errorf("update task: %w", unavailable(err))
+		return nil, fmt.Errorf("update task: %w", classify(err))
 	}
 	if err := latestRun(ctx, tx, t, rowid); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit task: %w", unavailable(err))
+		return nil, fmt.Errorf("commit task: %w", classify(err))
 	}
 	return t, nil
 }
@@ -213,7 +213,7 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 func (s *Store) DeleteTask(ctx context.Context, project int64, id string) error {
 	res, err := s.w.ExecContext(ctx, "UPDATE tasks SET deleted = 1, updated_at = ? WHERE id = ? AND project_id = ? AND deleted = 0", micros(s.clock()), id, project)
 	if err != nil {
-		return fmt.Errorf("delete task: %w", unavailable(err))
+		return fmt.Errorf("delete task: %w", classify(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return store.ErrNotFound

@@ -1,5 +1,6 @@
-// Package proxy connects sandbox agents to runhub: connection tokens (this
-// file), agent sessions and command routing.
+// Package tokens mints and verifies the connection tokens of runhub (the
+// browser's, and a sandbox agent's), serves their JWKS, and keeps the
+// node's view of revoked API keys, whose tokens it refuses.
 //
 // Connection tokens are RS256 JWTs for one run. Guarantees: a token
 // verifies only with the algorithm pinned to RS256, the expected audience,
@@ -9,7 +10,7 @@
 // run.
 // The signing key comes from RUNHUB_JWT_PRIVATE_KEY or is generated on
 // first start and kept in the data directory with mode 0600.
-package proxy
+package tokens
 
 import (
 	"crypto/rand"
@@ -39,8 +40,8 @@ const (
 	AudienceAgent  = "runhub:agent"
 )
 
-// TokenTTL is how long a connection token is valid.
-const TokenTTL = 24 * time.Hour
+// TTL is how long a connection token is valid.
+const TTL = 24 * time.Hour
 
 // keyFile holds the generated signing key in the data directory.
 const keyFile = "jwt-key.pem"
@@ -77,12 +78,12 @@ type Tokens struct {
 	revocations *Revocations // nil: no key is revoked
 }
 
-// UseRevocations makes Verify refuse the tokens of revoked keys, and agent
-// connections close when their key is revoked (call before serving).
-func (t *Tokens) UseRevocations(r *Revocations) { t.revocations = r }
+// Revocations is the poller Config.Revocations named (nil: no key is
+// revoked); an agent connection watches its token's key through it.
+func (t *Tokens) Revocations() *Revocations { return t.revocations }
 
-// TokenConfig configures LoadTokens.
-type TokenConfig struct {
+// Config configures Load.
+type Config struct {
 	// PrivateKeyPEM, if set, is the signing key (PKCS#1 or PKCS#8).
 	PrivateKeyPEM string
 	// DataDir keeps a generated key when PrivateKeyPEM is empty.
@@ -92,10 +93,15 @@ type TokenConfig struct {
 	PreviousPublicKeyPEM string
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// Revocations makes Verify refuse the tokens of revoked keys, and agent
+	// connections close when their key is revoked. nil: no key is ever
+	// revoked, for tokens minted without a store of keys (tests of the
+	// tokens alone); a node always sets it.
+	Revocations *Revocations
 }
 
-// LoadTokens loads or creates the signing key.
-func LoadTokens(cfg TokenConfig) (*Tokens, error) {
+// Load loads or creates the signing key.
+func Load(cfg Config) (*Tokens, error) {
 	var key *rsa.PrivateKey
 	var err error
 	switch {
@@ -110,7 +116,7 @@ func LoadTokens(cfg TokenConfig) (*Tokens, error) {
 			return nil, err
 		}
 	}
-	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now}
+	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now, revocations: cfg.Revocations}
 	if t.now == nil {
 		t.now = time.Now
 	}
@@ -184,7 +190,7 @@ func KeyID(pub *rsa.PublicKey) (string, error) {
 // scope) with the given audience; it sets iat, exp, jti and aud.
 func (t *Tokens) Mint(c Claims, audience string) (string, time.Time, error) {
 	now := t.now()
-	exp := now.Add(TokenTTL).Truncate(time.Second)
+	exp := now.Add(TTL).Truncate(time.Second)
 	c.RegisteredClaims = jwt.RegisteredClaims{
 		Audience:  jwt.ClaimStrings{audience},
 		IssuedAt:  jwt.NewNumericDate(now),

@@ -1,4 +1,4 @@
-package proxy
+package tokens
 
 // Watching reports how many connections wait on keys not yet revoked
 // (tests: a connection that ended has unregistered).

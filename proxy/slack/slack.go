@@ -1,4 +1,8 @@
-package proxy
+// Package slack relays messages to a run's Slack thread: an outbox in the
+// store, a worker that posts each message exactly once (chat.postMessage
+// with retries, Retry-After and a crash-safe check before a second try),
+// and the Markdown to mrkdwn conversion applied when a message is queued.
+package slack
 
 import (
 	"bytes"
@@ -26,8 +30,8 @@ type Relays interface {
 	UpdateRelay(ctx context.Context, r store.Relay) error
 }
 
-// SlackConfig configures the relay.
-type SlackConfig struct {
+// Config configures the relay.
+type Config struct {
 	Token       string // bot token; empty: the relay is not configured
 	BaseURL     string // default https://slack.com/api
 	MaxAttempts int    // posts tried per message before it is failed (default 5)
@@ -39,7 +43,7 @@ type SlackConfig struct {
 	Now                    func() time.Time
 }
 
-// SlackRelay posts accepted relay messages to their Slack threads.
+// Relay posts accepted relay messages to their Slack threads.
 //
 // Exactly once: before each post the message's attempt count is stored,
 // and the post carries Slack message metadata
@@ -49,8 +53,8 @@ type SlackConfig struct {
 // (conversations.replies with its metadata); when found it is marked sent
 // without posting again. Slack's client_msg_id is not used: Slack does not
 // promise to deduplicate chat.postMessage by it.
-type SlackRelay struct {
-	cfg   SlackConfig
+type Relay struct {
+	cfg   Config
 	store Relays
 	wake  chan struct{}
 
@@ -59,8 +63,8 @@ type SlackRelay struct {
 	done   chan struct{}      // closed when that worker has returned
 }
 
-// NewSlackRelay builds the relay over the outbox.
-func NewSlackRelay(st Relays, cfg SlackConfig) *SlackRelay {
+// New builds the relay over the outbox.
+func New(st Relays, cfg Config) *Relay {
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = "https://slack.com/api"
 	}
@@ -86,15 +90,15 @@ func NewSlackRelay(st Relays, cfg SlackConfig) *SlackRelay {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &SlackRelay{cfg: cfg, store: st, wake: make(chan struct{}, 1)}
+	return &Relay{cfg: cfg, store: st, wake: make(chan struct{}, 1)}
 }
 
 // Configured reports whether Slack credentials are set.
-func (s *SlackRelay) Configured() bool { return s != nil && s.cfg.Token != "" }
+func (s *Relay) Configured() bool { return s != nil && s.cfg.Token != "" }
 
 // Enqueue stores a message for the run's thread and wakes the worker; the
 // text is converted to mrkdwn now, so what is stored is what is posted.
-func (s *SlackRelay) Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error {
+func (s *Relay) Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error {
 	if err := s.store.CreateRelay(ctx, store.Relay{ID: id, RunID: runID, Channel: channel, ThreadTS: threadTS,
 		Text: ToMrkdwn(markdown), NextAt: s.cfg.Now()}); err != nil {
 		return err
@@ -108,7 +112,7 @@ func (s *SlackRelay) Enqueue(ctx context.Context, id, runID, channel, threadTS, 
 
 // Start runs the worker (Run) in the background until ctx ends or Close.
 // It starts at most one worker; later calls do nothing.
-func (s *SlackRelay) Start(ctx context.Context) {
+func (s *Relay) Start(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.done != nil {
@@ -126,7 +130,7 @@ func (s *SlackRelay) Start(ctx context.Context) {
 // so that the store may close: a post in flight is abandoned (the message
 // stays in the outbox, and the next worker looks in the thread before
 // posting it again), a message waiting for its backoff stays due later.
-func (s *SlackRelay) Close() {
+func (s *Relay) Close() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done
 	s.mu.Unlock()
@@ -139,7 +143,7 @@ func (s *SlackRelay) Close() {
 
 // Run posts due messages until ctx ends; pending messages survive a
 // restart in the outbox.
-func (s *SlackRelay) Run(ctx context.Context) {
+func (s *Relay) Run(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -172,7 +176,7 @@ type slackError struct {
 
 func (e *slackError) Error() string { return e.msg }
 
-func (s *SlackRelay) deliver(ctx context.Context, r store.Relay) {
+func (s *Relay) deliver(ctx context.Context, r store.Relay) {
 	log := s.cfg.Logger.With("relay_id", r.ID, "run_id", r.RunID)
 	if r.Attempts > 0 {
 		found, err := s.posted(ctx, r)
@@ -207,7 +211,7 @@ func (s *SlackRelay) deliver(ctx context.Context, r store.Relay) {
 	log.Info("slack relay: posted", "attempts", r.Attempts)
 }
 
-func (s *SlackRelay) retryLater(ctx context.Context, r store.Relay, err error) {
+func (s *Relay) retryLater(ctx context.Context, r store.Relay, err error) {
 	var se *slackError
 	retry, wait := true, time.Duration(0)
 	if errors.As(err, &se) {
@@ -229,7 +233,7 @@ func (s *SlackRelay) retryLater(ctx context.Context, r store.Relay, err error) {
 	s.save(ctx, r)
 }
 
-func (s *SlackRelay) save(ctx context.Context, r store.Relay) {
+func (s *Relay) save(ctx context.Context, r store.Relay) {
 	if err := s.store.UpdateRelay(context.WithoutCancel(ctx), r); err != nil {
 		s.cfg.Logger.Warn("slack relay: saving the outcome failed", "relay_id", r.ID, "err", err)
 	}
@@ -238,7 +242,7 @@ func (s *SlackRelay) save(ctx context.Context, r store.Relay) {
 // call POSTs a Slack Web API method with a JSON body and decodes the reply.
 // A url.Values body is sent as a form (read methods such as
 // conversations.replies take no JSON).
-func (s *SlackRelay) call(ctx context.Context, method string, body any, out any) error {
+func (s *Relay) call(ctx context.Context, method string, body any, out any) error {
 	var rd io.Reader
 	ct := "application/json; charset=utf-8"
 	if form, ok := body.(url.Values); ok {
@@ -287,7 +291,7 @@ func (s *SlackRelay) call(ctx context.Context, method string, body any, out any)
 	return nil
 }
 
-func (s *SlackRelay) post(ctx context.Context, r store.Relay) error {
+func (s *Relay) post(ctx context.Context, r store.Relay) error {
 	return s.call(ctx, "chat.postMessage", map[string]any{
 		"channel": r.Channel, "thread_ts": r.ThreadTS, "text": r.Text, "mrkdwn": true,
 		"metadata": map[string]any{"event_type": "runhub_relay", "event_payload": map[string]string{"relay_id": r.ID}},
@@ -295,7 +299,7 @@ func (s *SlackRelay) post(ctx context.Context, r store.Relay) error {
 }
 
 // posted looks for the relay's message in its thread by its metadata.
-func (s *SlackRelay) posted(ctx context.Context, r store.Relay) (bool, error) {
+func (s *Relay) posted(ctx context.Context, r store.Relay) (bool, error) {
 	cursor := ""
 	for range 20 { // at most 20 pages of 200 replies
 		var out struct {

@@ -1,4 +1,4 @@
-package proxy
+package slack
 
 import (
 	"strconv"
@@ -12,9 +12,9 @@ import (
 	"github.com/yuin/goldmark/text"
 )
 
-// MaxSlackText is the longest text the relay posts (Slack truncates long
+// MaxText is the longest text the relay posts (Slack truncates long
 // messages; 3,900 leaves room under its 4,000 limit).
-const MaxSlackText = 3900
+const MaxText = 3900
 
 var markdown = goldmark.New(goldmark.WithExtensions(extension.Strikethrough, extension.Linkify))
 
@@ -27,7 +27,7 @@ func escapeSlack(s string) string {
 // by goldmark rather than rewritten with regular expressions: **bold** and
 // headings become *bold*, _emphasis_ stays _emphasis_, ~~strike~~ becomes
 // ~strike~, links become <url|text>, lists get bullets or numbers, code
-// stays code; text is escaped for Slack. The result is cut to MaxSlackText
+// stays code; text is escaped for Slack. The result is cut to MaxText
 // characters.
 func ToMrkdwn(md string) string {
 	src := []byte(md)
@@ -145,7 +145,7 @@ func ToMrkdwn(md string) string {
 	}
 	b := &strings.Builder{}
 	walk(b, doc, 0)
-	return truncate(strings.TrimSpace(b.String()), MaxSlackText)
+	return truncate(strings.TrimSpace(b.String()), MaxText)
 }
 
 // truncate cuts s to at most n characters, ending with "…" when cut.

@@ -1,4 +1,4 @@
-package proxy_test
+package tokens_test
 
 import (
 	"bufio"
@@ -14,11 +14,12 @@ import (
 
 	"github.com/coder/websocket"
 
+	"runhub/cmd/node"
 	"runhub/hub"
 	"runhub/proxy"
-	"runhub/rest"
+	"runhub/proxy/proxytest"
+	"runhub/proxy/tokens"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -36,8 +37,8 @@ type revNode struct {
 	srv    *httptest.Server
 	st     *sqlite.Store
 	px     *proxy.Proxy
-	tokens *proxy.Tokens
-	rv     *proxy.Revocations
+	tokens *tokens.Tokens
+	rv     *tokens.Revocations
 }
 
 func newRevNode(t *testing.T, dbPath, keyDir string) *revNode {
@@ -47,27 +48,18 @@ func newRevNode(t *testing.T, dbPath, keyDir string) *revNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tk, err := proxy.LoadTokens(proxy.TokenConfig{DataDir: keyDir})
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: keyDir,
+		Revocation: tokens.RevocationConfig{Interval: revPoll, Window: revWindow}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rv := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Interval: revPoll, Window: revWindow})
-	if err := rv.Start(ctx); err != nil {
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(rv.Close)
-	tk.UseRevocations(rv)
-	h := hub.New(hub.Config{Store: st})
-	t.Cleanup(h.Close)
-	h.UseGuard(rv)
-	svc := &runs.Service{Store: st, Pub: h}
-	px := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: st, DecodePatch: rest.DecodeRunPatch})
-	t.Cleanup(px.Close)
-	h.UseCommands(px.WSCommand)
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
-		Tokens: tk, Commands: px, Agent: px.ServeAgent}))
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
+	px, tk, rv := n.Proxy(), n.Tokens(), n.Revocations()
 	return &revNode{srv: srv, st: st, px: px, tokens: tk, rv: rv}
 }
 
@@ -181,33 +173,33 @@ func TestRevocationClosesConnections(t *testing.T) {
 	doomed, doomedID := newKey()
 	kept, _ := newKey()
 	var task, run struct{ ID string }
-	apiCall(t, a.srv.URL, doomed, "POST", fmt.Sprintf("/api/projects/%d/tasks/", p.ID), `{"title":"t"}`, http.StatusCreated, &task)
+	proxytest.APICall(t, a.srv.URL, doomed, "POST", fmt.Sprintf("/api/projects/%d/tasks/", p.ID), `{"title":"t"}`, http.StatusCreated, &task)
 	runs := fmt.Sprintf("/api/projects/%d/tasks/%s/runs/", p.ID, task.ID)
-	apiCall(t, a.srv.URL, doomed, "POST", runs, `{}`, http.StatusCreated, &run)
+	proxytest.APICall(t, a.srv.URL, doomed, "POST", runs, `{}`, http.StatusCreated, &run)
 	runPath := runs + run.ID
 	var other struct{ ID string } // the agent on node b follows a run of its own
-	apiCall(t, a.srv.URL, doomed, "POST", runs, `{}`, http.StatusCreated, &other)
+	proxytest.APICall(t, a.srv.URL, doomed, "POST", runs, `{}`, http.StatusCreated, &other)
 
 	mint := func(key, path, query string) string {
 		var tb struct {
 			Token string `json:"token"`
 		}
-		apiCall(t, a.srv.URL, key, "GET", path+"/connection_token"+query, "", http.StatusOK, &tb)
+		proxytest.APICall(t, a.srv.URL, key, "GET", path+"/connection_token"+query, "", http.StatusOK, &tb)
 		return tb.Token
 	}
 	clientTok := mint(doomed, runPath, "")
 	agentTok := mint(doomed, runPath, "?role=agent")
 	agentTokB := mint(doomed, runs+other.ID, "?role=agent")
 	keptTok := mint(kept, runPath, "")
-	if c, err := a.tokens.Verify(clientTok, proxy.AudienceClient); err != nil || c.KeyID != doomedID {
+	if c, err := a.tokens.Verify(clientTok, tokens.AudienceClient); err != nil || c.KeyID != doomedID {
 		t.Fatalf("minted token: key_id %+v, %v; want %d", c, err, doomedID)
 	}
 	// A token minted before tokens named their key (no key_id claim).
-	legacyTok, _, err := a.tokens.Mint(proxy.Claims{RunID: run.ID, TaskID: task.ID, TeamID: p.ID, DistinctID: "legacy", Scope: "read"}, proxy.AudienceClient)
+	legacyTok, _, err := a.tokens.Mint(tokens.Claims{RunID: run.ID, TaskID: task.ID, TeamID: p.ID, DistinctID: "legacy", Scope: "read"}, tokens.AudienceClient)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := a.tokens.Verify(legacyTok, proxy.AudienceClient); err != nil || c.KeyID != 0 {
+	if c, err := a.tokens.Verify(legacyTok, tokens.AudienceClient); err != nil || c.KeyID != 0 {
 		t.Fatalf("legacy token: %+v, %v", c, err)
 	}
 
@@ -261,10 +253,10 @@ func TestRevocationClosesConnections(t *testing.T) {
 	}
 	// Agents with agent tokens the key minted, one on each node.
 	wsAgent := dialWS(t, ctx, a.wsURL("/agent/connect?token="+agentTok), nil)
-	waitFor(t, "the agent on a", func() bool { return a.px.Connected(run.ID) })
+	proxytest.WaitFor(t, "the agent on a", func() bool { return a.px.Connected(run.ID) })
 	watch("agent a", wsAgent)
 	wsAgent = dialWS(t, ctx, b.wsURL("/agent/connect?token="+agentTokB), nil)
-	waitFor(t, "the agent on b", func() bool { return b.px.Connected(other.ID) })
+	proxytest.WaitFor(t, "the agent on b", func() bool { return b.px.Connected(other.ID) })
 	watch("agent b", wsAgent)
 
 	// What must survive: /ws with the other key's token, and with a token
@@ -338,7 +330,7 @@ func TestRevocationClosesConnections(t *testing.T) {
 			t.Errorf("subscribe with the revoked key's token: %s, want %d", r, hub.CodeForbidden)
 		}
 		ws.Close(websocket.StatusNormalClosure, "")
-		apiCall(t, n.srv.URL, doomed, "GET", runPath, "", http.StatusUnauthorized, nil)
+		proxytest.APICall(t, n.srv.URL, doomed, "GET", runPath, "", http.StatusUnauthorized, nil)
 		// Other tokens still work.
 		for name, tok := range map[string]string{"kept": keptTok, "legacy": legacyTok} {
 			ctx, cancel := context.WithCancel(ctx)
@@ -361,7 +353,7 @@ func TestRevocationClosesConnections(t *testing.T) {
 	}
 	// Every connection that ended has unregistered its watches.
 	for name, n := range map[string]*revNode{"a": a, "b": b} {
-		waitFor(t, "node "+name+"'s watches to be released", func() bool { return n.rv.Watching() == 0 })
+		proxytest.WaitFor(t, "node "+name+"'s watches to be released", func() bool { return n.rv.Watching() == 0 })
 	}
 }
 
@@ -386,7 +378,7 @@ func TestRevocationsWatch(t *testing.T) {
 		}
 		ids = append(ids, k.ID)
 	}
-	rv := proxy.NewRevocations(proxy.RevocationConfig{Store: st, Interval: revPoll, Window: revWindow})
+	rv := tokens.NewRevocations(tokens.RevocationConfig{Store: st, Interval: revPoll, Window: revWindow})
 	if err := rv.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +427,7 @@ func TestRevocationsWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	closed.Close()
-	if err := proxy.NewRevocations(proxy.RevocationConfig{Store: closed}).Start(ctx); err == nil {
+	if err := tokens.NewRevocations(tokens.RevocationConfig{Store: closed}).Start(ctx); err == nil {
 		t.Error("Start on a store that cannot be read succeeded")
 	}
 }

@@ -1,4 +1,4 @@
-package proxy_test
+package slack_test
 
 import (
 	"context"
@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"runhub/proxy"
+	"runhub/proxy/proxytest"
+	"runhub/proxy/slack"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -126,7 +127,7 @@ type relayEnv struct {
 	srv    *httptest.Server
 	st     *sqlite.Store
 	slack  *fakeSlack
-	relay  *proxy.SlackRelay
+	relay  *slack.Relay
 	key    string
 	prefix string // /api/projects/P/tasks/T/runs/
 }
@@ -141,7 +142,11 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Cleanup(func() { st.Close() })
 	e.st = st
 	e.relay = e.newRelay(token)
-	e.srv = httptest.NewServer(rest.New(rest.Config{Store: st, Runs: &runs.Service{Store: st}, Relay: e.relay}))
+	quiet, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}}) // the relay tests follow no stream
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewServer(rest.New(rest.Config{Store: st, Runs: quiet, Relay: e.relay}))
 	t.Cleanup(e.srv.Close)
 	ctx := context.Background()
 	p, _ := st.CreateProject(ctx, "relay")
@@ -158,13 +163,13 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 	return e
 }
 
-func (e *relayEnv) newRelay(token string) *proxy.SlackRelay {
-	return proxy.NewSlackRelay(e.st, proxy.SlackConfig{Token: token, BaseURL: e.slack.srv.URL, Poll: 20 * time.Millisecond,
+func (e *relayEnv) newRelay(token string) *slack.Relay {
+	return slack.New(e.st, slack.Config{Token: token, BaseURL: e.slack.srv.URL, Poll: 20 * time.Millisecond,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, MaxAttempts: 4})
 }
 
 // work runs a relay worker until the returned stop is called.
-func (e *relayEnv) work(r *proxy.SlackRelay) (stop func()) {
+func (e *relayEnv) work(r *slack.Relay) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
@@ -182,7 +187,7 @@ func (e *relayEnv) work(r *proxy.SlackRelay) (stop func()) {
 
 func (e *relayEnv) call(method, path, body string, status int, out any) []byte {
 	e.t.Helper()
-	return apiCall(e.t, e.srv.URL, e.key, method, path, body, status, out)
+	return proxytest.APICall(e.t, e.srv.URL, e.key, method, path, body, status, out)
 }
 
 func (e *relayEnv) threadRun(status string) string {
@@ -259,7 +264,7 @@ func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 	stop := e.work(e.relay)
 	run := e.threadRun("in_progress")
 	out := e.relayMessage(run, "once")
-	waitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	proxytest.WaitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
 	stop() // killed with the answer still in flight
 	if r, _ := e.st.GetRelay(context.Background(), out["relay_id"]); r.Status != store.RelayPending || r.Attempts != 1 {
 		t.Fatalf("after the crash: %+v", r)
@@ -370,9 +375,9 @@ func TestRelayChannelAllowList(t *testing.T) {
 
 // closedRelays is the outbox as the worker uses it, which counts the calls
 // made after the test marked it closed (as serve closes the store once
-// SlackRelay.Close has returned).
+// Relay.Close has returned).
 type closedRelays struct {
-	proxy.Relays
+	slack.Relays
 	closed atomic.Bool
 	after  atomic.Int64
 }
@@ -437,13 +442,13 @@ func TestRelayCloseJoinsWorker(t *testing.T) {
 			e.slack.script = []string{tc.script}
 			e.slack.lookupsHang = tc.lookupsHang
 			outbox := &closedRelays{Relays: e.st}
-			w := proxy.NewSlackRelay(outbox, proxy.SlackConfig{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
+			w := slack.New(outbox, slack.Config{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
 				Poll: 10 * time.Millisecond, MinBackoff: tc.backoff, MaxBackoff: time.Hour})
 			w.Start(context.Background())
 			t.Cleanup(w.Close)
 			run := e.threadRun("in_progress")
 			out := e.relayMessage(run, "hello")
-			waitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
+			proxytest.WaitFor(t, "the worker to reach the state under test", func() bool { return tc.ready(e, out["relay_id"]) })
 
 			start := time.Now()
 			w.Close()

@@ -1,4 +1,4 @@
-package proxy
+package slack
 
 import (
 	"strings"
@@ -26,20 +26,20 @@ func TestToMrkdwn(t *testing.T) {
 		}
 	}
 	long := ToMrkdwn(strings.Repeat("word ", 2000))
-	if n := utf8.RuneCountInString(long); n != MaxSlackText || !strings.HasSuffix(long, "…") {
+	if n := utf8.RuneCountInString(long); n != MaxText || !strings.HasSuffix(long, "…") {
 		t.Errorf("long text: %d characters", n)
 	}
 }
 
 // FuzzToMrkdwn: any Markdown converts without a panic to valid UTF-8 of at
-// most MaxSlackText characters.
+// most MaxText characters.
 func FuzzToMrkdwn(f *testing.F) {
 	for _, s := range []string{"**b** _i_ ~~s~~ `c`", "# h\n\n- a\n  - b\n1. c", "[l](http://x) <http://y>", "```\ncode <>\n```", "> q\n> > qq", "<div>html</div>", "\xff\xfe"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, md string) {
 		out := ToMrkdwn(md)
-		if utf8.RuneCountInString(out) > MaxSlackText {
+		if utf8.RuneCountInString(out) > MaxText {
 			t.Fatalf("%d characters", utf8.RuneCountInString(out))
 		}
 		if utf8.ValidString(md) && !utf8.ValidString(out) {

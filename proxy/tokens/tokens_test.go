@@ -1,4 +1,4 @@
-package proxy
+package tokens
 
 import (
 	"crypto/rand"
@@ -23,7 +23,7 @@ func testClaims() Claims {
 // the next start signs with the same key (tokens stay valid).
 func TestGeneratedKeyIsKept(t *testing.T) {
 	dir := t.TempDir()
-	a, err := LoadTokens(TokenConfig{DataDir: dir})
+	a, err := Load(Config{DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestGeneratedKeyIsKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := LoadTokens(TokenConfig{DataDir: dir})
+	b, err := Load(Config{DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,12 +73,12 @@ func TestRotation(t *testing.T) {
 	newKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	oldPriv, oldPub := pemOf(t, oldKey)
 	newPriv, _ := pemOf(t, newKey)
-	old, err := LoadTokens(TokenConfig{PrivateKeyPEM: strings.ReplaceAll(oldPriv, "\n", `\n`)})
+	old, err := Load(Config{PrivateKeyPEM: strings.ReplaceAll(oldPriv, "\n", `\n`)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	oldTok, _, _ := old.Mint(testClaims(), AudienceClient)
-	rotated, err := LoadTokens(TokenConfig{PrivateKeyPEM: newPriv, PreviousPublicKeyPEM: oldPub})
+	rotated, err := Load(Config{PrivateKeyPEM: newPriv, PreviousPublicKeyPEM: oldPub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRotation(t *testing.T) {
 	if _, err := rotated.Verify(newTok, AudienceClient); err != nil {
 		t.Fatal(err)
 	}
-	done, _ := LoadTokens(TokenConfig{PrivateKeyPEM: newPriv})
+	done, _ := Load(Config{PrivateKeyPEM: newPriv})
 	if _, err := done.Verify(oldTok, AudienceClient); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("old key's token after the rotation: %v", err)
 	}
@@ -98,7 +98,7 @@ func TestRotation(t *testing.T) {
 // TestVerifyRefuses: each way a token can be wrong is ErrBadToken.
 func TestVerifyRefuses(t *testing.T) {
 	now := time.Now()
-	tk, err := LoadTokens(TokenConfig{DataDir: t.TempDir(), Now: func() time.Time { return now }})
+	tk, err := Load(Config{DataDir: t.TempDir(), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestVerifyRefuses(t *testing.T) {
 	expiredTk := *tk
 	expiredTk.now = func() time.Time { return now.Add(-25 * time.Hour) }
 	expired, _, _ := expiredTk.Mint(testClaims(), AudienceClient)
-	other, _ := LoadTokens(TokenConfig{DataDir: t.TempDir()})
+	other, _ := Load(Config{DataDir: t.TempDir()})
 	unknownKid, _, _ := other.Mint(testClaims(), AudienceClient)
 	noScope := testClaims()
 	noScope.Scope = ""

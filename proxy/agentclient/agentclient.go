@@ -1,4 +1,6 @@
-package proxy
+// Package agentclient is the reference sandbox agent: the client side of
+// GET /agent/connect, as `runhub agent` and the load generator run it.
+package agentclient
 
 import (
 	"context"
@@ -15,11 +17,12 @@ import (
 	"github.com/coder/websocket"
 	"github.com/sourcegraph/jsonrpc2"
 
-	"runhub/hub"
+	"runhub/hub/wsrpc"
+	"runhub/proxy"
 )
 
-// AgentOptions configures a reference agent.
-type AgentOptions struct {
+// Options configures a reference agent.
+type Options struct {
 	URL    string // the agent endpoint's ws_url (…/agent/connect)
 	Token  string // an agent token for the run
 	Logger *slog.Logger
@@ -30,7 +33,7 @@ type AgentOptions struct {
 	HTTPClient *http.Client
 	// MinBackoff and MaxBackoff bound the delay before a reconnect and
 	// before a batch the server could not store for now is sent again
-	// (0: DefaultAgentMinBackoff, DefaultAgentMaxBackoff).
+	// (0: DefaultMinBackoff, DefaultMaxBackoff).
 	MinBackoff, MaxBackoff time.Duration
 }
 
@@ -39,17 +42,17 @@ type AgentOptions struct {
 // (full jitter), so many agents cut at once, or failing against one busy
 // store, do not come back in step.
 const (
-	// DefaultAgentMinBackoff: a dropped connection or a busy store is
+	// DefaultMinBackoff: a dropped connection or a busy store is
 	// usually fine again within a fraction of a second.
-	DefaultAgentMinBackoff = 100 * time.Millisecond
-	// DefaultAgentMaxBackoff: an agent waits at most this long to retry,
+	DefaultMinBackoff = 100 * time.Millisecond
+	// DefaultMaxBackoff: an agent waits at most this long to retry,
 	// so it catches up soon after a long outage ends, while thousands of
 	// agents add little load to a server that is still down.
-	DefaultAgentMaxBackoff = 10 * time.Second
+	DefaultMaxBackoff = 10 * time.Second
 )
 
 // codeRunNotFound is the code the server answers for a run that no
-// longer exists (storeRPCError).
+// longer exists (the proxy's storeRPCError).
 const codeRunNotFound = -32004
 
 // definitive reports whether a JSON-RPC error refuses a batch for good:
@@ -70,9 +73,9 @@ func definitive(code int64) bool {
 // jitter draws a delay below backoff (full jitter), at least 1 ms.
 func jitter(backoff time.Duration) time.Duration { return rand.N(backoff) + time.Millisecond }
 
-// ErrAgentRefused: the server refused the agent for good (bad token, or a
+// ErrRefused: the server refused the agent for good (bad token, or a
 // newer connection replaced it).
-var ErrAgentRefused = errors.New("agent refused by the server")
+var ErrRefused = errors.New("agent refused by the server")
 
 // Agent is the reference sandbox agent: it keeps a connection to runhub,
 // sends its log batches one at a time in order, each acknowledged before
@@ -81,7 +84,7 @@ var ErrAgentRefused = errors.New("agent refused by the server")
 // it answers user_message, cancel and close. A batch is dropped only when
 // the server refuses it for good (logged); any other failure is retried.
 type Agent struct {
-	opts      AgentOptions
+	opts      Options
 	log       *slog.Logger
 	sessionID string        // random, per agent: every agent numbers its batches from 1
 	wake      chan struct{} // a batch was queued (capacity 1)
@@ -100,8 +103,8 @@ type batch struct {
 	Session string            `json:"session"`
 }
 
-// NewAgent builds an agent; Run connects it.
-func NewAgent(opts AgentOptions) *Agent {
+// New builds an agent; Run connects it.
+func New(opts Options) *Agent {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -109,10 +112,10 @@ func NewAgent(opts AgentOptions) *Agent {
 		opts.Reply = func(content string) string { return "You said: " + content }
 	}
 	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = DefaultAgentMinBackoff
+		opts.MinBackoff = DefaultMinBackoff
 	}
 	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = DefaultAgentMaxBackoff
+		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	// 130 random bits (26 base32 characters): two agent processes of one
 	// run never pick the same session.
@@ -122,7 +125,7 @@ func NewAgent(opts AgentOptions) *Agent {
 }
 
 // Run keeps the agent connected until ctx ends, the server asks it to
-// close (nil), or the server refuses it (ErrAgentRefused).
+// close (nil), or the server refuses it (ErrRefused).
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, stop := context.WithCancel(ctx)
 	a.mu.Lock()
@@ -145,7 +148,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		switch {
 		case closed:
 			return nil
-		case errors.Is(err, ErrAgentRefused):
+		case errors.Is(err, ErrRefused):
 			return err
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -175,11 +178,11 @@ func (a *Agent) session(ctx context.Context) error {
 		return fmt.Errorf("dial: %w", err)
 	}
 	defer ws.CloseNow()
-	ws.SetReadLimit(maxAgentMessage)
+	ws.SetReadLimit(proxy.MaxAgentMessage)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream := &readErrStream{ObjectStream: hub.NewObjectStream(sctx, ws, 30*time.Second)}
-	conn := jsonrpc2.NewConn(sctx, stream, jsonrpc2.AsyncHandler(agentHandler{a}), jsonrpc2.SetLogger(discard{}))
+	stream := &readErrStream{ObjectStream: wsrpc.NewObjectStream(sctx, ws, nil, 30*time.Second)}
+	conn := jsonrpc2.NewConn(sctx, stream, jsonrpc2.AsyncHandler(agentHandler{a}), jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer conn.Close()
 	delivered := make(chan struct{})
 	go func() {
@@ -195,8 +198,8 @@ func (a *Agent) session(ctx context.Context) error {
 	// code the server sent.
 	err = stream.readErr()
 	switch websocket.CloseStatus(err) {
-	case CloseBadToken, CloseForbidden, CloseReplaced:
-		return fmt.Errorf("%w: %v", ErrAgentRefused, err)
+	case proxy.CloseBadToken, proxy.CloseForbidden, proxy.CloseReplaced:
+		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	return fmt.Errorf("connection ended: %w", err)
 }
@@ -257,7 +260,7 @@ func (a *Agent) deliver(ctx context.Context, conn *jsonrpc2.Conn) {
 			a.ack(b.Seq)
 			continue
 		}
-		var res AppendResult
+		var res proxy.AppendResult
 		err = conn.Call(ctx, "append_log", json.RawMessage(params), &res)
 		var rerr *jsonrpc2.Error
 		switch {
