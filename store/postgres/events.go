@@ -60,7 +60,7 @@ func (s *Store) boundedEvents(ctx context.Context, runID, op, order string, seq 
 	page := "SELECT seq, kind, event_type, data FROM run_events WHERE rid = $1 AND seq " + op + " $2 ORDER BY seq " + order + " LIMIT $3"
 	rows, err := s.pool.Query(ctx, budgeted(page, order, "$4"), rid, seq, limit, maxBytes)
 	if err != nil {
-		return nil, fmt.Errorf("read events: %w", unavailable(err))
+		return nil, fmt.Errorf("read events: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Event
@@ -82,7 +82,7 @@ func (s *Store) boundedEvents(ctx context.Context, runID, op, order string, seq 
 		out = append(out, ev)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read events: %w", unavailable(err))
+		return nil, fmt.Errorf("read events: %w", classify(err))
 	}
 	return out, nil
 }
@@ -113,7 +113,7 @@ func logFilter(rid int64, q store.LogQuery) (string, []any) {
 func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery) (*store.LogPage, error) {
 	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
 	if err != nil {
-		return nil, fmt.Errorf("begin read: %w", unavailable(err))
+		return nil, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	r, err := findRun(ctx, tx, findRunSQL, ref)
@@ -123,7 +123,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 	where, args := logFilter(r.rid, q)
 	page := &store.LogPage{Total: r.LogCount, Entries: []json.RawMessage{}}
 	if err := tx.QueryRow(ctx, "SELECT count(*) FROM run_events"+where, args...).Scan(&page.Matching); err != nil {
-		return nil, fmt.Errorf("count log entries: %w", unavailable(err))
+		return nil, fmt.Errorf("count log entries: %w", classify(err))
 	}
 	budget := q.MaxBytes
 	if budget <= 0 {
@@ -134,7 +134,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 		"ASC", "$"+strconv.Itoa(n+3))
 	rows, err := tx.Query(ctx, sql, append(args, q.Limit, q.Offset, budget)...)
 	if err != nil {
-		return nil, fmt.Errorf("read log entries: %w", unavailable(err))
+		return nil, fmt.Errorf("read log entries: %w", classify(err))
 	}
 	defer rows.Close()
 	size, full := 0, false
@@ -153,7 +153,7 @@ func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery
 		page.Entries = append(page.Entries, data)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read log entries: %w", unavailable(err))
+		return nil, fmt.Errorf("read log entries: %w", classify(err))
 	}
 	return page, nil
 }
@@ -184,7 +184,7 @@ func (s *Store) streamPage(ctx context.Context, r *runRow, after *int64, fn func
 	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM run_events WHERE rid = $1 AND seq > $2 AND seq <= $3 AND kind = 'log' ORDER BY seq LIMIT $4",
 		r.rid, *after, r.LastSeq, streamPage)
 	if err != nil {
-		return 0, fmt.Errorf("read log: %w", unavailable(err))
+		return 0, fmt.Errorf("read log: %w", classify(err))
 	}
 	defer rows.Close()
 	n := 0
@@ -199,7 +199,7 @@ func (s *Store) streamPage(ctx context.Context, r *runRow, after *int64, fn func
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return n, fmt.Errorf("read log: %w", unavailable(err))
+		return n, fmt.Errorf("read log: %w", classify(err))
 	}
 	return n, nil
 }

@@ -43,10 +43,18 @@ var _ store.Store = (*Store)(nil)
 // pgxReadSnapshot reads a count and a page from one snapshot.
 var pgxReadSnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 
+// lockTimeout is the longest a statement waits for a row lock (a run's,
+// held by another node's write) before it fails with store.ErrBusy, the
+// same 10 s SQLite waits for its write lock: a healthy holder keeps a run's
+// lock for milliseconds, so a wait this long means a stalled holder, and
+// the client is better told to retry than left hanging.
+const lockTimeout = 10 * time.Second
+
 // Store is the PostgreSQL implementation of store.Store.
 type Store struct {
-	pool *pgxpool.Pool
-	now  func() time.Time
+	pool        *pgxpool.Pool
+	now         func() time.Time
+	lockTimeout time.Duration
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, Events, EventsBefore) copied out of PostgreSQL.
 	onScan func(bytes int)
@@ -65,16 +73,16 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open postgres pool: %w", err)
-	}
-	s := &Store{pool: pool, now: time.Now}
+	s := &Store{now: time.Now, lockTimeout: lockTimeout}
 	for _, o := range opts {
 		o(s)
 	}
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = strconv.FormatInt(s.lockTimeout.Milliseconds(), 10)
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("open postgres pool: %w", err)
+	}
 	if err := s.migrate(ctx); err != nil {
-		pool.Close()
+		s.pool.Close()
 		return nil, err
 	}
 	return s, nil
@@ -89,7 +97,7 @@ func (s *Store) Close() error {
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("ping postgres: %w", unavailable(err))
+		return fmt.Errorf("ping postgres: %w", classify(err))
 	}
 	return nil
 }
@@ -106,28 +114,33 @@ func (s *Store) migrate(ctx context.Context) error {
 	sort.Strings(names)
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("begin migration: %w", unavailable(err))
+		return fmt.Errorf("begin migration: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
+	// The nodes that start while one migrates wait for it however long the
+	// migration takes, not lockTimeout.
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 0"); err != nil {
+		return fmt.Errorf("migration lock timeout: %w", classify(err))
+	}
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
-		return fmt.Errorf("take migration lock: %w", unavailable(err))
+		return fmt.Errorf("take migration lock: %w", classify(err))
 	}
 	// An up-to-date database is opened without a write, so a node can
 	// start (and serve reads) on a database that refuses writes for now.
 	var exists bool
 	if err := tx.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
-		return fmt.Errorf("find schema_migrations: %w", unavailable(err))
+		return fmt.Errorf("find schema_migrations: %w", classify(err))
 	}
 	if !exists {
 		if _, err := tx.Exec(ctx, `CREATE TABLE schema_migrations (
 			version    integer PRIMARY KEY,
 			applied_at bigint  NOT NULL)`); err != nil {
-			return fmt.Errorf("create schema_migrations: %w", unavailable(err))
+			return fmt.Errorf("create schema_migrations: %w", classify(err))
 		}
 	}
 	var version int
 	if err := tx.QueryRow(ctx, "SELECT COALESCE(max(version), 0) FROM schema_migrations").Scan(&version); err != nil {
-		return fmt.Errorf("read schema version: %w", unavailable(err))
+		return fmt.Errorf("read schema version: %w", classify(err))
 	}
 	for _, name := range names {
 		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
@@ -144,27 +157,29 @@ func (s *Store) migrate(ctx context.Context) error {
 		// Exec without arguments uses the simple protocol, which runs a
 		// file of several statements.
 		if _, err := tx.Exec(ctx, string(body)); err != nil {
-			return fmt.Errorf("apply migration %s: %w", name, unavailable(err))
+			return fmt.Errorf("apply migration %s: %w", name, classify(err))
 		}
 		if _, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", n, micros(s.clock())); err != nil {
-			return fmt.Errorf("record migration %s: %w", name, unavailable(err))
+			return fmt.Errorf("record migration %s: %w", name, classify(err))
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit migrations: %w", unavailable(err))
+		return fmt.Errorf("commit migrations: %w", classify(err))
 	}
 	return nil
 }
 
-// unavailable marks an error that means the database cannot be written or
-// reached now, through no fault of the request, with store.ErrUnavailable,
-// so that it is answered 503 rather than 500: a full disk or exhausted
-// resources (SQLSTATE class 53), a read-only transaction or server (25006,
-// a hot standby), an I/O error (58030), a server shutting down or starting
-// (57P01-57P03), a lost or refused connection (class 08, or no connection
-// at all). Other errors, and nil, are returned as they are.
-func unavailable(err error) error {
-	if err == nil || errors.Is(err, store.ErrUnavailable) {
+// classify marks an error that means the database cannot be written or
+// reached now, through no fault of the request, with store.ErrUnavailable:
+// a full disk or exhausted resources (SQLSTATE class 53), a read-only
+// transaction or server (25006, a hot standby), an I/O error (58030), a
+// server shutting down or starting (57P01-57P03), a lost or refused
+// connection (class 08, or no connection at all). A lock not taken within
+// lockTimeout (55P03), a deadlock (40P01) or a serialization failure
+// (40001) is store.ErrBusy. Both are answered 503 rather than 500. Other
+// errors, and nil, are returned as they are.
+func classify(err error) error {
+	if err == nil || errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrBusy) {
 		return err
 	}
 	var ce *pgconn.ConnectError
@@ -179,6 +194,8 @@ func unavailable(err error) error {
 	case strings.HasPrefix(pe.Code, "53"), strings.HasPrefix(pe.Code, "08"),
 		pe.Code == "25006", pe.Code == "58030", pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03":
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	case pe.Code == "55P03", pe.Code == "40P01", pe.Code == "40001":
+		return fmt.Errorf("%w: %w", store.ErrBusy, err)
 	}
 	return err
 }
@@ -191,7 +208,7 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 	tag, err := s.pool.Exec(ctx,
 		"UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT max(version) FROM schema_migrations)")
 	if err != nil {
-		return fmt.Errorf("write probe: %w", unavailable(err))
+		return fmt.Errorf("write probe: %w", classify(err))
 	}
 	if tag.RowsAffected() != 1 {
 		return errors.New("write probe: no schema version recorded")
@@ -221,7 +238,7 @@ func notFound(err error, what string) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.ErrNotFound
 	}
-	return fmt.Errorf("%s: %w", what, unavailable(err))
+	return fmt.Errorf("%s: %w", what, classify(err))
 }
 
 // rollback ends a transaction that was not committed; it runs in defers,

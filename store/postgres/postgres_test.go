@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -506,5 +507,46 @@ func TestClock(t *testing.T) {
 	must(t, err)
 	if again.Replayed {
 		t.Error("a key applied 4 days ago was still replayed")
+	}
+}
+
+// TestStalledLockIsBusy: a writer that finds the run locked by a stalled
+// holder (another node's transaction that does not end) gives up after
+// the lock timeout with store.ErrBusy, a 503 to retry, rather than
+// waiting for ever; writes to other runs are not held up meanwhile.
+func TestStalledLockIsBusy(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	ctx := t.Context()
+	s, url := openTemp(t, postgres.WithLockTimeout(timeout))
+	ref, other := fixture(t, s), fixture(t, s)
+	c, err := pgx.Connect(ctx, url)
+	must(t, err)
+	defer c.Close(ctx)
+	tx, err := c.Begin(ctx)
+	must(t, err)
+	defer tx.Rollback(ctx)
+	_, err = tx.Exec(ctx, "SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", ref.RunID)
+	must(t, err)
+
+	e, err := store.ParseLogEntry([]byte(`{"type":"x"}`), time.Now())
+	must(t, err)
+	start := time.Now()
+	wait, cancel := context.WithTimeout(ctx, 25*timeout) // a bound for the test, not the store
+	defer cancel()
+	_, err = s.AppendLog(wait, ref, []store.LogEntry{e}, nil)
+	if !errors.Is(err, store.ErrBusy) {
+		t.Fatalf("AppendLog on a locked run: %v, want ErrBusy", err)
+	}
+	if took := time.Since(start); took < timeout {
+		t.Errorf("gave up after %v, before the lock timeout %v", took, timeout)
+	}
+	if _, err := s.AppendLog(ctx, other, []store.LogEntry{e}, nil); err != nil {
+		t.Fatalf("AppendLog on another run: %v", err)
+	}
+	must(t, tx.Rollback(ctx))
+	res, err := s.AppendLog(ctx, ref, []store.LogEntry{e}, nil)
+	must(t, err)
+	if res.Events[0].Seq != 2 {
+		t.Errorf("after the holder ended, seq %d, want 2", res.Events[0].Seq)
 	}
 }

@@ -15,7 +15,7 @@ func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project,
 	now := s.clock()
 	var id int64
 	if err := s.pool.QueryRow(ctx, "INSERT INTO projects (name, created_at) VALUES ($1, $2) RETURNING id", name, micros(now)).Scan(&id); err != nil {
-		return nil, fmt.Errorf("insert project: %w", unavailable(err))
+		return nil, fmt.Errorf("insert project: %w", classify(err))
 	}
 	return &store.Project{ID: id, Name: name, CreatedAt: now, SlackChannels: []string{}}, nil
 }
@@ -52,7 +52,7 @@ func (s *Store) GetProject(ctx context.Context, id int64) (*store.Project, error
 func (s *Store) ListProjects(ctx context.Context) ([]store.Project, error) {
 	rows, err := s.pool.Query(ctx, "SELECT "+projectColumns+" FROM projects ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("list projects: %w", unavailable(err))
+		return nil, fmt.Errorf("list projects: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Project
@@ -64,7 +64,7 @@ func (s *Store) ListProjects(ctx context.Context) ([]store.Project, error) {
 		out = append(out, *p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list projects: %w", unavailable(err))
+		return nil, fmt.Errorf("list projects: %w", classify(err))
 	}
 	return out, nil
 }
@@ -99,7 +99,7 @@ func (s *Store) CreateAPIKey(ctx context.Context, k store.NewAPIKey) (*store.API
 		"INSERT INTO api_keys (label, prefix, hash, scopes, all_projects, projects, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
 		k.Label, k.Prefix, k.Hash, string(scopes), k.AllProjects, string(projects), micros(now)).Scan(&id)
 	if err != nil {
-		return nil, fmt.Errorf("insert api key: %w", unavailable(err))
+		return nil, fmt.Errorf("insert api key: %w", classify(err))
 	}
 	return &store.APIKey{ID: id, Label: k.Label, Prefix: k.Prefix, Scopes: k.Scopes, AllProjects: k.AllProjects,
 		Projects: k.Projects, CreatedAt: now}, nil
@@ -139,7 +139,7 @@ func (s *Store) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, e
 func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
 	rows, err := s.pool.Query(ctx, "SELECT "+keyColumns+" FROM api_keys ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("list api keys: %w", unavailable(err))
+		return nil, fmt.Errorf("list api keys: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.APIKey
@@ -151,7 +151,7 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
 		out = append(out, *k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list api keys: %w", unavailable(err))
+		return nil, fmt.Errorf("list api keys: %w", classify(err))
 	}
 	return out, nil
 }
@@ -160,7 +160,7 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
 func (s *Store) RevokeAPIKey(ctx context.Context, id int64) error {
 	tag, err := s.pool.Exec(ctx, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2", micros(s.clock()), id)
 	if err != nil {
-		return fmt.Errorf("revoke api key: %w", unavailable(err))
+		return fmt.Errorf("revoke api key: %w", classify(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return store.ErrNotFound
@@ -176,7 +176,7 @@ func (s *Store) RevocationMark(ctx context.Context) (store.RevocationMark, error
 	var newest int64
 	err := s.pool.QueryRow(ctx, "SELECT count(revoked_at), COALESCE(max(revoked_at), 0) FROM api_keys").Scan(&m.Count, &newest)
 	if err != nil {
-		return m, fmt.Errorf("revocation mark: %w", unavailable(err))
+		return m, fmt.Errorf("revocation mark: %w", classify(err))
 	}
 	if m.Count > 0 {
 		m.Newest = fromMicros(newest)
@@ -188,11 +188,11 @@ func (s *Store) RevocationMark(ctx context.Context) (store.RevocationMark, error
 func (s *Store) RevokedAPIKeyIDs(ctx context.Context) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("revoked api keys: %w", unavailable(err))
+		return nil, fmt.Errorf("revoked api keys: %w", classify(err))
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, fmt.Errorf("revoked api keys: %w", unavailable(err))
+		return nil, fmt.Errorf("revoked api keys: %w", classify(err))
 	}
 	if ids == nil {
 		ids = []int64{}

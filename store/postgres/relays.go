@@ -24,7 +24,7 @@ func (s *Store) CreateRelay(ctx context.Context, r store.Relay) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO relays (id, run_id, channel, thread_ts, text, status, attempts, next_at, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9)`, r.ID, r.RunID, r.Channel, r.ThreadTS, r.Text, store.RelayPending, micros(r.NextAt), now, now)
 	if err != nil {
-		return fmt.Errorf("create relay: %w", unavailable(err))
+		return fmt.Errorf("create relay: %w", classify(err))
 	}
 	return nil
 }
@@ -56,7 +56,7 @@ func (s *Store) DueRelays(ctx context.Context, now time.Time, limit int) ([]stor
 		ORDER BY next_at, created_at LIMIT $4 FOR UPDATE SKIP LOCKED)
 		RETURNING `+relayColumns, micros(now), micros(now.Add(relayLease)), store.RelayPending, limit)
 	if err != nil {
-		return nil, fmt.Errorf("due relays: %w", unavailable(err))
+		return nil, fmt.Errorf("due relays: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []store.Relay
@@ -68,7 +68,7 @@ func (s *Store) DueRelays(ctx context.Context, now time.Time, limit int) ([]stor
 		out = append(out, *r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("due relays: %w", unavailable(err))
+		return nil, fmt.Errorf("due relays: %w", classify(err))
 	}
 	// RETURNING has no order.
 	slices.SortFunc(out, func(a, b store.Relay) int {
@@ -93,7 +93,7 @@ func (s *Store) UpdateRelay(ctx context.Context, r store.Relay) error {
 		lease_until = CASE WHEN status = $1 AND next_at = $4 THEN lease_until ELSE 0 END WHERE id = $6`,
 		r.Status, r.Attempts, lastErr, micros(r.NextAt), micros(s.clock()), r.ID)
 	if err != nil {
-		return fmt.Errorf("update relay: %w", unavailable(err))
+		return fmt.Errorf("update relay: %w", classify(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return store.ErrNotFound

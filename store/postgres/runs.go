@@ -98,7 +98,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
 	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
 	if err != nil {
-		return nil, 0, fmt.Errorf("begin read: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	_, rowid, err := taskRow(ctx, tx, project, task, noLock)
@@ -107,11 +107,11 @@ func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit,
 	}
 	var total int64
 	if err := tx.QueryRow(ctx, "SELECT count(*) FROM runs WHERE task_rowid = $1", rowid).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count runs: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("count runs: %w", classify(err))
 	}
 	rows, err := tx.Query(ctx, "SELECT "+runColumns+runFrom+"WHERE r.task_rowid = $1 ORDER BY r.rid DESC LIMIT $2 OFFSET $3", rowid, limit, offset)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	defer rows.Close()
 	out := []store.Run{}
@@ -123,7 +123,7 @@ func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit,
 		out = append(out, r.Run)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("list runs: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("list runs: %w", classify(err))
 	}
 	return out, total, nil
 }
@@ -165,7 +165,7 @@ func writeRun(ctx context.Context, tx pgx.Tx, r *runRow) error {
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, output, string(state), string(artifacts),
 		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
 	if err != nil {
-		return fmt.Errorf("update run: %w", unavailable(err))
+		return fmt.Errorf("update run: %w", classify(err))
 	}
 	return nil
 }
@@ -195,7 +195,7 @@ func insertEvents(ctx context.Context, tx pgx.Tx, rid int64, events []store.Even
 		}
 	}
 	if _, err := tx.Exec(ctx, insertEventsSQL, rid, seqs, kinds, types, stamps, data); err != nil {
-		return fmt.Errorf("insert events: %w", unavailable(err))
+		return fmt.Errorf("insert events: %w", classify(err))
 	}
 	return nil
 }
@@ -213,14 +213,14 @@ func sameTime(t time.Time, n int) []*time.Time {
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	_, taskRowid, err := taskRow(ctx, tx, project, task, forShare)
 	if err != nil {
 		return nil, err
 	}
-	run, events := newRunFrom(uuid.NewString(), project, task, nr, s.clock())
+	run, events := store.NewRunFrom(uuid.NewString(), project, task, nr, s.clock())
 	r := &runRow{Run: *run}
 	state, err := json.Marshal(r.State)
 	if err != nil {
@@ -229,7 +229,7 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 	if err := tx.QueryRow(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, '[]', $7, $7) RETURNING rid`,
 		r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(r.CreatedAt)).Scan(&r.rid); err != nil {
-		return nil, fmt.Errorf("insert run: %w", unavailable(err))
+		return nil, fmt.Errorf("insert run: %w", classify(err))
 	}
 	if err := insertEvents(ctx, tx, r.rid, events, sameTime(r.CreatedAt, len(events))); err != nil {
 		return nil, err
@@ -238,7 +238,7 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 		return nil, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit run: %w", unavailable(err))
+		return nil, fmt.Errorf("commit run: %w", classify(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: events}, nil
 }
@@ -267,7 +267,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	fn func(r *store.Run, now time.Time) (change, error)) (*store.MutationResult, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	r, err := findRun(ctx, tx, lockRunSQL, ref)
@@ -283,13 +283,13 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 			if !bytes.Equal(hash, idem.RequestHash) {
 				return nil, store.ErrIdempotencyMismatch
 			}
-			prev, err := decodeRunSnapshot(snapshot)
+			prev, err := store.DecodeRunSnapshot(snapshot)
 			if err != nil {
 				return nil, err
 			}
 			return &store.MutationResult{Run: prev, Replayed: true}, nil
 		case !errors.Is(err, pgx.ErrNoRows):
-			return nil, fmt.Errorf("idempotency lookup: %w", unavailable(err))
+			return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
 		}
 	}
 	c, err := fn(&r.Run, now)
@@ -304,28 +304,28 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	} else if len(c.stored) > 0 {
 		_, err = tx.Exec(ctx, "UPDATE runs SET last_seq = $1, log_count = $2 WHERE rid = $3", r.LastSeq, r.LogCount, r.rid)
 		if err != nil {
-			err = fmt.Errorf("update run seq: %w", unavailable(err))
+			err = fmt.Errorf("update run seq: %w", classify(err))
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
 	if idem != nil {
-		snapshot, err := encodeRunSnapshot(&r.Run)
+		snapshot, err := store.EncodeRunSnapshot(&r.Run)
 		if err != nil {
 			return nil, err
 		}
 		if _, err := tx.Exec(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
 			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
-			return nil, fmt.Errorf("record idempotency key: %w", unavailable(err))
+			return nil, fmt.Errorf("record idempotency key: %w", classify(err))
 		}
-		// Keys are kept at least idempotencyTTL; older ones of this run go now.
-		if _, err := tx.Exec(ctx, "DELETE FROM idempotency_keys WHERE rid = $1 AND created_at < $2", r.rid, micros(now.Add(-idempotencyTTL))); err != nil {
-			return nil, fmt.Errorf("expire idempotency keys: %w", unavailable(err))
+		// Keys are kept at least store.IdempotencyTTL; older ones of this run go now.
+		if _, err := tx.Exec(ctx, "DELETE FROM idempotency_keys WHERE rid = $1 AND created_at < $2", r.rid, micros(store.IdempotencyCutoff(now))); err != nil {
+			return nil, fmt.Errorf("expire idempotency keys: %w", classify(err))
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", unavailable(err))
+		return nil, fmt.Errorf("commit: %w", classify(err))
 	}
 	return &store.MutationResult{Run: &r.Run, Events: c.events}, nil
 }
@@ -333,14 +333,14 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 // UpdateRun applies a PATCH.
 func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(r *store.Run, now time.Time) (change, error) {
-		return stateChange(applyPatch(r, p, now), now), nil
+		return stateChange(store.ApplyPatch(r, p, now), now), nil
 	})
 }
 
 // SetOutput replaces the run's output.
 func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(r *store.Run, now time.Time) (change, error) {
-		return stateChange(replaceOutput(r, output, now), now), nil
+		return stateChange(store.ReplaceOutput(r, output, now), now), nil
 	})
 }
 
@@ -349,7 +349,7 @@ func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[stri
 // entry as an event (ephemeral ones with seq 0) in request order.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(r *store.Run, now time.Time) (change, error) {
-		a := appendEntries(r, entries)
+		a := store.AppendEntries(r, entries)
 		return change{events: a.Events, stored: a.Stored, times: a.Times}, nil
 	})
 }
@@ -357,7 +357,7 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 // AddArtifacts appends manifest entries and their artifact events.
 func (s *Store) AddArtifacts(ctx context.Context, ref store.RunRef, entries []json.RawMessage) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, nil, func(r *store.Run, now time.Time) (change, error) {
-		events, err := addArtifactEntries(r, entries, now)
+		events, err := store.AddArtifactEntries(r, entries, now)
 		if err != nil {
 			return change{}, err
 		}

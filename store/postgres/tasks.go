@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -52,7 +51,7 @@ func schemaText(t *store.Task) *string {
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	var name string
@@ -63,17 +62,17 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 	}
 	now := s.clock() // read while holding the project's lock, so time follows task numbers
 	t := &store.Task{
-		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: slugPrefix(name) + "-" + strconv.FormatInt(number, 10),
+		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: store.TaskSlug(name, number),
 		Title: nt.Title, Description: nt.Description, OriginProduct: nt.OriginProduct, Repository: nt.Repository,
 		JSONSchema: nt.JSONSchema, CreatedAt: now, UpdatedAt: now,
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), micros(now), micros(now)); err != nil {
-		return nil, fmt.Errorf("insert task: %w", unavailable(err))
+		return nil, fmt.Errorf("insert task: %w", classify(err))
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit task: %w", unavailable(err))
+		return nil, fmt.Errorf("commit task: %w", classify(err))
 	}
 	return t, nil
 }
@@ -105,7 +104,7 @@ func latestRun(ctx context.Context, q querier, t *store.Task, rowid int64) error
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("latest run: %w", unavailable(err))
+		return fmt.Errorf("latest run: %w", classify(err))
 	}
 	t.LatestRun = &r.Run
 	return nil
@@ -128,16 +127,16 @@ func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.T
 func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
 	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
 	if err != nil {
-		return nil, 0, fmt.Errorf("begin read: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	var total int64
 	if err := tx.QueryRow(ctx, "SELECT count(*) FROM tasks WHERE project_id = $1 AND NOT deleted", project).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count tasks: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("count tasks: %w", classify(err))
 	}
 	rows, err := tx.Query(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.project_id = $1 AND NOT t.deleted ORDER BY t.seq DESC LIMIT $2 OFFSET $3", project, limit, offset)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
 	var out []store.Task
 	var rowids []int64
@@ -152,7 +151,7 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", unavailable(err))
+		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
 	for i := range out {
 		if err := latestRun(ctx, tx, &out[i], rowids[i]); err != nil {
@@ -167,7 +166,7 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p store.TaskPatch) (*store.Task, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", unavailable(err))
+		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	t, rowid, err := taskRow(ctx, tx, project, id, forUpdate)
@@ -192,13 +191,13 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 	t.UpdatedAt = s.clock()
 	if _, err := tx.Exec(ctx, "UPDATE tasks SET title = $1, description = $2, origin_product = $3, repository = $4, json_schema = $5, updated_at = $6 WHERE seq = $7",
 		t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), micros(t.UpdatedAt), rowid); err != nil {
-		return nil, fmt.Errorf("update task: %w", unavailable(err))
+		return nil, fmt.Errorf("update task: %w", classify(err))
 	}
 	if err := latestRun(ctx, tx, t, rowid); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit task: %w", unavailable(err))
+		return nil, fmt.Errorf("commit task: %w", classify(err))
 	}
 	return t, nil
 }
@@ -207,7 +206,7 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 func (s *Store) DeleteTask(ctx context.Context, project int64, id string) error {
 	tag, err := s.pool.Exec(ctx, "UPDATE tasks SET deleted = true, updated_at = $1 WHERE id = $2 AND project_id = $3 AND NOT deleted", micros(s.clock()), id, project)
 	if err != nil {
-		return fmt.Errorf("delete task: %w", unavailable(err))
+		return fmt.Errorf("delete task: %w", classify(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return store.ErrNotFound

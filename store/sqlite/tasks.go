@@ -5,9 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
-	"unicode"
 
 	"github.com/google/uuid"
 
@@ -40,24 +37,6 @@ func scanTask(sc interface{ Scan(...any) error }) (*store.Task, int64, error) {
 	return &t, rowid, nil
 }
 
-// slugPrefix is the first three letters of the project name, upper-cased
-// (PostHog's convention), or "TSK" when the name has fewer.
-func slugPrefix(name string) string {
-	var b strings.Builder
-	for _, r := range name {
-		if b.Len() == 3 {
-			break
-		}
-		if r < unicode.MaxASCII && unicode.IsLetter(r) {
-			b.WriteRune(unicode.ToUpper(r))
-		}
-	}
-	if b.Len() < 3 {
-		return "TSK"
-	}
-	return b.String()
-}
-
 // CreateTask inserts a task with the project's next task number.
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -76,7 +55,7 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 		return nil, fmt.Errorf("next task number: %w", classify(err))
 	}
 	t := &store.Task{
-		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: slugPrefix(name) + "-" + strconv.FormatInt(number, 10),
+		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: store.TaskSlug(name, number),
 		Title: nt.Title, Description: nt.Description, OriginProduct: nt.OriginProduct, Repository: nt.Repository,
 		JSONSchema: nt.JSONSchema, CreatedAt: now, UpdatedAt: now,
 	}
