@@ -376,6 +376,17 @@ type LogPage struct {
 	Matching int64 // entries matching the filters
 }
 
+// Secrets is a store that keeps the secrets every node must agree on (the
+// token signing key, the link signing secret), so that nodes sharing it
+// need nothing else in common. A store without it (SQLite, one data
+// directory) leaves them to files in the data directory.
+type Secrets interface {
+	// Secret returns the secret named name, first storing what generate
+	// makes when there is none; of nodes racing to create it, one wins and
+	// all get its value.
+	Secret(ctx context.Context, name string, generate func() ([]byte, error)) ([]byte, error)
+}
+
 // Store is the source of truth of runhub. Implementations are safe for
 // concurrent use.
 type Store interface {
@@ -383,6 +394,11 @@ type Store interface {
 	Ping(ctx context.Context) error
 
 	CreateProject(ctx context.Context, name string) (*Project, error)
+	// Bootstrap creates the first project (named name) and the key k in one
+	// transaction when the store holds no project, serialised against
+	// every other node doing the same at once; it writes nothing and
+	// reports false when a project exists.
+	Bootstrap(ctx context.Context, name string, k NewAPIKey) (created bool, err error)
 	GetProject(ctx context.Context, id int64) (*Project, error)
 	ListProjects(ctx context.Context) ([]Project, error)
 	// SetProjectSlackChannels replaces the project's Slack channel

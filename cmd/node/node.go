@@ -142,6 +142,15 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		tc.DataDir = cfg.DataDir
 	}
 	tc.Revocations = n.revocations
+	secrets, shared := n.st.(store.Secrets)
+	if shared && tc.PrivateKeyPEM == "" {
+		// Every node of a shared database signs with the same key.
+		pem, err := secrets.Secret(ctx, tokens.SecretName, tokens.GenerateKeyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("connection tokens: %w", err)
+		}
+		tc.PrivateKeyPEM = string(pem)
+	}
 	if n.tokens, err = tokens.Load(tc); err != nil {
 		return nil, fmt.Errorf("connection tokens: %w", err)
 	}
@@ -174,7 +183,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	sc.Logger = n.log
 	n.slack = slack.New(n.st, sc)
 
-	files, blobs, signer, err := openBlobs(cfg)
+	files, blobs, signer, err := openBlobs(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -200,10 +209,24 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 
 // openBlobs opens the artifact storage: S3 when configured, else the
 // filesystem under the data directory (whose signed links files serves).
-func openBlobs(cfg Config) (*blob.FS, blob.Store, *blob.Signer, error) {
-	signer, err := blob.LoadSigner(cfg.DataDir, nil)
-	if err != nil {
-		return nil, nil, nil, err
+func openBlobs(ctx context.Context, cfg Config) (*blob.FS, blob.Store, *blob.Signer, error) {
+	// A store that keeps secrets holds the link secret, so that a link
+	// one node signs opens on every other; else it is a file of the data
+	// directory.
+	var signer *blob.Signer
+	if secrets, ok := cfg.Store.(store.Secrets); ok {
+		secret, err := secrets.Secret(ctx, blob.SecretName, blob.GenerateSecret)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("link secret: %w", err)
+		}
+		if signer, err = blob.NewSigner(secret, nil); err != nil {
+			return nil, nil, nil, err
+		}
+	} else {
+		var err error
+		if signer, err = blob.LoadSigner(cfg.DataDir, nil); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	if cfg.S3 != nil {
 		s3, err := blob.NewS3(*cfg.S3)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -10,16 +11,30 @@ import (
 	"text/tabwriter"
 
 	"runhub/store"
+	"runhub/store/postgres"
 	"runhub/store/sqlite"
 )
 
-// openStore opens the data directory's store for an admin command.
-func openStore(ctx context.Context, dataDir string) (*sqlite.Store, error) {
-	st, err := sqlite.Open(ctx, dbPath(dataDir))
+// openStore opens the store a command works on: the PostgreSQL database
+// at databaseURL when one is given, else the SQLite file of the data
+// directory.
+func openStore(ctx context.Context, dataDir, databaseURL string) (store.Store, error) {
+	var st store.Store
+	var err error
+	if databaseURL != "" {
+		st, err = postgres.Open(ctx, databaseURL)
+	} else {
+		st, err = sqlite.Open(ctx, dbPath(dataDir))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	return st, nil
+}
+
+// databaseURLFlag is shared by every command that opens the store.
+func databaseURLFlag(fs *flag.FlagSet) *string {
+	return fs.String("database-url", env("RUNHUB_DATABASE_URL", ""), "PostgreSQL URL (postgres://...); empty: SQLite in the data directory")
 }
 
 func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
@@ -29,6 +44,7 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	sub, args := args[0], args[1:]
 	fs := newFlags("keys " + sub)
 	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
+	dbURL := databaseURLFlag(fs)
 	projects := fs.String("project", "", "project ids, comma-separated, or * for all")
 	scopes := fs.String("scopes", store.ScopeRead+","+store.ScopeWrite, "task:read, task:write or *")
 	label := fs.String("label", "", "a name to recognise the key by")
@@ -42,7 +58,7 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}
@@ -60,7 +76,7 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, secret)
 		return nil
 	case "list":
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}
@@ -92,7 +108,7 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return usageError{"keys revoke: the key id is a number (see keys list)"}
 		}
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}
@@ -149,6 +165,7 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	sub, args := args[0], args[1:]
 	fs := newFlags("projects " + sub)
 	dataDir := fs.String("data-dir", dataDirFlag("./data"), "data directory")
+	dbURL := databaseURLFlag(fs)
 	var channels *string // nil: the flag was not given
 	fs.Func("slack-channels", "Slack channel ids the project may post to, comma-separated (\"\" clears)", func(v string) error {
 		channels = &v
@@ -163,7 +180,7 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if len(pos) != 1 || strings.TrimSpace(pos[0]) == "" {
 			return usageError{"projects create: want a NAME"}
 		}
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}
@@ -175,7 +192,7 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, p.ID)
 		return nil
 	case "list":
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}
@@ -205,7 +222,7 @@ func projectsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		st, err := openStore(ctx, *dataDir)
+		st, err := openStore(ctx, *dataDir, *dbURL)
 		if err != nil {
 			return err
 		}

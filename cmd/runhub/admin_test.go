@@ -31,7 +31,7 @@ func TestProjectsSlackChannels(t *testing.T) {
 	}
 	stored := func() []string {
 		t.Helper()
-		st, err := openStore(ctx, dir)
+		st, err := openStore(ctx, dir, "")
 		if err != nil {
 			t.Fatal(err)
 		}

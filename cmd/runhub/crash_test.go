@@ -66,27 +66,7 @@ type server struct {
 
 func startServer(t *testing.T, dataDir string) *server {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command(runhubBinary(t), "serve", "--addr", addr, "--data-dir", dataDir)
-	s := &server{cmd: cmd, base: "http://" + addr, logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	cmd.Stderr = &lockedWriter{w: s.logs, mu: s.mu}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return s
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("server did not start; logs:\n%s", s.output())
-	return nil
+	return startServerArgs(t, dataDir)
 }
 
 func (s *server) output() string {

@@ -25,7 +25,6 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
-	"runhub/store/sqlite"
 )
 
 // shutdownTimeout bounds a graceful stop: in-flight requests get this long
@@ -35,17 +34,18 @@ const shutdownTimeout = 10 * time.Second
 // config is the server's configuration: flags, then RUNHUB_* variables,
 // then defaults.
 type config struct {
-	addr      string
-	dataDir   string
-	maxBody   int64
-	rateLimit *rest.RateLimit
-	redisURL  string
-	pprofAddr string
-	writeIvl  time.Duration
-	sandboxes string
-	cmdTO     time.Duration
-	logLevel  slog.Level
-	logJSON   bool
+	addr        string
+	dataDir     string
+	databaseURL *string // PostgreSQL; empty: SQLite in dataDir
+	maxBody     int64
+	rateLimit   *rest.RateLimit
+	redisURL    string
+	pprofAddr   string
+	writeIvl    time.Duration
+	sandboxes   string
+	cmdTO       time.Duration
+	logLevel    slog.Level
+	logJSON     bool
 	// publicURL is the base of every link ("": the request's Host);
 	// proxies are the peers whose X-Forwarded-* are believed.
 	publicURL   string
@@ -67,7 +67,8 @@ func loadConfig(args []string) (*config, error) {
 	fs := newFlags("serve")
 	c := &config{}
 	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
-	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key)")
+	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key, artifacts on the filesystem)")
+	c.databaseURL = databaseURLFlag(fs)
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.publicURL, "public-url", env("RUNHUB_PUBLIC_URL", ""), "the URL clients reach this server at, e.g. https://runhub.example.com; every link is built from it (empty: from each request's Host)")
 	proxies := fs.String("trusted-proxies", env("RUNHUB_TRUSTED_PROXIES", ""), "comma-separated CIDRs of reverse proxies whose X-Forwarded-Proto/Host are believed (empty: none)")
@@ -175,9 +176,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := secureDataDir(cfg.dataDir); err != nil {
 		return err
 	}
-	st, err := sqlite.Open(ctx, dbPath(cfg.dataDir))
+	st, err := openStore(ctx, cfg.dataDir, *cfg.databaseURL)
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	if err := bootstrap(ctx, st, cfg.dataDir, log); err != nil {
 		st.Close()
@@ -297,8 +298,10 @@ func publicURL(a net.Addr) string {
 // bootstrapKeyFile holds the first API key, readable by the owner only.
 const bootstrapKeyFile = "bootstrap-key"
 
-// bootstrap creates project 1 and an all-projects `*` key on first start.
-// The key goes to a 0600 file; only its path is logged.
+// bootstrap creates project 1 and an all-projects `*` key on first start,
+// on the first node to find the store empty (Store.Bootstrap serialises
+// nodes starting together). The key goes to a 0600 file of this node's
+// data directory; only its path is logged.
 func bootstrap(ctx context.Context, st store.Store, dataDir string, log *slog.Logger) error {
 	projects, err := st.ListProjects(ctx)
 	if err != nil {
@@ -307,24 +310,30 @@ func bootstrap(ctx context.Context, st store.Store, dataDir string, log *slog.Lo
 	if len(projects) > 0 {
 		return nil
 	}
-	p, err := st.CreateProject(ctx, "Default")
-	if err != nil {
-		return fmt.Errorf("bootstrap project: %w", err)
-	}
 	secret, prefix, hash := store.GenerateAPIKey()
 	path := filepath.Join(dataDir, bootstrapKeyFile)
-	// Write the file before the key exists in the store, so that a crash
-	// between the two never leaves a valid key nobody can read.
-	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+	// The key is written before it exists in the store, so that a crash
+	// between the two never leaves a valid key nobody can read; it takes
+	// its name only if this node is the one that bootstrapped.
+	pending := path + ".pending"
+	if err := os.WriteFile(pending, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write bootstrap key: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(pending, 0o600); err != nil {
 		return fmt.Errorf("chmod bootstrap key: %w", err)
 	}
-	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Label: "bootstrap", Prefix: prefix, Hash: hash,
-		Scopes: []string{store.ScopeAll}, AllProjects: true}); err != nil {
+	created, err := st.Bootstrap(ctx, "Default", store.NewAPIKey{Label: "bootstrap", Prefix: prefix, Hash: hash,
+		Scopes: []string{store.ScopeAll}, AllProjects: true})
+	if err != nil || !created {
+		os.Remove(pending)
+		if err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		return nil // another node bootstrapped the shared store
+	}
+	if err := os.Rename(pending, path); err != nil {
 		return fmt.Errorf("bootstrap key: %w", err)
 	}
-	log.Info("bootstrap: created project and API key", "project_id", p.ID, "key_file", path)
+	log.Info("bootstrap: created project and API key", "key_file", path)
 	return nil
 }

@@ -138,6 +138,23 @@ func Load(cfg Config) (*Tokens, error) {
 	return t, nil
 }
 
+// SecretName is the name under which a store that keeps secrets
+// (store.Secrets) holds the signing key, as PEM.
+const SecretName = "jwt-private-key"
+
+// GenerateKeyPEM makes a new RSA-2048 signing key, PKCS #8 in PEM.
+func GenerateKeyPEM() ([]byte, error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("generate jwt key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
 func loadOrCreateKey(path string) (*rsa.PrivateKey, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		key, err := jwt.ParseRSAPrivateKeyFromPEM(b)
@@ -148,15 +165,14 @@ func loadOrCreateKey(path string) (*rsa.PrivateKey, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read jwt key: %w", err)
 	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return nil, fmt.Errorf("generate jwt key: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	b, err := GenerateKeyPEM()
 	if err != nil {
 		return nil, err
 	}
-	b := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	key, err := jwt.ParseRSAPrivateKeyFromPEM(b)
+	if err != nil {
+		return nil, err
+	}
 	// O_EXCL: two processes starting at once must not each write a key.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {

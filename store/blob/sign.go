@@ -37,8 +37,7 @@ func LoadSigner(dataDir string, now func() time.Time) (*Signer, error) {
 	p := filepath.Join(dataDir, secretFile)
 	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
-		b = make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
+		if b, err = GenerateSecret(); err != nil {
 			return nil, err
 		}
 		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -58,10 +57,40 @@ func LoadSigner(dataDir string, now func() time.Time) (*Signer, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("url secret: %w", err)
 	}
-	if len(b) < 32 {
-		return nil, fmt.Errorf("url secret %s is too short", p)
+	s, err := NewSigner(b, now)
+	if err != nil {
+		return nil, fmt.Errorf("url secret %s: %w", p, err)
 	}
-	return &Signer{secret: b, now: now}, nil
+	return s, nil
+}
+
+// SecretName is the name under which a store that keeps secrets
+// (store.Secrets) holds the link-signing secret.
+const SecretName = "url-secret"
+
+// secretBytes is the length of a generated link-signing secret: 256 bits,
+// HMAC-SHA256's own strength.
+const secretBytes = 32
+
+// GenerateSecret makes a new link-signing secret.
+func GenerateSecret() ([]byte, error) {
+	b := make([]byte, secretBytes)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// NewSigner signs and verifies links with secret (at least 32 bytes); now
+// is the clock (nil: time.Now).
+func NewSigner(secret []byte, now func() time.Time) (*Signer, error) {
+	if len(secret) < secretBytes {
+		return nil, fmt.Errorf("link secret is too short (%d bytes, want %d)", len(secret), secretBytes)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Signer{secret: secret, now: now}, nil
 }
 
 func (s *Signer) mac(method, path string, q url.Values) []byte {

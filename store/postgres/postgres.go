@@ -38,7 +38,10 @@ var migrations embed.FS
 // nothing else in the database uses it; this one spells "runhub" in ASCII.
 const migrationLock int64 = 0x72756e687562
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store   = (*Store)(nil)
+	_ store.Secrets = (*Store)(nil)
+)
 
 // pgxReadSnapshot reads a count and a page from one snapshot.
 var pgxReadSnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}

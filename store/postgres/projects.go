@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +19,75 @@ func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project,
 		return nil, fmt.Errorf("insert project: %w", classify(err))
 	}
 	return &store.Project{ID: id, Name: name, CreatedAt: now, SlackChannels: []string{}}, nil
+}
+
+// bootstrapLock is the advisory lock key under which nodes bootstrap an
+// empty database one at a time ("rhboot").
+const bootstrapLock = 0x7268626f6f74
+
+// Bootstrap creates the first project and key when there is none, under a
+// transaction-scoped advisory lock so that of nodes starting together on
+// an empty database exactly one creates them.
+func (s *Store) Bootstrap(ctx context.Context, name string, k store.NewAPIKey) (bool, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("bootstrap: %w", classify(err))
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(bootstrapLock)); err != nil {
+		return false, fmt.Errorf("bootstrap lock: %w", classify(err))
+	}
+	var n int64
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM projects").Scan(&n); err != nil {
+		return false, fmt.Errorf("bootstrap: count projects: %w", classify(err))
+	}
+	if n > 0 {
+		return false, nil
+	}
+	now := micros(s.clock())
+	if _, err := tx.Exec(ctx, "INSERT INTO projects (name, created_at) VALUES ($1, $2)", name, now); err != nil {
+		return false, fmt.Errorf("bootstrap project: %w", classify(err))
+	}
+	if k.Projects == nil {
+		k.Projects = []int64{}
+	}
+	scopes, _ := json.Marshal(k.Scopes)
+	projects, _ := json.Marshal(k.Projects)
+	if _, err := tx.Exec(ctx,
+		"INSERT INTO api_keys (label, prefix, hash, scopes, all_projects, projects, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		k.Label, k.Prefix, k.Hash, string(scopes), k.AllProjects, string(projects), now); err != nil {
+		return false, fmt.Errorf("bootstrap key: %w", classify(err))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("bootstrap: commit: %w", classify(err))
+	}
+	return true, nil
+}
+
+// Secret returns the named secret, storing generate's value first when
+// there is none (ON CONFLICT DO NOTHING: of racing nodes one value wins,
+// and every node reads it back).
+func (s *Store) Secret(ctx context.Context, name string, generate func() ([]byte, error)) ([]byte, error) {
+	var v []byte
+	err := s.pool.QueryRow(ctx, "SELECT value FROM secrets WHERE name = $1", name).Scan(&v)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("read secret %s: %w", name, classify(err))
+	}
+	nv, err := generate()
+	if err != nil {
+		return nil, fmt.Errorf("generate secret %s: %w", name, err)
+	}
+	if _, err := s.pool.Exec(ctx, "INSERT INTO secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+		name, nv, micros(s.clock())); err != nil {
+		return nil, fmt.Errorf("store secret %s: %w", name, classify(err))
+	}
+	if err := s.pool.QueryRow(ctx, "SELECT value FROM secrets WHERE name = $1", name).Scan(&v); err != nil {
+		return nil, fmt.Errorf("read secret %s: %w", name, classify(err))
+	}
+	return v, nil
 }
 
 const projectColumns = "id, name, created_at, slack_channels"

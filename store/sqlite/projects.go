@@ -24,6 +24,42 @@ func (s *Store) CreateProject(ctx context.Context, name string) (*store.Project,
 	return &store.Project{ID: id, Name: name, CreatedAt: now, SlackChannels: []string{}}, nil
 }
 
+// Bootstrap creates the first project and key when there is none. The
+// writer's transactions take SQLite's write lock at BEGIN (_txlock
+// immediate), so processes sharing the file bootstrap one at a time.
+func (s *Store) Bootstrap(ctx context.Context, name string, k store.NewAPIKey) (bool, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("bootstrap: %w", classify(err))
+	}
+	defer tx.Rollback()
+	var n int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM projects").Scan(&n); err != nil {
+		return false, fmt.Errorf("bootstrap: count projects: %w", classify(err))
+	}
+	if n > 0 {
+		return false, nil
+	}
+	now := micros(s.clock())
+	if _, err := tx.ExecContext(ctx, "INSERT INTO projects (name, created_at) VALUES (?, ?)", name, now); err != nil {
+		return false, fmt.Errorf("bootstrap project: %w", classify(err))
+	}
+	if k.Projects == nil {
+		k.Projects = []int64{}
+	}
+	scopes, _ := json.Marshal(k.Scopes)
+	projects, _ := json.Marshal(k.Projects)
+	if _, err := tx.ExecContext(ctx,
+		"INSERT INTO api_keys (label, prefix, hash, scopes, all_projects, projects, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		k.Label, k.Prefix, k.Hash, string(scopes), k.AllProjects, string(projects), now); err != nil {
+		return false, fmt.Errorf("bootstrap key: %w", classify(err))
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("bootstrap: commit: %w", classify(err))
+	}
+	return true, nil
+}
+
 const projectColumns = "id, name, created_at, slack_channels"
 
 func scanProject(sc interface{ Scan(...any) error }) (*store.Project, error) {
