@@ -1,16 +1,17 @@
 // Command runhub serves the task-runs API, the live hub and the sandbox
 // proxy, manages projects and API keys, and runs the reference agent.
 //
-//	runhub [serve] [--addr :8080] [--data-dir ./data]
+//	runhub [serve] [--addr :8080] [--data-dir ./data] [--database-url postgres://...]
+//	runhub migrate-store --from DATA_DIR --to postgres://...
 //	runhub keys create --project 1 --scopes task:read,task:write [--label L]
 //	runhub keys list | keys revoke ID
 //	runhub projects create NAME | projects list
 //	runhub projects update ID --slack-channels C1,C2
 //	runhub agent --url WS_URL --token AGENT_TOKEN
 //
-// Every flag has a RUNHUB_* environment variable (see config.go). The keys
-// and projects commands open the same SQLite file and work while the server
-// runs.
+// Every flag has a RUNHUB_* environment variable. The keys and projects
+// commands open the same store as serve (the SQLite file of the data
+// directory, or --database-url) and work while the server runs.
 package main
 
 import (
@@ -53,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return projectsCmd(ctx, args, stdout)
 	case "agent":
 		return agentCmd(ctx, args, stderr)
+	case "migrate-store":
+		return migrateStoreCmd(ctx, args, stdout)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -61,7 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 const usage = `usage:
-  runhub [serve] [--addr :8080] [--data-dir ./data]
+  runhub [serve] [--addr :8080] [--data-dir ./data] [--database-url postgres://...]
+  runhub migrate-store --from DATA_DIR --to postgres://...   (copy an embedded install into PostgreSQL)
   runhub keys create --project 1[,2|*] --scopes task:read,task:write [--label NAME]
   runhub keys list
   runhub keys revoke ID

@@ -43,8 +43,8 @@ const (
 // TTL is how long a connection token is valid.
 const TTL = 24 * time.Hour
 
-// keyFile holds the generated signing key in the data directory.
-const keyFile = "jwt-key.pem"
+// KeyFile holds the generated signing key in the data directory.
+const KeyFile = "jwt-key.pem"
 
 // ErrBadToken: the token is malformed, expired, for another audience, not
 // signed by a known key, or uses another algorithm.
@@ -112,7 +112,7 @@ func Load(cfg Config) (*Tokens, error) {
 			return nil, fmt.Errorf("jwt private key: %w", err)
 		}
 	default:
-		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, keyFile)); err != nil {
+		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, KeyFile)); err != nil {
 			return nil, err
 		}
 	}

@@ -27,7 +27,7 @@ func TestGeneratedKeyIsKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(filepath.Join(dir, keyFile))
+	fi, err := os.Stat(filepath.Join(dir, KeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// secretFile keeps the signing secret in the data directory.
-const secretFile = "url-secret"
+// SecretFile keeps the signing secret in the data directory.
+const SecretFile = "url-secret"
 
 // ErrBadLink: a signed link that was changed, or has expired.
 var ErrBadLink = errors.New("invalid or expired link")
@@ -34,7 +34,7 @@ func LoadSigner(dataDir string, now func() time.Time) (*Signer, error) {
 	if now == nil {
 		now = time.Now
 	}
-	p := filepath.Join(dataDir, secretFile)
+	p := filepath.Join(dataDir, SecretFile)
 	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
 		if b, err = GenerateSecret(); err != nil {
