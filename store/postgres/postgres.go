@@ -69,6 +69,14 @@ type Option func(*Store)
 // WithClock injects the clock (tests).
 func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
 
+// defaultPoolConns is the pool size unless the URL sets pool_max_conns.
+// pgxpool's default (the CPU count, at least 4) lets only that many
+// requests commit at once; every commit waits for its WAL flush
+// (synchronous_commit=on), so more connections in flight is what lets the
+// server flush many commits together. 32 stays well inside PostgreSQL's
+// default max_connections of 100 for three nodes.
+const defaultPoolConns = 32
+
 // Open connects to the database at url (postgres://...) and applies the
 // embedded migrations that it lacks.
 func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
@@ -81,6 +89,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		o(s)
 	}
 	cfg.ConnConfig.RuntimeParams["lock_timeout"] = strconv.FormatInt(s.lockTimeout.Milliseconds(), 10)
+	if !strings.Contains(url, "pool_max_conns") && cfg.MaxConns < defaultPoolConns {
+		cfg.MaxConns = defaultPoolConns
+	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("open postgres pool: %w", err)
 	}
