@@ -122,6 +122,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errStoreReadOnly
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		ae = validation("Idempotency-Key", "idempotency_key_reused", "This Idempotency-Key was already used with a different request.")
+	case errors.Is(err, runs.ErrOutputNotDict):
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": runs.ErrOutputNotDict.Error()})
+		return
 	case errors.Is(err, runs.ErrOutputInvalid):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Output validation error: " + strings.TrimPrefix(err.Error(), runs.ErrOutputInvalid.Error()+": ")})
 		return

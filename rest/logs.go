@@ -2,7 +2,6 @@ package rest
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // sessionLogsPageBytes caps one session_logs page (at least one entry is
@@ -19,26 +19,6 @@ import (
 // The store stops reading there, so limit=5000 of 1 MiB entries never
 // loads more than the cap. X-Has-More tells the client to fetch the rest.
 const sessionLogsPageBytes = store.ReadPageBytes
-
-// decodeAppendLog decodes an append_log body into its raw entries. It is the
-// decoder the fuzz target exercises.
-func decodeAppendLog(body []byte) ([]json.RawMessage, error) {
-	// One typed decode: the body may hold 10,000 entries, so it is scanned
-	// as few times as possible. Entries are validated one by one later.
-	var req struct {
-		Entries []json.RawMessage `json:"entries"`
-	}
-	if err := unmarshalBody(body, &req); err == nil && req.Entries != nil {
-		return req.Entries, nil
-	}
-	// Not a list of entries (absent, null, another type, or a body that is
-	// no object): the general path names what is wrong.
-	f, err := parseBody(body)
-	if err != nil {
-		return nil, err
-	}
-	return f.list("entries")
-}
 
 func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {
 	ref, err := s.runRef(r)
@@ -49,7 +29,7 @@ func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	entries, err := decodeAppendLog(body)
+	entries, err := runs.DecodeAppendLog(body)
 	if err != nil {
 		return err
 	}
