@@ -29,10 +29,13 @@ var (
 
 // uploadArtifacts serves POST .../artifacts: the whole manifest.
 func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request) error {
-	ref, err := s.runRef(r)
+	// The run first, as on every run endpoint: a run that is not there is
+	// 404 whatever the body holds.
+	run, err := s.runOf(r)
 	if err != nil {
 		return err
 	}
+	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
 	body, err := readBody(r)
 	if err != nil {
 		return err
