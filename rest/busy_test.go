@@ -77,14 +77,7 @@ func TestStoreBusy(t *testing.T) {
 // depth, to the busy 503, and an error that merely says "database is
 // locked" (no sentinel) to the bare 500: no driver message is parsed.
 func TestBusyIsNotAStringMatch(t *testing.T) {
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "runhub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c := Config{Store: st}
-	withDeps(t, &c)
-	s := New(c)
+	s := New(fullConfig(t))
 	for _, c := range []struct {
 		err    error
 		status int

@@ -9,16 +9,23 @@ import (
 	"runhub/store/sqlite"
 )
 
-// TestConfigRequired: every dependency of a server is required; New
-// refuses a config without one, naming it, instead of serving a stub.
-func TestConfigRequired(t *testing.T) {
+// fullConfig is a complete server config on a fresh SQLite store.
+func fullConfig(t testing.TB) Config {
+	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	full := Config{Store: st}
-	withDeps(t, &full)
+	c := Config{Store: st}
+	withDeps(t, &c)
+	return c
+}
+
+// TestConfigRequired: every dependency of a server is required; New
+// refuses a config without one, naming it, instead of serving a stub.
+func TestConfigRequired(t *testing.T) {
+	full := fullConfig(t)
 	for _, c := range []struct {
 		field string
 		drop  func(*Config)

@@ -26,9 +26,13 @@ type runFields struct {
 	stateRemoveKeys             []string
 }
 
-func decodeRunFields(f Fields) (*runFields, error) {
+// decodeRunFields decodes the body of a run create or PATCH.
+func decodeRunFields(body []byte) (*runFields, error) {
+	f, err := ParseObject(body)
+	if err != nil {
+		return nil, err
+	}
 	var rf runFields
-	var err error
 	if _, rf.status, err = f.str("status", false); err != nil {
 		return nil, err
 	}
@@ -73,11 +77,7 @@ func deref(p **string) *string {
 
 // DecodeNewRun decodes a run create body; CreateRun checks the values.
 func DecodeNewRun(body []byte) (store.NewRun, error) {
-	f, err := ParseObject(body)
-	if err != nil {
-		return store.NewRun{}, err
-	}
-	rf, err := decodeRunFields(f)
+	rf, err := decodeRunFields(body)
 	if err != nil {
 		return store.NewRun{}, err
 	}
@@ -95,11 +95,7 @@ func DecodeNewRun(body []byte) (store.NewRun, error) {
 // DecodeRunPatch decodes a run PATCH body (a REST PATCH, an agent's
 // update); UpdateRun checks the values.
 func DecodeRunPatch(body []byte) (store.RunPatch, error) {
-	f, err := ParseObject(body)
-	if err != nil {
-		return store.RunPatch{}, err
-	}
-	rf, err := decodeRunFields(f)
+	rf, err := decodeRunFields(body)
 	if err != nil {
 		return store.RunPatch{}, err
 	}

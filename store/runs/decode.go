@@ -114,18 +114,25 @@ func errNull(name string) error {
 	return invalid(name, "null", "This field may not be null.")
 }
 
+// optional returns the value of an optional field, nil when it is absent
+// or JSON null (an error unless nullable).
+func (f Fields) optional(name string, nullable bool) (raw json.RawMessage, present bool, err error) {
+	raw, present = f[name]
+	if !present || !isNull(raw) {
+		return raw, present, nil
+	}
+	if !nullable {
+		return nil, true, errNull(name)
+	}
+	return nil, true, nil
+}
+
 // str decodes an optional string field. present reports whether the key was
 // sent; v is nil for JSON null (allowed only when nullable).
 func (f Fields) str(name string, nullable bool) (present bool, v *string, err error) {
-	raw, ok := f[name]
-	if !ok {
-		return false, nil, nil
-	}
-	if isNull(raw) {
-		if !nullable {
-			return true, nil, errNull(name)
-		}
-		return true, nil, nil
+	raw, present, err := f.optional(name, nullable)
+	if raw == nil {
+		return present, nil, err
 	}
 	var s string
 	if jsonKind(raw) != "str" || json.Unmarshal(raw, &s) != nil {
@@ -137,15 +144,9 @@ func (f Fields) str(name string, nullable bool) (present bool, v *string, err er
 // object decodes an optional JSON-object field; v is nil for JSON null
 // (allowed only when nullable).
 func (f Fields) object(name string, nullable bool) (present bool, v map[string]json.RawMessage, err error) {
-	raw, ok := f[name]
-	if !ok {
-		return false, nil, nil
-	}
-	if isNull(raw) {
-		if !nullable {
-			return true, nil, errNull(name)
-		}
-		return true, nil, nil
+	raw, present, err := f.optional(name, nullable)
+	if raw == nil {
+		return present, nil, err
 	}
 	if k := jsonKind(raw); k != "dict" {
 		return true, nil, invalid(name, "not_a_dict", fmt.Sprintf("Expected a dictionary of items but got type %q.", k))
