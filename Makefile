@@ -65,16 +65,16 @@ bench: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLogEntry$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunSnapshot$$' -fuzztime $(FUZZTIME) ./store/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAppendLog$$' -fuzztime $(FUZZTIME) ./rest/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunPatch$$' -fuzztime $(FUZZTIME) ./rest/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTask$$' -fuzztime $(FUZZTIME) ./rest/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAppendLog$$' -fuzztime $(FUZZTIME) ./store/runs/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunPatch$$' -fuzztime $(FUZZTIME) ./store/runs/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTask$$' -fuzztime $(FUZZTIME) ./store/runs/
 	$(GO) test -run '^$$' -fuzz '^FuzzWSMessage$$' -fuzztime $(FUZZTIME) ./hub/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime $(FUZZTIME) ./hub/wsrpc/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) ./rest/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) ./store/runs/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifyToken$$' -fuzztime $(FUZZTIME) ./proxy/tokens/
 	$(GO) test -run '^$$' -fuzz '^FuzzAgentRequest$$' -fuzztime $(FUZZTIME) ./proxy/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArtifacts$$' -fuzztime $(FUZZTIME) ./rest/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRelay$$' -fuzztime $(FUZZTIME) ./rest/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArtifacts$$' -fuzztime $(FUZZTIME) ./store/runs/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRelay$$' -fuzztime $(FUZZTIME) ./store/runs/
 	$(GO) test -run '^$$' -fuzz '^FuzzToMrkdwn$$' -fuzztime $(FUZZTIME) ./proxy/slack/
 	$(GO) test -run '^$$' -fuzz '^FuzzCompileSchema$$' -fuzztime $(FUZZTIME) ./store/runs/
 	$(GO) test -run '^$$' -fuzz '^FuzzLinkBase$$' -fuzztime $(FUZZTIME) ./rest/

@@ -15,6 +15,7 @@ import (
 
 	"runhub/hub/wsrpc"
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // JSON-RPC error codes of GET /ws beyond the standard ones (-32700 parse
@@ -355,17 +356,14 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if rerr != nil {
 		return nil, rerr
 	}
-	switch p.Method {
-	case "user_message":
-		var c struct {
-			Content string `json:"content"`
+	// The rules of REST's command body, shared.
+	params, err := runs.ValidateCommand(p.Method, p.Params)
+	if err != nil {
+		msg := err.Error()
+		if ve := (*store.ValidationError)(nil); errors.As(err, &ve) {
+			msg = ve.Detail
 		}
-		if json.Unmarshal(p.Params, &c) != nil || c.Content == "" {
-			return nil, rpcError(jsonrpc2.CodeInvalidParams, "user_message needs a non-empty string params.content")
-		}
-	case "cancel", "close":
-	default:
-		return nil, rpcError(jsonrpc2.CodeInvalidParams, "method must be one of user_message, cancel, close")
+		return nil, rpcError(jsonrpc2.CodeInvalidParams, msg)
 	}
 	run, write, rerr := m.resolve(ctx, id, p.Token)
 	if rerr != nil {
@@ -374,7 +372,7 @@ func (m *muxSession) command(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if !write {
 		return nil, rpcError(CodeForbidden, "commands need write access to the run")
 	}
-	result, rerr := m.h.commands(ctx, run, p.Method, p.Params)
+	result, rerr := m.h.commands(ctx, run, p.Method, params)
 	if rerr != nil {
 		return nil, rerr
 	}

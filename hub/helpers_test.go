@@ -29,7 +29,9 @@ import (
 
 	"github.com/coder/websocket"
 
+	"runhub/cmd/node/nodetest"
 	"runhub/hub"
+	"runhub/proxy/tokens"
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
@@ -105,12 +107,19 @@ func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcfg := rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS}
+	var tk rest.Tokens
 	for _, o := range opts {
 		if o.tokens != nil {
-			rcfg.Tokens = o.tokens
+			tk = o.tokens
 		}
 	}
+	own, _ := tk.(*tokens.Tokens)
+	d := nodetest.New(t, st, svc, own)
+	if tk == nil {
+		tk = d.Tokens
+	}
+	rcfg := rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, WS: h.ServeWS,
+		Tokens: tk, Commands: d.Commands, Blobs: d.Files, Files: d.Files, Signer: d.Signer}
 	srv := httptest.NewUnstartedServer(rest.New(rcfg))
 	for _, o := range opts {
 		if o.listener != nil {

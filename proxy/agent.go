@@ -26,6 +26,7 @@ import (
 	"runhub/hub/wsrpc"
 	"runhub/proxy/tokens"
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // Runs is the run service as agents use it (*runs.Service): every change an
@@ -69,12 +70,9 @@ var (
 
 // Config configures a Proxy.
 type Config struct {
-	Tokens *tokens.Tokens
-	Runs   Runs
-	Store  RunLookup
-	// DecodePatch turns an update's params into a RunPatch with the REST
-	// PATCH rules (rest.DecodeRunPatch).
-	DecodePatch    func([]byte) (store.RunPatch, error)
+	Tokens         *tokens.Tokens
+	Runs           Runs
+	Store          RunLookup
 	Logger         *slog.Logger
 	CommandTimeout time.Duration // 0: DefaultCommandTimeout
 	PingInterval   time.Duration
@@ -125,8 +123,6 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, errors.New("proxy: Config.Runs is required")
 	case cfg.Store == nil:
 		return nil, errors.New("proxy: Config.Store is required")
-	case cfg.DecodePatch == nil:
-		return nil, errors.New("proxy: Config.DecodePatch is required")
 	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = DefaultCommandTimeout
@@ -347,8 +343,8 @@ func WithAuthFailureLog(ctx context.Context, log AuthFailureLog) context.Context
 
 // appendParams are the params of an agent's append_log.
 type appendParams struct {
-	Entries []json.RawMessage `json:"entries"`
-	Seq     *int64            `json:"seq"`
+	runs.AppendLogBody        // entries, decoded with REST's rules
+	Seq                *int64 `json:"seq"`
 	// Session is the random id the agent process picked at start; with
 	// Seq it makes the batch's idempotency key, so a restarted agent
 	// numbering its batches from 1 again names new batches.
@@ -413,8 +409,8 @@ func (p *Proxy) handler(s *session) func(ctx context.Context, c *jsonrpc2.Conn, 
 		switch req.Method {
 		case "append_log":
 			var ap appendParams
-			if err := json.Unmarshal(raw, &ap); err != nil {
-				return nil, rpcErr(jsonrpc2.CodeInvalidParams, `params must be {"entries": [...], "seq"?: integer, "session"?: string}`)
+			if err := runs.DecodeAppendLogInto(raw, &ap); err != nil {
+				return nil, storeRPCError(err)
 			}
 			if ap.Session != nil && (ap.Seq == nil || !validSession(*ap.Session)) {
 				return nil, rpcErr(jsonrpc2.CodeInvalidParams, fmt.Sprintf("session must be 1 to %d characters of [A-Za-z0-9_-], sent with seq", maxAgentSession))
@@ -437,10 +433,7 @@ func (p *Proxy) handler(s *session) func(ctx context.Context, c *jsonrpc2.Conn, 
 			}
 			return out, nil
 		case "update":
-			if p.cfg.DecodePatch == nil {
-				return nil, rpcErr(jsonrpc2.CodeMethodNotFound, "method not found: update")
-			}
-			patch, err := p.cfg.DecodePatch(raw)
+			patch, err := runs.DecodeRunPatch(raw)
 			if err != nil {
 				return nil, storeRPCError(err)
 			}
@@ -450,13 +443,11 @@ func (p *Proxy) handler(s *session) func(ctx context.Context, c *jsonrpc2.Conn, 
 			}
 			return res.Run, nil
 		case "set_output":
-			var sp struct {
-				Output map[string]json.RawMessage `json:"output"`
+			output, err := runs.DecodeSetOutput(raw)
+			if err != nil {
+				return nil, storeRPCError(err)
 			}
-			if err := json.Unmarshal(raw, &sp); err != nil || sp.Output == nil {
-				return nil, rpcErr(jsonrpc2.CodeInvalidParams, "output must be a dictionary")
-			}
-			res, err := p.cfg.Runs.SetOutput(ctx, s.ref(), sp.Output, nil)
+			res, err := p.cfg.Runs.SetOutput(ctx, s.ref(), output, nil)
 			if err != nil {
 				return nil, storeRPCError(err)
 			}
@@ -473,6 +464,8 @@ func storeRPCError(err error) *jsonrpc2.Error {
 	switch {
 	case errors.As(err, &ve):
 		return rpcErr(jsonrpc2.CodeInvalidParams, ve.Error())
+	case errors.Is(err, runs.ErrOutputNotDict):
+		return rpcErr(jsonrpc2.CodeInvalidParams, err.Error())
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		return rpcErr(jsonrpc2.CodeInvalidParams, "seq was already used for a different batch")
 	case errors.Is(err, store.ErrNotFound):

@@ -53,13 +53,7 @@ func FuzzAgentRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, method string, params []byte) {
 		// Built in place: only the dispatch is fuzzed, with no tokens or store.
-		p := &Proxy{log: slog.Default(), agents: map[string]*session{}, cfg: Config{Runs: acceptRuns{}, DecodePatch: func(b []byte) (store.RunPatch, error) {
-			var m map[string]json.RawMessage
-			if err := json.Unmarshal(b, &m); err != nil {
-				return store.RunPatch{}, &store.ValidationError{Attr: "body", Code: "parse_error", Detail: "bad"}
-			}
-			return store.RunPatch{}, nil
-		}}}
+		p := &Proxy{log: slog.Default(), agents: map[string]*session{}, cfg: Config{Runs: acceptRuns{}}}
 		s := &session{run: &store.Run{ID: "r", TaskID: "t", ProjectID: 1}}
 		req := &jsonrpc2.Request{Method: method}
 		if params != nil {

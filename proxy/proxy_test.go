@@ -170,12 +170,7 @@ func TestCommandsReachTheAgent(t *testing.T) {
 	// The same through /ws, with the API key on the connection.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/ws",
-		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.key}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
+	ws := e.dialWS(ctx)
 	wsCall := func(id int, method, params string) map[string]any {
 		msg := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"command","params":{"run_id":%q,"method":%q,"params":%s}}`, id, run, method, params)
 		if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
@@ -227,6 +222,18 @@ func TestCommandsReachTheAgent(t *testing.T) {
 type rawAgent struct {
 	ws  *websocket.Conn
 	ctx context.Context
+}
+
+// dialWS opens /ws with the API key, closed when the test ends.
+func (e *pxEnv) dialWS(ctx context.Context) *websocket.Conn {
+	e.t.Helper()
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.key}}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ws.CloseNow() })
+	return ws
 }
 
 func (e *pxEnv) dialRaw(run string) *rawAgent {

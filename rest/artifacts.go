@@ -27,59 +27,20 @@ var (
 		Detail: "This link is invalid or has expired."}
 )
 
-// decodeArtifacts decodes {"artifacts": [{name, type, content,
-// content_encoding?, content_type?, source?}, ...]}.
-func decodeArtifacts(body []byte) ([]runs.ArtifactInput, error) {
-	f, err := parseBody(body)
-	if err != nil {
-		return nil, err
-	}
-	list, err := f.list("artifacts")
-	if err != nil {
-		return nil, err
-	}
-	if list == nil {
-		return nil, validation("artifacts", "required", "This field is required.")
-	}
-	items := make([]runs.ArtifactInput, len(list))
-	for i, raw := range list {
-		if jsonKind(raw) != "dict" {
-			return nil, validation("artifacts", "invalid", "Each artifact must be an object.")
-		}
-		var a struct {
-			Name, Type, Content *string
-			ContentEncoding     *string `json:"content_encoding"`
-			ContentType         *string `json:"content_type"`
-			Source              *string
-		}
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return nil, validation("artifacts", "invalid", "Artifact fields must be strings.")
-		}
-		if a.Name == nil || a.Type == nil || a.Content == nil {
-			return nil, validation("artifacts", "required", "Each artifact needs name, type and content.")
-		}
-		items[i] = runs.ArtifactInput{Name: *a.Name, Type: *a.Type, Content: *a.Content, Source: a.Source}
-		if a.ContentEncoding != nil {
-			items[i].ContentEncoding = *a.ContentEncoding
-		}
-		if a.ContentType != nil {
-			items[i].ContentType = *a.ContentType
-		}
-	}
-	return items, nil
-}
-
 // uploadArtifacts serves POST .../artifacts: the whole manifest.
 func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request) error {
-	ref, err := s.runRef(r)
+	// The run first, as on every run endpoint: a run that is not there is
+	// 404 whatever the body holds.
+	run, err := s.runOf(r)
 	if err != nil {
 		return err
 	}
+	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
 	body, err := readBody(r)
 	if err != nil {
 		return err
 	}
-	items, err := decodeArtifacts(body)
+	items, err := runs.DecodeArtifacts(body)
 	if err != nil {
 		return err
 	}
@@ -101,7 +62,11 @@ func (s *Server) presignArtifact(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	f, _, err := decodeRequest(r)
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	f, err := runs.ParseObject(body)
 	if err != nil {
 		return err
 	}

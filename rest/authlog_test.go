@@ -143,7 +143,7 @@ func TestAgentAuthFailuresLogged(t *testing.T) {
 	logs := &logBuffer{}
 	e := linkEnv(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
-		px, err := proxy.New(proxy.Config{Tokens: c.Tokens.(*tokens.Tokens), Runs: c.Runs, Store: c.Store, DecodePatch: DecodeRunPatch})
+		px, err := proxy.New(proxy.Config{Tokens: c.Tokens.(*tokens.Tokens), Runs: c.Runs, Store: c.Store})
 		if err != nil {
 			t.Fatal(err)
 		}

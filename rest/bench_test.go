@@ -11,9 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"runhub/rest"
+	"runhub/cmd/node"
 	"runhub/store"
-	"runhub/store/runs"
 	"runhub/store/sqlite"
 )
 
@@ -35,11 +34,15 @@ func BenchmarkAppendLogHTTP(b *testing.B) {
 			}
 			task, _ := st.CreateTask(ctx, p.ID, store.NewTask{Title: "bench", OriginProduct: "user_created"})
 			run, _ := st.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
-			svc, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}})
+			n, err := node.New(ctx, node.Config{Store: st, DataDir: b.TempDir()})
 			if err != nil {
 				b.Fatal(err)
 			}
-			srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc}))
+			defer n.Close()
+			if err := n.Start(ctx); err != nil {
+				b.Fatal(err)
+			}
+			srv := httptest.NewServer(n.Handler())
 			defer srv.Close()
 			url := fmt.Sprintf("%s/api/projects/%d/tasks/%s/runs/%s/append_log/", srv.URL, p.ID, task.ID, run.Run.ID)
 			entry := map[string]any{"type": "notification", "timestamp": "2026-11-28T21:04:05.123456Z",

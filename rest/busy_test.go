@@ -28,7 +28,9 @@ func TestStoreBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	srv := httptest.NewServer(New(Config{Store: st, Runs: quietRuns(t, st)}))
+	c := Config{Store: st}
+	withDeps(t, &c)
+	srv := httptest.NewServer(New(c))
 	t.Cleanup(srv.Close)
 	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
 	p, err := st.CreateProject(context.Background(), "Busy")
@@ -75,7 +77,7 @@ func TestStoreBusy(t *testing.T) {
 // depth, to the busy 503, and an error that merely says "database is
 // locked" (no sentinel) to the bare 500: no driver message is parsed.
 func TestBusyIsNotAStringMatch(t *testing.T) {
-	s := newEnv(t, nil).srv.Config.Handler.(*Server)
+	s := New(fullConfig(t))
 	for _, c := range []struct {
 		err    error
 		status int

@@ -59,15 +59,14 @@ var (
 		Detail: "Invalid personal API key."}
 	errNoProject = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
 		Detail: "API key does not have access to this project."}
-	errNotFound       = notFound("Not found.")
-	errTaskNotFound   = notFound("Task not found")
-	errMethod         = &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request", Code: "method_not_allowed", Detail: "Method not allowed."}
-	errTooLarge       = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large", Detail: "Request body is larger than the limit."}
-	errBodyTimeout    = &apiError{Status: http.StatusRequestTimeout, Type: "invalid_request", Code: "request_timeout", Detail: "The request body was not received in time."}
-	errServer         = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error", Detail: "A server error occurred."}
-	errStoreTimeout   = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store is busy; retry shortly."}
-	errStoreReadOnly  = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store cannot write at the moment; retry later.", RetryAfter: storeUnavailableRetryAfter}
-	errNotImplemented = &apiError{Status: http.StatusNotImplemented, Type: "server_error", Code: "not_implemented", Detail: "This endpoint is not available yet."}
+	errNotFound      = notFound("Not found.")
+	errTaskNotFound  = notFound("Task not found")
+	errMethod        = &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request", Code: "method_not_allowed", Detail: "Method not allowed."}
+	errTooLarge      = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large", Detail: "Request body is larger than the limit."}
+	errBodyTimeout   = &apiError{Status: http.StatusRequestTimeout, Type: "invalid_request", Code: "request_timeout", Detail: "The request body was not received in time."}
+	errServer        = &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error", Detail: "A server error occurred."}
+	errStoreTimeout  = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store is busy; retry shortly."}
+	errStoreReadOnly = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "unavailable", Detail: "The store cannot write at the moment; retry later.", RetryAfter: storeUnavailableRetryAfter}
 )
 
 // storeUnavailableRetryAfter is the Retry-After (seconds) of a write the
@@ -122,6 +121,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errStoreReadOnly
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		ae = validation("Idempotency-Key", "idempotency_key_reused", "This Idempotency-Key was already used with a different request.")
+	case errors.Is(err, runs.ErrOutputNotDict):
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": runs.ErrOutputNotDict.Error()})
+		return
 	case errors.Is(err, runs.ErrOutputInvalid):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Output validation error: " + strings.TrimPrefix(err.Error(), runs.ErrOutputInvalid.Error()+": ")})
 		return

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"runhub/cmd/node/nodetest"
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
@@ -50,6 +52,32 @@ func quietRuns(t testing.TB, st store.Store) *runs.Service {
 	return svc
 }
 
+// withDeps sets the dependencies New requires that c lacks, real ones on
+// c.Store (nodetest.New).
+func withDeps(t testing.TB, c *Config) {
+	t.Helper()
+	if c.Runs == nil {
+		c.Runs = quietRuns(t, c.Store)
+	}
+	tk, _ := c.Tokens.(*tokens.Tokens)
+	d := nodetest.New(t, c.Store, c.Runs, tk)
+	if c.Stream == nil {
+		c.Stream = d.Stream
+	}
+	if c.Tokens == nil {
+		c.Tokens = d.Tokens
+	}
+	if c.Commands == nil {
+		c.Commands = d.Commands
+	}
+	if c.Signer == nil {
+		c.Signer = d.Signer
+	}
+	if c.Blobs == nil {
+		c.Blobs, c.Files = d.Files, d.Files
+	}
+}
+
 func newEnv(t *testing.T, cfg func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
@@ -64,6 +92,7 @@ func newEnv(t *testing.T, cfg func(*Config)) *env {
 	if cfg != nil {
 		cfg(&c)
 	}
+	withDeps(t, &c)
 	srv := httptest.NewServer(New(c))
 	t.Cleanup(srv.Close)
 	tr := &http.Transport{MaxIdleConns: 64, MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}
@@ -133,8 +162,8 @@ type req struct {
 }
 
 // do sends r and checks the invariants every response must keep: no
-// redirect, no 5xx other than the 501 of unimplemented endpoints, no leak of
-// internals, and the contract's error body shape.
+// redirect, no 5xx, no leak of internals, and the contract's error body
+// shape.
 func (e *env) do(r req) *resp {
 	e.t.Helper()
 	return doWith(e.t, e.client, e.srv.URL, r)
@@ -197,7 +226,7 @@ func checkInvariants(t testing.TB, r req, res *resp) {
 	if res.status >= 300 && res.status < 400 {
 		t.Errorf("%s: redirect %s (Location %q)", where, res, res.header.Get("Location"))
 	}
-	if res.status >= 500 && res.status != http.StatusNotImplemented {
+	if res.status >= 500 {
 		t.Errorf("%s: server error %s", where, res)
 	}
 	if res.status >= 400 {

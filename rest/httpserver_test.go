@@ -19,9 +19,7 @@ import (
 // (Server.HTTPServer) on a loopback port and returns its address.
 func serveReal(t *testing.T, cfg Config) string {
 	t.Helper()
-	if cfg.Runs == nil {
-		cfg.Runs = quietRuns(t, cfg.Store)
-	}
+	withDeps(t, &cfg)
 	srv := New(cfg).HTTPServer()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -258,7 +256,9 @@ func TestIdleTimeoutClosesKeepAlive(t *testing.T) {
 // and MetricsServer serves it, counting the API's requests.
 func TestSeparateMetrics(t *testing.T) {
 	e := newEnv(t, nil)
-	s := New(Config{Store: e.st, Runs: quietRuns(t, e.st), SeparateMetrics: true})
+	c := Config{Store: e.st, SeparateMetrics: true}
+	withDeps(t, &c)
+	s := New(c)
 	api := s.HTTPServer()
 	apiLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

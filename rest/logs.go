@@ -2,7 +2,6 @@ package rest
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // sessionLogsPageBytes caps one session_logs page (at least one entry is
@@ -19,26 +19,6 @@ import (
 // The store stops reading there, so limit=5000 of 1 MiB entries never
 // loads more than the cap. X-Has-More tells the client to fetch the rest.
 const sessionLogsPageBytes = store.ReadPageBytes
-
-// decodeAppendLog decodes an append_log body into its raw entries. It is the
-// decoder the fuzz target exercises.
-func decodeAppendLog(body []byte) ([]json.RawMessage, error) {
-	// One typed decode: the body may hold 10,000 entries, so it is scanned
-	// as few times as possible. Entries are validated one by one later.
-	var req struct {
-		Entries []json.RawMessage `json:"entries"`
-	}
-	if err := unmarshalBody(body, &req); err == nil && req.Entries != nil {
-		return req.Entries, nil
-	}
-	// Not a list of entries (absent, null, another type, or a body that is
-	// no object): the general path names what is wrong.
-	f, err := parseBody(body)
-	if err != nil {
-		return nil, err
-	}
-	return f.list("entries")
-}
 
 func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {
 	ref, err := s.runRef(r)
@@ -49,7 +29,7 @@ func (s *Server) appendLog(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	entries, err := decodeAppendLog(body)
+	entries, err := runs.DecodeAppendLog(body)
 	if err != nil {
 		return err
 	}
@@ -107,11 +87,10 @@ func (s *Server) writeJSONL(w http.ResponseWriter, r *http.Request, ref store.Ru
 const LogURLTTL = time.Hour
 
 // logLink returns the function that gives a run its log_url for request r:
-// a signed link to /logs/{run_id}.jsonl valid LogURLTTL (nil without a
-// signer).
+// a signed link to /logs/{run_id}.jsonl valid LogURLTTL.
 func (s *Server) logLink(r *http.Request) func(*store.Run) *string {
 	return func(run *store.Run) *string {
-		if s.signer == nil || run == nil {
+		if run == nil {
 			return nil
 		}
 		p := "/logs/" + run.ID + ".jsonl"

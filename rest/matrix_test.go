@@ -423,7 +423,7 @@ func newMxEnv(t *testing.T) *mxEnv {
 		if err != nil {
 			t.Fatal(err)
 		}
-		px, err := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store, DecodePatch: DecodeRunPatch})
+		px, err := proxy.New(proxy.Config{Tokens: tk, Runs: svc, Store: c.Store})
 		if err != nil {
 			t.Fatal(err)
 		}

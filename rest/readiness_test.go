@@ -137,7 +137,9 @@ func TestStoreFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	probeEvery := 50 * time.Millisecond
-	srv := httptest.NewServer(New(Config{Store: st, Runs: quietRuns(t, st), Blobs: files, Files: files, Signer: signer, WriteProbeInterval: probeEvery}))
+	c := Config{Store: st, Runs: quietRuns(t, st), Blobs: files, Files: files, Signer: signer, WriteProbeInterval: probeEvery}
+	withDeps(t, &c)
+	srv := httptest.NewServer(New(c))
 	t.Cleanup(srv.Close)
 	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
 	p, err := st.CreateProject(context.Background(), "Full")

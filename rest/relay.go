@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // Relayer queues messages for a run's Slack thread (slack.Relay).
@@ -18,31 +18,12 @@ type Relayer interface {
 	Enqueue(ctx context.Context, id, runID, channel, threadTS, markdown string) error
 }
 
-// MaxRelayText is the longest text relay_message takes.
-const MaxRelayText = 10000
-
 var errRelayOff = &handlerError{Status: http.StatusServiceUnavailable, Msg: "Slack relay is not configured"}
 
 // errSlackChannel refuses a relay to a channel the run's project was not
 // allowed by its operator (runhub projects update --slack-channels).
 var errSlackChannel = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
 	Detail: "This project may not post to the run's Slack channel; the operator allows channels with runhub projects update --slack-channels."}
-
-// decodeRelay decodes {"text": string ≤10,000}.
-func decodeRelay(body []byte) (string, error) {
-	f, err := parseBody(body)
-	if err != nil {
-		return "", err
-	}
-	var text string
-	if jsonKind(f["text"]) != "str" || json.Unmarshal(f["text"], &text) != nil {
-		return "", validation("text", "required", "text must be a string.")
-	}
-	if utf8.RuneCountInString(text) > MaxRelayText {
-		return "", validation("text", "max_length", "Ensure this field has no more than 10000 characters.")
-	}
-	return text, nil
-}
 
 // slackThread is state.slack_thread.
 type slackThread struct {
@@ -62,7 +43,7 @@ func (s *Server) relayMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	text, err := decodeRelay(body)
+	text, err := runs.DecodeRelay(body)
 	if err != nil {
 		return err
 	}

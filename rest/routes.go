@@ -52,41 +52,15 @@ func (s *Server) routes() {
 	handle(runPath+"/session_logs", http.MethodGet, read, s.sessionLogs)
 	handle(runPath+"/set_output", http.MethodPatch, write, s.setOutput)
 
-	// Endpoints of later milestones: authenticated and resolved like the
-	// others, then 501 with the contract's error body.
-	later := func(path, method, scope string) {
-		handle(path, method, scope, func(w http.ResponseWriter, r *http.Request) error {
-			if _, err := s.runOf(r); err != nil {
-				return err
-			}
-			return errNotImplemented
-		})
+	r.HandleFunc("/logs/{run_id}.jsonl", s.signedLog).Methods(http.MethodGet)
+	handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
+	handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)
+	if _, presigns := s.blobs.(presigner); !presigns {
+		r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
 	}
-	if s.signer != nil {
-		r.HandleFunc("/logs/{run_id}.jsonl", s.signedLog).Methods(http.MethodGet)
-	}
-	_, presigns := s.blobs.(presigner)
-	if s.blobs != nil && (presigns || (s.files != nil && s.signer != nil)) {
-		handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
-		handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)
-		if !presigns {
-			r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
-		}
-	} else {
-		later(runPath+"/artifacts", http.MethodPost, write)
-		later(runPath+"/artifacts/presign", http.MethodPost, read)
-	}
-	if s.commands != nil {
-		handle(runPath+"/command", http.MethodPost, write, s.command)
-	} else {
-		later(runPath+"/command", http.MethodPost, write)
-	}
-	if s.tokens != nil {
-		r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
-		handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
-	} else {
-		later(runPath+"/connection_token", http.MethodGet, read)
-	}
+	handle(runPath+"/command", http.MethodPost, write, s.command)
+	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
+	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
 	if s.agent != nil {
 		r.HandleFunc("/agent/connect"+slash, func(w http.ResponseWriter, r *http.Request) {
@@ -96,28 +70,24 @@ func (s *Server) routes() {
 	if s.ws != nil {
 		r.Handle("/ws"+slash, http.HandlerFunc(s.serveWS)).Methods(http.MethodGet)
 	}
-	if s.stream == nil {
-		later(runPath+"/stream", http.MethodGet, read)
-	} else {
-		byKey := s.project(read, func(w http.ResponseWriter, r *http.Request) error {
-			run, err := s.runOf(r)
-			if err != nil {
-				return err
-			}
-			// The stream ends when the key is revoked.
-			key := r.Context().Value(keyCtx).(*store.APIKey)
-			return s.stream(w, r.WithContext(hub.WithKey(r.Context(), key.ID)), run)
-		})
-		// A connection token (?token= or a Bearer JWT) stands in for the
-		// API key: browsers cannot set headers on a WebSocket.
-		r.Handle(runPath+"/stream"+slash, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if tok := connectionToken(r); tok != "" && s.tokens != nil {
-				s.streamWithToken(w, r, tok)
-				return
-			}
-			byKey.ServeHTTP(w, r)
-		})).Methods(http.MethodGet)
-	}
+	byKey := s.project(read, func(w http.ResponseWriter, r *http.Request) error {
+		run, err := s.runOf(r)
+		if err != nil {
+			return err
+		}
+		// The stream ends when the key is revoked.
+		key := r.Context().Value(keyCtx).(*store.APIKey)
+		return s.stream(w, r.WithContext(hub.WithKey(r.Context(), key.ID)), run)
+	})
+	// A connection token (?token= or a Bearer JWT) stands in for the
+	// API key: browsers cannot set headers on a WebSocket.
+	r.Handle(runPath+"/stream"+slash, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tok := connectionToken(r); tok != "" {
+			s.streamWithToken(w, r, tok)
+			return
+		}
+		byKey.ServeHTTP(w, r)
+	})).Methods(http.MethodGet)
 }
 
 // pathUUID returns the canonical form of a UUID path variable; anything

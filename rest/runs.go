@@ -2,12 +2,12 @@ package rest
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
 
 	"runhub/store"
+	"runhub/store/runs"
 )
 
 // idempotency returns the request's Idempotency-Key, if any, bound to a
@@ -24,61 +24,6 @@ func idempotency(r *http.Request, body []byte) *store.Idempotency {
 	h.Write([]byte(r.Method + " " + strings.TrimSuffix(r.URL.Path, "/") + "\n"))
 	h.Write(body)
 	return &store.Idempotency{Namespace: store.IdemREST, Key: key, RequestHash: h.Sum(nil)}
-}
-
-// runFields are the writable fields shared by run create and PATCH.
-type runFields struct {
-	status, environment         *string
-	stage, branch, errorMessage **string
-	outputSet                   bool
-	output                      map[string]json.RawMessage
-	state                       map[string]json.RawMessage
-	stateRemoveKeys             []string
-}
-
-func decodeRunFields(f fields) (*runFields, error) {
-	var rf runFields
-	var err error
-	if _, rf.status, err = f.str("status", false); err != nil {
-		return nil, err
-	}
-	if _, rf.environment, err = f.str("environment", false); err != nil {
-		return nil, err
-	}
-	for name, v := range map[string]*string{"status": rf.status, "environment": rf.environment} {
-		if v != nil && *v == "" {
-			return nil, validation(name, "invalid_choice", `"" is not a valid choice.`)
-		}
-	}
-	for _, nf := range []struct {
-		name string
-		dst  ***string
-	}{{"stage", &rf.stage}, {"branch", &rf.branch}, {"error_message", &rf.errorMessage}} {
-		present, v, err := f.str(nf.name, true)
-		if err != nil {
-			return nil, err
-		}
-		if present {
-			*nf.dst = &v
-		}
-	}
-	if rf.outputSet, rf.output, err = f.object("output", true); err != nil {
-		return nil, err
-	}
-	if _, rf.state, err = f.object("state", false); err != nil {
-		return nil, err
-	}
-	if rf.stateRemoveKeys, err = f.strList("state_remove_keys"); err != nil {
-		return nil, err
-	}
-	return &rf, nil
-}
-
-func deref(p **string) *string {
-	if p == nil {
-		return nil
-	}
-	return *p
 }
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
@@ -103,21 +48,13 @@ func (s *Server) createRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	f, _, err := decodeRequest(r)
+	body, err := readBody(r)
 	if err != nil {
 		return err
 	}
-	rf, err := decodeRunFields(f)
+	nr, err := runs.DecodeNewRun(body)
 	if err != nil {
 		return err
-	}
-	nr := store.NewRun{Stage: deref(rf.stage), Branch: deref(rf.branch), ErrorMessage: deref(rf.errorMessage),
-		Output: rf.output, State: rf.state}
-	if rf.status != nil {
-		nr.Status = *rf.status
-	}
-	if rf.environment != nil {
-		nr.Environment = *rf.environment
 	}
 	run, err := s.runs.CreateRun(r.Context(), projectOf(r), task, nr)
 	if errors.Is(err, store.ErrNotFound) {
@@ -152,29 +89,6 @@ func (s *Server) mutationDone(w http.ResponseWriter, r *http.Request, ref store.
 	return nil
 }
 
-// decodeRunPatch decodes a run PATCH body. It is the decoder the fuzz target
-// exercises.
-func decodeRunPatch(body []byte) (store.RunPatch, error) {
-	f, err := parseBody(body)
-	if err != nil {
-		return store.RunPatch{}, err
-	}
-	rf, err := decodeRunFields(f)
-	if err != nil {
-		return store.RunPatch{}, err
-	}
-	p := store.RunPatch{Status: rf.status, Stage: rf.stage, Branch: rf.branch, ErrorMessage: rf.errorMessage,
-		Environment: rf.environment, State: rf.state, StateRemoveKeys: rf.stateRemoveKeys}
-	if rf.outputSet {
-		if rf.output == nil {
-			p.ClearOutput = true
-		} else {
-			p.Output = rf.output
-		}
-	}
-	return p, nil
-}
-
 func (s *Server) updateRun(w http.ResponseWriter, r *http.Request) error {
 	ref, err := s.runRef(r)
 	if err != nil {
@@ -184,7 +98,7 @@ func (s *Server) updateRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	p, err := decodeRunPatch(body)
+	p, err := runs.DecodeRunPatch(body)
 	if err != nil {
 		return err
 	}
@@ -197,13 +111,13 @@ func (s *Server) setOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	f, body, err := decodeRequest(r)
+	body, err := readBody(r)
 	if err != nil {
 		return err
 	}
-	var output map[string]json.RawMessage
-	if raw := f["output"]; jsonKind(raw) != "dict" || json.Unmarshal(raw, &output) != nil {
-		return &handlerError{Status: http.StatusBadRequest, Msg: "output must be a dictionary"}
+	output, err := runs.DecodeSetOutput(body)
+	if err != nil {
+		return err
 	}
 	res, err := s.runs.SetOutput(r.Context(), ref, output, idempotency(r, body))
 	return s.mutationDone(w, r, ref, res, err)

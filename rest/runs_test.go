@@ -458,37 +458,6 @@ func TestSetOutputJSONSchema(t *testing.T) {
 	wantStatus(t, e.do(req{Method: "PATCH", Path: path, Key: e.writeKey, Body: `{"output": {"anything": 1}}`}), http.StatusOK)
 }
 
-// The endpoints of later milestones authenticate and resolve the run, then
-// answer 501 in the standard error shape.
-func TestUnimplementedEndpoints(t *testing.T) {
-	e := newEnv(t, nil)
-	f := e.fixture()
-	for _, ep := range []struct{ method, suffix string }{
-		{"POST", "/artifacts"}, {"POST", "/artifacts/presign"}, {"POST", "/command"},
-		{"GET", "/connection_token"}, {"GET", "/stream"},
-	} {
-		for _, p := range []string{f.path(e, ep.suffix), f.path(e, ep.suffix+"/")} {
-			var body any
-			if ep.method == "POST" {
-				body = map[string]any{}
-			}
-			res := e.do(req{Method: ep.method, Path: p, Key: e.writeKey, Body: body})
-			er := wantAPIError(t, res, http.StatusNotImplemented, "server_error", "")
-			if er.Code != "not_implemented" {
-				t.Errorf("%s %s: code %q", ep.method, p, er.Code)
-			}
-		}
-		res := e.do(req{Method: ep.method, Path: e.runPath(e.p1, f.task, randomUUID) + ep.suffix, Key: e.writeKey})
-		wantAPIError(t, res, http.StatusNotFound, "invalid_request", "")
-		res = e.do(req{Method: ep.method, Path: e.runPath(e.p1, randomUUID, f.run) + ep.suffix, Key: e.writeKey})
-		er := wantAPIError(t, res, http.StatusNotFound, "invalid_request", "")
-		if er.Detail != "Task not found" {
-			t.Errorf("detail %q", er.Detail)
-		}
-		wantAPIError(t, e.do(req{Method: ep.method, Path: f.path(e, ep.suffix)}), http.StatusUnauthorized, "authentication_error", "")
-	}
-}
-
 func TestRunPatchIdempotency(t *testing.T) {
 	e := newEnv(t, nil)
 	f := e.fixture()

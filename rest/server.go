@@ -11,6 +11,7 @@ package rest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -61,18 +62,20 @@ type Config struct {
 	// probe (0: WriteProbeInterval).
 	WriteProbeInterval time.Duration
 	// Stream serves GET .../runs/{id}/stream for an authorised run (the hub);
-	// it returns an error only before the response started. nil: 501.
+	// it returns an error only before the response started. Required.
 	Stream func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	// WS serves the multiplexed GET /ws endpoint for an authenticated
 	// caller; authorize resolves the runs it may follow. nil: not mounted.
 	WS func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
-	// Tokens mints and verifies connection tokens; nil: endpoint 9 is 501
-	// and only API keys authenticate.
+	// Tokens mints and verifies connection tokens (endpoint 9, the JWKS).
+	// Required.
 	Tokens Tokens
-	// Commands relays commands to agents (the sandbox proxy); nil: 501.
+	// Commands relays commands to agents (the sandbox proxy). Required.
 	Commands Commander
-	// Blobs stores artifacts; Files and Signer serve the signed download
-	// links of a filesystem store. nil Blobs: endpoints 6 and 7 are 501.
+	// Blobs stores artifacts and Signer signs the links runhub serves
+	// (log_url, and artifact downloads of a filesystem store): both
+	// required. Files serves those downloads; required unless Blobs makes
+	// its own links (S3).
 	Blobs  blob.Store
 	Files  *blob.FS
 	Signer *blob.Signer
@@ -85,6 +88,25 @@ type Config struct {
 	Agent http.HandlerFunc
 	// Extra mounts more handlers (hub, proxy, web) on the router.
 	Extra func(r *mux.Router)
+}
+
+// required names the first required dependency cfg lacks: every node
+// supplies them all (cmd/node), so none has a fallback.
+func (cfg *Config) required() error {
+	_, presigns := cfg.Blobs.(presigner)
+	for _, d := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Store", cfg.Store == nil}, {"Runs", cfg.Runs == nil}, {"Stream", cfg.Stream == nil},
+		{"Tokens", cfg.Tokens == nil}, {"Commands", cfg.Commands == nil}, {"Blobs", cfg.Blobs == nil},
+		{"Signer", cfg.Signer == nil}, {"Files", cfg.Files == nil && !presigns},
+	} {
+		if d.missing {
+			return fmt.Errorf("rest: Config.%s is required", d.name)
+		}
+	}
+	return nil
 }
 
 // RunAuthorizer resolves a run a /ws caller may follow, given the token
@@ -157,10 +179,10 @@ func New(cfg Config) *Server {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
-	if cfg.Store == nil || s.runs == nil {
-		// Programming errors, refused at once rather than served as a
-		// server that quietly publishes nothing.
-		panic("rest: Config.Store and Config.Runs are required")
+	if err := cfg.required(); err != nil {
+		// A programming error, refused at once rather than served as a
+		// server that quietly lacks an endpoint.
+		panic(err)
 	}
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)

@@ -164,7 +164,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 
 	pc := cfg.Proxy
-	pc.Tokens, pc.Runs, pc.Store, pc.DecodePatch, pc.Logger = n.tokens, n.runs, n.st, rest.DecodeRunPatch, n.log
+	pc.Tokens, pc.Runs, pc.Store, pc.Logger = n.tokens, n.runs, n.st, n.log
 	pc.Relay = nil // an interface: a nil *redisrelay.Relay in it would not be nil
 	if n.relay != nil {
 		pc.Relay = n.relay

@@ -15,10 +15,9 @@ import (
 	"testing"
 	"time"
 
+	runhubnode "runhub/cmd/node"
 	"runhub/hub"
-	redisbroker "runhub/hub/redis"
 	"runhub/hub/redis/redistest"
-	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
 	"runhub/store/sqlite"
@@ -56,25 +55,18 @@ func newNode(t *testing.T, st store.Store, redisURL string) *node {
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	// A long position check: these tests prove the broker path and the
-	// resync on resubscribe, not the periodic safety net.
-	b, err := redisbroker.New(ctx, redisURL, log)
+	// resync on resubscribe, not the periodic safety net. The nodes share
+	// the store; whichever closes first closes it, after the test.
+	n, err := runhubnode.New(ctx, runhubnode.Config{Store: st, DataDir: t.TempDir(), RedisURL: redisURL, Logger: log,
+		Hub: hub.Config{CheckInterval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	h, err := hub.New(hub.Config{Store: st, Broker: b, Logger: log, CheckInterval: time.Hour})
-	if err != nil {
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(ctx); err != nil { // hands the hub to the broker
 		t.Fatal(err)
 	}
-	t.Cleanup(h.Close)
-	if err := h.Start(ctx); err != nil { // hands the hub to the broker
-		t.Fatal(err)
-	}
-	svc, err := runs.New(runs.Config{Store: st, Publisher: b, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(rest.New(rest.Config{Store: st, Runs: svc, Stream: h.ServeStream, Logger: log}))
+	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
 	return &node{srv: srv, logs: logs}
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"runhub/cmd/node/nodetest"
 	"runhub/proxy/proxytest"
 	"runhub/proxy/slack"
 	"runhub/rest"
@@ -146,7 +147,9 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv = httptest.NewServer(rest.New(rest.Config{Store: st, Runs: quiet, Relay: e.relay}))
+	d := nodetest.New(t, st, quiet, nil)
+	e.srv = httptest.NewServer(rest.New(rest.Config{Store: st, Runs: quiet, Relay: e.relay,
+		Stream: d.Stream, Tokens: d.Tokens, Commands: d.Commands, Blobs: d.Files, Files: d.Files, Signer: d.Signer}))
 	t.Cleanup(e.srv.Close)
 	ctx := context.Background()
 	p, _ := st.CreateProject(ctx, "relay")

@@ -1,7 +1,12 @@
 // Package runs is the one path every mutation of a run takes, whoever asks
 // for it (a REST client, a sandbox agent, a worker):
 //
-//	validate → store transaction (row + events + seq) → publish
+//	decode + validate → store transaction (row + events + seq) → publish
+//
+// The decoders of the mutation bodies (DecodeRunPatch, DecodeAppendLog,
+// DecodeSetOutput, DecodeCommand, DecodeNewTask, ...) live here too, and
+// REST, the sandbox proxy and the hub call them directly: a rule and its
+// message are written once, whoever sends the body.
 //
 // Guarantees: nothing invalid reaches the store (a *store.ValidationError
 // names the field instead); events are published only after their

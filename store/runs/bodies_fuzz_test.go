@@ -1,16 +1,14 @@
-package rest
+package runs
 
 import (
 	"encoding/json"
 	"errors"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"runhub/store"
-	"runhub/store/runs"
 )
 
 var fuzzSeeds = []string{
@@ -49,20 +47,13 @@ func wantUTF8(t *testing.T, body []byte, decoded ...string) {
 }
 
 // wantBadRequest is the fuzz invariant on decoder errors: a client error
-// (*apiError with status 400 or a store.ValidationError, both answered 400),
-// never anything writeError would turn into a 5xx.
+// (a *store.ValidationError, answered 400 by REST and -32602 to an agent),
+// never anything that would turn into a 5xx.
 func wantBadRequest(t *testing.T, body []byte, err error) {
 	t.Helper()
-	var ae *apiError
 	var ve *store.ValidationError
-	switch {
-	case errors.As(err, &ae):
-		if ae.Status != http.StatusBadRequest || ae.Type != "validation_error" || ae.Detail == "" {
-			t.Fatalf("body %q: error %+v, want a 400 validation_error", body, ae)
-		}
-	case errors.As(err, &ve):
-	default:
-		t.Fatalf("body %q: error %T %v is neither *apiError nor *store.ValidationError", body, err, err)
+	if !errors.As(err, &ve) || ve.Code == "" || ve.Detail == "" {
+		t.Fatalf("body %q: error %T %v, want a *store.ValidationError with a code and a detail", body, err, err)
 	}
 }
 
@@ -72,7 +63,7 @@ func FuzzDecodeAppendLog(f *testing.F) {
 	}
 	now := time.Date(2026, 11, 28, 21, 4, 5, 123456000, time.UTC)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		entries, err := decodeAppendLog(body)
+		entries, err := DecodeAppendLog(body)
 		if err != nil {
 			wantBadRequest(t, body, err)
 			return
@@ -108,12 +99,8 @@ func FuzzDecodeRunPatch(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		p, err := decodeRunPatch(body)
+		p, err := DecodeRunPatch(body)
 		if err != nil {
-			var ae *apiError
-			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
-				t.Fatalf("body %q: error %T %v, want *apiError with status 400", body, err, err)
-			}
 			wantBadRequest(t, body, err)
 			return
 		}
@@ -141,18 +128,14 @@ func FuzzDecodeTask(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		fs, err := parseBody(body)
-		var p store.TaskPatch
-		if err == nil {
-			p, err = taskFields(fs, true)
-		}
+		nt, err := DecodeNewTask(body)
 		if err != nil {
 			wantBadRequest(t, body, err)
 			return
 		}
-		wantUTF8(t, body, *p.Title)
-		if p.JSONSchema != nil {
-			wantUTF8(t, body, string(*p.JSONSchema))
+		wantUTF8(t, body, nt.Title, nt.Description, nt.OriginProduct, string(nt.JSONSchema))
+		if nt.Repository != nil {
+			wantUTF8(t, body, *nt.Repository)
 		}
 	})
 }
@@ -170,13 +153,13 @@ func FuzzDecodeCommand(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		method, params, _, err := decodeCommand(b)
+		method, params, _, err := DecodeCommand(b)
 		if err != nil {
 			wantBadRequest(t, b, err)
 			return
 		}
 		wantUTF8(t, b, method, string(params))
-		if !commandMethods[method] {
+		if !CommandMethods[method] {
 			t.Fatalf("accepted method %q", method)
 		}
 		if len(params) > 0 && jsonKind(params) != "dict" {
@@ -205,7 +188,7 @@ func FuzzDecodeArtifacts(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		items, err := decodeArtifacts(b)
+		items, err := DecodeArtifacts(b)
 		if err != nil {
 			wantBadRequest(t, b, err)
 			return
@@ -216,7 +199,7 @@ func FuzzDecodeArtifacts(f *testing.F) {
 			if it.Source != nil {
 				wantUTF8(t, b, *it.Source)
 			}
-			name := runs.SafeName(it.Name)
+			name := SafeName(it.Name)
 			if name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." || len(name) > 255 {
 				t.Fatalf("SafeName(%q) = %q", it.Name, name)
 			}
@@ -231,7 +214,7 @@ func FuzzDecodeRelay(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		text, err := decodeRelay(b)
+		text, err := DecodeRelay(b)
 		if err != nil {
 			wantBadRequest(t, b, err)
 			return
