@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +20,7 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // syncBuffer collects log output from several goroutines.
@@ -79,8 +78,10 @@ func newNode(t *testing.T, st store.Store, redisURL string) *node {
 	return &node{srv: srv, logs: logs}
 }
 
+// fixture is a run in a store that every node opens for itself, as
+// separate processes would.
 type fixture struct {
-	st      *sqlite.Store
+	open    func(testing.TB) store.Store
 	key     string
 	runPath string
 }
@@ -88,11 +89,8 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	open := teststore.OpenShared(t)
+	st := open(t)
 	p, _ := st.CreateProject(ctx, "redis")
 	secret, prefix, hash := store.GenerateAPIKey()
 	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Prefix: prefix, Hash: hash, Scopes: []string{"*"}, Projects: []int64{p.ID}}); err != nil {
@@ -107,7 +105,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, key: secret, runPath: fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s", p.ID, task.ID, run.ID)}
+	return &fixture{open: open, key: secret, runPath: fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s", p.ID, task.ID, run.ID)}
 }
 
 func (f *fixture) post(n *node, method, path, body string) (int, error) {
@@ -178,7 +176,7 @@ func checkExactlyOnce(t *testing.T, who string, ids []int64, want int64) {
 func TestRedisCrossNode(t *testing.T) {
 	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
+	a, b := newNode(t, f.open(t), r.URL()), newNode(t, f.open(t), r.URL())
 	ready := make(chan struct{})
 	got := f.follow(t, a, ready)
 	<-ready // subscribed, and the create event (seq 1) arrived
@@ -214,7 +212,7 @@ func TestRedisCrossNode(t *testing.T) {
 func TestRedisRestart(t *testing.T) {
 	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
+	a, b := newNode(t, f.open(t), r.URL()), newNode(t, f.open(t), r.URL())
 	readyA, readyB := make(chan struct{}), make(chan struct{})
 	gotA, gotB := f.follow(t, a, readyA), f.follow(t, b, readyB)
 	<-readyA

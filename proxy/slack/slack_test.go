@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +18,7 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // fakeSlack is a local stand-in for Slack's Web API: chat.postMessage and
@@ -125,7 +124,7 @@ func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
 type relayEnv struct {
 	t      *testing.T
 	srv    *httptest.Server
-	st     *sqlite.Store
+	st     store.Store
 	slack  *fakeSlack
 	relay  *slack.Relay
 	key    string
@@ -135,11 +134,7 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Helper()
 	e := &relayEnv{t: t, slack: newFakeSlack(t)}
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	e.st = st
 	e.relay = e.newRelay(token)
 	quiet, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}}) // the relay tests follow no stream
@@ -203,7 +198,7 @@ func (e *relayEnv) relayMessage(run, text string) map[string]string {
 	return out
 }
 
-func waitRelay(t *testing.T, st *sqlite.Store, id, status string) *store.Relay {
+func waitRelay(t *testing.T, st store.Store, id, status string) *store.Relay {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
