@@ -271,6 +271,31 @@ func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 	}
 }
 
+// TestRelayHandedBackOnStop: a worker stopped while it holds relays (one
+// in flight, one taken from the outbox and not yet tried) hands them back,
+// so the next worker posts both at once, each once, also on a store that
+// leases the relays it hands out (store/postgres: minutes).
+func TestRelayHandedBackOnStop(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.slack.script = []string{"hang"}
+	run := e.threadRun("in_progress")
+	first, second := e.relayMessage(run, "first"), e.relayMessage(run, "second")
+	stop := e.work(e.relay) // takes both, and the first post hangs
+	proxytest.WaitFor(t, "Slack to receive the first message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	stop()
+	e.work(e.newRelay("xoxb-test"))
+	waitRelay(t, e.st, first["relay_id"], store.RelaySent)
+	waitRelay(t, e.st, second["relay_id"], store.RelaySent)
+	posts, _ := e.slack.snapshot()
+	var texts []string
+	for _, p := range posts {
+		texts = append(texts, p.Text)
+	}
+	if len(posts) != 2 || posts[0].Text != "first" || posts[1].Text != "second" {
+		t.Fatalf("posts %q, want first and second once each", texts)
+	}
+}
+
 // TestRelaySkippedOrUnconfigured: a terminal run, blank text or no thread
 // mapping is skipped; without credentials the relay is 503; bad bodies
 // are 400; nothing reaches Slack.
