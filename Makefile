@@ -1,5 +1,6 @@
 # runhub: `make run` starts the server with embedded defaults; `make test`
-# installs what the tests need (make deps) and runs the whole suite.
+# installs what the tests need (make deps) and runs the whole suite, then
+# the integration suites again on PostgreSQL.
 
 GO          ?= go
 GOBIN       := $(shell $(GO) env GOPATH)/bin
@@ -38,8 +39,14 @@ deps:
 	@test -x $(VERSITYGW) || { echo "building versitygw $(VERSITYGW_VERSION)"; \
 		$(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); }
 
+# The integration suites (REST, hub, proxy, node, web) run a second time on
+# PostgreSQL (store/teststore; pgtest starts a throwaway server), where a
+# missing server is a failure, not a skip.
+PG_SUITES   := ./rest/ ./hub/... ./proxy/... ./cmd/node/ ./web/ ./store/teststore/
+
 test: deps
 	$(GO) test -race -count=1 -timeout 20m ./...
+	RUNHUB_TEST_BACKEND=postgres RUNHUB_REQUIRE_SERVERS=1 $(GO) test -race -count=1 -timeout 20m $(PG_SUITES)
 
 lint: deps
 	$(GO) vet ./...

@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,14 +34,14 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // htEnv is one server: a fresh SQLite store, the REST API with the hub
 // serving /stream, a project, an all-projects "*" key and a task.
 type htEnv struct {
 	t       testing.TB
-	st      *sqlite.Store
+	st      store.Store
 	h       *hub.Hub
 	svc     *runs.Service
 	srv     *httptest.Server
@@ -69,11 +68,7 @@ type htOptions struct {
 func newHTEnv(t testing.TB, cfg hub.Config, opts ...htOptions) *htEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	cfg.Store = st
 	for _, o := range opts {
 		if o.source != nil {

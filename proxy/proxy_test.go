@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,14 +24,14 @@ import (
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
 	"runhub/store"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // pxEnv is a whole runhub node: store, hub, proxy and the REST API.
 type pxEnv struct {
 	t       *testing.T
 	srv     *httptest.Server
-	st      *sqlite.Store
+	st      store.Store
 	px      *proxy.Proxy
 	key     string
 	project int64
@@ -49,10 +48,7 @@ func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
 func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.Store) *pxEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := teststore.Open(t)
 	n, err := node.New(ctx, node.Config{Store: st, DataDir: t.TempDir(), Proxy: cfg, WrapWrites: wrap})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"runhub/proxy"
+	"runhub/proxy/proxytest"
 )
 
 // TestAgentTextIsUTF8: a request of an agent that is not UTF-8
@@ -23,6 +24,11 @@ func TestAgentTextIsUTF8(t *testing.T) {
 	e := newPxEnv(t, proxy.Config{})
 	run := e.newRun("")
 	a := e.dialRaw(run)
+	// The stream refuses these requests itself, without waiting for the
+	// session's agent_connected entry to be committed (the agent is
+	// connected a moment before): wait for it, so that the log below is
+	// the refusals' doing alone.
+	proxytest.WaitFor(t, "agent_connected on the log", func() bool { return len(e.logTypes(run)) == 1 })
 	for i, req := range []string{
 		`{"jsonrpc":"2.0","id":1,"method":"append_log","params":{"seq":1,"entries":[{"type":"console","text":"caf` + "\xc3" + `"}]}}`,
 		`{"jsonrpc":"2.0","id":2,"method":"append_log","params":{"entries":[{"type":"console","t` + "\xff" + `":1}]}}`,

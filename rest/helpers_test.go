@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -18,11 +17,11 @@ import (
 	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
-// env is one real server on a fresh SQLite store, with two projects and a
-// set of keys:
+// env is one real server on a fresh store (teststore: the backend under
+// test), with two projects and a set of keys:
 //
 //	writeKey  task:write on project p1
 //	readKey   task:read on project p1
@@ -30,7 +29,7 @@ import (
 //	otherKey  * on project p2 only
 type env struct {
 	t        *testing.T
-	st       *sqlite.Store
+	st       store.Store
 	srv      *httptest.Server
 	client   *http.Client
 	p1, p2   int64
@@ -81,11 +80,7 @@ func withDeps(t testing.TB, c *Config) {
 func newEnv(t *testing.T, cfg func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	// Tests that follow no stream publish nothing; those that do set Runs
 	// with the hub's broker.
 	c := Config{Store: st, Runs: quietRuns(t, st)}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -19,7 +18,7 @@ import (
 	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/blob"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // openAPIDoc is the part of the embedded document the tests look at.
@@ -30,12 +29,7 @@ type openAPIDoc struct {
 
 func openAPIServer(t *testing.T) (*Server, store.Store) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "runhub.db"))
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	ws := func(http.ResponseWriter, *http.Request, RunAuthorizer) {}
 	tk, err := tokens.Load(tokens.Config{DataDir: t.TempDir()})
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // requireRoot skips a test that needs root (mounts), unless
@@ -214,27 +215,22 @@ func TestStoreFullDisk(t *testing.T) {
 	}
 }
 
-// probeCounter is the real SQLite store, counting its write probes.
+// probeCounter is the real store, counting its write probes.
 type probeCounter struct {
-	*sqlite.Store
+	store.Store
 	probes atomic.Int64
 }
 
 func (p *probeCounter) ProbeWrite(ctx context.Context) error {
 	p.probes.Add(1)
-	return p.Store.ProbeWrite(ctx)
+	return p.Store.(writeProber).ProbeWrite(ctx)
 }
 
 // TestReadyzWriteProbeRateLimited: however often /readyz is called, the
 // store is probed at most once per WriteProbeInterval (the default, 5 s);
 // the callers in between get the cached answer.
 func TestReadyzWriteProbeRateLimited(t *testing.T) {
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	pc := &probeCounter{Store: st}
+	pc := &probeCounter{Store: teststore.Open(t)}
 	e := newEnv(t, func(c *Config) { c.Store = pc })
 	var wg sync.WaitGroup
 	for range 4 {

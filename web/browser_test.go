@@ -20,7 +20,7 @@ import (
 	"runhub/proxy/agentclient"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // node is a runhub server on a fixed address that can be stopped and
@@ -28,7 +28,7 @@ import (
 type node struct {
 	t      *testing.T
 	addr   string
-	dbPath string
+	openDB func(testing.TB) store.Store // another handle on the node's store
 	dir    string
 	srv    *http.Server
 	n      *rnode.Node
@@ -41,10 +41,8 @@ type node struct {
 func (n *node) start() {
 	n.t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, n.dbPath)
-	if err != nil {
-		n.t.Fatal(err)
-	}
+	st := n.openDB(n.t)
+	var err error
 	if n.n, err = rnode.New(ctx, rnode.Config{Store: st, DataDir: n.dir}); err != nil {
 		n.t.Fatal(err)
 	}
@@ -76,15 +74,12 @@ func (n *node) url() string { return "http://" + n.addr }
 
 func newNode(t *testing.T) (*node, string) {
 	t.Helper()
-	n := &node{t: t, addr: "127.0.0.1:0", dbPath: filepath.Join(t.TempDir(), "db"), dir: t.TempDir()}
+	n := &node{t: t, addr: "127.0.0.1:0", openDB: teststore.OpenShared(t), dir: t.TempDir()}
 	n.start()
 	t.Cleanup(n.stop)
 	st := n.n.Store()
-	own, err := sqlite.Open(context.Background(), n.dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { own.Close() })
+	own := n.openDB(t)
+	var err error
 	if n.offline, err = runs.New(runs.Config{Store: own, Publisher: runs.NoPublisher{}}); err != nil {
 		t.Fatal(err)
 	}

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"runhub/cmd/node"
 	"runhub/store"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // TestNodeWiresOneWay: a node built by New and started serves a run's
@@ -22,10 +21,7 @@ import (
 func TestNodeWiresOneWay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := teststore.Open(t)
 	n, err := node.New(ctx, node.Config{Store: st, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

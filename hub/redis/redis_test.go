@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,7 +19,7 @@ import (
 	"runhub/hub/redis/redistest"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // syncBuffer collects log output from several goroutines.
@@ -71,8 +70,10 @@ func newNode(t *testing.T, st store.Store, redisURL string) *node {
 	return &node{srv: srv, logs: logs}
 }
 
+// fixture is a run in a store that every node opens for itself, as
+// separate processes would.
 type fixture struct {
-	st      *sqlite.Store
+	open    func(testing.TB) store.Store
 	key     string
 	runPath string
 }
@@ -80,11 +81,8 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	open := teststore.OpenShared(t)
+	st := open(t)
 	p, _ := st.CreateProject(ctx, "redis")
 	secret, prefix, hash := store.GenerateAPIKey()
 	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Prefix: prefix, Hash: hash, Scopes: []string{"*"}, Projects: []int64{p.ID}}); err != nil {
@@ -99,7 +97,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, key: secret, runPath: fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s", p.ID, task.ID, run.ID)}
+	return &fixture{open: open, key: secret, runPath: fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s", p.ID, task.ID, run.ID)}
 }
 
 func (f *fixture) post(n *node, method, path, body string) (int, error) {
@@ -170,7 +168,7 @@ func checkExactlyOnce(t *testing.T, who string, ids []int64, want int64) {
 func TestRedisCrossNode(t *testing.T) {
 	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
+	a, b := newNode(t, f.open(t), r.URL()), newNode(t, f.open(t), r.URL())
 	ready := make(chan struct{})
 	got := f.follow(t, a, ready)
 	<-ready // subscribed, and the create event (seq 1) arrived
@@ -206,7 +204,7 @@ func TestRedisCrossNode(t *testing.T) {
 func TestRedisRestart(t *testing.T) {
 	r := redistest.Start(t)
 	f := newFixture(t)
-	a, b := newNode(t, f.st, r.URL()), newNode(t, f.st, r.URL())
+	a, b := newNode(t, f.open(t), r.URL()), newNode(t, f.open(t), r.URL())
 	readyA, readyB := make(chan struct{}), make(chan struct{})
 	gotA, gotB := f.follow(t, a, readyA), f.follow(t, b, readyB)
 	<-readyA

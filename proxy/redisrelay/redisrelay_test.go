@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +17,7 @@ import (
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
 	"runhub/store"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // testNode is one runhub node: its own store connection, hub, broker,
@@ -29,13 +28,10 @@ type testNode struct {
 	px  *proxy.Proxy
 }
 
-func newNode(t *testing.T, dbPath, dataDir, redisURL string) *testNode {
+func newNode(t *testing.T, open func(testing.TB) store.Store, dataDir, redisURL string) *testNode {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := open(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	n, err := node.New(ctx, node.Config{Store: st, DataDir: dataDir, RedisURL: redisURL, Logger: log})
 	if err != nil {
@@ -62,13 +58,9 @@ func call(t *testing.T, n *testNode, key, method, path, body string, status int,
 func TestCrossNodeCommands(t *testing.T) {
 	rs := redistest.Start(t)
 	ctx := context.Background()
-	dbPath, dataDir := filepath.Join(t.TempDir(), "db"), t.TempDir()
-	st, err := sqlite.Open(ctx, dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	a, b := newNode(t, dbPath, dataDir, rs.URL()), newNode(t, dbPath, dataDir, rs.URL())
+	db, dataDir := teststore.OpenShared(t), t.TempDir()
+	st := db(t)
+	a, b := newNode(t, db, dataDir, rs.URL()), newNode(t, db, dataDir, rs.URL())
 
 	p, _ := st.CreateProject(ctx, "relay")
 	secret, prefix, hash := store.GenerateAPIKey()

@@ -151,8 +151,9 @@ func (s *Relay) Run(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			s.cfg.Logger.Warn("slack relay: reading the outbox failed", "err", err)
 		}
-		for _, r := range due {
+		for i, r := range due {
 			if ctx.Err() != nil {
+				s.handBack(ctx, due[i:]...)
 				return
 			}
 			s.deliver(ctx, r)
@@ -188,7 +189,8 @@ func (s *Relay) deliver(ctx context.Context, r store.Relay) {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return // shutting down: the next start looks again
+				s.handBack(ctx, r) // the next taker looks again
+				return
 			}
 			s.retryLater(ctx, r, err)
 			return
@@ -201,7 +203,8 @@ func (s *Relay) deliver(ctx context.Context, r store.Relay) {
 	}
 	if err := s.post(ctx, r); err != nil {
 		if ctx.Err() != nil {
-			return // shutting down: the next start looks in the thread first
+			s.handBack(ctx, r) // the next taker looks in the thread first
+			return
 		}
 		s.retryLater(ctx, r, err)
 		return
@@ -209,6 +212,19 @@ func (s *Relay) deliver(ctx context.Context, r store.Relay) {
 	r.Status, r.LastError = store.RelaySent, ""
 	s.save(ctx, r)
 	log.Info("slack relay: posted", "attempts", r.Attempts)
+}
+
+// handBack returns relays this worker took but does not finish because it
+// is shutting down. Their new next_at (now) ends the lease that a store
+// shared by several nodes (store/postgres) gave them in DueRelays, so the
+// next worker, on this node after a restart or on another node, takes them
+// at once instead of when the lease runs out (minutes). A relay with an
+// attempt on record is looked for in the thread before it is posted again.
+func (s *Relay) handBack(ctx context.Context, rs ...store.Relay) {
+	for _, r := range rs {
+		r.NextAt = s.cfg.Now()
+		s.save(ctx, r)
+	}
 }
 
 func (s *Relay) retryLater(ctx context.Context, r store.Relay, err error) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,7 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/runs"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // fakeSlack is a local stand-in for Slack's Web API: chat.postMessage and
@@ -126,7 +125,7 @@ func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
 type relayEnv struct {
 	t      *testing.T
 	srv    *httptest.Server
-	st     *sqlite.Store
+	st     store.Store
 	slack  *fakeSlack
 	relay  *slack.Relay
 	key    string
@@ -136,11 +135,7 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Helper()
 	e := &relayEnv{t: t, slack: newFakeSlack(t)}
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	e.st = st
 	e.relay = e.newRelay(token)
 	quiet, err := runs.New(runs.Config{Store: st, Publisher: runs.NoPublisher{}}) // the relay tests follow no stream
@@ -206,7 +201,7 @@ func (e *relayEnv) relayMessage(run, text string) map[string]string {
 	return out
 }
 
-func waitRelay(t *testing.T, st *sqlite.Store, id, status string) *store.Relay {
+func waitRelay(t *testing.T, st store.Store, id, status string) *store.Relay {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -276,6 +271,31 @@ func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
 	if posts, _ := e.slack.snapshot(); len(posts) != 1 {
 		t.Fatalf("%d posts after the restart, want 1", len(posts))
+	}
+}
+
+// TestRelayHandedBackOnStop: a worker stopped while it holds relays (one
+// in flight, one taken from the outbox and not yet tried) hands them back,
+// so the next worker posts both at once, each once, also on a store that
+// leases the relays it hands out (store/postgres: minutes).
+func TestRelayHandedBackOnStop(t *testing.T) {
+	e := newRelayEnv(t, "xoxb-test")
+	e.slack.script = []string{"hang"}
+	run := e.threadRun("in_progress")
+	first, second := e.relayMessage(run, "first"), e.relayMessage(run, "second")
+	stop := e.work(e.relay) // takes both, and the first post hangs
+	proxytest.WaitFor(t, "Slack to receive the first message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	stop()
+	e.work(e.newRelay("xoxb-test"))
+	waitRelay(t, e.st, first["relay_id"], store.RelaySent)
+	waitRelay(t, e.st, second["relay_id"], store.RelaySent)
+	posts, _ := e.slack.snapshot()
+	var texts []string
+	for _, p := range posts {
+		texts = append(texts, p.Text)
+	}
+	if len(posts) != 2 || posts[0].Text != "first" || posts[1].Text != "second" {
+		t.Fatalf("posts %q, want first and second once each", texts)
 	}
 }
 

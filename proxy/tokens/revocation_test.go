@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ import (
 	"runhub/proxy/proxytest"
 	"runhub/proxy/tokens"
 	"runhub/store"
-	"runhub/store/sqlite"
+	"runhub/store/teststore"
 )
 
 // Revocation timing in tests: the poll every 50 ms, and every connection
@@ -35,19 +34,16 @@ const (
 // store file that other nodes may share (no broker between them).
 type revNode struct {
 	srv    *httptest.Server
-	st     *sqlite.Store
+	st     store.Store
 	px     *proxy.Proxy
 	tokens *tokens.Tokens
 	rv     *tokens.Revocations
 }
 
-func newRevNode(t *testing.T, dbPath, keyDir string) *revNode {
+func newRevNode(t *testing.T, open func(testing.TB) store.Store, keyDir string) *revNode {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := open(t)
 	n, err := node.New(ctx, node.Config{Store: st, DataDir: keyDir,
 		Revocation: tokens.RevocationConfig{Interval: revPoll, Window: revWindow}})
 	if err != nil {
@@ -151,7 +147,7 @@ func getStatus(t *testing.T, url string) int {
 // key_id keep working, and connections opened with them stay open.
 func TestRevocationClosesConnections(t *testing.T) {
 	dir := t.TempDir()
-	db := filepath.Join(dir, "runhub.db")
+	db := teststore.OpenShared(t)
 	a := newRevNode(t, db, dir)
 	b := newRevNode(t, db, dir) // the second node: same store file, same signing key, no broker
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -281,10 +277,7 @@ func TestRevocationClosesConnections(t *testing.T) {
 	}
 
 	// keys revoke: another process opens the store file and writes it.
-	cli, err := sqlite.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli := db(t)
 	revokedAt := time.Now()
 	if err := cli.RevokeAPIKey(ctx, doomedID); err != nil {
 		t.Fatal(err)
@@ -363,11 +356,8 @@ func TestRevocationClosesConnections(t *testing.T) {
 // node must not serve tokens it cannot check); Close stops the polling.
 func TestRevocationsWatch(t *testing.T) {
 	ctx := context.Background()
-	db := filepath.Join(t.TempDir(), "db")
-	st, err := sqlite.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := teststore.OpenShared(t)
+	st := db(t)
 	defer st.Close()
 	var ids []int64
 	for range 2 {
@@ -422,10 +412,7 @@ func TestRevocationsWatch(t *testing.T) {
 		t.Error("polled after Close")
 	}
 
-	closed, err := sqlite.Open(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	closed := db(t)
 	closed.Close()
 	if err := tokens.NewRevocations(tokens.RevocationConfig{Store: closed}).Start(ctx); err == nil {
 		t.Error("Start on a store that cannot be read succeeded")
