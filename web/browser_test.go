@@ -467,6 +467,8 @@ func TestSSEFallbackInChromium(t *testing.T) {
 	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"c"}]}`, nil)
 	waitPage(t, ctx, "4 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 4`, 20*time.Second)
 	n.call(key, "PATCH", runPath+"/", `{"status":"completed"}`, nil)
-	waitPage(t, ctx, "ended", `document.getElementById("conn").textContent === "ended"`, 10*time.Second)
+	// "ended" is set when stream-end arrives, rows at the next animation
+	// frame: wait for both.
+	waitPage(t, ctx, "ended with 5 rows", `document.getElementById("conn").textContent === "ended" && document.querySelectorAll("#log li[data-seq]").length >= 5`, 10*time.Second)
 	exactlyOnce(t, rows(t, ctx), 5)
 }
