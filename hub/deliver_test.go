@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,15 @@ import (
 type seqReader struct {
 	seqs chan int64
 	errc chan error
+	seen atomic.Int64 // the highest seq read from the connection
+}
+
+// got records a seq read from the connection, then queues it for want.
+func (r *seqReader) got(seq int64) {
+	if seq > r.seen.Load() {
+		r.seen.Store(seq)
+	}
+	r.seqs <- seq
 }
 
 func readSSESeqs(c *sseConn) *seqReader {
@@ -37,7 +47,7 @@ func readSSESeqs(c *sseConn) *seqReader {
 			case ev.event == "stream-end":
 				r.seqs <- -1
 			case ev.hasID:
-				r.seqs <- ev.id
+				r.got(ev.id)
 			}
 		}
 	}()
@@ -57,7 +67,7 @@ func readWSSeqs(ctx context.Context, c *websocket.Conn) *seqReader {
 			case n.Method == "stream_end":
 				r.seqs <- -1
 			case n.Params.Seq != nil:
-				r.seqs <- *n.Params.Seq
+				r.got(*n.Params.Seq)
 			}
 		}
 	}()

@@ -150,10 +150,17 @@ func contiguous(seqs []int64) bool {
 
 // flood appends about total bytes of padded entries, 8 per request, and
 // returns the run's last seq.
-func flood(t *testing.T, e *htEnv, run string, total, entryBytes int) int64 {
+func flood(t *testing.T, e *htEnv, run string, total, entryBytes int, keepUp ...*seqReader) int64 {
 	t.Helper()
 	start := time.Now()
 	const per = 8
+	// A reader that keeps up is never more than floodWindow entries behind
+	// (half of a 64 KiB queue of 2,000-byte entries): the flood waits for
+	// it, so on a loaded machine the test still tells a reader that is slow
+	// because it stopped from one that is slow because it was not
+	// scheduled. Readers that stop are not waited for.
+	const floodWindow = 16
+	base := e.lastSeq(run)
 	n := 0
 	for sent := 0; sent < total; sent += per * entryBytes {
 		entries := make([]string, per)
@@ -162,6 +169,15 @@ func flood(t *testing.T, e *htEnv, run string, total, entryBytes int) int64 {
 			n++
 		}
 		e.appendLog(run, entries...)
+		for _, r := range keepUp {
+			deadline := time.Now().Add(30 * time.Second)
+			for r.seen.Load() < base+int64(n)-floodWindow {
+				if time.Now().After(deadline) {
+					t.Fatalf("flood: a reader that keeps up is at seq %d of %d after 30 s", r.seen.Load(), base+int64(n))
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
 	}
 	t.Logf("flood: %d entries of %d bytes in %v", n, entryBytes, time.Since(start).Round(time.Millisecond))
 	return e.lastSeq(run)
@@ -195,7 +211,7 @@ func TestSlowConsumerDropped(t *testing.T) {
 	// Live, so that the flood goes through the queues, not the catch-up.
 	waitFor(t, 5*time.Second, "4 live subscriptions", func() bool { return e.h.LiveForTest() == 4 })
 
-	last := flood(t, e, run, 8<<20, 2000)
+	last := flood(t, e, run, 8<<20, 2000, goodWS, goodSSE)
 	goodWS.want(t, "reading ws", 1, last)
 	goodSSE.want(t, "reading sse", 1, last)
 	waitFor(t, 10*time.Second, "the stuck clients to be dropped", func() bool { _, s := e.h.StateForTest(); return s == 2 })
@@ -275,7 +291,7 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	good := readWSSeqs(ctx, e.mustWS(ctx, run, ""))
 	waitFor(t, 5*time.Second, "3 live subscriptions", func() bool { return e.h.LiveForTest() == 3 })
 
-	last := flood(t, e, run, 2<<20, 2000)
+	last := flood(t, e, run, 2<<20, 2000, good)
 	good.want(t, "reader", 1, last)
 
 	var seqs []int64
@@ -409,7 +425,7 @@ func TestSlowConsumerCutAfterGrace(t *testing.T) {
 	good := readWSSeqs(ctx, e.mustWS(ctx, run, ""))
 	waitFor(t, 5*time.Second, "2 live subscriptions", func() bool { return e.h.LiveForTest() == 2 })
 
-	last := flood(t, e, run, 2<<20, 2000)
+	last := flood(t, e, run, 2<<20, 2000, good)
 	good.want(t, "reader", 1, last)
 	// The write deadline is a minute away: only the grace can end it.
 	waitFor(t, 10*time.Second, "the stuck client to be cut", func() bool { _, s := e.h.StateForTest(); return s == 1 })
