@@ -354,6 +354,24 @@ func obj(t testing.TB, res *resp) map[string]any {
 	return m
 }
 
+// sameReplay checks that a replayed mutation answers the original run
+// object. log_url is signed when each response is made (valid an hour from
+// then), so only its path must match: its exp and sig follow the clock.
+func sameReplay(t testing.TB, replay, first *resp) {
+	t.Helper()
+	strip := func(r *resp) map[string]any {
+		m := obj(t, r)
+		if u, ok := m["log_url"].(string); ok {
+			if i := strings.Index(u, "?"); i >= 0 {
+				m["log_url"] = u[:i]
+			}
+		}
+		return m
+	}
+	want, _ := json.Marshal(strip(first))
+	wantJSON(t, strip(replay), string(want), "replayed response")
+}
+
 // list decodes a paginated list body.
 type listPage struct {
 	Count    int              `json:"count"`
