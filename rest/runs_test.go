@@ -183,7 +183,7 @@ func TestRunsOfDeletedTask(t *testing.T) {
 func TestRunValidation(t *testing.T) {
 	e := newEnv(t, nil)
 	f := e.fixture()
-	before := obj(t, e.do(req{Method: "GET", Path: f.path(e, ""), Key: e.readKey}))
+	before := unsigned(obj(t, e.do(req{Method: "GET", Path: f.path(e, ""), Key: e.readKey})))
 	nEvents := len(e.events(f.run))
 	cases := []struct {
 		name string
@@ -227,7 +227,7 @@ func TestRunValidation(t *testing.T) {
 		})
 	}
 	// Nothing changed, nothing was created.
-	after := obj(t, e.do(req{Method: "GET", Path: f.path(e, ""), Key: e.readKey}))
+	after := unsigned(obj(t, e.do(req{Method: "GET", Path: f.path(e, ""), Key: e.readKey})))
 	wantJSON(t, after, string(mustJSON(t, before)), "run after invalid PATCHes")
 	if n := len(e.events(f.run)); n != nEvents {
 		t.Errorf("events %d -> %d", nEvents, n)
