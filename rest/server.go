@@ -28,6 +28,24 @@ import (
 	"runhub/store/runs"
 )
 
+// writeReady answers /readyz: the status ("ready", or "unavailable" with
+// the reason), this node's id, and the deployment warnings found at start,
+// so that an operator looking at one node behind a balancer sees which it
+// is and what is wrong with it.
+func (s *Server) writeReady(w http.ResponseWriter, status int, reason string) {
+	body := map[string]any{"status": "ready"}
+	if reason != "" {
+		body["status"], body["reason"] = "unavailable", reason
+	}
+	if s.nodeID != "" {
+		body["node"] = s.nodeID
+	}
+	if len(s.warnings) > 0 {
+		body["warnings"] = s.warnings
+	}
+	writeJSON(w, status, body)
+}
+
 // DefaultMaxBodyBytes is the contract's default request body limit: large
 // enough for a 10,000-entry append or a 30 MiB artifact in base64's cousin,
 // small enough to bound one request's memory.
@@ -56,6 +74,12 @@ type Config struct {
 	// SeparateMetrics: /metrics is served only by MetricsServer, on its own
 	// listener, and the API answers it 404.
 	SeparateMetrics bool
+	// NodeID names this node in /readyz and in the runhub_node_info metric
+	// (empty: neither says).
+	NodeID string
+	// Warnings are what the node found wrong with its deployment at start
+	// (settings that cannot work across machines); /readyz shows them.
+	Warnings []string
 	// Ready reports extra readiness conditions (the broker); nil: store only.
 	Ready func(ctx context.Context) error
 	// WriteProbeInterval is how long /readyz caches the store's write
@@ -123,6 +147,8 @@ type Server struct {
 	limiter    *limiter
 	ready      func(ctx context.Context) error
 	writeProbe *writeProbe // nil: the store has no write probe
+	nodeID     string
+	warnings   []string
 	stream     func(w http.ResponseWriter, r *http.Request, run *store.Run) error
 	ws         func(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer)
 	tokens     Tokens
@@ -152,6 +178,8 @@ func New(cfg Config) *Server {
 		log:        cfg.Logger,
 		maxBody:    cfg.MaxBodyBytes,
 		ready:      cfg.Ready,
+		nodeID:     cfg.NodeID,
+		warnings:   cfg.Warnings,
 		stream:     cfg.Stream,
 		ws:         cfg.WS,
 		tokens:     cfg.Tokens,
@@ -202,6 +230,12 @@ func New(cfg Config) *Server {
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	}, []string{"route", "method"})
 	s.reg.MustRegister(s.reqs, s.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.nodeID != "" {
+		info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "runhub_node_info", Help: "This node's id (always 1).",
+			ConstLabels: prometheus.Labels{"node": s.nodeID}})
+		info.Set(1)
+		s.reg.MustRegister(info)
+	}
 	s.router.Use(recordRoute)
 	s.routes()
 	if cfg.Extra != nil {
@@ -303,7 +337,7 @@ func (s *Server) opsRoutes() {
 		defer cancel()
 		if err := s.store.Ping(ctx); err != nil {
 			s.log.WarnContext(ctx, "not ready: store", "err", err)
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "store"})
+			s.writeReady(w, http.StatusServiceUnavailable, "store")
 			return
 		}
 		// A store that answers may still refuse writes (full disk,
@@ -311,18 +345,18 @@ func (s *Server) opsRoutes() {
 		if s.writeProbe != nil {
 			if err := s.writeProbe.check(ctx); err != nil {
 				s.log.WarnContext(ctx, "not ready: store cannot write", "err", err)
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "store"})
+				s.writeReady(w, http.StatusServiceUnavailable, "store")
 				return
 			}
 		}
 		if s.ready != nil {
 			if err := s.ready(ctx); err != nil {
 				s.log.WarnContext(ctx, "not ready", "err", err)
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "broker"})
+				s.writeReady(w, http.StatusServiceUnavailable, "broker")
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		s.writeReady(w, http.StatusOK, "")
 	}).Methods(http.MethodGet, http.MethodHead)
 	if !s.separateMx {
 		s.router.Handle("/metrics", s.metricsHandler()).Methods(http.MethodGet)

@@ -54,6 +54,8 @@ type Config struct {
 	S3 *blob.S3Config
 	// Logger is every component's logger (nil: slog.Default()).
 	Logger *slog.Logger
+	// NodeID names the node in /readyz and the runhub_node_info metric.
+	NodeID string
 
 	// Options of each component. The dependencies among them (Store,
 	// Broker, Commands, Guard, Tokens, Runs, Relay, ...) are the node's to
@@ -193,6 +195,11 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 
 	rcfg := cfg.REST
 	rcfg.Store, rcfg.Runs, rcfg.Logger = n.st, n.runs, n.log
+	rcfg.NodeID = cfg.NodeID
+	rcfg.Warnings = DeploymentWarnings(cfg)
+	for _, w := range rcfg.Warnings {
+		n.log.Warn("deployment: " + w)
+	}
 	rcfg.Stream, rcfg.WS = n.hub.ServeStream, n.hub.ServeWS
 	rcfg.Tokens, rcfg.Commands, rcfg.Agent = n.tokens, n.px, n.px.ServeAgent
 	rcfg.Relay = n.slack
@@ -349,3 +356,19 @@ func (n *Node) Runs() *runs.Service { return n.runs }
 
 // API is the node's REST server (its metrics registry, for instance).
 func (n *Node) API() *rest.Server { return n.api }
+
+// DeploymentWarnings names the settings of cfg that cannot work across
+// machines although the rest of it says several machines are meant: a
+// shared store (one that keeps the nodes' secrets, PostgreSQL) and a
+// broker, with artifacts on this node's filesystem. A single node on
+// PostgreSQL with filesystem blobs, and processes sharing one SQLite data
+// directory on one machine, are valid and get no warning. (Signing
+// secrets cannot be node-local on such a store: it keeps them.)
+func DeploymentWarnings(cfg Config) []string {
+	_, shared := cfg.Store.(store.Secrets)
+	if shared && cfg.RedisURL != "" && cfg.S3 == nil {
+		return []string{"artifacts are kept on this node's filesystem (--data-dir) while the store and the broker are shared: " +
+			"another node cannot serve or presign them; set RUNHUB_S3_* so that every node uses one bucket"}
+	}
+	return nil
+}

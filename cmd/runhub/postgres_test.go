@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"runhub/hub/redis/redistest"
 	"runhub/store/postgres/pgtest"
 )
 
@@ -88,5 +91,34 @@ func TestNodesShareAPostgresDatabase(t *testing.T) {
 	lres.Body.Close()
 	if lres.StatusCode != 200 {
 		t.Fatalf("a's log link on b: %d", lres.StatusCode)
+	}
+}
+
+// TestNodeIDAndDeploymentWarning: --node-id names the node in its logs and
+// /readyz; a node on a shared database and Redis with artifacts on its own
+// filesystem says once at start, and in /readyz, that this cannot work
+// across machines.
+func TestNodeIDAndDeploymentWarning(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	rs := redistest.Start(t)
+	s := startServerArgs(t, t.TempDir(), "--node-id", "node-7", "--database-url", pgtest.DB(t), "--redis-url", rs.URL())
+	res, err := http.Get(s.base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		Status, Node string
+		Warnings     []string
+	}
+	json.NewDecoder(res.Body).Decode(&body)
+	res.Body.Close()
+	if body.Node != "node-7" || len(body.Warnings) != 1 || !strings.Contains(body.Warnings[0], "RUNHUB_S3_") {
+		t.Fatalf("/readyz: %d %+v", res.StatusCode, body)
+	}
+	logs := s.output()
+	if !strings.Contains(logs, "node=node-7") || strings.Count(logs, "deployment: artifacts are kept on this node's filesystem") != 1 {
+		t.Fatalf("logs lack the node id or the one deployment warning:\n%s", logs)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,7 @@ type config struct {
 	addr        string
 	dataDir     string
 	databaseURL *string // PostgreSQL; empty: SQLite in dataDir
+	nodeID      string
 	maxBody     int64
 	rateLimit   *rest.RateLimit
 	redisURL    string
@@ -69,6 +71,7 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.addr, "addr", env("RUNHUB_ADDR", ":8080"), "listen address")
 	fs.StringVar(&c.dataDir, "data-dir", dataDirFlag("./data"), "data directory (SQLite file, bootstrap key, artifacts on the filesystem)")
 	c.databaseURL = databaseURLFlag(fs)
+	fs.StringVar(&c.nodeID, "node-id", env("RUNHUB_NODE_ID", ""), "this node's name in logs, metrics and /readyz (empty: host name and a random suffix)")
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.publicURL, "public-url", env("RUNHUB_PUBLIC_URL", ""), "the URL clients reach this server at, e.g. https://runhub.example.com; every link is built from it (empty: from each request's Host)")
 	proxies := fs.String("trusted-proxies", env("RUNHUB_TRUSTED_PROXIES", ""), "comma-separated CIDRs of reverse proxies whose X-Forwarded-Proto/Host are believed (empty: none)")
@@ -168,7 +171,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.logJSON {
 		lh = slog.NewJSONHandler(stderr, opts)
 	}
-	log := slog.New(lh)
+	if cfg.nodeID == "" {
+		cfg.nodeID = generatedNodeID()
+	}
+	log := slog.New(lh).With("node", cfg.nodeID)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -184,7 +190,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		st.Close()
 		return err
 	}
-	ncfg := node.Config{Store: st, DataDir: cfg.dataDir, RedisURL: cfg.redisURL, Logger: log,
+	ncfg := node.Config{Store: st, DataDir: cfg.dataDir, RedisURL: cfg.redisURL, Logger: log, NodeID: cfg.nodeID,
 		Tokens: tokens.Config{
 			PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
 			PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
@@ -336,4 +342,17 @@ func bootstrap(ctx context.Context, st store.Store, dataDir string, log *slog.Lo
 	}
 	log.Info("bootstrap: created project and API key", "key_file", path)
 	return nil
+}
+
+// generatedNodeID names a node started without --node-id: its host name,
+// so an operator recognises the machine, and a random suffix, so that
+// processes on one machine (or a restarted one) are told apart.
+func generatedNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "runhub"
+	}
+	b := make([]byte, 3)
+	rand.Read(b) // never fails (crypto/rand, Go 1.24+)
+	return fmt.Sprintf("%s-%x", host, b)
 }
