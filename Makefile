@@ -30,6 +30,8 @@ deps:
 	$(GO) mod download
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@command -v haproxy >/dev/null || { echo "installing haproxy (multi-node tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { echo "installing postgresql"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	@command -v chromium >/dev/null || { echo "installing chromium (browser tests)"; \

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"runhub/hub/redis/redistest"
+	"runhub/store/postgres/pgtest"
+)
+
+// haproxyConfig is the balancer configuration of the README's deployment
+// guide; the multi-node test starts HAProxy with this very file.
+const haproxyConfig = "testdata/haproxy.cfg"
+
+// TestReadmeShowsTheBalancerConfig: the guide cannot rot, since the
+// README must show the tested file verbatim.
+func TestReadmeShowsTheBalancerConfig(t *testing.T) {
+	cfg, err := os.ReadFile(haproxyConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, cfg) {
+		t.Fatalf("README.md does not show %s verbatim", haproxyConfig)
+	}
+}
+
+// startHAProxy runs HAProxy in the foreground with the guide's
+// configuration in front of nodes, on a free loopback port.
+func startHAProxy(t *testing.T, nodes ...*server) string {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		if os.Getenv("RUNHUB_REQUIRE_SERVERS") == "1" {
+			t.Fatal("haproxy not installed (make deps)")
+		}
+		t.Skip("haproxy not installed (make deps)")
+	}
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, "-db", "-f", haproxyConfig)
+	cmd.Env = append(os.Environ(), "RUNHUB_LB_ADDR="+addr)
+	for i := range 3 {
+		target := nodes[i%len(nodes)].base[len("http://"):]
+		cmd.Env = append(cmd.Env, fmt.Sprintf("RUNHUB_NODE%d=%s", i+1, target))
+	}
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if res, err := http.Get("http://" + addr + "/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return "http://" + addr
+			}
+		}
+	}
+	t.Fatalf("haproxy did not start:\n%s", logs.String())
+	return ""
+}
+
+// TestThreeNodesBehindHAProxy: three nodes on one PostgreSQL and one Redis
+// behind HAProxy with the guide's configuration are one system to a
+// client that only knows the balancer: requests spread over the nodes, an
+// SSE stream opened through it gets what is appended through it, and when
+// a node is killed (-9) the health check takes it out and every request
+// keeps succeeding.
+func TestThreeNodesBehindHAProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	url, rs := pgtest.DB(t), redistest.Start(t)
+	var nodes []*server
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	for i, dir := range dirs {
+		nodes = append(nodes, startServerArgs(t, dir, "--node-id", fmt.Sprintf("n%d", i+1),
+			"--database-url", url, "--redis-url", rs.URL()))
+	}
+	key := readKey(t, dirs[0])
+	lb := startHAProxy(t, nodes...)
+
+	// Requests spread over the nodes.
+	seen := map[string]bool{}
+	for range 30 {
+		var body struct{ Node string }
+		if st, err := do(context.Background(), "", "GET", lb+"/readyz", nil, &body); err != nil || st != 200 {
+			t.Fatalf("/readyz through the balancer: %d %v", st, err)
+		}
+		seen[body.Node] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("30 requests reached nodes %v, want at least 2", seen)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var task, run struct{ ID string }
+	if st, err := do(ctx, key, "POST", lb+"/api/projects/1/tasks/", map[string]any{"title": "lb"}, &task); err != nil || st != 201 {
+		t.Fatalf("task: %d %v", st, err)
+	}
+	runs := "/api/projects/1/tasks/" + task.ID + "/runs/"
+	if st, err := do(ctx, key, "POST", lb+runs, map[string]any{"status": "in_progress"}, &run); err != nil || st != 201 {
+		t.Fatalf("run: %d %v", st, err)
+	}
+	// An SSE stream through the balancer gets appends made through it (on
+	// whichever nodes they land): no buffering on the way.
+	req, _ := http.NewRequestWithContext(ctx, "GET", lb+runs+run.ID+"/stream?start=latest", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Accept", "text/event-stream")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("stream: %v %v", res, err)
+	}
+	defer res.Body.Close()
+	ids := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+				ids <- id
+			}
+		}
+		close(ids)
+	}()
+	for i := range 5 {
+		body := map[string]any{"entries": []map[string]any{{"type": "console", "n": i}}}
+		if st, err := do(ctx, key, "POST", lb+runs+run.ID+"/append_log/", body, nil); err != nil || st != 200 {
+			t.Fatalf("append %d: %d %v", i, st, err)
+		}
+		select {
+		case id := <-ids:
+			if id != fmt.Sprint(i+2) { // seq 1 is the run's creation
+				t.Fatalf("append %d arrived as seq %s", i, id)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("append %d did not arrive on the stream through the balancer", i)
+		}
+	}
+
+	// A node dies: the health check takes it out, requests keep working.
+	nodes[1].cmd.Process.Signal(syscall.SIGKILL)
+	nodes[1].cmd.Wait()
+	time.Sleep(1500 * time.Millisecond) // two failed checks, 500 ms apart
+	for i := range 30 {
+		var body struct{ Node string }
+		if st, err := do(ctx, key, "GET", lb+"/readyz", nil, &body); err != nil || st != 200 || body.Node == "n2" {
+			t.Fatalf("request %d after the kill: %d %v (node %q)", i, st, err, body.Node)
+		}
+		if st, err := do(ctx, key, "GET", lb+runs+run.ID+"/", nil, nil); err != nil || st != 200 {
+			t.Fatalf("read %d after the kill: %d %v", i, st, err)
+		}
+	}
+}
