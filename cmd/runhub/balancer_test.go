@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"runhub/hub/redis/redistest"
+	"runhub/store/blob/s3test"
 	"runhub/store/postgres/pgtest"
 )
 
@@ -77,14 +79,22 @@ func startHAProxy(t *testing.T, nodes ...*server) string {
 // TestThreeNodesBehindHAProxy: three nodes on one PostgreSQL and one Redis
 // behind HAProxy with the guide's configuration are one system to a
 // client that only knows the balancer: requests spread over the nodes, an
-// SSE stream opened through it gets what is appended through it, and when
-// a node is killed (-9) the health check takes it out and every request
-// keeps succeeding.
+// SSE stream opened through it gets what is appended through it, an
+// artifact uploaded through one node is presigned through another (one S3
+// bucket, versitygw), and when a node is killed (-9) the health check
+// takes it out and every request keeps succeeding.
 func TestThreeNodesBehindHAProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binaries")
 	}
 	url, rs := pgtest.DB(t), redistest.Start(t)
+	// One bucket for every node's artifacts (the nodes inherit this
+	// environment).
+	s3 := s3test.Start(t)
+	for k, v := range map[string]string{"RUNHUB_S3_ENDPOINT": s3.Endpoint, "RUNHUB_S3_BUCKET": s3.Bucket, "RUNHUB_S3_REGION": s3.Region,
+		"RUNHUB_S3_PATH_STYLE": "true", "RUNHUB_S3_ACCESS_KEY": s3.AccessKey, "RUNHUB_S3_SECRET_KEY": s3.SecretKey} {
+		t.Setenv(k, v)
+	}
 	var nodes []*server
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	for i, dir := range dirs {
@@ -94,12 +104,16 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 	key := readKey(t, dirs[0])
 	lb := startHAProxy(t, nodes...)
 
-	// Requests spread over the nodes.
+	// Requests spread over the nodes, none of which has a deployment
+	// warning (the artifacts are in the shared bucket).
 	seen := map[string]bool{}
 	for range 30 {
-		var body struct{ Node string }
-		if st, err := do(context.Background(), "", "GET", lb+"/readyz", nil, &body); err != nil || st != 200 {
-			t.Fatalf("/readyz through the balancer: %d %v", st, err)
+		var body struct {
+			Node     string
+			Warnings []string
+		}
+		if st, err := do(context.Background(), "", "GET", lb+"/readyz", nil, &body); err != nil || st != 200 || len(body.Warnings) > 0 {
+			t.Fatalf("/readyz through the balancer: %d %v %v", st, err, body.Warnings)
 		}
 		seen[body.Node] = true
 	}
@@ -150,6 +164,31 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("append %d did not arrive on the stream through the balancer", i)
 		}
+	}
+
+	// An artifact uploaded through one node is presigned through another
+	// and downloads from the bucket.
+	var arts struct {
+		Artifacts []struct {
+			StoragePath string `json:"storage_path"`
+		}
+	}
+	if st, err := do(ctx, key, "POST", nodes[0].base+runs+run.ID+"/artifacts/", map[string]any{"artifacts": []map[string]any{
+		{"name": "plan.md", "type": "plan", "content": "# shared plan\n"}}}, &arts); err != nil || st != 200 {
+		t.Fatalf("upload on n1: %d %v", st, err)
+	}
+	var link struct{ URL string }
+	if st, err := do(ctx, key, "POST", nodes[2].base+runs+run.ID+"/artifacts/presign/", map[string]any{"storage_path": arts.Artifacts[0].StoragePath}, &link); err != nil || st != 200 {
+		t.Fatalf("presign on n3: %d %v", st, err)
+	}
+	dl, err := http.Get(link.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(dl.Body)
+	dl.Body.Close()
+	if dl.StatusCode != 200 || string(got) != "# shared plan\n" {
+		t.Fatalf("download of n3's link to n1's upload: %d %q", dl.StatusCode, got)
 	}
 
 	// A node dies: the health check takes it out, requests keep working.
