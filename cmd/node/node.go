@@ -327,6 +327,11 @@ func (n *Node) HTTPServer() *http.Server {
 	return srv
 }
 
+// Drain starts a graceful stop: /readyz answers 503 "draining" from now
+// on, so that the load balancer takes the node out, while every request
+// is still served. Shutdown on HTTPServer's server follows.
+func (n *Node) Drain() { n.api.Drain() }
+
 // drain tells every streaming client to reconnect elsewhere: the hub's
 // WebSockets close with 1012 and its SSE streams end with a retry hint
 // (Hub.Drain), agents are closed with 1012 (Proxy.Close, which waits
