@@ -3,9 +3,12 @@ package hub_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"runhub/hub"
 	"runhub/store"
@@ -67,4 +70,69 @@ func TestCloseJoinsBackgroundWork(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDrainTellsClientsToMove: when the node drains, every client is told
+// to reconnect elsewhere rather than dropped: a /ws connection and a
+// .../stream WebSocket close with 1012 "service restart", an SSE stream
+// ends with a retry hint (and no stream-end, so EventSource reconnects),
+// and a stream opened during the drain gets the same answer at once.
+// Close used to drop the WebSockets without a close frame and end SSE
+// without a hint.
+func TestDrainTellsClientsToMove(t *testing.T) {
+	e := newHTEnv(t, hub.Config{})
+	run := e.newRun()
+	ctx := testCtx(t, 10*time.Second)
+
+	sse := e.mustSSE(ctx, run, "")
+	sse.wantIDs(t, 1, 1)
+	stream := e.mustWS(ctx, run, "")
+	if _, err := readJSONRPC(ctx, stream); err != nil {
+		t.Fatalf("stream WebSocket: first event: %v", err)
+	}
+	mux := dialMux(t, e)
+	send(t, mux, fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"run_id":%q}}`, run))
+	if m := readMsg(t, mux); m.Error != nil {
+		t.Fatalf("subscribe: %+v", m)
+	}
+	readMsg(t, mux) // seq 1
+	waitFor(t, 5*time.Second, "three live subscriptions", func() bool { return e.h.LiveForTest() == 3 })
+
+	e.h.Drain()
+
+	for name, c := range map[string]*websocket.Conn{"/ws": mux, "stream WebSocket": stream} {
+		for {
+			_, err := readJSONRPC(ctx, c)
+			if err == nil {
+				continue
+			}
+			if st := websocket.CloseStatus(err); st != websocket.StatusServiceRestart {
+				t.Fatalf("%s: ended with %v (status %d), want 1012", name, err, st)
+			}
+			break
+		}
+	}
+	wantRetry := func(c *sseConn) {
+		t.Helper()
+		ev, err := c.nextData()
+		if err != nil || ev.retry != "1000" || ev.event != "" || ev.hasID {
+			t.Fatalf("SSE after the drain: %+v, %v; want a retry: 1000 hint", ev, err)
+		}
+		if ev, err := c.next(); err != io.EOF {
+			t.Fatalf("SSE after the retry hint: %+v, %v; want the end", ev, err)
+		}
+	}
+	wantRetry(sse)
+
+	// Streams opened while the node drains are told to move as well.
+	wantRetry(e.mustSSE(ctx, run, ""))
+	late, err := e.dialWS(ctx, run, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.CloseNow()
+	if _, _, err := late.Read(ctx); websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+		t.Fatalf("stream WebSocket opened during the drain: %v, want 1012", err)
+	}
+	e.h.Close() // returns: every stream has ended
 }

@@ -21,6 +21,25 @@ const (
 	closeSlowConsumer websocket.StatusCode = 4008
 )
 
+// closeRestart tells a WebSocket client that this node is going away and
+// that it should reconnect at once (to another node, through the load
+// balancer) and resume from its last seq: 1012 "service restart".
+func closeRestart(ws *websocket.Conn) {
+	ws.Close(websocket.StatusServiceRestart, "service restart")
+}
+
+// sseRetryMillis is the reconnection delay an SSE stream ending at a drain
+// tells EventSource to use (the "retry:" field): one second, short enough
+// that a viewer barely notices the move, and long enough that the load
+// balancer's health check (on /readyz, 503 from the drain's start) has
+// usually taken this node out before the reconnection arrives. It is a
+// constant, so every client of a draining node comes back within the same
+// second; a client that wants jitter adds it itself.
+const sseRetryMillis = 1000
+
+// sseRetry is the last frame of an SSE stream ended by a drain.
+var sseRetry = []byte("retry: " + strconv.Itoa(sseRetryMillis) + "\n\n")
+
 // startAfter resolves where a stream starts: Last-Event-ID or ?after= (the
 // seq already seen), ?start=latest (after the newest event), else from the
 // first event.
@@ -66,15 +85,6 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 	hdr.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc.Flush()
-	if !h.hold() {
-		return
-	}
-	defer h.work.Done()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
-	// A revoked key ends the response: EventSource has no close code.
-	defer h.watchKeys(r.Context(), cancel).stop()
 	write := func(_ context.Context, frames [][]byte) error {
 		rc.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout))
 		for _, f := range frames { // buffered by the server; one flush sends them together
@@ -84,6 +94,16 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 		}
 		return rc.Flush()
 	}
+	if !h.hold() {
+		write(r.Context(), [][]byte{sseRetry})
+		return
+	}
+	defer h.work.Done()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
+	// A revoked key ends the response: EventSource has no close code.
+	defer h.watchKeys(r.Context(), cancel).stop()
 	c := newConn(kindSSE, h.cfg.QueueBytes, h.cfg.WriteInterval, write)
 	c.onSlow = h.m.slow.Inc // a blocked write ends at its deadline
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
@@ -97,6 +117,10 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 		}
 		select {
 		case <-ctx.Done():
+			if h.draining() {
+				// The client reconnects (Last-Event-ID) after the hint.
+				write(context.Background(), [][]byte{sseRetry})
+			}
 			return
 		case <-c.signal:
 		case <-keepAlive.C:
@@ -118,14 +142,20 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		return nil // Accept has answered the request
 	}
 	if !h.hold() {
-		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		closeRestart(ws)
 		return nil
 	}
 	// CloseRead's goroutine answers pings and the close handshake (this
 	// stream takes no client messages); ctx ends with the connection, or
-	// with the hub.
-	ctx, cancel := context.WithCancel(h.ctx)
+	// with the hub once the client has been told to move (CloseRead drops
+	// the connection as soon as its context ends, so ctx must not end
+	// before the 1012 is sent).
+	ctx, cancel := context.WithCancel(context.Background())
 	ctx = ws.CloseRead(ctx)
+	stopDrain := context.AfterFunc(h.ctx, func() {
+		closeRestart(ws)
+		cancel()
+	})
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	var writers sync.WaitGroup
@@ -168,12 +198,17 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	context.AfterFunc(ctx, func() {
 		defer h.work.Done()
+		stopDrain()
 		rv.stop()
 		// No wake-up reaches c once it is unsubscribed, so no writer
 		// starts after this; wait for the one that may be running.
 		h.unsubscribe(s)
 		p.stop()
-		ws.CloseNow()
+		if h.draining() {
+			closeRestart(ws)
+		} else {
+			ws.CloseNow()
+		}
 		writers.Wait()
 		ww.stop()
 		cancel()

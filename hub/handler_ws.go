@@ -90,7 +90,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	}
 	defer ws.CloseNow()
 	if !h.hold() {
-		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		closeRestart(ws)
 		return
 	}
 	defer h.work.Done()
@@ -103,7 +103,13 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	defer ww.stop()
-	defer context.AfterFunc(ctx, func() { ws.CloseNow() })()
+	defer context.AfterFunc(ctx, func() {
+		if h.draining() {
+			closeRestart(ws) // the handler's CloseNow waits for it
+		} else {
+			ws.CloseNow()
+		}
+	})()
 	m.c = newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	m.c.mux = true
 	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
@@ -114,7 +120,13 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	rv := h.watchKeys(r.Context(), func() { close(revoked) })
 	defer rv.stop()
 	ctx = context.WithValue(ctx, revocationKey{}, rv)
-	stream := wsrpc.NewObjectStream(ctx, ws, gw, h.cfg.WriteTimeout)
+	// The stream reads with a context of its own: coder/websocket drops
+	// the connection when a read's context ends, which would beat the 1012
+	// of a drain; ctx's end closes the connection (just above, and through
+	// jsonrpc2), which ends the read.
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer rcancel()
+	stream := drainingStream{wsrpc.NewObjectStream(rctx, ws, gw, h.cfg.WriteTimeout), h, ws}
 	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer rpc.Close()
 	p := h.startPinger(ctx, ws)
@@ -151,6 +163,25 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 			}
 		}
 	}
+}
+
+// drainingStream is the connection's JSON-RPC stream, whose close (by
+// jsonrpc2, when the connection's context ends) says 1012 "service
+// restart" rather than 1000 once the hub drains: whichever of the drain
+// and the request's cancellation closes the connection first, the client
+// is told to reconnect.
+type drainingStream struct {
+	jsonrpc2.ObjectStream
+	h  *Hub
+	ws *websocket.Conn
+}
+
+func (s drainingStream) Close() error {
+	if s.h.draining() {
+		closeRestart(s.ws)
+		return nil
+	}
+	return s.ObjectStream.Close()
 }
 
 func (m *muxSession) closeAll() {

@@ -310,6 +310,7 @@ type sseEvent struct {
 	hasID bool
 	event string // "" for the default "message"
 	data  string
+	retry string // the retry field, "" when absent
 }
 
 // sseConn is one open SSE response.
@@ -406,6 +407,8 @@ func (c *sseConn) next() (sseEvent, error) {
 			ev.id, ev.hasID = n, true
 		case "event":
 			ev.event = string(value)
+		case "retry":
+			ev.retry = string(value)
 		case "data":
 			if ev.data != "" {
 				ev.data += "\n"

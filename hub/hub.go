@@ -288,12 +288,25 @@ func New(cfg Config) (*Hub, error) {
 // and waits until it is gone: after Close returns the hub reads nothing
 // from the store, so the store may close. It may be called more than once.
 func (h *Hub) Close() {
+	h.Drain()
+	h.work.Wait()
+}
+
+// Drain starts the hub's shutdown without waiting for it: every client is
+// told to move to another node (WebSockets close with 1012 "service
+// restart", SSE streams end after a retry hint) and no new stream starts.
+// Call it as the HTTP server's shutdown begins, before the requests'
+// contexts end, so that the streams end as a restart rather than as a
+// dropped connection; Close waits for them.
+func (h *Hub) Drain() {
 	h.workMu.Lock()
 	h.closed = true
 	h.workMu.Unlock()
 	h.stop()
-	h.work.Wait()
 }
+
+// draining reports whether Drain (or Close) has begun.
+func (h *Hub) draining() bool { return h.ctx.Err() != nil }
 
 // hold registers work that Close must end and wait for; the caller calls
 // h.work.Done when it finishes. It reports false once Close has begun: the

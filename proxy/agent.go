@@ -95,16 +95,19 @@ type Proxy struct {
 	accepted atomic.Uint64       // numbers connections in the order they were accepted
 	relay    Relay               // nil: one node
 	conns    sync.WaitGroup      // ServeAgent calls in progress
+	closed   bool                // Close has begun: agents are sent on (under mu)
 }
 
-// Close ends every agent connection (1001 going away: agents reconnect,
-// to another node or after the restart) and waits until each has recorded
-// its disconnection. Call it after the HTTP server stopped accepting, and
-// before the relay and the store close.
+// Close ends every agent connection (1012 service restart: agents
+// reconnect at once, to another node or after the restart) and waits until
+// each has recorded its disconnection; an agent that connects meanwhile is
+// sent on the same way. Call it after the HTTP server stopped accepting,
+// and before the relay and the store close.
 func (p *Proxy) Close() {
 	p.mu.Lock()
+	p.closed = true
 	for _, s := range p.agents {
-		go s.ws.Close(websocket.StatusGoingAway, "server shutting down")
+		go s.ws.Close(websocket.StatusServiceRestart, "service restart")
 	}
 	p.mu.Unlock()
 	p.conns.Wait()
@@ -202,7 +205,18 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	revoked := make(chan struct{})
 	stopWatch := p.cfg.Tokens.Revocations().Watch(claims.KeyID, func() { close(revoked) })
 	defer stopWatch()
-	p.conns.Add(1)
+	// Counted under mu, so that Close waits for every connection it did
+	// not refuse (and no Add races its Wait).
+	p.mu.Lock()
+	closed := p.closed
+	if !closed {
+		p.conns.Add(1)
+	}
+	p.mu.Unlock()
+	if closed {
+		ws.Close(websocket.StatusServiceRestart, "service restart")
+		return
+	}
 	defer p.conns.Done()
 	defer ws.CloseNow()
 	ws.SetReadLimit(MaxAgentMessage)
@@ -231,10 +245,15 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	old := p.agents[run.ID]
 	superseded := old != nil && old.n > s.n
-	if !superseded {
+	closed = p.closed // Close did not see this session: send it on here
+	if !superseded && !closed {
 		p.agents[run.ID] = s
 	}
 	p.mu.Unlock()
+	if closed {
+		ws.Close(websocket.StatusServiceRestart, "service restart")
+		return
+	}
 	if superseded {
 		ws.Close(CloseReplaced, "replaced by a newer agent connection")
 		p.log.Info("agent connection superseded before it started", "run_id", run.ID)

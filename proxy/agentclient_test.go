@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"runhub/cmd/node"
 	"runhub/proxy"
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
@@ -358,5 +360,119 @@ func TestAgentSessionParam(t *testing.T) {
 	}
 	if got := e.consoleNs(run); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("stored console entries %v, want [1 2]", got)
+	}
+}
+
+// forwarder is a TCP load balancer in front of two nodes: each new
+// connection goes to the node of the moment.
+type forwarder struct {
+	ln     net.Listener
+	target atomic.Pointer[string]
+	wg     sync.WaitGroup
+}
+
+func newForwarder(t *testing.T, target string) *forwarder {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{ln: ln}
+	f.target.Store(&target)
+	var mu sync.Mutex
+	var conns []net.Conn
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", *f.target.Load())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, b)
+			mu.Unlock()
+			f.wg.Add(2)
+			go func() { defer f.wg.Done(); io.Copy(b, c); b.Close() }()
+			go func() { defer f.wg.Done(); io.Copy(c, b); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// TestAgentMovesOnRestart: a node that closes (a drain) tells its agents
+// 1012 "service restart"; the reference agent reconnects at once, however
+// long its backoff has grown, lands on the other node behind the balancer,
+// and the batch it had not got acknowledged is stored once there. The
+// agent used to treat 1012 as a dropped connection and wait out its
+// backoff (here a minute).
+func TestAgentMovesOnRestart(t *testing.T) {
+	e, flaky := newFlakyPxEnv(t)
+	run := e.newRun("")
+	// The second node: the same database and JWT key, as every node of a
+	// deployment shares.
+	ctx := context.Background()
+	other, err := node.New(ctx, node.Config{Store: e.open(t), DataDir: e.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	if err := other.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	otherSrv := httptest.NewServer(other.Handler())
+	t.Cleanup(otherSrv.Close)
+	lb := newForwarder(t, strings.TrimPrefix(e.srv.URL, "http://"))
+
+	tok, url := e.agentToken(run)
+	url = strings.Replace(url, strings.TrimPrefix(e.srv.URL, "http://"), lb.ln.Addr().String(), 1)
+	a := agentclient.New(agentclient.Options{URL: url, Token: tok, MinBackoff: time.Minute, MaxBackoff: time.Minute})
+	runCtx, cancel := context.WithCancel(ctx)
+	finished := make(chan error, 1)
+	go func() { finished <- a.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-finished })
+	proxytest.WaitFor(t, "the agent to connect", func() bool { return e.px.Connected(run) })
+
+	// The store fails the batch once: the agent holds it and would retry
+	// only after its (minute-long) backoff.
+	flaky.failBatches.Store(1)
+	appended := make(chan error, 1)
+	go func() { appended <- a.Append(appendCtx(t), console(1)) }()
+	proxytest.WaitFor(t, "the batch to fail once", func() bool { return flaky.batchCalls.Load() == 1 })
+
+	otherAddr := strings.TrimPrefix(otherSrv.URL, "http://")
+	lb.target.Store(&otherAddr)
+	e.px.Close() // as a draining node does: 1012 to every agent
+	select {
+	case err := <-appended:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the batch was not stored within 5 s of the 1012: the agent did not reconnect at once")
+	}
+	if !other.Proxy().Connected(run) {
+		t.Error("the agent is not connected to the other node")
+	}
+	if got := e.consoleNs(run); !slices.Equal(got, []int{1}) {
+		t.Fatalf("stored console entries %v, want [1]", got)
+	}
+	select {
+	case err := <-finished:
+		t.Fatalf("the agent stopped after the 1012: %v", err)
+	default:
 	}
 }

@@ -36,6 +36,8 @@ type pxEnv struct {
 	key     string
 	project int64
 	task    string
+	open    func(testing.TB) store.Store // another handle on the database: another node
+	dir     string                       // the node's data directory (its JWT key)
 }
 
 func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
@@ -48,8 +50,10 @@ func newPxEnv(t *testing.T, cfg proxy.Config) *pxEnv {
 func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.Store) *pxEnv {
 	t.Helper()
 	ctx := context.Background()
-	st := teststore.Open(t)
-	n, err := node.New(ctx, node.Config{Store: st, DataDir: t.TempDir(), Proxy: cfg, WrapWrites: wrap})
+	open := teststore.OpenShared(t)
+	st := open(t)
+	dir := t.TempDir()
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: dir, Proxy: cfg, WrapWrites: wrap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +64,7 @@ func newPxEnvWith(t *testing.T, cfg proxy.Config, wrap func(store.Store) store.S
 	px := n.Proxy()
 	srv := httptest.NewServer(n.Handler())
 	t.Cleanup(srv.Close)
-	e := &pxEnv{t: t, srv: srv, st: st, px: px}
+	e := &pxEnv{t: t, srv: srv, st: st, px: px, open: open, dir: dir}
 	p, err := st.CreateProject(ctx, "proxy")
 	if err != nil {
 		t.Fatal(err)
@@ -496,4 +500,20 @@ func mustSandboxClient(t *testing.T, allow ...string) *proxy.SandboxClient {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestProxyCloseSays1012: Proxy.Close (a draining node) closes an agent's
+// connection with 1012 "service restart", which tells it to reconnect at
+// once, rather than 1001.
+func TestProxyCloseSays1012(t *testing.T) {
+	e := newPxEnv(t, proxy.Config{})
+	run := e.newRun("")
+	a := e.dialRaw(run)
+	closed := make(chan struct{})
+	go func() { e.px.Close(); close(closed) }()
+	_, _, err := a.ws.Read(a.ctx)
+	<-closed
+	if st := websocket.CloseStatus(err); st != websocket.StatusServiceRestart {
+		t.Fatalf("agent connection ended with %v (status %d), want 1012", err, st)
+	}
 }

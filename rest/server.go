@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -146,6 +147,7 @@ type Server struct {
 	maxBody    int64
 	limiter    *limiter
 	ready      func(ctx context.Context) error
+	draining   atomic.Bool // Drain was called: /readyz is 503 for good
 	writeProbe *writeProbe // nil: the store has no write probe
 	nodeID     string
 	warnings   []string
@@ -327,12 +329,21 @@ func (w *statusWriter) Flush() {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// Drain turns /readyz to 503 with the reason "draining", for good: the
+// node is shutting down, and a load balancer's health check takes it out
+// while it still answers the requests that reach it.
+func (s *Server) Drain() { s.draining.Store(true) }
+
 // opsRoutes are the unauthenticated operational endpoints.
 func (s *Server) opsRoutes() {
 	s.router.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}).Methods(http.MethodGet, http.MethodHead)
 	s.router.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "draining"})
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := s.store.Ping(ctx); err != nil {

@@ -89,8 +89,8 @@ type Node struct {
 	api         *rest.Server
 
 	// streams is the base context of every request served through
-	// HTTPServer: streams never end by themselves, so it is cancelled when
-	// the server shuts down (and at Close).
+	// HTTPServer, cancelled at Close (when Shutdown ran out of time, or
+	// was not called): the streams end earlier, at the drain.
 	streams       context.Context
 	cancelStreams context.CancelFunc
 
@@ -323,14 +323,29 @@ func (n *Node) Close() error {
 func (n *Node) Handler() http.Handler { return n.api }
 
 // HTTPServer returns a server for Handler with the API's timeouts (see
-// rest.Server.HTTPServer), whose requests' contexts end as soon as
-// Shutdown starts, or at Close: streams never finish by themselves, and
-// Shutdown waits for the handlers.
+// rest.Server.HTTPServer). As Shutdown starts, the node drains: streams
+// never finish by themselves, so their clients are told to move (see
+// drain), while the other requests in flight keep their contexts and
+// finish; Close ends whatever is left.
 func (n *Node) HTTPServer() *http.Server {
 	srv := n.api.HTTPServer()
 	srv.BaseContext = func(net.Listener) context.Context { return n.streams }
-	srv.RegisterOnShutdown(n.cancelStreams)
+	srv.RegisterOnShutdown(n.drain)
 	return srv
+}
+
+// Drain starts a graceful stop: /readyz answers 503 "draining" from now
+// on, so that the load balancer takes the node out, while every request
+// is still served. Shutdown on HTTPServer's server follows.
+func (n *Node) Drain() { n.api.Drain() }
+
+// drain tells every streaming client to reconnect elsewhere: the hub's
+// WebSockets close with 1012 and its SSE streams end with a retry hint
+// (Hub.Drain), agents are closed with 1012 (Proxy.Close, which waits
+// until each has recorded its disconnection).
+func (n *Node) drain() {
+	n.hub.Drain()
+	n.px.Close()
 }
 
 // MetricsServer serves only /metrics (rest.Config.SeparateMetrics).

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/http"
 	"runtime"
 	"slices"
@@ -98,10 +101,18 @@ func fanoutCmd(args []string) error {
 		go func(s *subscriber) {
 			defer wg.Done()
 			var err error
-			if *transport == "sse" {
-				err = followSSE(subCtx, srv, runPath, s, &connected)
-			} else {
-				err = followWS(subCtx, srv, runPath, s, &connected)
+			for first := true; ; first = false {
+				if !first { // the node drained: resume at once, after a little jitter
+					time.Sleep(rand.N(restartJitter) + time.Millisecond)
+				}
+				if *transport == "sse" {
+					err = followSSE(subCtx, srv, runPath, s, &connected, first)
+				} else {
+					err = followWS(subCtx, srv, runPath, s, &connected, first)
+				}
+				if !errors.Is(err, errMoved) || subCtx.Err() != nil {
+					break
+				}
 			}
 			if err != nil && subCtx.Err() == nil {
 				errc <- err
@@ -239,8 +250,27 @@ func authHeader(srv *server) http.Header {
 	return http.Header{"Authorization": {"Bearer " + srv.key}}
 }
 
-func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64) error {
-	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.base, "http")+runPath+"/stream", &websocket.DialOptions{HTTPHeader: authHeader(srv)})
+// errMoved: the node closed the stream as it drains (1012, or an SSE
+// retry hint); the subscriber reconnects and resumes after its last seq.
+var errMoved = errors.New("the node is draining")
+
+// restartJitter bounds the random delay before a subscriber reconnects
+// after a drain, as real clients spread their reconnections.
+const restartJitter = 50 * time.Millisecond
+
+// resumeQuery is the query that continues after the subscriber's last
+// seq ("" on the first connection: from the first event).
+func resumeQuery(s *subscriber, first bool) string {
+	if first {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return "?after=" + strconv.FormatInt(s.next-1, 10)
+}
+
+func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64, first bool) error {
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.base, "http")+runPath+"/stream"+resumeQuery(s, first), &websocket.DialOptions{HTTPHeader: authHeader(srv)})
 	if err != nil {
 		return err
 	}
@@ -249,11 +279,16 @@ func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, c
 	// Reads without a context (a context per read costs a timer and an
 	// allocation); closing the connection ends the loop.
 	defer context.AfterFunc(ctx, func() { c.CloseNow() })()
-	connected.Add(1)
+	if first {
+		connected.Add(1)
+	}
 	var buf bytes.Buffer
 	for {
 		_, r, err := c.Reader(context.Background())
 		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusServiceRestart {
+				return fmt.Errorf("%w: %v", errMoved, err)
+			}
 			return err
 		}
 		buf.Reset()
@@ -288,8 +323,8 @@ func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, c
 
 var notifMarker = []byte(`{"jsonrpc":"2.0","method":"`)
 
-func followSSE(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64) error {
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.base+runPath+"/stream", nil)
+func followSSE(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64, first bool) error {
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.base+runPath+"/stream"+resumeQuery(s, first), nil)
 	req.Header = authHeader(srv)
 	resp, err := (&http.Client{}).Do(req)
 	if err != nil {
@@ -299,15 +334,23 @@ func followSSE(ctx context.Context, srv *server, runPath string, s *subscriber, 
 	if resp.StatusCode != 200 {
 		return fmt.Errorf("stream: %d", resp.StatusCode)
 	}
-	connected.Add(1)
+	if first {
+		connected.Add(1)
+	}
 	rd := bufio.NewReaderSize(resp.Body, 64<<10)
 	var seq int64
+	moved := false
 	for {
 		line, err := rd.ReadSlice('\n')
 		if err != nil {
+			if moved && errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: %v", errMoved, err)
+			}
 			return err
 		}
 		switch {
+		case bytes.HasPrefix(line, []byte("retry: ")):
+			moved = true // the stream ends next: reconnect
 		case bytes.HasPrefix(line, []byte("id: ")):
 			seq, _ = strconv.ParseInt(string(bytes.TrimSpace(line[4:])), 10, 64)
 		case bytes.HasPrefix(line, []byte("data: ")) && seq > 0:

@@ -34,7 +34,7 @@ func serveSide(name string, srv *http.Server, addr string, log *slog.Logger) (fu
 	}()
 	log.Info(name+" listening", "addr", ln.Addr().String())
 	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), defaultShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			srv.Close()

@@ -28,9 +28,13 @@ import (
 	"runhub/store/blob"
 )
 
-// shutdownTimeout bounds a graceful stop: in-flight requests get this long
-// to finish after SIGINT/SIGTERM before connections are closed.
-const shutdownTimeout = 10 * time.Second
+// defaultShutdownTimeout bounds a graceful stop (--shutdown-timeout): in-flight
+// requests get this long to finish after SIGINT/SIGTERM (and the drain
+// delay) before connections are closed. 25 s fits within the 30 s an
+// orchestrator (systemd's TimeoutStopSec default is 90 s, Kubernetes'
+// grace period 30 s) gives before it kills the process, with the drain
+// delay's default of 0 and a few seconds to spare for closing the store.
+const defaultShutdownTimeout = 25 * time.Second
 
 // config is the server's configuration: flags, then RUNHUB_* variables,
 // then defaults.
@@ -46,6 +50,8 @@ type config struct {
 	writeIvl    time.Duration
 	sandboxes   string
 	cmdTO       time.Duration
+	shutdownTO  time.Duration // in-flight requests' grace at a stop
+	drainDelay  time.Duration // /readyz is 503 this long before the listener closes
 	logLevel    slog.Level
 	logJSON     bool
 	// publicURL is the base of every link ("": the request's Host);
@@ -80,6 +86,8 @@ func loadConfig(args []string) (*config, error) {
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
 	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts HTTP sandboxes may be called on: host:port, or a bare host for ports 80 and 443")
 	cmdTO := fs.String("command-timeout", env("RUNHUB_COMMAND_TIMEOUT", proxy.DefaultCommandTimeout.String()), "how long a command waits for the agent's answer")
+	shutdownTO := fs.String("shutdown-timeout", env("RUNHUB_SHUTDOWN_TIMEOUT", defaultShutdownTimeout.String()), "at SIGTERM, how long in-flight requests get to finish before connections are closed")
+	drainDelay := fs.String("drain-delay", env("RUNHUB_DRAIN_DELAY", "0s"), "at SIGTERM, how long /readyz answers 503 while the node still serves, before it stops accepting (behind a load balancer: its health check interval times the failures it needs)")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -106,6 +114,16 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("bad command timeout %q", *cmdTO)}
 	} else {
 		c.cmdTO = d
+	}
+	if d, err := time.ParseDuration(*shutdownTO); err != nil || d <= 0 {
+		return nil, usageError{fmt.Sprintf("bad shutdown timeout %q", *shutdownTO)}
+	} else {
+		c.shutdownTO = d
+	}
+	if d, err := time.ParseDuration(*drainDelay); err != nil || d < 0 {
+		return nil, usageError{fmt.Sprintf("bad drain delay %q", *drainDelay)}
+	} else {
+		c.drainDelay = d
 	}
 	if d, err := time.ParseDuration(*ivl); err != nil || d < 0 {
 		return nil, usageError{fmt.Sprintf("bad write interval %q", *ivl)}
@@ -275,8 +293,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down", "timeout", shutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	// The drain: /readyz turns 503 at once; after the drain delay the
+	// listener closes, streaming clients are told to move (1012, SSE
+	// retry hints; see node.HTTPServer) and the other requests in flight
+	// get the shutdown timeout to finish.
+	n.Drain()
+	log.Info("draining", "drain_delay", cfg.drainDelay.String(), "shutdown_timeout", cfg.shutdownTO.String())
+	time.Sleep(cfg.drainDelay)
+	log.Info("shutting down", "timeout", cfg.shutdownTO.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTO)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown incomplete", "err", err)

@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // TestServeLinkFlags: --public-url and --trusted-proxies (and their
@@ -89,4 +93,146 @@ func startServerArgs(t *testing.T, dataDir string, args ...string) *server {
 	}
 	t.Fatalf("server did not start; logs:\n%s", s.output())
 	return nil
+}
+
+// TestServeGracefulDrain: at SIGTERM /readyz turns 503 "draining" at once
+// while the node still serves (--drain-delay), a request in flight (its
+// body still arriving) completes, a stream WebSocket and a /ws connection
+// are told to move (1012), and the process exits 0. A bad --shutdown-timeout is a usage
+// error.
+func TestServeGracefulDrain(t *testing.T) {
+	for _, args := range [][]string{{"--shutdown-timeout", "0s"}, {"--shutdown-timeout", "soon"}, {"--drain-delay", "-1s"}} {
+		var ue usageError
+		if _, err := loadConfig(args); !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+	t.Setenv("RUNHUB_SHUTDOWN_TIMEOUT", "3s")
+	if c, err := loadConfig(nil); err != nil || c.shutdownTO != 3*time.Second || c.drainDelay != 0 {
+		t.Errorf("from the environment: %+v %v", c, err)
+	}
+	if c, err := loadConfig([]string{"--shutdown-timeout", "7s"}); err != nil || c.shutdownTO != 7*time.Second {
+		t.Errorf("flag over the environment: %+v %v", c, err)
+	}
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	dataDir := t.TempDir()
+	srv := startServerArgs(t, dataDir, "--drain-delay", "1s", "--shutdown-timeout", "20s")
+	key := readKey(t, dataDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	api := srv.base + "/api/projects/1"
+	var task, run struct{ ID string }
+	if code, err := do(ctx, key, "POST", api+"/tasks/", map[string]any{"title": "drain"}, &task); err != nil || code != 201 {
+		t.Fatalf("create task: %d %v", code, err)
+	}
+	runURL := api + "/tasks/" + task.ID + "/runs/"
+	if code, err := do(ctx, key, "POST", runURL, map[string]any{}, &run); err != nil || code != 201 {
+		t.Fatalf("create run: %d %v", code, err)
+	}
+	runURL += run.ID + "/"
+
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(runURL, "http")+"stream",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	if _, _, err := ws.Read(ctx); err != nil { // the run's first event
+		t.Fatal(err)
+	}
+	mux, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.base, "http")+"/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mux.CloseNow()
+	if err := mux.Write(ctx, websocket.MessageText, []byte(`{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"run_id":"`+run.ID+`"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := mux.Read(ctx); err != nil { // the reply
+		t.Fatal(err)
+	}
+
+	// A slow request: its body arrives in two parts, the second one
+	// during the drain.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(ctx, "POST", runURL+"append_log/", pr)
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			slow <- result{err: err}
+			return
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		slow <- result{code: res.StatusCode, body: string(b)}
+	}()
+	if _, err := io.WriteString(pw, `{"entries":[{"type":"console",`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the request is in the handler
+
+	exited := make(chan error, 1)
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	readyz := func() (int, string) {
+		res, err := http.Get(srv.base + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	var code int
+	var body string
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if code, body = readyz(); code == http.StatusServiceUnavailable {
+			break
+		}
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"reason":"draining"`) {
+		t.Fatalf("/readyz during the drain: %d %s, want 503 draining", code, body)
+	}
+	// The rest of the body, after the listener has closed.
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := io.WriteString(pw, `"message":"in flight"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if r := <-slow; r.err != nil || r.code != http.StatusCreated && r.code != http.StatusOK {
+		t.Fatalf("the request in flight: %d %s %v, want it completed", r.code, r.body, r.err)
+	}
+	for name, c := range map[string]*websocket.Conn{"stream WebSocket": ws, "/ws": mux} {
+		for {
+			_, _, err := c.Read(ctx)
+			if err == nil {
+				continue // the run's events
+			}
+			if st := websocket.CloseStatus(err); st != websocket.StatusServiceRestart {
+				t.Fatalf("%s ended with %v (status %d), want 1012", name, err, st)
+			}
+			break
+		}
+	}
+	go func() { exited <- srv.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v; logs:\n%s", err, srv.output())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the server did not exit; logs:\n%s", srv.output())
+	}
 }

@@ -51,6 +51,19 @@ const (
 	DefaultMaxBackoff = 10 * time.Second
 )
 
+// RestartJitter bounds the delay before an agent reconnects after its
+// node closed the connection with 1012 "service restart" (a drain, a
+// deploy): the node asks it to come back at once, through the load
+// balancer, to another node. The delay is drawn below it, so that the
+// thousands of agents of a draining node do not all land on the others in
+// the same millisecond, while none waits long enough for a command to
+// notice.
+const RestartJitter = 50 * time.Millisecond
+
+// errRestart: the node closed the connection with 1012 (it is draining);
+// the agent reconnects at once, keeping its unacknowledged batches.
+var errRestart = errors.New("the node is restarting")
+
 // codeRunNotFound is the code the server answers for a run that no
 // longer exists (the proxy's storeRPCError).
 const codeRunNotFound = -32004
@@ -153,17 +166,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		if time.Since(start) > 10*time.Second {
+		moved := errors.Is(err, errRestart)
+		if moved || time.Since(start) > 10*time.Second {
 			backoff = a.opts.MinBackoff // the connection was up for a while
 		}
 		d := jitter(backoff)
+		if moved {
+			d = jitter(RestartJitter)
+		}
 		a.log.Info("agent disconnected; reconnecting", "in", d.Round(time.Millisecond), "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(d):
 		}
-		backoff = min(backoff*2, a.opts.MaxBackoff)
+		if !moved {
+			backoff = min(backoff*2, a.opts.MaxBackoff)
+		}
 	}
 }
 
@@ -200,6 +219,8 @@ func (a *Agent) session(ctx context.Context) error {
 	switch websocket.CloseStatus(err) {
 	case proxy.CloseBadToken, proxy.CloseForbidden, proxy.CloseReplaced:
 		return fmt.Errorf("%w: %v", ErrRefused, err)
+	case websocket.StatusServiceRestart:
+		return fmt.Errorf("%w: %v", errRestart, err)
 	}
 	return fmt.Errorf("connection ended: %w", err)
 }

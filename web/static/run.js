@@ -15,6 +15,12 @@ let queue = [], frame = 0, follow = true;
 let firstSeq = 0, loadingOlder = false; // the oldest seq shown; history loads what is before it
 // SSE is the fallback when WebSockets do not get through (or ?transport=sse).
 let useSSE = q.get("transport") === "sse", wsFailures = 0;
+// A node closing with 1012 "service restart" (a drain, a deploy) asks its
+// clients to reconnect at once, through the load balancer, to another
+// node: the viewer does so within this many milliseconds (drawn at random,
+// so that a node's thousands of viewers do not arrive in the same
+// instant), and resumes after its last seq.
+const RESTART_JITTER_MS = 250;
 
 $("runid").textContent = runId.slice(0, 8);
 
@@ -64,12 +70,13 @@ async function connect() {
       else if (m.method === "stream_end") { ended = true; setConn("ended"); ws.close(); }
     }
   };
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     for (const cb of pending.values()) cb({ error: { message: "connection lost" } });
     pending.clear();
     if (ended) return;
     if (!opened && ++wsFailures >= 3) useSSE = true; // WebSockets do not get through: use SSE
     setConn("reconnecting");
+    if (ev.code === 1012) { backoff = 250; setTimeout(connect, Math.random() * RESTART_JITTER_MS); return; }
     setTimeout(connect, backoff + Math.random() * backoff);
     backoff = Math.min(backoff * 2, 10000);
   };
