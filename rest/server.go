@@ -341,7 +341,7 @@ func (s *Server) opsRoutes() {
 	}).Methods(http.MethodGet, http.MethodHead)
 	s.router.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "draining"})
+			s.writeReady(w, http.StatusServiceUnavailable, "draining")
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
