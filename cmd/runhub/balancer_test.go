@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -191,6 +192,25 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 		t.Fatalf("download of n3's link to n1's upload: %d %q", dl.StatusCode, got)
 	}
 
+	// Redis goes down for every node: each /readyz says so, yet writes
+	// through the balancer keep succeeding (the alive backend serves when
+	// no node is ready); when Redis is back the nodes are ready again.
+	rs.Stop()
+	for _, n := range nodes {
+		waitReady(t, n.base, http.StatusServiceUnavailable, "broker")
+	}
+	time.Sleep(1500 * time.Millisecond) // the balancer's checks see it too
+	for i := range 5 {
+		body := map[string]any{"entries": []map[string]any{{"type": "console", "redis": "down", "n": i}}}
+		if st, err := do(ctx, key, "POST", lb+runs+run.ID+"/append_log/", body, nil); err != nil || st != 200 {
+			t.Fatalf("append %d through the balancer while Redis is down: %d %v", i, st, err)
+		}
+	}
+	rs.Restart()
+	for _, n := range nodes {
+		waitReady(t, n.base, http.StatusOK, "")
+	}
+
 	// A node dies: the health check takes it out, requests keep working.
 	nodes[1].cmd.Process.Signal(syscall.SIGKILL)
 	nodes[1].cmd.Wait()
@@ -204,4 +224,26 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 			t.Fatalf("read %d after the kill: %d %v", i, st, err)
 		}
 	}
+}
+
+// waitReady waits (up to 15 s) until the node's /readyz answers status
+// (and, for a 503, reason).
+func waitReady(t *testing.T, base string, status int, reason string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var body struct{ Reason string }
+		res, err := http.Get(base + "/readyz")
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		json.NewDecoder(res.Body).Decode(&body)
+		res.Body.Close()
+		if res.StatusCode == status && body.Reason == reason {
+			return
+		}
+		last = fmt.Sprintf("%d %q", res.StatusCode, body.Reason)
+	}
+	t.Fatalf("%s/readyz: %s, want %d %q", base, last, status, reason)
 }

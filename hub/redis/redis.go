@@ -163,9 +163,17 @@ func (b *Broker) receive(ctx context.Context) {
 				return
 			case <-time.After(retryDelay):
 			}
+			// A node that follows no run has no subscription to renew, so
+			// no "subscribe" reply would ever say the connection is back:
+			// a PING over it reconnects, and its PONG says so.
+			b.ps.Ping(ctx)
 			continue
 		}
 		switch m := msg.(type) {
+		case *goredis.Pong:
+			if !b.up.Swap(true) {
+				b.log.Info("redis pub/sub reconnected")
+			}
 		case *goredis.Subscription:
 			if m.Kind != "subscribe" {
 				continue

@@ -259,3 +259,38 @@ func TestRedisRestart(t *testing.T) {
 	}
 	t.Logf("%d entries appended across the outage", n)
 }
+
+// TestReadyAgainWithoutSubscriptions: a node that follows no run has no
+// subscription for Redis to confirm after a restart, yet its /readyz goes
+// back to 200 once Redis is back (else a balancer would keep it out for
+// good).
+func TestReadyAgainWithoutSubscriptions(t *testing.T) {
+	r := redistest.Start(t)
+	f := newFixture(t)
+	n := newNode(t, f.open(t), r.URL())
+	status := func() int {
+		res, err := http.Get(n.srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if s := status(); s != 200 {
+		t.Fatalf("/readyz before the restart: %d", s)
+	}
+	r.Stop()
+	waitStatus := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for status() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz did not become %d within 10 s", want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitStatus(http.StatusServiceUnavailable)
+	r.Restart()
+	waitStatus(http.StatusOK)
+}
