@@ -34,22 +34,8 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount); err != nil {
 		return nil, err
 	}
-	if output != nil {
-		if err := json.Unmarshal([]byte(*output), &r.Output); err != nil {
-			return nil, fmt.Errorf("decode run output: %w", err)
-		}
-	}
-	if err := json.Unmarshal([]byte(state), &r.State); err != nil {
-		return nil, fmt.Errorf("decode run state: %w", err)
-	}
-	if r.State == nil {
-		r.State = map[string]json.RawMessage{}
-	}
-	if err := json.Unmarshal([]byte(artifacts), &r.Artifacts); err != nil {
-		return nil, fmt.Errorf("decode run artifacts: %w", err)
-	}
-	if r.Artifacts == nil {
-		r.Artifacts = []json.RawMessage{}
+	if err := store.DecodeRunColumns(&r.Run, output, state, artifacts); err != nil {
+		return nil, err
 	}
 	r.CreatedAt, r.UpdatedAt, r.CompletedAt = fromMicros(created), fromMicros(updated), nullMicros(completed)
 	return &r, nil

@@ -161,11 +161,8 @@ func scanKey(sc interface{ Scan(...any) error }) (*store.APIKey, error) {
 	if err := sc.Scan(&k.ID, &k.Label, &k.Prefix, &scopes, &k.AllProjects, &projects, &created, &revoked); err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal([]byte(scopes), &k.Scopes); err != nil {
-		return nil, fmt.Errorf("decode key scopes: %w", err)
-	}
-	if err := json.Unmarshal([]byte(projects), &k.Projects); err != nil {
-		return nil, fmt.Errorf("decode key projects: %w", err)
+	if err := store.DecodeKeyColumns(&k, scopes, projects); err != nil {
+		return nil, err
 	}
 	k.CreatedAt = fromMicros(created)
 	k.RevokedAt = nullMicros(revoked)

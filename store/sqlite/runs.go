@@ -36,22 +36,8 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 		return nil, err
 	}
 	r.Stage, r.Branch, r.ErrorMessage = nullString(stage), nullString(branch), nullString(errMsg)
-	if output.Valid {
-		if err := json.Unmarshal([]byte(output.String), &r.Output); err != nil {
-			return nil, fmt.Errorf("decode run output: %w", err)
-		}
-	}
-	if err := json.Unmarshal([]byte(state), &r.State); err != nil {
-		return nil, fmt.Errorf("decode run state: %w", err)
-	}
-	if r.State == nil {
-		r.State = map[string]json.RawMessage{}
-	}
-	if err := json.Unmarshal([]byte(artifacts), &r.Artifacts); err != nil {
-		return nil, fmt.Errorf("decode run artifacts: %w", err)
-	}
-	if r.Artifacts == nil {
-		r.Artifacts = []json.RawMessage{}
+	if err := store.DecodeRunColumns(&r.Run, nullString(output), state, artifacts); err != nil {
+		return nil, err
 	}
 	r.CreatedAt, r.UpdatedAt, r.CompletedAt = fromMicros(created), fromMicros(updated), nullMicros(completed)
 	return &r, nil
