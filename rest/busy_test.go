@@ -28,18 +28,7 @@ func TestStoreBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	c := Config{Store: st}
-	withDeps(t, &c)
-	srv := httptest.NewServer(New(c))
-	t.Cleanup(srv.Close)
-	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
-	p, err := st.CreateProject(context.Background(), "Busy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.p1 = p.ID
-	e.writeKey, _ = e.newKey([]string{store.ScopeWrite}, false, e.p1)
-	e.readKey = e.writeKey
+	e := envOn(t, st, Config{})
 	f := e.fixture()
 
 	// Another process (`runhub keys create`) holds the write lock.

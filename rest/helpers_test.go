@@ -354,6 +354,26 @@ func obj(t testing.TB, res *resp) map[string]any {
 	return m
 }
 
+// envOn is an env on a store the test opened itself (tests of one
+// backend's failures), with c's settings: one project, one write key that
+// also reads.
+func envOn(t *testing.T, st store.Store, c Config) *env {
+	t.Helper()
+	c.Store = st
+	withDeps(t, &c)
+	srv := httptest.NewServer(New(c))
+	t.Cleanup(srv.Close)
+	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
+	p, err := st.CreateProject(context.Background(), "own store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.p1 = p.ID
+	e.writeKey, _ = e.newKey([]string{store.ScopeWrite}, false, e.p1)
+	e.readKey = e.writeKey
+	return e
+}
+
 // unsigned drops the query (exp and sig) of a run object's log_url: the
 // link is signed when each response is made, valid an hour from then, so
 // two reads of an unchanged run differ there once a second has passed.

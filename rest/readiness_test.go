@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,18 +137,7 @@ func TestStoreFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	probeEvery := 50 * time.Millisecond
-	c := Config{Store: st, Runs: quietRuns(t, st), Blobs: files, Files: files, Signer: signer, WriteProbeInterval: probeEvery}
-	withDeps(t, &c)
-	srv := httptest.NewServer(New(c))
-	t.Cleanup(srv.Close)
-	e := &env{t: t, st: st, srv: srv, client: &http.Client{Timeout: 30 * time.Second}}
-	p, err := st.CreateProject(context.Background(), "Full")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.p1 = p.ID
-	e.writeKey, _ = e.newKey([]string{store.ScopeWrite}, false, e.p1)
-	e.readKey = e.writeKey
+	e := envOn(t, st, Config{Runs: quietRuns(t, st), Blobs: files, Files: files, Signer: signer, WriteProbeInterval: probeEvery})
 	f := e.fixture()
 
 	readyz := func() *resp { return rawDo(t, e, req{Method: "GET", Path: "/readyz"}) }
