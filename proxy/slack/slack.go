@@ -57,10 +57,10 @@ type Config struct {
 const DefaultTimeout = 30 * time.Second
 
 // DefaultLease is the relay lease of store/postgres
-// (postgres.DefaultRelayLease): four times the longest delivery at the
-// default timeout, so a slow Slack does not make the worker hand most of a
-// batch back, and short enough that messages of a node that died wait two
-// minutes at most.
+// (postgres.DefaultRelayLease): twice the longest delivery at the default
+// timeout (a lookup and a post, 60 s), so that a slow Slack does not make
+// the worker hand most of a batch back, and short enough that the messages
+// of a node that died wait two minutes at most.
 const DefaultLease = 2 * time.Minute
 
 // leaseSlack is the part of a lease kept free after a delivery's budget,
@@ -80,7 +80,7 @@ func deliveryBudget(timeout time.Duration) time.Duration { return 2 * timeout }
 // A node refuses such a configuration at start.
 func CheckLease(lease, timeout time.Duration) error {
 	if need := deliveryBudget(timeout) + leaseSlack; lease < need {
-		return fmt.Errorf("slack relay lease %v is too short: it must be at least %v (a thread lookup and a post, each up to the Slack timeout %v, and %v to record the outcome), or another node could post a message whose post is still in flight",
+		return fmt.Errorf("slack relay lease %v is too short: it must be at least %v (a thread lookup and a post, each up to the Slack timeout %v, and %v to record the outcome), or slow deliveries would be cut off before Slack answers",
 			lease, need, timeout, leaseSlack)
 	}
 	return nil
