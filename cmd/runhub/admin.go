@@ -16,13 +16,13 @@ import (
 )
 
 // openStore opens the store a command works on: the PostgreSQL database
-// at databaseURL when one is given, else the SQLite file of the data
-// directory.
-func openStore(ctx context.Context, dataDir, databaseURL string) (store.Store, error) {
+// at databaseURL when one is given (with opts), else the SQLite file of
+// the data directory (which leases no Slack relays).
+func openStore(ctx context.Context, dataDir, databaseURL string, opts ...postgres.Option) (store.Store, error) {
 	var st store.Store
 	var err error
 	if databaseURL != "" {
-		st, err = postgres.Open(ctx, databaseURL)
+		st, err = postgres.Open(ctx, databaseURL, opts...)
 	} else {
 		st, err = sqlite.Open(ctx, dbPath(dataDir))
 	}

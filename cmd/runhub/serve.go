@@ -26,6 +26,7 @@ import (
 	"runhub/rest"
 	"runhub/store"
 	"runhub/store/blob"
+	"runhub/store/postgres"
 )
 
 // defaultShutdownTimeout bounds a graceful stop (--shutdown-timeout): in-flight
@@ -59,6 +60,9 @@ type config struct {
 	publicURL   string
 	proxies     []netip.Prefix
 	metricsAddr string
+	// slackLease is how long a node has the Slack relays it took to
+	// itself (store/postgres); slackTimeout bounds one Slack call.
+	slackLease, slackTimeout time.Duration
 }
 
 func env(name, def string) string {
@@ -88,6 +92,8 @@ func loadConfig(args []string) (*config, error) {
 	cmdTO := fs.String("command-timeout", env("RUNHUB_COMMAND_TIMEOUT", proxy.DefaultCommandTimeout.String()), "how long a command waits for the agent's answer")
 	shutdownTO := fs.String("shutdown-timeout", env("RUNHUB_SHUTDOWN_TIMEOUT", defaultShutdownTimeout.String()), "at SIGTERM, how long in-flight requests get to finish before connections are closed")
 	drainDelay := fs.String("drain-delay", env("RUNHUB_DRAIN_DELAY", "0s"), "at SIGTERM, how long /readyz answers 503 while the node still serves, before it stops accepting (behind a load balancer: its health check interval times the failures it needs)")
+	slackLease := fs.String("slack-lease", env("RUNHUB_SLACK_LEASE", slack.DefaultLease.String()), "how long a node has the Slack messages it took to itself; a node that dies mid-delivery holds its messages back this long (the same on every node; at least twice --slack-timeout plus 1s)")
+	slackTimeout := fs.String("slack-timeout", env("RUNHUB_SLACK_TIMEOUT", slack.DefaultTimeout.String()), "how long one Slack API call may take")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -124,6 +130,18 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("bad drain delay %q", *drainDelay)}
 	} else {
 		c.drainDelay = d
+	}
+	if d, err := time.ParseDuration(*slackTimeout); err != nil || d <= 0 {
+		return nil, usageError{fmt.Sprintf("bad Slack timeout %q", *slackTimeout)}
+	} else {
+		c.slackTimeout = d
+	}
+	if d, err := time.ParseDuration(*slackLease); err != nil || d <= 0 {
+		return nil, usageError{fmt.Sprintf("bad Slack lease %q", *slackLease)}
+	} else if err := slack.CheckLease(d, c.slackTimeout); err != nil {
+		return nil, usageError{err.Error() + " (--slack-lease, --slack-timeout)"}
+	} else {
+		c.slackLease = d
 	}
 	if d, err := time.ParseDuration(*ivl); err != nil || d < 0 {
 		return nil, usageError{fmt.Sprintf("bad write interval %q", *ivl)}
@@ -200,7 +218,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := secureDataDir(cfg.dataDir); err != nil {
 		return err
 	}
-	st, err := openStore(ctx, cfg.dataDir, *cfg.databaseURL)
+	st, err := openStore(ctx, cfg.dataDir, *cfg.databaseURL, postgres.WithRelayLease(cfg.slackLease))
 	if err != nil {
 		return err
 	}
@@ -240,7 +258,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	maxAttempts, _ := strconv.Atoi(env("RUNHUB_SLACK_MAX_ATTEMPTS", "5"))
 	ncfg.Slack = slack.Config{Token: os.Getenv("RUNHUB_SLACK_BOT_TOKEN"),
-		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts}
+		BaseURL: os.Getenv("RUNHUB_SLACK_API_URL"), MaxAttempts: maxAttempts, Lease: cfg.slackLease, Timeout: cfg.slackTimeout}
 	n, err := node.New(ctx, ncfg) // owns the store from here on
 	if err != nil {
 		return err

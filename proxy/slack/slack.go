@@ -38,9 +38,52 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the retry delay (defaults 1 s, 5 min).
 	MinBackoff, MaxBackoff time.Duration
 	Poll                   time.Duration // how often the outbox is read (default 1 s)
-	Client                 *http.Client
-	Logger                 *slog.Logger
-	Now                    func() time.Time
+	// Timeout bounds one Slack Web API call (default DefaultTimeout); it
+	// is the Client's timeout when Client is nil.
+	Timeout time.Duration
+	// Lease is how long the store leases the relays DueRelays hands out
+	// (store/postgres WithRelayLease; default DefaultLease). The worker
+	// starts a delivery only while enough of it is left (CheckLease), so
+	// that no other node takes a relay whose post is in flight.
+	Lease  time.Duration
+	Client *http.Client
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// DefaultTimeout bounds one Slack Web API call: Slack answers in well
+// under a second, so 30 s means it is in trouble; the message is retried
+// later (after a thread lookup) rather than held by a hung connection.
+const DefaultTimeout = 30 * time.Second
+
+// DefaultLease is the relay lease of store/postgres
+// (postgres.DefaultRelayLease): twice the longest delivery at the default
+// timeout (a lookup and a post, 60 s), so that a slow Slack does not make
+// the worker hand most of a batch back, and short enough that the messages
+// of a node that died wait two minutes at most.
+const DefaultLease = 2 * time.Minute
+
+// leaseSlack is the part of a lease kept free after a delivery's budget,
+// to record the outcome while the relay is still this worker's: a store
+// write takes milliseconds, a second covers a slow one.
+const leaseSlack = time.Second
+
+// deliveryBudget is the longest one delivery may take: a thread lookup
+// (after an earlier attempt) and a post, each bounded by timeout.
+func deliveryBudget(timeout time.Duration) time.Duration { return 2 * timeout }
+
+// CheckLease says whether a relay lease leaves room for one delivery and
+// the record of its outcome (2 × timeout + 1 s). The worker never lets a
+// Slack call outlive the lease (Run), so a shorter lease would not post
+// twice, but it would cut off a slow delivery that Slack still finishes,
+// and the retry would then find it in the thread: time spent for nothing.
+// A node refuses such a configuration at start.
+func CheckLease(lease, timeout time.Duration) error {
+	if need := deliveryBudget(timeout) + leaseSlack; lease < need {
+		return fmt.Errorf("slack relay lease %v is too short: it must be at least %v (a thread lookup and a post, each up to the Slack timeout %v, and %v to record the outcome), or slow deliveries would be cut off before Slack answers",
+			lease, need, timeout, leaseSlack)
+	}
+	return nil
 }
 
 // Relay posts accepted relay messages to their Slack threads.
@@ -81,8 +124,14 @@ func New(st Relays, cfg Config) *Relay {
 	if cfg.Poll <= 0 {
 		cfg.Poll = time.Second
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: 30 * time.Second}
+		cfg.Client = &http.Client{Timeout: cfg.Timeout}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -143,20 +192,47 @@ func (s *Relay) Close() {
 
 // Run posts due messages until ctx ends; pending messages survive a
 // restart in the outbox.
+//
+// A batch is leased from the time it is taken (store/postgres). Every
+// Slack call of its deliveries ends leaseSlack before the lease does, and
+// a delivery starts only while a post (Timeout) still fits; the relays of
+// the batch that are left then are handed back (the lease is still this
+// worker's) and the outbox is read again at once. Without that, a batch of
+// slow posts outlived its lease, another node took the rest of the batch
+// and both posted them.
 func (s *Relay) Run(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
 	for {
-		due, err := s.store.DueRelays(ctx, s.cfg.Now(), 50)
+		taken := s.cfg.Now()
+		due, err := s.store.DueRelays(ctx, taken, 50)
 		if err != nil && ctx.Err() == nil {
 			s.cfg.Logger.Warn("slack relay: reading the outbox failed", "err", err)
 		}
+		// The calls of every delivery end here, so that the outcome is
+		// recorded while the relay is still this worker's.
+		callsEnd := taken.Add(s.cfg.Lease - leaseSlack)
+		again := false
 		for i, r := range due {
 			if ctx.Err() != nil {
 				s.handBack(ctx, due[i:]...)
 				return
 			}
-			s.deliver(ctx, r)
+			if callsEnd.Sub(s.cfg.Now()) < s.cfg.Timeout {
+				s.handBack(ctx, due[i:]...)
+				// A fresh batch is read at once; a lease too short for
+				// even one post (CheckLease) waits for the next poll.
+				if again = i > 0; !again {
+					s.cfg.Logger.Warn("slack relay: the lease leaves no time for a delivery", "err", CheckLease(s.cfg.Lease, s.cfg.Timeout))
+				}
+				break
+			}
+			dctx, cancel := context.WithDeadline(ctx, callsEnd)
+			s.deliver(ctx, dctx, r)
+			cancel()
+		}
+		if again {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -177,10 +253,15 @@ type slackError struct {
 
 func (e *slackError) Error() string { return e.msg }
 
-func (s *Relay) deliver(ctx context.Context, r store.Relay) {
+// deliver posts one relay (after looking in its thread when an earlier
+// attempt is on record). ctx is the worker's: when it ends, the relay is
+// handed back; the Slack calls run under dctx, which also ends shortly
+// before the relay's lease, and then the relay is retried later like any
+// failed post (the next taker looks in the thread first).
+func (s *Relay) deliver(ctx, dctx context.Context, r store.Relay) {
 	log := s.cfg.Logger.With("relay_id", r.ID, "run_id", r.RunID)
 	if r.Attempts > 0 {
-		found, err := s.posted(ctx, r)
+		found, err := s.posted(dctx, r)
 		if err == nil && found {
 			r.Status, r.LastError = store.RelaySent, ""
 			s.save(ctx, r)
@@ -201,7 +282,7 @@ func (s *Relay) deliver(ctx context.Context, r store.Relay) {
 		log.Warn("slack relay: recording the attempt failed", "err", err)
 		return
 	}
-	if err := s.post(ctx, r); err != nil {
+	if err := s.post(dctx, r); err != nil {
 		if ctx.Err() != nil {
 			s.handBack(ctx, r) // the next taker looks in the thread first
 			return

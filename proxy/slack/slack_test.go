@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,117 +15,21 @@ import (
 	"runhub/cmd/node/nodetest"
 	"runhub/proxy/proxytest"
 	"runhub/proxy/slack"
+	"runhub/proxy/slack/slacktest"
 	"runhub/rest"
 	"runhub/store"
+	"runhub/store/postgres"
+	"runhub/store/postgres/pgtest"
 	"runhub/store/runs"
 	"runhub/store/teststore"
 )
-
-// fakeSlack is a local stand-in for Slack's Web API: chat.postMessage and
-// conversations.replies, with scripted failures.
-type fakeSlack struct {
-	srv *httptest.Server
-	mu  sync.Mutex
-	// script answers the next postMessage calls: "429:<sec>", "500", "hang"
-	// (record the message, then never answer), or "" (accept).
-	script []string
-	posts  []slackPost
-	tries  []time.Time
-	calls  int // requests of any kind, answered or not
-	hang   chan struct{}
-	// lookupsHang: conversations.replies never answers; lookups counts
-	// its calls.
-	lookupsHang bool
-	lookups     int
-}
-
-type slackPost struct {
-	Channel, ThreadTS, Text string
-	RelayID                 string
-}
-
-func newFakeSlack(t *testing.T) *fakeSlack {
-	f := &fakeSlack{hang: make(chan struct{})}
-	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		f.calls++
-		f.mu.Unlock()
-		if r.Header.Get("Authorization") != "Bearer xoxb-test" {
-			fmt.Fprint(w, `{"ok":false,"error":"invalid_auth"}`)
-			return
-		}
-		switch r.URL.Path {
-		case "/chat.postMessage":
-			var m struct {
-				Channel  string `json:"channel"`
-				ThreadTS string `json:"thread_ts"`
-				Text     string `json:"text"`
-				Metadata struct {
-					EventPayload map[string]string `json:"event_payload"`
-				} `json:"metadata"`
-			}
-			json.NewDecoder(r.Body).Decode(&m)
-			f.mu.Lock()
-			f.tries = append(f.tries, time.Now())
-			step := ""
-			if len(f.script) > 0 {
-				step, f.script = f.script[0], f.script[1:]
-			}
-			if step == "" || step == "hang" {
-				f.posts = append(f.posts, slackPost{m.Channel, m.ThreadTS, m.Text, m.Metadata.EventPayload["relay_id"]})
-			}
-			f.mu.Unlock()
-			switch {
-			case step == "hang":
-				<-f.hang
-				return
-			case strings.HasPrefix(step, "429:"):
-				w.Header().Set("Retry-After", strings.TrimPrefix(step, "429:"))
-				w.WriteHeader(http.StatusTooManyRequests)
-				return
-			case step == "500":
-				w.WriteHeader(http.StatusInternalServerError)
-				return
-			}
-			fmt.Fprint(w, `{"ok":true,"ts":"2.3"}`)
-		case "/conversations.replies":
-			r.ParseForm()
-			f.mu.Lock()
-			f.lookups++
-			if f.lookupsHang {
-				f.mu.Unlock()
-				<-f.hang
-				return
-			}
-			var msgs []map[string]any
-			for _, p := range f.posts {
-				if p.Channel == r.Form.Get("channel") && p.ThreadTS == r.Form.Get("ts") {
-					msgs = append(msgs, map[string]any{"text": p.Text, "metadata": map[string]any{
-						"event_type": "runhub_relay", "event_payload": map[string]string{"relay_id": p.RelayID}}})
-				}
-			}
-			f.mu.Unlock()
-			json.NewEncoder(w).Encode(map[string]any{"ok": true, "messages": msgs})
-		default:
-			w.WriteHeader(http.StatusNotFound)
-		}
-	}))
-	t.Cleanup(func() { close(f.hang); f.srv.Close() })
-	return f
-}
-
-func (f *fakeSlack) snapshot() ([]slackPost, []time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]slackPost(nil), f.posts...), append([]time.Time(nil), f.tries...)
-}
 
 // relayEnv is a server with the Slack relay against the fake.
 type relayEnv struct {
 	t      *testing.T
 	srv    *httptest.Server
 	st     store.Store
-	slack  *fakeSlack
+	slack  *slacktest.Fake
 	relay  *slack.Relay
 	key    string
 	prefix string // /api/projects/P/tasks/T/runs/
@@ -134,7 +37,7 @@ type relayEnv struct {
 
 func newRelayEnv(t *testing.T, token string) *relayEnv {
 	t.Helper()
-	e := &relayEnv{t: t, slack: newFakeSlack(t)}
+	e := &relayEnv{t: t, slack: slacktest.Start(t)}
 	st := teststore.Open(t)
 	e.st = st
 	e.relay = e.newRelay(token)
@@ -162,7 +65,7 @@ func newRelayEnv(t *testing.T, token string) *relayEnv {
 }
 
 func (e *relayEnv) newRelay(token string) *slack.Relay {
-	return slack.New(e.st, slack.Config{Token: token, BaseURL: e.slack.srv.URL, Poll: 20 * time.Millisecond,
+	return slack.New(e.st, slack.Config{Token: token, BaseURL: e.slack.URL, Poll: 20 * time.Millisecond,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, MaxAttempts: 4})
 }
 
@@ -228,8 +131,11 @@ func TestRelayPostsOnce(t *testing.T) {
 	}
 	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
 	time.Sleep(200 * time.Millisecond) // several more polls
-	posts, _ := e.slack.snapshot()
-	want := slackPost{"C42", "1700000000.000100", "*Done*: see <https://github.com/a/b/pull/7|PR 7>", out["relay_id"]}
+	posts, _ := e.slack.Snapshot()
+	want := slacktest.Post{Channel: "C42", ThreadTS: "1700000000.000100", Text: "*Done*: see <https://github.com/a/b/pull/7|PR 7>", RelayID: out["relay_id"]}
+	if len(posts) == 1 {
+		want.TS = posts[0].TS // Slack's own
+	}
 	if len(posts) != 1 || posts[0] != want {
 		t.Fatalf("posts %+v, want exactly %+v", posts, want)
 	}
@@ -239,12 +145,12 @@ func TestRelayPostsOnce(t *testing.T) {
 // sooner than a second later, and the message is posted once.
 func TestRelayHonoursRetryAfter(t *testing.T) {
 	e := newRelayEnv(t, "xoxb-test")
-	e.slack.script = []string{"429:1", "500"}
+	e.slack.Script("429:1", "500")
 	e.work(e.relay)
 	run := e.threadRun("in_progress")
 	out := e.relayMessage(run, "hello")
 	r := waitRelay(t, e.st, out["relay_id"], store.RelaySent)
-	posts, tries := e.slack.snapshot()
+	posts, tries := e.slack.Snapshot()
 	if len(posts) != 1 || len(tries) != 3 || r.Attempts != 3 {
 		t.Fatalf("%d posts, %d tries, attempts %d; want 1 post after 3 tries", len(posts), len(tries), r.Attempts)
 	}
@@ -258,18 +164,18 @@ func TestRelayHonoursRetryAfter(t *testing.T) {
 // message in the thread and does not post it again.
 func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 	e := newRelayEnv(t, "xoxb-test")
-	e.slack.script = []string{"hang"}
+	e.slack.Script("hang")
 	stop := e.work(e.relay)
 	run := e.threadRun("in_progress")
 	out := e.relayMessage(run, "once")
-	proxytest.WaitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	proxytest.WaitFor(t, "Slack to receive the message", func() bool { p, _ := e.slack.Snapshot(); return len(p) == 1 })
 	stop() // killed with the answer still in flight
 	if r, _ := e.st.GetRelay(context.Background(), out["relay_id"]); r.Status != store.RelayPending || r.Attempts != 1 {
 		t.Fatalf("after the crash: %+v", r)
 	}
 	e.work(e.newRelay("xoxb-test")) // the restart
 	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
-	if posts, _ := e.slack.snapshot(); len(posts) != 1 {
+	if posts, _ := e.slack.Snapshot(); len(posts) != 1 {
 		t.Fatalf("%d posts after the restart, want 1", len(posts))
 	}
 }
@@ -280,16 +186,16 @@ func TestRelayNotPostedTwiceAfterCrash(t *testing.T) {
 // leases the relays it hands out (store/postgres: minutes).
 func TestRelayHandedBackOnStop(t *testing.T) {
 	e := newRelayEnv(t, "xoxb-test")
-	e.slack.script = []string{"hang"}
+	e.slack.Script("hang")
 	run := e.threadRun("in_progress")
 	first, second := e.relayMessage(run, "first"), e.relayMessage(run, "second")
 	stop := e.work(e.relay) // takes both, and the first post hangs
-	proxytest.WaitFor(t, "Slack to receive the first message", func() bool { p, _ := e.slack.snapshot(); return len(p) == 1 })
+	proxytest.WaitFor(t, "Slack to receive the first message", func() bool { p, _ := e.slack.Snapshot(); return len(p) == 1 })
 	stop()
 	e.work(e.newRelay("xoxb-test"))
 	waitRelay(t, e.st, first["relay_id"], store.RelaySent)
 	waitRelay(t, e.st, second["relay_id"], store.RelaySent)
-	posts, _ := e.slack.snapshot()
+	posts, _ := e.slack.Snapshot()
 	var texts []string
 	for _, p := range posts {
 		texts = append(texts, p.Text)
@@ -328,7 +234,7 @@ func TestRelaySkippedOrUnconfigured(t *testing.T) {
 		t.Errorf("no credentials: %s", b)
 	}
 	time.Sleep(100 * time.Millisecond)
-	if posts, _ := e.slack.snapshot(); len(posts) != 0 {
+	if posts, _ := e.slack.Snapshot(); len(posts) != 0 {
 		t.Fatalf("posts %+v", posts)
 	}
 }
@@ -378,9 +284,7 @@ func TestRelayChannelAllowList(t *testing.T) {
 	if due, err := e.st.DueRelays(ctx, time.Now().Add(time.Hour), 100); err != nil || len(due) != 0 {
 		t.Fatalf("outbox after refusals: %+v %v, want empty", due, err)
 	}
-	e.slack.mu.Lock()
-	calls := e.slack.calls
-	e.slack.mu.Unlock()
+	calls := e.slack.Calls()
 	if calls != 0 {
 		t.Fatalf("Slack received %d requests after refused relays, want none", calls)
 	}
@@ -391,7 +295,7 @@ func TestRelayChannelAllowList(t *testing.T) {
 		t.Fatalf("allowed channel: %v", out)
 	}
 	waitRelay(t, e.st, out["relay_id"], store.RelaySent)
-	if posts, _ := e.slack.snapshot(); len(posts) != 1 || posts[0].Channel != "C42" || posts[0].Text != "allowed" {
+	if posts, _ := e.slack.Snapshot(); len(posts) != 1 || posts[0].Channel != "C42" || posts[0].Text != "allowed" {
 		t.Fatalf("posts %+v, want one to C42", posts)
 	}
 }
@@ -447,7 +351,7 @@ func TestRelayCloseJoinsWorker(t *testing.T) {
 		backoff     time.Duration
 		ready       func(e *relayEnv, id string) bool
 	}{
-		{"post in flight", "hang", false, time.Minute, func(e *relayEnv, _ string) bool { p, _ := e.slack.snapshot(); return len(p) == 1 }},
+		{"post in flight", "hang", false, time.Minute, func(e *relayEnv, _ string) bool { p, _ := e.slack.Snapshot(); return len(p) == 1 }},
 		{"waiting for backoff", "500", false, time.Minute, func(e *relayEnv, id string) bool {
 			r, err := e.st.GetRelay(context.Background(), id)
 			return err == nil && r.LastError != "" && r.NextAt.After(time.Now())
@@ -455,17 +359,17 @@ func TestRelayCloseJoinsWorker(t *testing.T) {
 		// A retry first looks for the message in its thread; when that
 		// lookup is cut short, the worker records the outcome in the store.
 		{"thread lookup in flight", "500", true, 20 * time.Millisecond, func(e *relayEnv, _ string) bool {
-			e.slack.mu.Lock()
-			defer e.slack.mu.Unlock()
-			return e.slack.lookups > 0
+			return e.slack.Lookups() > 0
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newRelayEnv(t, "xoxb-test")
-			e.slack.script = []string{tc.script}
-			e.slack.lookupsHang = tc.lookupsHang
+			e.slack.Script(tc.script)
+			if tc.lookupsHang {
+				e.slack.HangLookups()
+			}
 			outbox := &closedRelays{Relays: e.st}
-			w := slack.New(outbox, slack.Config{Token: "xoxb-test", BaseURL: e.slack.srv.URL,
+			w := slack.New(outbox, slack.Config{Token: "xoxb-test", BaseURL: e.slack.URL,
 				Poll: 10 * time.Millisecond, MinBackoff: tc.backoff, MaxBackoff: time.Hour})
 			w.Start(context.Background())
 			t.Cleanup(w.Close)
@@ -484,5 +388,67 @@ func TestRelayCloseJoinsWorker(t *testing.T) {
 				t.Fatalf("the worker used the store %d times after Close returned", n)
 			}
 		})
+	}
+}
+
+// TestRelayBatchOutlivingItsLease: two nodes share a PostgreSQL outbox
+// with a short lease, and one takes a batch whose posts (slow: Slack takes
+// 100 ms each) outlast that lease. The node hands back what it cannot
+// start in time, the other node takes it, and every message is posted
+// once. The worker used to go through the whole batch after its lease had
+// ended, while the other node posted the same messages.
+func TestRelayBatchOutlivingItsLease(t *testing.T) {
+	const (
+		relays  = 30
+		lease   = 1500 * time.Millisecond
+		timeout = 250 * time.Millisecond // lease = 2 × timeout + 1 s, the least CheckLease allows
+	)
+	if err := slack.CheckLease(lease, timeout); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	url := pgtest.DB(t)
+	fake := slacktest.Start(t)
+	fake.SetPostDelay(100 * time.Millisecond)
+	var stores []*postgres.Store
+	for range 2 {
+		st, err := postgres.Open(ctx, url, postgres.WithRelayLease(lease))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		stores = append(stores, st)
+	}
+	for i := range relays {
+		if err := stores[0].CreateRelay(ctx, store.Relay{ID: fmt.Sprintf("r%02d", i), RunID: "run", Channel: "C42",
+			ThreadTS: "1700000000.000100", Text: "hi", NextAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	worker := func(st *postgres.Store, node string) {
+		w := slack.New(st, slack.Config{Token: slacktest.Token, BaseURL: fake.URL + "/" + node, Poll: 20 * time.Millisecond,
+			Lease: lease, Timeout: timeout, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		w.Start(context.Background())
+		t.Cleanup(w.Close)
+	}
+	worker(stores[0], "a") // takes the whole batch
+	proxytest.WaitFor(t, "the first node to post", func() bool { p, _ := fake.Snapshot(); return len(p) > 0 })
+	worker(stores[1], "b")
+	for i := range relays {
+		waitRelay(t, stores[0], fmt.Sprintf("r%02d", i), store.RelaySent)
+	}
+	posts, _ := fake.Snapshot()
+	count, nodes := map[string]int{}, map[string]int{}
+	for _, p := range posts {
+		count[p.RelayID]++
+		nodes[p.Node]++
+	}
+	for id, n := range count {
+		if n != 1 {
+			t.Errorf("relay %s posted %d times", id, n)
+		}
+	}
+	if len(count) != relays || nodes["a"] == 0 || nodes["b"] == 0 {
+		t.Fatalf("%d relays posted, by nodes %v; want %d, by both", len(count), nodes, relays)
 	}
 }

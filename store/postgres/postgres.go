@@ -58,6 +58,7 @@ type Store struct {
 	pool        *pgxpool.Pool
 	now         func() time.Time
 	lockTimeout time.Duration
+	relayLease  time.Duration // how long DueRelays gives a node its relays
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, Events, EventsBefore) copied out of PostgreSQL.
 	onScan func(bytes int)
@@ -68,6 +69,20 @@ type Option func(*Store)
 
 // WithClock injects the clock (tests).
 func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
+// WithRelayLease sets how long a node that took relays in DueRelays has
+// them to itself (default DefaultRelayLease). Every node sharing the
+// database should use the same value, longer than one delivery (the
+// Slack relay checks: slack.CheckLease); a shorter lease lets a node that
+// died mid-delivery hold its messages back for less time. d <= 0 keeps
+// the default.
+func WithRelayLease(d time.Duration) Option {
+	return func(s *Store) {
+		if d > 0 {
+			s.relayLease = d
+		}
+	}
+}
 
 // defaultPoolConns is the pool size unless the URL sets pool_max_conns.
 // pgxpool's default (the CPU count, at least 4) lets only that many
@@ -84,7 +99,7 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	s := &Store{now: time.Now, lockTimeout: lockTimeout}
+	s := &Store{now: time.Now, lockTimeout: lockTimeout, relayLease: DefaultRelayLease}
 	for _, o := range opts {
 		o(s)
 	}

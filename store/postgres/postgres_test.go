@@ -408,6 +408,41 @@ func TestRelayLease(t *testing.T) {
 	}
 }
 
+// TestRelayLeaseOption: WithRelayLease sets how long DueRelays gives a
+// node its relays (serve's --slack-lease): another node gets them once
+// that time has passed and not before; without the option the lease is
+// DefaultRelayLease.
+func TestRelayLeaseOption(t *testing.T) {
+	ctx := t.Context()
+	const lease = 7 * time.Second
+	short, url := openTemp(t, postgres.WithRelayLease(lease))
+	other, err := postgres.Open(ctx, url)
+	must(t, err)
+	t.Cleanup(func() { other.Close() })
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	for _, id := range []string{"a", "b"} {
+		must(t, short.CreateRelay(ctx, store.Relay{ID: id, RunID: "run", Channel: "C1", ThreadTS: "1.2", Text: "hi", NextAt: base}))
+	}
+	if due, err := short.DueRelays(ctx, base, 1); err != nil || len(due) != 1 || due[0].ID != "a" {
+		t.Fatalf("short lease: due %+v, %v", due, err)
+	}
+	if due, err := other.DueRelays(ctx, base, 1); err != nil || len(due) != 1 || due[0].ID != "b" {
+		t.Fatalf("default lease: due %+v, %v", due, err)
+	}
+	if due, err := other.DueRelays(ctx, base.Add(lease-time.Millisecond), 10); err != nil || len(due) != 0 {
+		t.Fatalf("before the %v lease ended: due %+v, %v; want none", lease, due, err)
+	}
+	if due, err := other.DueRelays(ctx, base.Add(lease), 10); err != nil || len(due) != 1 || due[0].ID != "a" {
+		t.Fatalf("when the %v lease ended: due %+v, %v; want a alone (b is leased for %v)", lease, due, err, postgres.DefaultRelayLease)
+	}
+	if due, err := short.DueRelays(ctx, base.Add(postgres.DefaultRelayLease-time.Millisecond), 10); err != nil || len(due) != 0 {
+		t.Fatalf("before the default lease ended: due %+v, %v; want none", due, err)
+	}
+	if due, err := short.DueRelays(ctx, base.Add(postgres.DefaultRelayLease), 10); err != nil || len(due) != 1 || due[0].ID != "b" {
+		t.Fatalf("when the default lease ended: due %+v, %v; want b", due, err)
+	}
+}
+
 // TestReadOnlyIsUnavailable: a database that refuses writes (a read-only
 // transaction, as on a hot standby) fails writes and ProbeWrite with
 // store.ErrUnavailable, the 503 of the REST layer, while reads go on.

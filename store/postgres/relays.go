@@ -9,14 +9,14 @@ import (
 	"runhub/store"
 )
 
-// relayLease is how long the node that took a relay in DueRelays has it
-// to itself: longer than one delivery (a thread lookup and a post, each
-// bounded by the Slack client's 30 s timeout) so that no other node posts
-// it meanwhile, and short enough that a node that died mid-delivery delays
-// the message by no more than two minutes. A lease that does expire
-// mid-post is still safe: the next taker looks in the thread before it
-// posts again (Attempts > 0).
-const relayLease = 2 * time.Minute
+// DefaultRelayLease is how long the node that took a relay in DueRelays
+// has it to itself unless WithRelayLease says otherwise: longer than one
+// delivery (a thread lookup and a post, each bounded by the Slack client's
+// 30 s timeout) so that no other node posts it meanwhile, and short enough
+// that a node that died mid-delivery delays the message by no more than
+// two minutes. A lease that does expire mid-post is still safe: the next
+// taker looks in the thread before it posts again (Attempts > 0).
+const DefaultRelayLease = 2 * time.Minute
 
 // CreateRelay stores an accepted relay message.
 func (s *Store) CreateRelay(ctx context.Context, r store.Relay) error {
@@ -47,14 +47,14 @@ func scanRelay(sc interface{ Scan(...any) error }) (*store.Relay, error) {
 
 // DueRelays takes up to limit pending relays whose next_at has come and
 // that no node holds, oldest first, and leases them to the caller until
-// now + relayLease: the relay workers of several nodes share the outbox
+// now + the relay lease (DefaultRelayLease, or WithRelayLease): the relay workers of several nodes share the outbox
 // and each relay goes to one of them. SKIP LOCKED lets two nodes claiming
 // at once take different rows instead of waiting for each other.
 func (s *Store) DueRelays(ctx context.Context, now time.Time, limit int) ([]store.Relay, error) {
 	rows, err := s.pool.Query(ctx, `UPDATE relays SET lease_until = $2 WHERE id IN (
 		SELECT id FROM relays WHERE status = $3 AND next_at <= $1 AND lease_until <= $1
 		ORDER BY next_at, created_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-		RETURNING `+relayColumns, micros(now), micros(now.Add(relayLease)), store.RelayPending, limit)
+		RETURNING `+relayColumns, micros(now), micros(now.Add(s.relayLease)), store.RelayPending, limit)
 	if err != nil {
 		return nil, fmt.Errorf("due relays: %w", classify(err))
 	}
