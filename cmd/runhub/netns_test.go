@@ -34,7 +34,7 @@ const netnsBlock = 8
 // use different subnets, and a rerun with the same pid finds its own
 // leftovers under the same names.
 func netnsBase() netip.Addr {
-	blocks := 1 << (32 - benchNet.Bits()) / netnsBlock
+	blocks := (1 << (32 - benchNet.Bits())) / netnsBlock
 	off := uint32(os.Getpid()%blocks) * netnsBlock
 	b := benchNet.Addr().As4()
 	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + off
