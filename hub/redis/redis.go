@@ -32,6 +32,24 @@ const channelPrefix = "runhub:run:"
 // retryDelay paces the receive loop while Redis is unreachable.
 const retryDelay = 100 * time.Millisecond
 
+// pingInterval is how often the broker PINGs Redis over the pub/sub
+// connection, so that even a connection that carries no message answers
+// something (a PONG) this often: silence then means a dead connection.
+// One PING a second per node is nothing to Redis.
+const pingInterval = time.Second
+
+// staleAfter is how long the pub/sub connection may return nothing at
+// all (no message, no PONG) before it is taken for dead and replaced. A
+// network partition drops packets silently: the connection neither
+// errors nor closes, so without this the node would keep waiting on it,
+// believing itself subscribed, until TCP gives up (about 15 minutes); and
+// after the network heals it would hear nothing until TCP's next
+// retransmission (up to 2 minutes later), or never if a firewall or NAT on
+// the way forgot the flow. Three missed PINGs: a Redis that answers
+// nothing for 3 s is not serving this node, and a reconnect only costs a
+// resubscribe and a store read per followed run.
+const staleAfter = 3 * pingInterval
+
 // Broker is a Redis pub/sub broker.
 type Broker struct {
 	rdb *goredis.Client
@@ -42,7 +60,7 @@ type Broker struct {
 	mu      sync.Mutex
 	handler hub.BrokerEventHandler // set once by Start
 	closed  bool
-	done    chan struct{} // closed when the receive loop returns; nil before Start
+	done    chan struct{} // closed when the receive loop (and its pinger) returned; nil before Start
 }
 
 // wireEvent is an event on the wire.
@@ -113,6 +131,14 @@ func (b *Broker) Close() error {
 	return err
 }
 
+// isClosed reports whether Close was called: a read that Close cut short
+// fails with the connection's error rather than ErrClosed.
+func (b *Broker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
 // Ready reports whether the pub/sub connection is up.
 func (b *Broker) Ready(ctx context.Context) error {
 	if !b.up.Load() {
@@ -149,10 +175,26 @@ func (b *Broker) Unsubscribe(ctx context.Context, runID string) error {
 
 func (b *Broker) receive(ctx context.Context) {
 	defer close(b.done)
+	pctx, stopPings := context.WithCancel(ctx)
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		b.keepAlive(pctx)
+	}()
+	defer func() {
+		stopPings()
+		<-pinged
+	}()
 	for {
-		msg, err := b.ps.Receive(ctx)
+		// The deadline is what finds a silent connection (see
+		// staleAfter): go-redis takes a read that ran out of time on
+		// Receive (unlike ReceiveTimeout) for a broken connection, closes
+		// it and dials again, subscribing to every channel anew.
+		rctx, cancel := context.WithTimeout(ctx, staleAfter)
+		msg, err := b.ps.Receive(rctx)
+		cancel()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, goredis.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, goredis.ErrClosed) || b.isClosed() {
 				return
 			}
 			if b.up.Swap(false) {
@@ -166,7 +208,9 @@ func (b *Broker) receive(ctx context.Context) {
 			// A node that follows no run has no subscription to renew, so
 			// no "subscribe" reply would ever say the connection is back:
 			// a PING over it reconnects, and its PONG says so.
-			b.ps.Ping(ctx)
+			pingCtx, cancel := context.WithTimeout(ctx, staleAfter)
+			b.ps.Ping(pingCtx)
+			cancel()
 			continue
 		}
 		switch m := msg.(type) {
@@ -195,5 +239,29 @@ func (b *Broker) receive(ctx context.Context) {
 			}
 			b.handler.Deliver(runID, events)
 		}
+	}
+}
+
+// keepAlive PINGs over the pub/sub connection every pingInterval until ctx
+// ends, so that a healthy connection is never silent for staleAfter. A
+// PING that cannot be sent is the receive loop's to notice (its read fails
+// or runs out of time). While the connection is down the receive loop
+// alone reconnects: a PING that waited for the connection behind its
+// reconnect would time out on the new connection and close it again.
+func (b *Broker) keepAlive(ctx context.Context) {
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !b.up.Load() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, pingInterval)
+		b.ps.Ping(pctx)
+		cancel()
 	}
 }
