@@ -193,6 +193,17 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	run, err := p.cfg.Store.RunByID(r.Context(), claims.RunID)
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrBusy) {
+		// The store is down, not the token bad: a 503 before any upgrade,
+		// which the agent retries, where 403 (or close 4003) would stop it
+		// for good.
+		p.log.Warn("agent refused for now: store unavailable", "run_id", claims.RunID, "err", err)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(map[string]any{"type": "server_error", "code": "unavailable",
+			"detail": "The store is unavailable at the moment; retry later.", "attr": nil})
+		return
+	}
 	if err != nil || run.ProjectID != claims.TeamID || run.TaskID != claims.TaskID {
 		refuse(w, r, http.StatusForbidden, CloseForbidden, "Agent token is not valid for a live run.")
 		return

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"runhub/hub/redis/redistest"
 	"runhub/store/postgres/pgtest"
 )
@@ -63,6 +65,51 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			t.Fatalf("run: %d %v", st, err)
 		}
 		runPaths = append(runPaths, runsPath+run.ID+"/")
+	}
+	// An agent on a run of its own (its connect and its writes add events
+	// the subscribed runs do not expect), connected before the outage.
+	var agentRun struct{ ID string }
+	if st, err := do(ctx, key, "POST", lb+runsPath, map[string]any{"status": "in_progress"}, &agentRun); err != nil || st != 201 {
+		t.Fatalf("agent's run: %d %v", st, err)
+	}
+	var agentTok struct {
+		Token string
+		WSURL string `json:"ws_url"`
+	}
+	if st, err := do(ctx, key, "GET", lb+runsPath+agentRun.ID+"/connection_token/?role=agent", nil, &agentTok); err != nil || st != 200 {
+		t.Fatalf("agent token: %d %v", st, err)
+	}
+	agentHeader := http.Header{"Authorization": {"Bearer " + agentTok.Token}}
+	agent, _, err := websocket.Dial(ctx, agentTok.WSURL, &websocket.DialOptions{HTTPHeader: agentHeader})
+	if err != nil {
+		t.Fatalf("agent connect: %v", err)
+	}
+	defer agent.CloseNow()
+	agentAppend := func(id int) (json.RawMessage, *struct{ Code int64 }) {
+		t.Helper()
+		actx, cancel := context.WithTimeout(ctx, outageRequestBound)
+		defer cancel()
+		req := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"append_log","params":{"entries":[{"type":"console","agent":%d}]}}`, id, id)
+		if err := agent.Write(actx, websocket.MessageText, []byte(req)); err != nil {
+			t.Fatalf("agent write: %v", err)
+		}
+		for {
+			_, b, err := agent.Read(actx)
+			if err != nil {
+				t.Fatalf("agent's append_log %d: no answer within %v: %v", id, outageRequestBound, err)
+			}
+			var resp struct {
+				ID     *int
+				Result json.RawMessage
+				Error  *struct{ Code int64 }
+			}
+			if json.Unmarshal(b, &resp) == nil && resp.ID != nil && *resp.ID == id {
+				return resp.Result, resp.Error
+			}
+		}
+	}
+	if _, rerr := agentAppend(1); rerr != nil {
+		t.Fatalf("agent's append_log before the outage: error %d", rerr.Code)
 	}
 
 	subCtx, stopSubs := context.WithCancel(ctx)
@@ -124,6 +171,35 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			}
 		}
 	}
+	// The agent's write over its connection is refused for now (it sends
+	// it again), and a new agent connection or /ws is a 503 with the
+	// standard body, not a refusal for good.
+	if _, rerr := agentAppend(2); rerr == nil || rerr.Code != -32014 {
+		t.Errorf("agent's append_log with PostgreSQL down: error %+v, want -32014", rerr)
+	}
+	for _, c := range []struct {
+		name, url string
+		header    http.Header
+	}{
+		{"/agent/connect", agentTok.WSURL, agentHeader},
+		{"/ws", "ws" + strings.TrimPrefix(nodes[0].base, "http") + "/ws", http.Header{"Authorization": {"Bearer " + key}}},
+	} {
+		start := time.Now()
+		c2, res, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPHeader: c.header})
+		took := time.Since(start)
+		if err == nil {
+			c2.CloseNow()
+			t.Errorf("%s opened with PostgreSQL down", c.name)
+			continue
+		}
+		var body []byte
+		if res != nil {
+			body, _ = io.ReadAll(res.Body)
+		}
+		if res == nil || res.StatusCode != http.StatusServiceUnavailable || !standardUnavailable(body) || took > outageRequestBound {
+			t.Errorf("%s with PostgreSQL down: %v %s in %v, want 503 with the standard body", c.name, err, body, took)
+		}
+	}
 	if d := 3*time.Second - time.Since(down); d > 0 {
 		time.Sleep(d) // the publishers keep trying through a few seconds of outage
 	}
@@ -133,6 +209,9 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		waitReady(t, n.base, http.StatusOK, "")
 	}
 	readyAfter := time.Since(up)
+	if _, rerr := agentAppend(3); rerr != nil {
+		t.Errorf("agent's append_log after the restart: error %d", rerr.Code)
+	}
 	rec.setPhase("after")
 	time.Sleep(time.Second) // load after the restart
 	close(stopPubs)
