@@ -26,7 +26,21 @@ const (
 	CodeNotFound             = -32004 // no such run (or not in a project the caller reaches)
 	CodeTooManySubscriptions = -32005 // the connection follows MaxSubscriptions runs already
 	CodeTooManyCommands      = -32006 // the connection has MaxCommands commands in flight
+	// CodeUnavailable: the store cannot be reached or written now (REST's
+	// 503); the same request may be sent again later.
+	CodeUnavailable = -32014
 )
+
+// storeError is the JSON-RPC error of a failed store lookup: the store
+// being down or busy is CodeUnavailable, so the client retries rather than
+// giving up as on an internal error; anything else is internal, and its
+// detail is not shown.
+func storeError(err error) *jsonrpc2.Error {
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrBusy) {
+		return rpcError(CodeUnavailable, "The store is unavailable at the moment; retry later.")
+	}
+	return rpcError(jsonrpc2.CodeInternalError, "internal error")
+}
 
 // closeUnauthenticated closes a /ws connection that did not authenticate
 // within AuthTimeout (the code of a refused connection token).
@@ -362,7 +376,7 @@ func (m *muxSession) resolve(ctx context.Context, runID, token string) (*store.R
 	case errors.Is(err, store.ErrForbidden):
 		return nil, false, rpcError(CodeForbidden, "not allowed to follow this run")
 	case err != nil:
-		return nil, false, rpcError(jsonrpc2.CodeInternalError, "internal error")
+		return nil, false, storeError(err)
 	}
 	m.authed.Store(true) // the caller proved it may follow a run
 	return run, write, nil
@@ -455,7 +469,7 @@ func (m *muxSession) history(ctx context.Context, req *jsonrpc2.Request) (any, *
 	if p.Before > 1 {
 		evs, err := m.h.src.EventsBefore(ctx, run.ID, p.Before, int(p.Limit), historyBytes)
 		if err != nil {
-			return nil, rpcError(jsonrpc2.CodeInternalError, "internal error")
+			return nil, storeError(err)
 		}
 		for _, ev := range evs {
 			out = append(out, historyEvent{Seq: ev.Seq, Event: ev.Data})

@@ -193,6 +193,17 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	run, err := p.cfg.Store.RunByID(r.Context(), claims.RunID)
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrBusy) {
+		// The store is down, not the token bad: a 503 before any upgrade,
+		// which the agent retries, where 403 (or close 4003) would stop it
+		// for good.
+		p.log.Warn("agent refused for now: store unavailable", "run_id", claims.RunID, "err", err)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(map[string]any{"type": "server_error", "code": "unavailable",
+			"detail": "The store is unavailable at the moment; retry later.", "attr": nil})
+		return
+	}
 	if err != nil || run.ProjectID != claims.TeamID || run.TaskID != claims.TaskID {
 		refuse(w, r, http.StatusForbidden, CloseForbidden, "Agent token is not valid for a live run.")
 		return
@@ -489,6 +500,8 @@ func storeRPCError(err error) *jsonrpc2.Error {
 		return rpcErr(jsonrpc2.CodeInvalidParams, "seq was already used for a different batch")
 	case errors.Is(err, store.ErrNotFound):
 		return rpcErr(-32004, "run not found")
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrBusy):
+		return errUnavailable()
 	}
 	return rpcErr(jsonrpc2.CodeInternalError, "internal error")
 }
@@ -598,7 +611,15 @@ const (
 	CodeBadSandbox   = -32011
 	CodeAgentGone    = -32012
 	CodeAgentTimeout = -32013
+	// CodeUnavailable: the store cannot be reached or written now (REST's
+	// 503; /ws uses the same code, hub.CodeUnavailable); the agent sends
+	// the same batch again later, and its seq makes that safe.
+	CodeUnavailable = -32014
 )
+
+func errUnavailable() *jsonrpc2.Error {
+	return rpcErr(CodeUnavailable, "The store is unavailable at the moment; retry later.")
+}
 
 // WSCommand is Command for the /ws command method (hub.Commander): the
 // agent's result, or its JSON-RPC error, or the error of the relay.
@@ -617,6 +638,8 @@ func (p *Proxy) WSCommand(ctx context.Context, run *store.Run, method string, pa
 		return nil, rpcErr(CodeAgentTimeout, "Agent server request timed out")
 	case errors.Is(err, ErrAgentGone):
 		return nil, rpcErr(CodeAgentGone, "Agent server is not reachable")
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrBusy):
+		return nil, errUnavailable()
 	case err != nil:
 		p.log.Error("command failed", "run_id", run.ID, "err", err)
 		return nil, rpcErr(jsonrpc2.CodeInternalError, "internal error")

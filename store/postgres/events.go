@@ -111,7 +111,7 @@ func logFilter(rid int64, q store.LogQuery) (string, []any) {
 // QueryLog returns one filtered page of a run's stored log entries; the
 // counts and the page come from one snapshot.
 func (s *Store) QueryLog(ctx context.Context, ref store.RunRef, q store.LogQuery) (*store.LogPage, error) {
-	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
+	tx, err := s.begin(ctx, pgxReadSnapshot)
 	if err != nil {
 		return nil, fmt.Errorf("begin read: %w", classify(err))
 	}

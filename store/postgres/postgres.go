@@ -15,11 +15,14 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"path"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +55,15 @@ var pgxReadSnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pg
 // lock for milliseconds, so a wait this long means a stalled holder, and
 // the client is better told to retry than left hanging.
 const lockTimeout = 10 * time.Second
+
+// connectTimeout bounds opening one connection. A server that is down on a
+// live host refuses at once; this bounds the other case, a host that does
+// not answer at all (a dead machine, a partition), where TCP would retry
+// its SYN for about two minutes while the request, and its client, wait.
+// 5 s is far above a healthy connect (milliseconds, even with TLS on a
+// loaded server) and below the 10 s a client or a balancer commonly waits
+// before giving up on a request.
+const connectTimeout = 5 * time.Second
 
 // Store is the PostgreSQL implementation of store.Store.
 type Store struct {
@@ -103,6 +115,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	if !strings.Contains(url, "connect_timeout") {
+		cfg.ConnConfig.ConnectTimeout = connectTimeout
+	}
 	cfg.ConnConfig.RuntimeParams["lock_timeout"] = strconv.FormatInt(s.lockTimeout.Milliseconds(), 10)
 	if !strings.Contains(url, "pool_max_conns") && cfg.MaxConns < defaultPoolConns {
 		cfg.MaxConns = defaultPoolConns
@@ -141,7 +156,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		return fmt.Errorf("list migrations: %w", err)
 	}
 	sort.Strings(names)
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return fmt.Errorf("begin migration: %w", classify(err))
 	}
@@ -203,7 +218,8 @@ func (s *Store) migrate(ctx context.Context) error {
 // a full disk or exhausted resources (SQLSTATE class 53), a read-only
 // transaction or server (25006, a hot standby), an I/O error (58030), a
 // server shutting down or starting (57P01-57P03), a lost or refused
-// connection (class 08, or no connection at all). A lock not taken within
+// connection (class 08, no connection at all, or one the server's end
+// closed: connLost). A lock not taken within
 // lockTimeout (55P03), a deadlock (40P01) or a serialization failure
 // (40001) is store.ErrBusy. Both are answered 503 rather than 500. Other
 // errors, and nil, are returned as they are.
@@ -212,7 +228,7 @@ func classify(err error) error {
 		return err
 	}
 	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
+	if errors.As(err, &ce) || connLost(err) {
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	var pe *pgconn.PgError
@@ -227,6 +243,34 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", store.ErrBusy, err)
 	}
 	return err
+}
+
+// connLost reports whether err is a connection that died under a statement
+// (the server crashed, restarted or was cut off): end of stream, a reset,
+// a closed conn. Cancellation by the caller's context is not one: that is
+// the client leaving, not the store failing.
+func connLost(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
+}
+
+// begin starts a transaction. A transaction that could not even begin
+// applied nothing, so when its connection turns out to have died (the
+// server restarted since it was last used) it is safe to begin once more:
+// the pool is reset first, because the dead connection's idle siblings
+// died with it, and the retry opens a fresh one. Every other failure, and
+// a second one, is the caller's (classified by it).
+func (s *Store) begin(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
+	tx, err := s.pool.BeginTx(ctx, opts)
+	if err != nil && connLost(err) && ctx.Err() == nil {
+		s.pool.Reset()
+		tx, err = s.pool.BeginTx(ctx, opts)
+	}
+	return tx, err
 }
 
 // ProbeWrite proves that the store can commit a write now, for readiness

@@ -29,7 +29,7 @@ const bootstrapLock = 0x7268626f6f74
 // transaction-scoped advisory lock so that of nodes starting together on
 // an empty database exactly one creates them.
 func (s *Store) Bootstrap(ctx context.Context, name string, k store.NewAPIKey) (bool, error) {
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return false, fmt.Errorf("bootstrap: %w", classify(err))
 	}

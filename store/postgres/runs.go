@@ -82,7 +82,7 @@ func (s *Store) RunByID(ctx context.Context, id string) (*store.Run, error) {
 // ListRuns returns a page of a live task's runs, newest first, and the
 // total, from one snapshot.
 func (s *Store) ListRuns(ctx context.Context, project int64, task string, limit, offset int) ([]store.Run, int64, error) {
-	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
+	tx, err := s.begin(ctx, pgxReadSnapshot)
 	if err != nil {
 		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
@@ -197,7 +197,7 @@ func sameTime(t time.Time, n int) []*time.Time {
 
 // CreateRun inserts a run and its first task_run_state event.
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
@@ -251,7 +251,7 @@ func stateChange(events []store.Event, now time.Time) change {
 // nothing; otherwise the run after fn is recorded under the key.
 func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
 	fn func(r *store.Run, now time.Time) (change, error)) (*store.MutationResult, error) {
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", classify(err))
 	}

@@ -49,7 +49,7 @@ func schemaText(t *store.Task) *string {
 // CreateTask inserts a task with the project's next task number; the
 // project's row lock (taken by the UPDATE) orders concurrent creations.
 func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask) (*store.Task, error) {
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", classify(err))
 	}
@@ -125,7 +125,7 @@ func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.T
 // ListTasks returns a page of the project's live tasks, newest first, and
 // the total, from one snapshot.
 func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
-	tx, err := s.pool.BeginTx(ctx, pgxReadSnapshot)
+	tx, err := s.begin(ctx, pgxReadSnapshot)
 	if err != nil {
 		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
@@ -164,7 +164,7 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 // UpdateTask applies a PATCH to a live task, under the task's row lock so
 // that concurrent PATCHes of other fields are not lost.
 func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p store.TaskPatch) (*store.Task, error) {
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.begin(ctx, pgx.TxOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", classify(err))
 	}

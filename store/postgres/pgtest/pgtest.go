@@ -49,8 +49,10 @@ const superuser = "postgres"
 // server is the binary's one PostgreSQL.
 type server struct {
 	dir  string // temp dir: data/ and the unix socket
+	bin  string // the directory of initdb and postgres
+	cred *syscall.Credential
 	port int
-	cmd  *exec.Cmd
+	cmd  *exec.Cmd  // nil while the server is not running
 	exit chan error // the server process's Wait result
 }
 
@@ -166,20 +168,35 @@ func runAs() (*syscall.Credential, error) {
 // start runs initdb in a new temp dir and starts the server on a free
 // loopback port. A missing installation sets missing and returns nil.
 func start() (*server, error) {
+	s, why, err := initServer()
+	if err != nil || s == nil {
+		missing = why
+		return nil, err
+	}
+	if err := s.launch(); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// initServer finds the binaries, runs initdb in a new temp dir and picks a
+// free loopback port; it does not start the server. Without PostgreSQL's
+// binaries it returns no server, no error and why they were not found.
+func initServer() (_ *server, missing string, _ error) {
 	bin, err := binDir()
 	if err != nil {
-		missing = err.Error()
-		return nil, nil
+		return nil, err.Error(), nil
 	}
 	cred, err := runAs()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	dir, err := os.MkdirTemp("", "runhub-pgtest-")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	s := &server{dir: dir}
+	s := &server{dir: dir, bin: bin, cred: cred}
 	ok := false
 	defer func() {
 		if !ok {
@@ -188,63 +205,96 @@ func start() (*server, error) {
 	}()
 	if cred != nil {
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	data := filepath.Join(dir, "data")
 	// --no-sync: initdb's own files need no fsync for a throwaway server;
 	// the running server keeps PostgreSQL's default durability.
-	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", data, "-U", superuser, "--auth=trust",
+	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", s.data(), "-U", superuser, "--auth=trust",
 		"--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	if out, err := initdb.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("initdb: %w: %s", err, out)
+		return nil, "", fmt.Errorf("initdb: %w: %s", err, out)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	s.port = ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	logPath := filepath.Join(dir, "postgres.log")
-	logFile, err := os.Create(logPath)
+	ok = true
+	return s, "", nil
+}
+
+func (s *server) data() string { return filepath.Join(s.dir, "data") }
+
+// launch starts the server process on s's data dir and port and waits
+// until it answers. Its output is appended to postgres.log in s.dir, so a
+// restarted server's log follows the previous run's.
+func (s *server) launch() error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer logFile.Close() // the child holds its own descriptor
 	serverLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(s.port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+dir,
+	s.cmd = exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir,
 		// Every test opens a few pools of its own.
 		"-c", "max_connections=200")
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	// Pdeathsig: the server dies with the test binary even when no
 	// TestMain stops it (a panic, a test binary without pgtest.Main).
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
+		return fmt.Errorf("start postgres: %w", err)
 	}
-	s.exit = make(chan error, 1)
-	go func() { s.exit <- s.cmd.Wait() }()
+	exit := make(chan error, 1)
+	s.exit = exit
+	go func() { exit <- s.cmd.Wait() }()
 	for {
 		err := s.admin(ctx, "SELECT 1")
 		if err == nil {
-			break
+			return nil
 		}
 		select {
-		case werr := <-s.exit:
-			return nil, fmt.Errorf("postgres exited: %v: %s", werr, serverLog())
+		case werr := <-exit:
+			s.cmd = nil
+			return fmt.Errorf("postgres exited: %v: %s", werr, serverLog())
 		case <-ctx.Done():
 			s.cmd.Process.Kill()
-			<-s.exit
-			return nil, fmt.Errorf("postgres did not answer within %v: %v: %s", startTimeout, err, serverLog())
+			<-exit
+			s.cmd = nil
+			return fmt.Errorf("postgres did not answer within %v: %v: %s", startTimeout, err, serverLog())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	ok = true
-	return s, nil
+}
+
+// halt sends the server sig (SIGINT: fast shutdown; SIGQUIT: immediate,
+// which is a crash to the data dir) and waits for it to exit, killing it
+// past stopTimeout. A halted server may be launched again.
+func (s *server) halt(sig syscall.Signal) error {
+	if s.cmd == nil {
+		return nil
+	}
+	defer func() { s.cmd = nil }()
+	if s.cmd.Process.Signal(sig) != nil {
+		return nil // already gone
+	}
+	select {
+	case <-s.exit:
+		return nil
+	case <-time.After(stopTimeout):
+		s.cmd.Process.Kill()
+		<-s.exit
+		return fmt.Errorf("postgres did not stop within %v; killed", stopTimeout)
+	}
 }
 
 func (s *server) url(db string) string {
@@ -267,18 +317,69 @@ func (s *server) admin(ctx context.Context, sql string) error {
 // stop shuts the server down (SIGINT: fast shutdown, which ends open
 // connections) and removes its directory.
 func (s *server) stop() error {
-	var err error
-	if s.cmd.Process.Signal(syscall.SIGINT) == nil {
-		select {
-		case <-s.exit:
-		case <-time.After(stopTimeout):
-			s.cmd.Process.Kill()
-			<-s.exit
-			err = fmt.Errorf("postgres did not stop within %v; killed", stopTimeout)
-		}
-	}
+	err := s.halt(syscall.SIGINT)
 	if rerr := os.RemoveAll(s.dir); err == nil {
 		err = rerr
 	}
 	return err
+}
+
+// Server is a PostgreSQL server of one test's own, which the test may stop
+// and start again (an outage) on the same port and data dir, unlike the
+// binary's shared server behind DB. It mirrors hub/redis/redistest.Server.
+type Server struct {
+	t testing.TB
+	s *server
+}
+
+// Start runs initdb and starts a server for t alone; it is stopped and its
+// directory removed when t ends. Without PostgreSQL's binaries t is
+// skipped (failed under RUNHUB_REQUIRE_SERVERS=1), as with DB.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s, missing, err := initServer()
+	if s == nil && err == nil {
+		if os.Getenv("RUNHUB_REQUIRE_SERVERS") == "1" {
+			t.Fatalf("%s and RUNHUB_REQUIRE_SERVERS=1 (run make deps)", missing)
+		}
+		t.Skipf("%s, skipping (make deps installs PostgreSQL)", missing)
+	}
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	srv := &Server{t: t, s: s}
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	srv.Restart()
+	return srv
+}
+
+// URL is the postgres:// URL of the server's postgres database, the same
+// across restarts.
+func (s *Server) URL() string { return s.s.url("postgres") }
+
+// Stop stops the server with PostgreSQL's immediate shutdown: every
+// connection is cut and no checkpoint is written, as in a crash, so the
+// next start recovers from the WAL. Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	s.t.Helper()
+	if err := s.s.halt(syscall.SIGQUIT); err != nil {
+		s.t.Fatalf("pgtest: %v", err)
+	}
+}
+
+// Restart starts the server (again, on the same port and data dir) and
+// waits until it answers a query. It must follow Stop (or Start's own
+// first call).
+func (s *Server) Restart() {
+	s.t.Helper()
+	if s.s.cmd != nil {
+		s.t.Fatal("pgtest: Restart of a running server (Stop it first)")
+	}
+	if err := s.s.launch(); err != nil {
+		s.t.Fatalf("pgtest: %v", err)
+	}
 }
