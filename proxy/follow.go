@@ -108,7 +108,13 @@ func (p *Proxy) deliver(ctx context.Context, run *store.Run, method string, para
 	closed := p.closed
 	p.mu.Unlock()
 	if s != nil {
-		return s.call(ctx, method, params, id)
+		resp, err := s.call(ctx, method, params, id)
+		if errors.Is(err, ErrAgentMoving) && closed && p.relay == nil {
+			// One node, shutting down: the agent comes back only after
+			// the restart, too late for this command.
+			return nil, fmt.Errorf("%w: this node is shutting down", ErrAgentGone)
+		}
+		return resp, err
 	}
 	if p.relay != nil {
 		owner, err := p.relay.Owner(ctx, run.ID)
