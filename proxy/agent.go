@@ -3,6 +3,15 @@
 // path), commands routed to a run's agent on this node, on another node
 // (Relay) or to its HTTP sandbox. Connection tokens are proxy/tokens, the
 // reference agent proxy/agentclient, the Slack relay proxy/slack.
+//
+// A command follows its agent when the agent moves to another node (its
+// node drains or dies): it waits up to FollowWait for the agent to
+// reconnect anywhere and is delivered there. It is delivered at most once:
+// only a command never written to an agent is sent again; one written to
+// an agent that went away without answering has an unknown outcome
+// (user_message is not idempotent) and is answered ErrAgentGone (502), not
+// sent twice and not dropped. A draining node answers the commands in
+// flight before it sends its agents on (DrainGrace). See follow.go.
 package proxy
 
 import (
