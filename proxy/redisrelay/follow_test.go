@@ -2,6 +2,7 @@ package redisrelay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"runhub/proxy"
 	"runhub/proxy/agentclient"
 	"runhub/proxy/proxytest"
+	"runhub/proxy/redisrelay"
 	"runhub/store"
 	"runhub/store/teststore"
 )
@@ -326,5 +328,52 @@ func TestUnansweredCommandIsNotResent(t *testing.T) {
 	wantAnswer(t, "a command on B", send(b.srv.URL, e, "next"), "next")
 	if got, want := r.all(), []string{"next", "slow"}; !slices.Equal(got, want) {
 		t.Fatalf("the agent got %q, want %q (the unanswered command not again)", got, want)
+	}
+}
+
+// TestHandoffAndDeadOwner: a node's handed-off claim names it for the
+// ttl given and then expires, and does not touch a claim another node
+// took since; a request to a node nobody listens for (killed) is
+// ErrAgentMoving, so the proxy waits for the agent elsewhere, not
+// ErrAgentGone.
+func TestHandoffAndDeadOwner(t *testing.T) {
+	rs := redistest.Start(t)
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := redisrelay.New(ctx, rs.URL(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := redisrelay.New(ctx, rs.URL(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	if _, err := a.Claim(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Handoff(ctx, "r1", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := a.Owner(ctx, "r1"); o != a.NodeID() {
+		t.Fatalf("owner right after the handoff: %q, want A", o)
+	}
+	proxytest.WaitFor(t, "the handed-off claim to expire", func() bool { o, _ := b.Owner(ctx, "r1"); return o == "" })
+
+	a.Claim(ctx, "r2")
+	b.Claim(ctx, "r2") // the agent reconnected to B
+	if err := a.Handoff(ctx, "r2", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if o, _ := a.Owner(ctx, "r2"); o != b.NodeID() {
+		t.Fatalf("A's late handoff changed B's claim: owner %q", o)
+	}
+
+	_, err = b.Request(ctx, "killed-node", proxy.RelayRequest{RunID: "r3", Method: "cancel"})
+	if !errors.Is(err, proxy.ErrAgentMoving) {
+		t.Fatalf("a request to a node nobody hears: %v, want ErrAgentMoving", err)
 	}
 }
