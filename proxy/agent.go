@@ -3,6 +3,15 @@
 // path), commands routed to a run's agent on this node, on another node
 // (Relay) or to its HTTP sandbox. Connection tokens are proxy/tokens, the
 // reference agent proxy/agentclient, the Slack relay proxy/slack.
+//
+// A command follows its agent when the agent moves to another node (its
+// node drains or dies): it waits up to FollowWait for the agent to
+// reconnect anywhere and is delivered there. It is delivered at most once:
+// only a command never written to an agent is sent again; one written to
+// an agent that went away without answering has an unknown outcome
+// (user_message is not idempotent) and is answered ErrAgentGone (502), not
+// sent twice and not dropped. A draining node answers the commands in
+// flight before it sends its agents on (DrainGrace). See follow.go.
 package proxy
 
 import (
@@ -83,6 +92,12 @@ type Config struct {
 	// Relay reaches the agents held by other nodes (redisrelay); nil: this
 	// node is the only one, and holds every agent it can reach.
 	Relay Relay
+	// FollowWait bounds how long a command waits for an agent that is
+	// moving between nodes (0: DefaultFollowWait); DrainGrace how long a
+	// draining node waits for the answers to commands in flight before it
+	// sends an agent on (0: DefaultDrainGrace). Tests shrink them.
+	FollowWait time.Duration
+	DrainGrace time.Duration
 }
 
 // Proxy holds this node's agent sessions and routes commands to them.
@@ -95,21 +110,33 @@ type Proxy struct {
 	accepted atomic.Uint64       // numbers connections in the order they were accepted
 	relay    Relay               // nil: one node
 	conns    sync.WaitGroup      // ServeAgent calls in progress
+	sending  sync.WaitGroup      // sendOn calls in progress
 	closed   bool                // Close has begun: agents are sent on (under mu)
 }
 
 // Close ends every agent connection (1012 service restart: agents
 // reconnect at once, to another node or after the restart) and waits until
 // each has recorded its disconnection; an agent that connects meanwhile is
-// sent on the same way. Call it after the HTTP server stopped accepting,
-// and before the relay and the store close.
+// sent on the same way. A connection takes no new command from then on
+// (commands wait for the agent on its next node) and closes once the
+// commands already written to it are answered, or after DrainGrace. Call
+// it after the HTTP server stopped accepting, and before the relay and the
+// store close; calling it again waits for the first call's work.
 func (p *Proxy) Close() {
 	p.mu.Lock()
+	first := !p.closed
 	p.closed = true
-	for _, s := range p.agents {
-		go s.ws.Close(websocket.StatusServiceRestart, "service restart")
+	if first {
+		for _, s := range p.agents {
+			p.sending.Add(1)
+			go func() {
+				defer p.sending.Done()
+				p.sendOn(s)
+			}()
+		}
 	}
 	p.mu.Unlock()
+	p.sending.Wait()
 	p.conns.Wait()
 }
 
@@ -135,6 +162,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.PongTimeout <= 0 {
 		cfg.PongTimeout = defaultPongTimeout
+	}
+	if cfg.FollowWait <= 0 {
+		cfg.FollowWait = DefaultFollowWait
+	}
+	if cfg.DrainGrace <= 0 {
+		cfg.DrainGrace = DefaultDrainGrace
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -163,6 +196,12 @@ type session struct {
 	n    uint64 // order of acceptance on this node: the newer connection wins
 	mu   sync.Mutex
 	last int64 // highest batch seq accepted on this run through this node
+	// Commands written to the agent and not yet answered (under mu);
+	// leaving is made when the node sends the agent on, and closed (idle
+	// set) once inflight is 0.
+	inflight int
+	leaving  chan struct{}
+	idle     bool
 
 	evicted atomic.Bool // replaced by a connection on another node
 }
@@ -309,7 +348,14 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	p.mu.Unlock()
 	if current {
-		if p.relay != nil {
+		if p.relay != nil && s.isLeaving() {
+			// Sent on by the drain: the claim stays for FollowWait, so that
+			// commands wait for the agent on its next node (whose claim
+			// replaces this one) instead of finding no agent at all.
+			if err := p.relay.Handoff(context.WithoutCancel(ctx), run.ID, p.cfg.FollowWait); err != nil {
+				p.log.Warn("relay handoff failed; the claim expires by itself", "run_id", run.ID, "err", err)
+			}
+		} else if p.relay != nil {
 			if err := p.relay.Release(context.WithoutCancel(ctx), run.ID); err != nil {
 				p.log.Warn("relay release failed; the claim expires by itself", "run_id", run.ID, "err", err)
 			}
@@ -516,8 +562,10 @@ type Response struct {
 
 // Command sends method(params) to the run's agent and returns its
 // response: through the agent's connection when it is on this node, else
-// to the run's HTTP sandbox (state.sandbox_url) when it has one. Errors:
-// ErrNoAgent, ErrAgentGone, ErrAgentTimeout, ErrBadSandbox.
+// through the relay to the node that holds it, else to the run's HTTP
+// sandbox (state.sandbox_url) when it has one. A command for an agent that
+// is moving between nodes follows it (see follow.go). Errors: ErrNoAgent,
+// ErrAgentGone, ErrAgentTimeout, ErrBadSandbox.
 func (p *Proxy) Command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*Response, error) {
 	resp, err := p.command(ctx, run, method, params, id)
 	if err == nil && resp != nil {
@@ -541,38 +589,27 @@ func validUTF8(raw json.RawMessage) json.RawMessage {
 	return bytes.ToValidUTF8(raw, []byte("\uFFFD"))
 }
 
-func (p *Proxy) command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
-	defer cancel()
-	p.mu.Lock()
-	s := p.agents[run.ID]
-	p.mu.Unlock()
-	if s != nil {
-		return s.call(ctx, method, params, id)
-	}
-	if p.relay != nil {
-		owner, err := p.relay.Owner(ctx, run.ID)
-		if err != nil {
-			p.log.Warn("relay lookup failed", "run_id", run.ID, "err", err)
-		} else if owner != "" && owner != p.relay.NodeID() {
-			return p.relay.Request(ctx, owner, RelayRequest{RunID: run.ID, Method: method, Params: params, ID: id})
-		}
-	}
-	if url := sandboxURL(run); url != "" {
-		if p.cfg.Sandboxes == nil {
-			return nil, ErrBadSandbox // no host is allowed
-		}
-		return p.cfg.Sandboxes.forward(ctx, p.cfg.Tokens, run, url, method, params, id)
-	}
-	return nil, ErrNoAgent
-}
-
+// call writes the command to the agent and waits for its answer.
+// ErrAgentMoving: it was not written (the session is leaving, or the
+// connection ended before the write); ErrAgentGone: it was written and the
+// connection ended without an answer (the outcome is unknown).
 func (s *session) call(ctx context.Context, method string, params json.RawMessage, id any) (*Response, error) {
 	if len(params) == 0 {
 		params = json.RawMessage("{}")
 	}
+	if !s.begin() {
+		return nil, fmt.Errorf("%w: its node is draining", ErrAgentMoving)
+	}
+	defer s.end()
+	waiter, err := s.rpc.DispatchCall(ctx, method, params)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ErrAgentTimeout
+		}
+		return nil, fmt.Errorf("%w: write: %w", ErrAgentMoving, err)
+	}
 	var result json.RawMessage
-	err := s.rpc.Call(ctx, method, params, &result)
+	err = waiter.Wait(ctx, &result)
 	var rerr *jsonrpc2.Error
 	switch {
 	case err == nil:
@@ -673,11 +710,16 @@ func (p *Proxy) LocalCommand(ctx context.Context, req RelayRequest) (*Response, 
 	defer cancel()
 	p.mu.Lock()
 	s := p.agents[req.RunID]
+	closed := p.closed
 	p.mu.Unlock()
-	if s == nil {
-		return nil, ErrNoAgent
+	switch {
+	case s != nil:
+		return s.call(ctx, req.Method, req.Params, req.ID)
+	case closed:
+		// Draining: the asking node waits for the agent elsewhere.
+		return nil, fmt.Errorf("%w: it left this draining node", ErrAgentMoving)
 	}
-	return s.call(ctx, req.Method, req.Params, req.ID)
+	return nil, ErrNoAgent
 }
 
 // EvictLocal closes this node's connection of the run's agent: a newer one

@@ -517,3 +517,54 @@ func TestProxyCloseSays1012(t *testing.T) {
 		t.Fatalf("agent connection ended with %v (status %d), want 1012", err, st)
 	}
 }
+
+// TestDrainAnswersCommandsInFlight: a command written to the agent before
+// its node drains gets the agent's answer, which the node waits for
+// before it closes the connection with 1012; a command that arrives
+// during the drain, on a single node where the agent can go nowhere else,
+// is 502 at once and never written to the agent.
+func TestDrainAnswersCommandsInFlight(t *testing.T) {
+	e := newPxEnv(t, proxy.Config{})
+	run := e.newRun("")
+	a := e.dialRaw(run)
+	first := make(chan string, 1)
+	go func() { // not e.call: a goroutine must not end the test
+		req, _ := http.NewRequest("POST", e.srv.URL+e.runPath(run)+"/command", strings.NewReader(`{"id":"c1","method":"cancel"}`))
+		req.Header.Set("Authorization", "Bearer "+e.key)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		first <- fmt.Sprintf("%d %s", res.StatusCode, b)
+	}()
+	cmd := a.read(t)
+	if cmd["method"] != "cancel" {
+		t.Fatalf("the agent got %v", cmd)
+	}
+	closed := make(chan struct{})
+	go func() { e.px.Close(); close(closed) }()
+	time.Sleep(100 * time.Millisecond) // the drain has begun
+	start := time.Now()
+	b := e.call("POST", e.runPath(run)+"/command", `{"method":"cancel"}`, http.StatusBadGateway, nil)
+	if !strings.Contains(string(b), "Agent server is not reachable") || time.Since(start) > time.Second {
+		t.Fatalf("a command during the drain: %s after %v", b, time.Since(start))
+	}
+	a.send(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%v,"result":{"cancelled":true}}`, cmd["id"]))
+	select {
+	case b := <-first:
+		if !strings.HasPrefix(b, "200 ") || !strings.Contains(b, `"cancelled":true`) || !strings.Contains(b, `"id":"c1"`) {
+			t.Fatalf("the command in flight: %s", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command in flight got no answer")
+	}
+	_, msg, err := a.ws.Read(a.ctx)
+	if st := websocket.CloseStatus(err); st != websocket.StatusServiceRestart {
+		t.Fatalf("after the answer the agent read %s, %v (status %d), want the 1012 close and nothing else", msg, err, st)
+	}
+	<-closed
+}

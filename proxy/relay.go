@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 // Relay carries commands between nodes (the Redis relay; nil on a single
@@ -21,10 +22,16 @@ type Relay interface {
 	Claim(ctx context.Context, runID string) (previous string, err error)
 	// Release drops the claim if it is still this node's.
 	Release(ctx context.Context, runID string) error
+	// Handoff keeps the claim, if it is still this node's, for at most
+	// ttl: the node sent the agent on (it drains), and commands that find
+	// the claim wait for the agent's next node to replace it.
+	Handoff(ctx context.Context, runID string, ttl time.Duration) error
 	// Owner is the node holding the run's agent, or "".
 	Owner(ctx context.Context, runID string) (string, error)
-	// Request sends a command to node and waits for its reply (ErrAgentGone
-	// when nobody there listens, ErrAgentTimeout when ctx ends first).
+	// Request sends a command to node and waits for its reply
+	// (ErrAgentMoving when nobody there listens, or the node answers that
+	// the agent left it, so the command was not delivered; ErrAgentTimeout
+	// when ctx ends first).
 	Request(ctx context.Context, node string, req RelayRequest) (*Response, error)
 	// Evict asks node to close its connection of the run's agent (a newer
 	// one connected elsewhere).

@@ -278,9 +278,10 @@ func (n *Node) Start(ctx context.Context) error {
 }
 
 // Close stops the node and waits for everything it runs, in dependency
-// order: the requests' streams (their contexts end), the hub (WebSocket
-// streams outlive their handlers), the proxy (agent connections record
-// their disconnection), the Slack worker, the revocation poller, the relay
+// order: the proxy (agent connections get the answers to the commands in
+// flight, then record their disconnection), the requests' streams (their
+// contexts end), the hub (WebSocket streams outlive their handlers), the
+// Slack worker, the revocation poller, the relay
 // and the broker, and last the store. Stop accepting connections (the HTTP
 // server's Shutdown) before. Close may be called more than once; it
 // returns the store's close error.
@@ -291,14 +292,17 @@ func (n *Node) Close() error {
 		return n.closeErr
 	}
 	n.closed = true
+	if n.px != nil {
+		// Before the streams' contexts end: the agents' connections are
+		// streams too, and a cancelled one would cut the answers to the
+		// commands in flight that Proxy.Close waits for (DrainGrace).
+		n.px.Close()
+	}
 	if n.cancelStreams != nil {
 		n.cancelStreams()
 	}
 	if n.hub != nil {
 		n.hub.Close()
-	}
-	if n.px != nil {
-		n.px.Close()
 	}
 	if n.slack != nil {
 		n.slack.Close() // a no-op if the worker never started

@@ -325,7 +325,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("shutdown incomplete", "err", err)
 		srv.Close()
 	}
-	n.Close() // hub, proxy, pollers, broker, store: in that order
+	n.Close() // proxy, hub, pollers, broker, store: in that order
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}

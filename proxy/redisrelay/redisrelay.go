@@ -7,7 +7,12 @@
 // Requests and replies travel over pub/sub on each node's own channel
 // runhub:node:<id>, correlated by id. Pub/sub is at most once: a request
 // or reply lost to a Redis outage ends as a timeout (504), never as a
-// command run twice by the relay.
+// command run twice by the relay. A request that no node received (the
+// claim names a node that died) or that the node refused because its
+// agent left (it drains) comes back as proxy.ErrAgentMoving: it was not
+// delivered, so the proxy sends it again once the agent is claimed by
+// another node. A draining node hands its claims off (Handoff) rather than
+// releasing them, so that commands wait for the agent's next node.
 package redisrelay
 
 import (
@@ -42,7 +47,7 @@ type message struct {
 	Req     *proxy.RelayRequest `json:"req,omitempty"`
 	RunID   string              `json:"run_id,omitempty"`
 	Resp    *proxy.Response     `json:"resp,omitempty"`
-	Err     string              `json:"err,omitempty"` // no_agent, gone, timeout, bad_sandbox, internal
+	Err     string              `json:"err,omitempty"` // no_agent, moving, gone, timeout, bad_sandbox, internal
 }
 
 // Relay is one node's end of the relay.
@@ -148,6 +153,20 @@ func (r *Relay) Release(ctx context.Context, runID string) error {
 	return nil
 }
 
+// handoffScript shortens the presence's TTL to ARGV[2] ms only if this
+// node still holds it (a newer claim by another node is left alone).
+var handoffScript = goredis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
+
+// Handoff keeps the claim, if it is still this node's, for at most ttl:
+// this node sent the agent on, and the claim tells commands to wait for
+// its next node rather than answer that there is no agent.
+func (r *Relay) Handoff(ctx context.Context, runID string, ttl time.Duration) error {
+	if err := handoffScript.Run(ctx, r.rdb, []string{presencePrefix + runID}, r.node, ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, goredis.Nil) {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	return nil
+}
+
 // Owner is the node holding the run's agent, or "".
 func (r *Relay) Owner(ctx context.Context, runID string) (string, error) {
 	v, err := r.rdb.Get(ctx, presencePrefix+runID).Result()
@@ -188,7 +207,9 @@ func (r *Relay) Request(ctx context.Context, node string, req proxy.RelayRequest
 		return nil, fmt.Errorf("%w: relay: %w", proxy.ErrAgentGone, err)
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%w: node %s does not listen", proxy.ErrAgentGone, node)
+		// The claim outlived its node (killed, or stopped since): nothing
+		// was delivered, and the agent reconnects elsewhere.
+		return nil, fmt.Errorf("%w: node %s does not listen", proxy.ErrAgentMoving, node)
 	}
 	select {
 	case <-ctx.Done():
@@ -206,6 +227,8 @@ func (r *Relay) Request(ctx context.Context, node string, req proxy.RelayRequest
 			return nil, proxy.ErrAgentTimeout
 		case "bad_sandbox":
 			return nil, proxy.ErrBadSandbox
+		case "moving":
+			return nil, fmt.Errorf("%w: node %s sent it on", proxy.ErrAgentMoving, node)
 		}
 		return nil, fmt.Errorf("%w: %s", proxy.ErrAgentGone, m.Err)
 	}
@@ -221,6 +244,8 @@ func errKind(err error) string {
 	switch {
 	case err == nil:
 		return ""
+	case errors.Is(err, proxy.ErrAgentMoving):
+		return "moving"
 	case errors.Is(err, proxy.ErrNoAgent):
 		return "no_agent"
 	case errors.Is(err, proxy.ErrAgentTimeout):
