@@ -82,6 +82,7 @@ type nodesConfig struct {
 	rate          float64 // appends/s offered in total
 	duration      time.Duration
 	kill          bool // kill -9 the last node halfway through
+	serverArgs    []string
 }
 
 // nodesReport is what the scenario measured.
@@ -93,6 +94,7 @@ type nodesReport struct {
 	Lost, Dup, Extra int64   // Extra: seqs beyond the acknowledged appends (an append applied twice)
 	Subscriptions    []int64 // per node, before any kill (the node's runhub_hub_subscriptions)
 	Killed           string  // the killed node's id, "" without -kill
+	Reconnects       int     // connections that ended while the scenario ran (and were made again)
 	Dropped          int     // clients whose connection broke after the kill
 	Resume           []time.Duration
 	NotResumed       int
@@ -117,8 +119,10 @@ func nodesCmd(args []string) error {
 	fs.Float64Var(&c.rate, "rate", 200, "appends per second offered in total (one entry each)")
 	fs.IntVar(&c.size, "size", 200, "bytes per entry")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "publishing time")
+	serverArgs := fs.String("server-args", "", "extra flags for runhub serve, space-separated (after the bench's own, so they win)")
 	fs.BoolVar(&c.kill, "kill", false, "kill -9 one node halfway through and measure its clients' resumption (needs -n 2 or more)")
 	fs.Parse(args)
+	c.serverArgs = strings.Fields(*serverArgs)
 	if err := c.check(); err != nil {
 		return err
 	}
@@ -182,6 +186,8 @@ type nodeSub struct {
 	runID   string
 	runPath string
 	dropped time.Time // when its connection first broke since it last resumed
+	ends    int       // connections that ended (owned by follow's goroutine; read after it ends)
+	lastErr error     // why the last one ended
 }
 
 // runNodes starts the deployment, drives it and reports; everything it
@@ -225,8 +231,8 @@ func runNodes(ctx context.Context, c nodesConfig, out io.Writer) (*nodesReport, 
 		if err := os.Mkdir(ndir, 0o700); err != nil {
 			return nil, err
 		}
-		n, err := startNode(ctx, common, ndir, i == 0, "--node-id", fmt.Sprintf("n%d", i+1),
-			"--database-url", dbURL, "--redis-url", redisURL)
+		n, err := startNode(ctx, common, ndir, i == 0, append([]string{"--node-id", fmt.Sprintf("n%d", i+1),
+			"--database-url", dbURL, "--redis-url", redisURL}, c.serverArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("node %d: %w", i+1, err)
 		}
@@ -367,6 +373,7 @@ func runNodes(ctx context.Context, c nodesConfig, out io.Writer) (*nodesReport, 
 	wg.Wait()
 
 	var lat []uint32
+	var lastErr error // one reason a connection ended, for the report
 	for r := range acked {
 		rep.Appends += acked[r].Load()
 	}
@@ -378,6 +385,10 @@ func runNodes(ctx context.Context, c nodesConfig, out io.Writer) (*nodesReport, 
 		rep.Extra += max(0, s.next-1-l)
 		rep.Dup += s.dup
 		lat = append(lat, s.lat...)
+		rep.Reconnects += s.ends
+		if s.lastErr != nil && lastErr == nil {
+			lastErr = s.lastErr
+		}
 		if c.kill && !s.dropped.IsZero() && s.dropped.After(killAt) {
 			rep.Dropped++
 			if s.resumed.After(s.dropped) {
@@ -397,6 +408,11 @@ func runNodes(ctx context.Context, c nodesConfig, out io.Writer) (*nodesReport, 
 	fmt.Fprintf(out, "appends: %d acknowledged (%.0f/s), %d attempts retried with the same key\n", rep.Appends, float64(rep.Appends)/rep.Window.Seconds(), rep.Retried)
 	fmt.Fprintf(out, "deliveries: %d (%.0f/s)\n", rep.Delivered, float64(rep.Delivered)/rep.Window.Seconds())
 	fmt.Fprintf(out, "latency: p50 %v  p95 %v  p99 %v  max %v\n", rep.Latency[0], rep.Latency[1], rep.Latency[2], rep.Latency[3])
+	fmt.Fprintf(out, "reconnections: %d", rep.Reconnects)
+	if lastErr != nil {
+		fmt.Fprintf(out, " (one ended with: %v)", lastErr)
+	}
+	fmt.Fprintln(out)
 	if c.kill {
 		pct := func(p float64) time.Duration {
 			if len(rep.Resume) == 0 {
@@ -408,6 +424,28 @@ func runNodes(ctx context.Context, c nodesConfig, out io.Writer) (*nodesReport, 
 			rep.Killed, rep.Subscriptions[len(rep.Subscriptions)-1], rep.Dropped, pct(.50), pct(.99), pct(1), rep.NotResumed)
 	}
 	fmt.Fprintf(out, "lost: %d  duplicated: %d  extra: %d\n", rep.Lost, rep.Dup, rep.Extra)
+	for i, n := range nodes {
+		if !n.dead {
+			fmt.Fprintf(out, "node n%d: gap reads %d, resyncs %d, slow consumers %d\n", i+1,
+				metricValue(n, "runhub_hub_gap_reads_total"), metricValue(n, "runhub_hub_resyncs_total"),
+				metricValue(n, "runhub_hub_slow_consumers_total"))
+		}
+	}
+	if rep.Lost != 0 || rep.Extra != 0 {
+		// Where: per run, the subscribers that ended elsewhere than its
+		// last seq (gaps inside a stream count as lost too).
+		for r, p := range runPaths {
+			var off []string
+			for _, s := range ss {
+				if s.run == r && (s.next-1 != last(s) || s.lost != 0) {
+					off = append(off, fmt.Sprintf("%s at %d (gaps %d)", s.kind, s.next-1, s.lost))
+				}
+			}
+			if len(off) > 0 {
+				fmt.Fprintf(out, "  run %s, last seq %d, %s: %s\n", path.Base(p), 1+acked[r].Load(), storedCount(ctx, lb, p), strings.Join(off, ", "))
+			}
+		}
+	}
 	return rep, nil
 }
 
@@ -436,7 +474,9 @@ func (s *nodeSub) follow(ctx context.Context, lb *server, connected *atomic.Int6
 		if ctx.Err() != nil {
 			return
 		}
-		_ = err // every end is a reason to come back; the tally says whether anything was missed
+		// Every end is a reason to come back; the tally says whether
+		// anything was missed.
+		s.ends, s.lastErr = s.ends+1, err
 		s.mu.Lock()
 		if !s.awaiting {
 			s.awaiting, s.dropped = true, time.Now()
@@ -508,21 +548,39 @@ func (s *nodeSub) read(c *websocket.Conn, onUp func(), mux bool) error {
 		if _, err := buf.ReadFrom(r); err != nil {
 			return err
 		}
-		if mux && !bytes.HasPrefix(buf.Bytes(), notifMarker) {
-			var reply struct {
-				Error *struct{ Message string }
+		if mux {
+			if err := s.muxMessage(buf.Bytes(), time.Now(), onUp); err != nil {
+				return err
 			}
-			if err := json.Unmarshal(buf.Bytes(), &reply); err != nil {
-				return fmt.Errorf("/ws reply: %w", err)
-			}
-			if reply.Error != nil {
-				return fmt.Errorf("subscribe: %s", reply.Error.Message)
-			}
-			onUp()
 			continue
 		}
 		observeMessage(&s.subscriber, buf.Bytes(), time.Now())
 	}
+}
+
+// muxMessage takes one /ws message: notifications (one object, or a
+// JSON-RPC batch, an array of them, which the server sends when several
+// events are queued at once) or the subscribe reply, which comes alone.
+func (s *nodeSub) muxMessage(b []byte, now time.Time, onUp func()) error {
+	if bytes.Contains(b, notifMarker) {
+		observeMessage(&s.subscriber, b, now)
+		return nil
+	}
+	var reply struct {
+		Result json.RawMessage
+		Error  *struct{ Message string }
+	}
+	if err := json.Unmarshal(b, &reply); err != nil {
+		return fmt.Errorf("/ws reply: %w", err)
+	}
+	if reply.Error != nil {
+		return fmt.Errorf("subscribe: %s", reply.Error.Message)
+	}
+	if reply.Result == nil {
+		return fmt.Errorf("/ws: unexpected message %.100s", b)
+	}
+	onUp()
+	return nil
 }
 
 // followEvents follows the run's SSE stream from the seq after its last.
@@ -741,4 +799,20 @@ func freshDatabase(ctx context.Context, admin string) (string, func(), error) {
 	own := *u
 	own.Path = "/" + name
 	return own.String(), drop, nil
+}
+
+// storedCount says how many log entries the store holds for the run (the
+// X-Total-Count of session_logs), to tell a lost delivery from a lost write.
+func storedCount(ctx context.Context, lb *server, runPath string) string {
+	req, err := http.NewRequestWithContext(ctx, "GET", lb.base+runPath+"/session_logs?limit=1", nil)
+	if err != nil {
+		return err.Error()
+	}
+	req.Header = authHeader(lb)
+	resp, err := lb.client.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	resp.Body.Close()
+	return "stored entries " + resp.Header.Get("X-Total-Count")
 }

@@ -112,3 +112,36 @@ func TestNodesBounds(t *testing.T) {
 		t.Errorf("mysql URL: %v", err)
 	}
 }
+
+// TestMuxMessages: a /ws subscriber takes the subscribe reply, single
+// notifications and the JSON-RPC batches (arrays) the server sends when
+// several events are queued at once; an error reply ends the connection.
+// (Taking a batch for a malformed reply made subscribers reconnect for
+// ever under load, stuck at the seq before the batch.)
+func TestMuxMessages(t *testing.T) {
+	s := &nodeSub{subscriber: subscriber{next: 1}}
+	up := 0
+	now := time.Now()
+	for _, m := range []string{
+		`{"jsonrpc":"2.0","id":1,"result":{"run_id":"r","last_seq":0}}`,
+		`{"jsonrpc":"2.0","method":"event","params":{"run_id":"r","seq":1,"event":{"type":"task_run_state"}}}`,
+		`[{"jsonrpc":"2.0","method":"event","params":{"run_id":"r","seq":2,"event":{"type":"bench","t":1}}},` +
+			`{"jsonrpc":"2.0","method":"event","params":{"run_id":"r","seq":3,"event":{"type":"bench","t":2}}}]`,
+	} {
+		if err := s.muxMessage([]byte(m), now, func() { up++ }); err != nil {
+			t.Fatalf("%s: %v", m, err)
+		}
+	}
+	if up != 1 || s.next != 4 || s.delivered != 2 || s.lost != 0 || s.dup != 0 {
+		t.Fatalf("up %d, next %d, delivered %d, lost %d, dup %d", up, s.next, s.delivered, s.lost, s.dup)
+	}
+	for _, m := range []string{
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"run not found"}}`,
+		`{"jsonrpc":"2.0","id":1}`,
+		`not json`,
+	} {
+		if err := s.muxMessage([]byte(m), now, func() { up++ }); err == nil {
+			t.Errorf("%s: accepted", m)
+		}
+	}
+}
