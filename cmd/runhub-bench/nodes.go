@@ -148,11 +148,12 @@ lost/duplicated counts (must be 0) and, with -kill, the time from a node's
 kill -9 to each of its clients receiving its next event through another node.
 
 Needs haproxy and a PostgreSQL server (make deps installs both). To start a
-throwaway PostgreSQL as root:
+throwaway PostgreSQL as root (three nodes open up to 3 x 32 connections,
+at the edge of the default max_connections of 100, hence 200):
 
   mkdir /tmp/pgb && chown postgres /tmp/pgb
   su postgres -c "/usr/lib/postgresql/15/bin/initdb -D /tmp/pgb/data"
-  su postgres -c "/usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgb/data -o '-p 55432 -k /tmp/pgb -c listen_addresses=127.0.0.1' -l /tmp/pgb/log start"
+  su postgres -c "/usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgb/data -o '-p 55432 -k /tmp/pgb -c listen_addresses=127.0.0.1 -c max_connections=200' -l /tmp/pgb/log start"
   bin/runhub-bench nodes -database-url postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable
   su postgres -c "/usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgb/data stop"
 
