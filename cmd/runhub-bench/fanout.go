@@ -29,10 +29,17 @@ type subscriber struct {
 	delivered int64      // log entries received during the window
 	lost, dup int64
 	lat       []uint32 // microseconds
+	// awaiting is set when the connection broke (nodes mode); the next
+	// event in order clears it and sets resumed: the subscriber is back.
+	awaiting bool
+	resumed  time.Time
 }
 
 // observe records one event; t is the append's send time (ns), 0 if none.
 func (s *subscriber) observe(seq, t int64, now time.Time) {
+	if s.awaiting && seq == s.next {
+		s.awaiting, s.resumed = false, now
+	}
 	switch {
 	case seq < s.next:
 		s.dup++
@@ -295,29 +302,33 @@ func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, c
 		if _, err := buf.ReadFrom(r); err != nil {
 			return err
 		}
-		now := time.Now()
-		// A message is one notification or a batch of them; each starts
-		// with the marker (bench entries contain no nested JSON-RPC).
-		b := buf.Bytes()
-		for len(b) > 0 {
-			i := bytes.Index(b, notifMarker)
-			if i < 0 {
-				break
-			}
-			b = b[i+len(notifMarker):]
-			end := bytes.Index(b, notifMarker)
-			if end < 0 {
-				end = len(b)
-			}
-			n := b[:end]
-			b = b[end:]
-			if !bytes.HasPrefix(n, []byte(`event"`)) {
-				continue
-			}
-			s.mu.Lock()
-			s.observe(intAfter(n, `"seq":`), intAfter(n, `"t":`), now)
-			s.mu.Unlock()
+		observeMessage(s, buf.Bytes(), time.Now())
+	}
+}
+
+// observeMessage records the events of one WebSocket message (the stream
+// WebSocket's and /ws's notifications have one shape).
+func observeMessage(s *subscriber, b []byte, now time.Time) {
+	// A message is one notification or a batch of them; each starts
+	// with the marker (bench entries contain no nested JSON-RPC).
+	for len(b) > 0 {
+		i := bytes.Index(b, notifMarker)
+		if i < 0 {
+			break
 		}
+		b = b[i+len(notifMarker):]
+		end := bytes.Index(b, notifMarker)
+		if end < 0 {
+			end = len(b)
+		}
+		n := b[:end]
+		b = b[end:]
+		if !bytes.HasPrefix(n, []byte(`event"`)) {
+			continue
+		}
+		s.mu.Lock()
+		s.observe(intAfter(n, `"seq":`), intAfter(n, `"t":`), now)
+		s.mu.Unlock()
 	}
 }
 

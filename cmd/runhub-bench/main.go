@@ -7,6 +7,7 @@
 //	runhub-bench idle   [-conns 10000]
 //	runhub-bench command [-n 2000] [-cross=true]
 //	runhub-bench append  [-writers 16] [-runs 16] [-batch 100] [-size 200] [-duration 10s] [-server-args "..."]
+//	runhub-bench nodes   -database-url postgres://... [-n 3] [-redis-url ...] [-subs 600] [-runs 20] [-rate 200] [-transport ws|stream|sse|mix] [-duration 20s] [-kill]
 //
 // fanout: N subscribers follow one run while publishers append one entry
 // per request (as fast as they can, or at -rate appends/s in total). It
@@ -25,6 +26,19 @@
 //
 // idle: N WebSocket connections each subscribed to a run, then quiet; it
 // prints the server's RSS growth per connection.
+//
+// nodes: -n runhub nodes (each its own data directory and --node-id) on one
+// PostgreSQL (a database of its own, created beside the one -database-url
+// names and dropped at the end) and one Redis (-redis-url, or a
+// redis-server it starts), behind HAProxy with the README's configuration
+// (-haproxy-config). Subscribers and publishers talk only to the balancer,
+// so they spread over the nodes; publishers offer -rate appends/s and retry
+// with the same Idempotency-Key, subscribers reconnect after any close or
+// error and resume after their last seq. It prints deliveries/s, latency
+// percentiles and the lost/duplicated counts; with -kill it kills the last
+// node (-9) halfway through and prints, for that node's clients, the time
+// from the kill to each one's next event in order (p50/p99/max).
+// `runhub-bench nodes -h` says how to start a throwaway PostgreSQL.
 package main
 
 import (
@@ -38,7 +52,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command|append [flags]")
+		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command|append|nodes [flags]")
 		os.Exit(2)
 	}
 	raiseFileLimit()
@@ -52,6 +66,8 @@ func main() {
 		err = commandCmd(os.Args[2:])
 	case "append":
 		err = appendCmd(os.Args[2:])
+	case "nodes":
+		err = nodesCmd(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown scenario %q", os.Args[1])
 	}

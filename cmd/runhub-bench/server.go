@@ -23,6 +23,17 @@ type server struct {
 	key     string
 	dataDir string
 	client  *http.Client
+	dead    bool // killed (-9) and waited for by the nodes scenario
+}
+
+// freeLoopback returns a loopback address that was free a moment ago.
+func freeLoopback() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 func startServer(ctx context.Context, c *commonFlags, extra ...string) (*server, error) {
