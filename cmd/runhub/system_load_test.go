@@ -524,6 +524,7 @@ type writeBook struct {
 	sent     map[marker]bool
 	acked    map[marker]bool
 	retries  int64    // requests sent again with the same Idempotency-Key
+	dropped  int64    // writes whose first answer was lost on its way back
 	failures []string // writes that got an answer a client cannot retry, or gave up
 }
 
@@ -559,6 +560,18 @@ func (b *writeBook) ackedCount() int {
 // (with its Idempotency-Key): longer than any outage of the test.
 const retryWindow = 30 * time.Second
 
+// Some writes of the REST publishers go over a bad link, as some clients'
+// do: every slowEvery-th sends its body in two parts slowLinkPause apart
+// (so that writes are in flight when a node is killed or drained), and
+// the answer to every dropEvery-th is lost on its way back (the write was
+// applied, the client cannot know: the retry with the same
+// Idempotency-Key must get the original answer and apply nothing).
+const (
+	slowEvery     = 3
+	dropEvery     = 5
+	slowLinkPause = 300 * time.Millisecond
+)
+
 // publishREST appends to a run through the balancer every interval until
 // ctx ends, as a real client does: each write has its Idempotency-Key, and
 // is sent again with the same key after a connection error, a 502 or a
@@ -574,9 +587,29 @@ func (c *sysClient) publishREST(ctx context.Context, src string, run *sysRun, in
 	}
 }
 
+// slowBody is a request body read by the HTTP client (chunked, so that
+// each part is flushed as it is read) in two parts slowLinkPause apart.
+type slowBody struct {
+	r      *bytes.Reader
+	paused bool
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if !b.paused {
+		half, done := b.r.Size()/2, b.r.Size()-int64(b.r.Len())
+		if done < half {
+			return b.r.Read(p[:min(int64(len(p)), half-done)])
+		}
+		b.paused = true
+		time.Sleep(slowLinkPause)
+	}
+	return b.r.Read(p)
+}
+
 func (c *sysClient) appendOnce(run *sysRun, m marker, body []byte, book *writeBook) {
 	key := fmt.Sprintf("sys-%s-%d", m.Src, m.N)
 	deadline := time.Now().Add(retryWindow)
+	var lost []byte // the answer that did not reach the client
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			book.mu.Lock()
@@ -584,7 +617,11 @@ func (c *sysClient) appendOnce(run *sysRun, m marker, body []byte, book *writeBo
 			book.mu.Unlock()
 		}
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		req, _ := http.NewRequestWithContext(rctx, "POST", c.lb+run.path+"/append_log/", bytes.NewReader(body))
+		var rd io.Reader = bytes.NewReader(body)
+		if attempt == 0 && m.N%slowEvery == 0 {
+			rd = &slowBody{r: bytes.NewReader(body)}
+		}
+		req, _ := http.NewRequestWithContext(rctx, "POST", c.lb+run.path+"/append_log/", rd)
 		req.Header.Set("Authorization", "Bearer "+c.key)
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", key)
@@ -593,12 +630,22 @@ func (c *sysClient) appendOnce(run *sysRun, m marker, body []byte, book *writeBo
 		var answer []byte
 		if err == nil {
 			status = res.StatusCode
-			answer, _ = io.ReadAll(io.LimitReader(res.Body, 1024))
+			answer, err = io.ReadAll(io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
 		}
 		cancel()
 		switch {
-		case err == nil && (status == 200 || status == 201):
+		case err == nil && status == 200 && attempt == 0 && m.N%dropEvery == 0:
+			// The answer is lost on the way back: send it again.
+			book.mu.Lock()
+			book.dropped++
+			book.mu.Unlock()
+			lost = answer
+			continue
+		case err == nil && status == 200:
+			if lost != nil && !sameRun(lost, answer) {
+				book.fail("append %v: the retry of an applied write answered %s, the write %s", m, answer, lost)
+			}
 			book.ack(m)
 			return
 		case err == nil && status != 502 && status != 503:
@@ -610,6 +657,18 @@ func (c *sysClient) appendOnce(run *sysRun, m marker, body []byte, book *writeBo
 		}
 		time.Sleep(50*time.Millisecond + rand.N(200*time.Millisecond))
 	}
+}
+
+// sameRun reports whether two append_log answers show the same run (its
+// signed log_url aside, which is made afresh for every answer).
+func sameRun(a, b []byte) bool {
+	var ra, rb map[string]any
+	if json.Unmarshal(a, &ra) != nil || json.Unmarshal(b, &rb) != nil {
+		return false
+	}
+	delete(ra, "log_url")
+	delete(rb, "log_url")
+	return fmt.Sprint(ra) == fmt.Sprint(rb)
 }
 
 // sysAgent is a reference agent (proxy/agentclient, what `runhub agent`

@@ -387,7 +387,8 @@ func (s *system) phase(name string, body func(load func(commands bool) func()), 
 	t.Logf("phase %s (%v): %d subscribers, %d events delivered, %d reconnects; %s",
 		name, time.Since(start).Round(time.Millisecond), len(s.subs), ta.delivered-tb.delivered, ta.connects-tb.connects, strings.Join(counts, "; "))
 	s.writes.mu.Lock()
-	t.Logf("phase %s: writes so far: %d sent, %d acknowledged, %d sent again with their key", name, len(s.writes.sent), len(s.writes.acked), s.writes.retries)
+	t.Logf("phase %s: writes so far: %d sent, %d acknowledged, %d requests sent again with their key (%d writes lost their first answer)",
+		name, len(s.writes.sent), len(s.writes.acked), s.writes.retries, s.writes.dropped)
 	s.writes.mu.Unlock()
 	if cmds.sent > 0 {
 		lat := sortedDurations(cmds.latencies)
