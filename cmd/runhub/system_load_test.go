@@ -727,7 +727,8 @@ type commandBook struct {
 	sent      int
 	answered  int
 	retries   int
-	failures  []string // commands not answered within commandBound
+	causes    map[string]int // why attempts failed before a command was answered
+	failures  []string       // commands not answered within commandBound
 	latencies []time.Duration
 }
 
@@ -735,28 +736,40 @@ type commandBook struct {
 // issue's bound for commands to reach an agent that moved.
 const commandBound = 10 * time.Second
 
+// commandTry is the outcome of sendCommand.
+type commandTry struct {
+	took   time.Duration
+	failed []string // the errors of the attempts that failed, in order
+	err    error    // not answered within commandBound
+}
+
 // sendCommand sends one command through the balancer (REST, or /ws when
-// ws is not nil) until the agent answers it, retrying on every error
-// within commandBound. It returns the time it took, or an error.
-func (c *sysClient) sendCommand(run *sysRun, method string, mux *muxCommander) (time.Duration, int, error) {
+// mux is not nil) until the agent answers it, retrying on every error
+// within commandBound.
+func (c *sysClient) sendCommand(run *sysRun, method string, mux *muxCommander) commandTry {
 	start := time.Now()
-	var last error
+	var try commandTry
 	for attempt := 0; time.Since(start) < commandBound; attempt++ {
 		if attempt > 0 {
 			time.Sleep(100*time.Millisecond + rand.N(100*time.Millisecond))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), commandBound-time.Since(start))
+		var err error
 		if mux != nil {
-			last = mux.command(ctx, run, method)
+			err = mux.command(ctx, run, method)
 		} else {
-			last = c.restCommand(ctx, run, method)
+			err = c.restCommand(ctx, run, method)
 		}
 		cancel()
-		if last == nil {
-			return time.Since(start), attempt, nil
+		if err == nil {
+			try.took = time.Since(start)
+			return try
 		}
+		try.failed = append(try.failed, err.Error())
 	}
-	return time.Since(start), 0, fmt.Errorf("%s to %s: not answered within %v: %w", method, run.id, commandBound, last)
+	try.took = time.Since(start)
+	try.err = fmt.Errorf("%s to %s: not answered within %v: %v", method, run.id, commandBound, try.failed)
+	return try
 }
 
 func commandParams(method string) map[string]any {
@@ -782,16 +795,25 @@ func checkAnswer(method string, result json.RawMessage) error {
 }
 
 func (c *sysClient) restCommand(ctx context.Context, run *sysRun, method string) error {
+	body, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": commandParams(method)})
+	req, _ := http.NewRequestWithContext(ctx, "POST", c.lb+run.path+"/command/", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	answer, err := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	res.Body.Close()
+	if err != nil {
+		return err
+	}
 	var resp struct {
 		Result json.RawMessage `json:"result"`
 		Error  json.RawMessage `json:"error"`
 	}
-	st, err := do(ctx, c.key, "POST", c.lb+run.path+"/command/", map[string]any{"jsonrpc": "2.0", "method": method, "params": commandParams(method)}, &resp)
-	if err != nil {
-		return err
-	}
-	if st != 200 || resp.Error != nil {
-		return fmt.Errorf("REST command: %d %s", st, resp.Error)
+	if res.StatusCode != 200 || json.Unmarshal(answer, &resp) != nil || resp.Error != nil {
+		return fmt.Errorf("REST command: %d %s", res.StatusCode, bytes.TrimSpace(answer))
 	}
 	return checkAnswer(method, resp.Result)
 }
@@ -859,15 +881,18 @@ func (c *sysClient) sendCommands(ctx context.Context, agents []*sysAgent, book *
 		if i%2 == 1 {
 			via = mux
 		}
-		d, retries, err := c.sendCommand(a.run, method, via)
+		try := c.sendCommand(a.run, method, via)
 		book.mu.Lock()
 		book.sent++
-		book.retries += retries
-		if err != nil {
-			book.failures = append(book.failures, err.Error())
+		if try.err != nil {
+			book.failures = append(book.failures, try.err.Error())
 		} else {
 			book.answered++
-			book.latencies = append(book.latencies, d)
+			book.retries += len(try.failed)
+			book.latencies = append(book.latencies, try.took)
+			for _, f := range try.failed {
+				book.causes[f]++
+			}
 		}
 		book.mu.Unlock()
 		sleepCtx(ctx, 200*time.Millisecond)

@@ -118,14 +118,18 @@ func TestSystemThreeNodes(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, id := range kill.held {
 			wg.Go(func() {
-				_, _, err := sys.c.sendCommand(sys.runByID(id), "user_message", nil)
+				try := sys.c.sendCommand(sys.runByID(id), "user_message", nil)
 				mu.Lock()
 				defer mu.Unlock()
-				if err != nil {
-					t.Errorf("after the kill of %s: %v", kill.victim.id, err)
+				if try.err != nil {
+					t.Errorf("after the kill of %s: %v", kill.victim.id, try.err)
 					return
 				}
 				kill.reached[id] = time.Since(kill.at)
+				if len(try.failed) > 0 {
+					t.Logf("phase 2: the command to the agent of %s that was on %s failed %d times before it was answered: %v",
+						id, kill.victim.id, len(try.failed), try.failed)
+				}
 			})
 		}
 		wg.Wait()
@@ -354,7 +358,7 @@ func (s *system) phase(name string, body func(load func(commands bool) func()), 
 		st.takeSamples()
 	}
 	tb := s.totals()
-	cmds := &commandBook{}
+	cmds := &commandBook{causes: map[string]int{}}
 	start := time.Now()
 	body(func(commands bool) func() {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -392,8 +396,8 @@ func (s *system) phase(name string, body func(load func(commands bool) func()), 
 	s.writes.mu.Unlock()
 	if cmds.sent > 0 {
 		lat := sortedDurations(cmds.latencies)
-		t.Logf("phase %s: commands: %d sent, %d answered (%d retries), p50 %v p99 %v", name, cmds.sent, cmds.answered, cmds.retries,
-			percentile(lat, 50).Round(time.Millisecond), percentile(lat, 99).Round(time.Millisecond))
+		t.Logf("phase %s: commands: %d sent, %d answered (%d retries), p50 %v p99 %v; failed attempts before an answer: %v", name, cmds.sent,
+			cmds.answered, cmds.retries, percentile(lat, 50).Round(time.Millisecond), percentile(lat, 99).Round(time.Millisecond), cmds.causes)
 		for _, f := range cmds.failures {
 			t.Errorf("phase %s: command failed: %s", name, f)
 		}
