@@ -250,7 +250,12 @@ func (p *pinger) ping(ctx context.Context) {
 	}
 	go func() {
 		defer p.inFlight.Store(false)
-		pctx, cancel := context.WithTimeout(ctx, p.timeout)
+		// The ping's context must not end with ctx: coder/websocket drops
+		// the connection when a write's context ends mid-write, and on /ws
+		// ctx ends at a drain just before the 1012 is sent, which a ping
+		// in flight would then beat (the client saw the connection cut,
+		// not told to move). The ping still ends with the connection.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
 		defer cancel()
 		if err := p.ws.Ping(pctx); err != nil && ctx.Err() == nil {
 			p.ws.CloseNow() // no pong in time

@@ -117,9 +117,12 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	defer ww.stop()
+	// restart tells the client to move, once: whoever calls it while
+	// another call is under way waits for that one to finish.
+	restart := sync.OnceFunc(func() { closeRestart(ws) })
 	defer context.AfterFunc(ctx, func() {
 		if h.draining() {
-			closeRestart(ws) // the handler's CloseNow waits for it
+			restart() // the handler's CloseNow waits for it
 		} else {
 			ws.CloseNow()
 		}
@@ -140,7 +143,15 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	// jsonrpc2), which ends the read.
 	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer rcancel()
-	stream := drainingStream{wsrpc.NewObjectStream(rctx, ws, gw, h.cfg.WriteTimeout), h, ws}
+	// At a drain, the 1012 must be out before rcancel drops the
+	// connection: jsonrpc2 closes the stream (restart) in a goroutine of
+	// its own when ctx ends, and its Close does not wait for that one.
+	defer func() {
+		if h.draining() {
+			restart()
+		}
+	}()
+	stream := drainingStream{wsrpc.NewObjectStream(rctx, ws, gw, h.cfg.WriteTimeout), h, restart}
 	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
 	defer rpc.Close()
 	p := h.startPinger(ctx, ws)
@@ -186,13 +197,13 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 // is told to reconnect.
 type drainingStream struct {
 	jsonrpc2.ObjectStream
-	h  *Hub
-	ws *websocket.Conn
+	h       *Hub
+	restart func() // closes with 1012, once
 }
 
 func (s drainingStream) Close() error {
 	if s.h.draining() {
-		closeRestart(s.ws)
+		s.restart()
 		return nil
 	}
 	return s.ObjectStream.Close()
