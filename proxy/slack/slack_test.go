@@ -425,13 +425,16 @@ func TestRelayBatchOutlivingItsLease(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	worker := func(st *postgres.Store, node string) {
+	worker := func(st slack.Relays, node string) {
 		w := slack.New(st, slack.Config{Token: slacktest.Token, BaseURL: fake.URL + "/" + node, Poll: 20 * time.Millisecond,
 			Lease: lease, Timeout: timeout, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 		w.Start(context.Background())
 		t.Cleanup(w.Close)
 	}
-	worker(stores[0], "a") // takes the whole batch
+	// Node a takes the whole batch and then nothing more, so that what it
+	// hands back can only be posted by b (otherwise a could take it back
+	// at its next poll and which node posts would be a matter of timing).
+	worker(&firstBatchOnly{Store: stores[0]}, "a")
 	proxytest.WaitFor(t, "the first node to post", func() bool { p, _ := fake.Snapshot(); return len(p) > 0 })
 	worker(stores[1], "b")
 	for i := range relays {
@@ -451,4 +454,18 @@ func TestRelayBatchOutlivingItsLease(t *testing.T) {
 	if len(count) != relays || nodes["a"] == 0 || nodes["b"] == 0 {
 		t.Fatalf("%d relays posted, by nodes %v; want %d, by both", len(count), nodes, relays)
 	}
+}
+
+// firstBatchOnly is a node's outbox that hands its worker one batch and
+// then nothing more.
+type firstBatchOnly struct {
+	*postgres.Store
+	taken atomic.Bool
+}
+
+func (f *firstBatchOnly) DueRelays(ctx context.Context, now time.Time, limit int) ([]store.Relay, error) {
+	if f.taken.Swap(true) {
+		return nil, nil
+	}
+	return f.Store.DueRelays(ctx, now, limit)
 }
