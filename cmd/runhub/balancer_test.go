@@ -65,16 +65,7 @@ func startHAProxy(t *testing.T, nodes ...*server) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if res, err := http.Get("http://" + addr + "/readyz"); err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return "http://" + addr
-			}
-		}
-	}
-	t.Fatalf("haproxy did not start:\n%s", logs.String())
-	return ""
+	return waitBalancer(t, "http://"+addr, &logs)
 }
 
 // TestThreeNodesBehindHAProxy: three nodes on one PostgreSQL and one Redis
@@ -89,13 +80,7 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 		t.Skip("builds and runs the binaries")
 	}
 	url, rs := pgtest.DB(t), redistest.Start(t)
-	// One bucket for every node's artifacts (the nodes inherit this
-	// environment).
-	s3 := s3test.Start(t)
-	for k, v := range map[string]string{"RUNHUB_S3_ENDPOINT": s3.Endpoint, "RUNHUB_S3_BUCKET": s3.Bucket, "RUNHUB_S3_REGION": s3.Region,
-		"RUNHUB_S3_PATH_STYLE": "true", "RUNHUB_S3_ACCESS_KEY": s3.AccessKey, "RUNHUB_S3_SECRET_KEY": s3.SecretKey} {
-		t.Setenv(k, v)
-	}
+	useOneBucket(t)
 	var nodes []*server
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	for i, dir := range dirs {
@@ -246,4 +231,32 @@ func waitReady(t *testing.T, base string, status int, reason string) {
 		last = fmt.Sprintf("%d %q", res.StatusCode, body.Reason)
 	}
 	t.Fatalf("%s/readyz: %s, want %d %q", base, last, status, reason)
+}
+
+// useOneBucket starts an S3 server (versitygw) and has every node started
+// after it keep its artifacts in one bucket there: the nodes inherit the
+// test's environment.
+func useOneBucket(t *testing.T) {
+	t.Helper()
+	s3 := s3test.Start(t)
+	for k, v := range map[string]string{"RUNHUB_S3_ENDPOINT": s3.Endpoint, "RUNHUB_S3_BUCKET": s3.Bucket, "RUNHUB_S3_REGION": s3.Region,
+		"RUNHUB_S3_PATH_STYLE": "true", "RUNHUB_S3_ACCESS_KEY": s3.AccessKey, "RUNHUB_S3_SECRET_KEY": s3.SecretKey} {
+		t.Setenv(k, v)
+	}
+}
+
+// waitBalancer waits (up to 10 s) until the balancer at base answers
+// /readyz with 200; logs is its output, shown if it does not.
+func waitBalancer(t *testing.T, base string, logs *bytes.Buffer) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if res, err := http.Get(base + "/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return base
+			}
+		}
+	}
+	t.Fatalf("the balancer did not start:\n%s", logs.String())
+	return ""
 }

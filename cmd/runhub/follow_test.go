@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,41 +14,8 @@ import (
 
 	"runhub/hub/redis/redistest"
 	"runhub/proxy/agentclient"
+	"runhub/proxy/proxytest"
 )
-
-// agentBalancer stands for the load balancer in front of the nodes, as
-// the reference agent sees it: its dials go to the node it points at, and
-// wait while gate is closed (the health checks have not yet taken the
-// dead node out).
-type agentBalancer struct {
-	mu   sync.Mutex
-	addr string
-	gate chan struct{} // nil: open
-}
-
-func (b *agentBalancer) point(addr string, gate chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.addr, b.gate = addr, gate
-}
-
-func (b *agentBalancer) dial(ctx context.Context, network, _ string) (net.Conn, error) {
-	b.mu.Lock()
-	gate := b.gate
-	b.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	b.mu.Lock()
-	addr := b.addr
-	b.mu.Unlock()
-	var d net.Dialer
-	return d.DialContext(ctx, network, addr)
-}
 
 // TestCommandFollowsAgentOffAKilledNode: the agent is connected to node A
 // when A is killed with SIGKILL; A's claim on the run stays in Redis (its
@@ -82,13 +48,13 @@ func TestCommandFollowsAgentOffAKilledNode(t *testing.T) {
 		t.Fatalf("agent token: %d %v", st, err)
 	}
 
-	lb := &agentBalancer{addr: strings.TrimPrefix(a.base, "http://")}
+	lb := proxytest.NewBalancer(strings.TrimPrefix(a.base, "http://"))
 	var mu sync.Mutex
 	var got []string
 	ag := agentclient.New(agentclient.Options{
 		URL: "ws://runhub.invalid/agent/connect", Token: tb.Token,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: lb.dial}},
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: lb.Dial}},
 		Reply: func(c string) string {
 			mu.Lock()
 			got = append(got, c)
@@ -122,7 +88,7 @@ func TestCommandFollowsAgentOffAKilledNode(t *testing.T) {
 	}
 
 	gate := make(chan struct{})
-	lb.point(strings.TrimPrefix(b.base, "http://"), gate)
+	lb.Point(strings.TrimPrefix(b.base, "http://"), gate)
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	a.cmd.Wait()
 	killed := time.Now()

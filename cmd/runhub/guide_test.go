@@ -138,16 +138,7 @@ func startNginx(t *testing.T, nodes ...*server) string {
 		time.AfterFunc(5*time.Second, func() { cmd.Process.Kill() })
 		cmd.Wait()
 	})
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if res, err := http.Get("http://" + addr + "/readyz"); err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return "http://" + addr
-			}
-		}
-	}
-	t.Fatalf("nginx did not start:\n%s", logs.String())
-	return ""
+	return waitBalancer(t, "http://"+addr, &logs)
 }
 
 // TestNginxGuide: the README's nginx configuration in front of two nodes

@@ -15,7 +15,6 @@ import (
 	"github.com/coder/websocket"
 
 	"runhub/hub/redis/redistest"
-	"runhub/store/blob/s3test"
 	"runhub/store/postgres/pgtest"
 )
 
@@ -63,11 +62,7 @@ func TestSystemThreeNodes(t *testing.T) {
 		t.Skip("builds and runs the binaries")
 	}
 	url, rs := pgtest.DB(t), redistest.Start(t)
-	s3 := s3test.Start(t)
-	for k, v := range map[string]string{"RUNHUB_S3_ENDPOINT": s3.Endpoint, "RUNHUB_S3_BUCKET": s3.Bucket, "RUNHUB_S3_REGION": s3.Region,
-		"RUNHUB_S3_PATH_STYLE": "true", "RUNHUB_S3_ACCESS_KEY": s3.AccessKey, "RUNHUB_S3_SECRET_KEY": s3.SecretKey} {
-		t.Setenv(k, v)
-	}
+	useOneBucket(t)
 	sys := &system{t: t, stats: map[string]*transportStats{"ws": {}, "stream": {}, "sse": {}},
 		agentLg: &agentLog{}, writes: newWriteBook(), pubNext: make([]int, sysRuns)}
 	for i := range 3 {

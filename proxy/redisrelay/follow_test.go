@@ -70,39 +70,6 @@ func (d *drainNode) drain(t *testing.T) (done <-chan struct{}) {
 	return ch
 }
 
-// balancer stands for the load balancer in front of the nodes: the
-// reference agent dials whichever node it currently points at, and a
-// closed gate holds its dials (the agent is between connections).
-type balancer struct {
-	mu   sync.Mutex
-	addr string
-	gate chan struct{} // nil: open
-}
-
-func (b *balancer) point(addr string, gate chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.addr, b.gate = addr, gate
-}
-
-func (b *balancer) dial(ctx context.Context, network, _ string) (net.Conn, error) {
-	b.mu.Lock()
-	gate := b.gate
-	b.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	b.mu.Lock()
-	addr := b.addr
-	b.mu.Unlock()
-	var d net.Dialer
-	return d.DialContext(ctx, network, addr)
-}
-
 // replies records each user message the agent answered and can hold
 // the answer to one of them.
 type replies struct {
@@ -159,12 +126,12 @@ func newFollowEnv(t *testing.T, st store.Store, on *drainNode) followEnv {
 }
 
 // startAgent runs the reference agent behind lb until the test ends.
-func startAgent(t *testing.T, e followEnv, lb *balancer, r *replies) {
+func startAgent(t *testing.T, e followEnv, lb *proxytest.Balancer, r *replies) {
 	t.Helper()
 	ag := agentclient.New(agentclient.Options{
 		URL: "ws://runhub.invalid/agent/connect", Token: e.token, Reply: r.reply,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: lb.dial}},
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: lb.Dial}},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -237,7 +204,7 @@ func TestCommandsFollowADrainedAgent(t *testing.T) {
 	b := newDrainNode(t, db, dataDir, rs.URL(), proxy.Config{})
 	c := newDrainNode(t, db, dataDir, rs.URL(), proxy.Config{})
 	e := newFollowEnv(t, st, a)
-	lb := &balancer{addr: a.srv.Listener.Addr().String()}
+	lb := proxytest.NewBalancer(a.srv.Listener.Addr().String())
 	r := newReplies()
 	release := make(chan struct{})
 	r.hold["in flight"] = release
@@ -250,7 +217,7 @@ func TestCommandsFollowADrainedAgent(t *testing.T) {
 		t.Fatalf("the agent got %q", got)
 	}
 	gate := make(chan struct{})
-	lb.point(b.srv.Listener.Addr().String(), gate) // the balancer takes A out
+	lb.Point(b.srv.Listener.Addr().String(), gate) // the balancer takes A out
 	closed := a.drain(t)
 	// A's listener is closed before it sends its agents on.
 	proxytest.WaitFor(t, "A to stop accepting", func() bool {
@@ -304,7 +271,7 @@ func TestUnansweredCommandIsNotResent(t *testing.T) {
 	a := newDrainNode(t, db, dataDir, rs.URL(), grace)
 	b := newDrainNode(t, db, dataDir, rs.URL(), grace)
 	e := newFollowEnv(t, st, a)
-	lb := &balancer{addr: a.srv.Listener.Addr().String()}
+	lb := proxytest.NewBalancer(a.srv.Listener.Addr().String())
 	r := newReplies()
 	release := make(chan struct{})
 	r.hold["slow"] = release
@@ -313,7 +280,7 @@ func TestUnansweredCommandIsNotResent(t *testing.T) {
 
 	slow := send(b.srv.URL, e, "slow")
 	<-r.seen
-	lb.point(b.srv.Listener.Addr().String(), nil)
+	lb.Point(b.srv.Listener.Addr().String(), nil)
 	<-a.drain(t)
 	select {
 	case res := <-slow:
