@@ -119,24 +119,7 @@ func TestThreeNodesBehindHAProxy(t *testing.T) {
 	}
 	// An SSE stream through the balancer gets appends made through it (on
 	// whichever nodes they land): no buffering on the way.
-	req, _ := http.NewRequestWithContext(ctx, "GET", lb+runs+run.ID+"/stream?start=latest", nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Accept", "text/event-stream")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("stream: %v %v", res, err)
-	}
-	defer res.Body.Close()
-	ids := make(chan string, 64)
-	go func() {
-		sc := bufio.NewScanner(res.Body)
-		for sc.Scan() {
-			if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
-				ids <- id
-			}
-		}
-		close(ids)
-	}()
+	ids := sseIDs(ctx, t, lb+runs+run.ID+"/stream?start=latest", key)
 	for i := range 5 {
 		body := map[string]any{"entries": []map[string]any{{"type": "console", "n": i}}}
 		if st, err := do(ctx, key, "POST", lb+runs+run.ID+"/append_log/", body, nil); err != nil || st != 200 {
@@ -259,4 +242,33 @@ func waitBalancer(t *testing.T, base string, logs *bytes.Buffer) string {
 	}
 	t.Fatalf("the balancer did not start:\n%s", logs.String())
 	return ""
+}
+
+// sseIDs opens an SSE stream of url and sends the id of each event it
+// gets, until ctx ends or the stream does.
+func sseIDs(ctx context.Context, t *testing.T, url, key string) <-chan string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Accept", "text/event-stream")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("SSE %s: %v %v", url, res, err)
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	ids := make(chan string, 64)
+	go func() {
+		defer close(ids)
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+				select {
+				case ids <- id:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ids
 }

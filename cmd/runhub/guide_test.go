@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -185,24 +184,7 @@ func TestNginxGuide(t *testing.T) {
 
 	// SSE: each event comes through as it is appended, not when nginx's
 	// buffer fills or the stream ends.
-	req, _ := http.NewRequestWithContext(ctx, "GET", streamURL+"?start=latest", nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Accept", "text/event-stream")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("SSE through nginx: %v %v", res, err)
-	}
-	defer res.Body.Close()
-	ids := make(chan string, 16)
-	go func() {
-		defer close(ids)
-		sc := bufio.NewScanner(res.Body)
-		for sc.Scan() {
-			if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
-				ids <- id
-			}
-		}
-	}()
+	ids := sseIDs(ctx, t, streamURL+"?start=latest", key)
 	// The stream WebSocket: the upgrade passes through.
 	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(streamURL, "http")+"?start=latest",
 		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
