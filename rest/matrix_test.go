@@ -328,6 +328,7 @@ func matrixRows() []matrixRow {
 
 		rest("GET", mxTasks, false, json200, nil),
 		rest("POST", mxTasks, true, status(http.StatusCreated), body(map[string]any{"title": "matrix"})),
+		rest("POST", mxTasks+"/summaries", false, json200, body(map[string]any{"ids": []string{}})),
 		rest("GET", mxTask, false, json200, nil),
 		rest("PATCH", mxTask, true, json200, body(map[string]any{"title": "matrix, renamed"})),
 		rest("DELETE", mxTask, true, status(http.StatusNoContent), nil),

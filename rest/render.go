@@ -82,6 +82,10 @@ type taskBody struct {
 	OriginProduct string          `json:"origin_product"`
 	Repository    *string         `json:"repository"`
 	JSONSchema    json.RawMessage `json:"json_schema"`
+	CreatedBy     *createdByBody  `json:"created_by"`
+	Internal      bool            `json:"internal"`
+	Archived      bool            `json:"archived"`
+	ArchivedAt    *apiTime        `json:"archived_at"`
 	CreatedAt     apiTime         `json:"created_at"`
 	UpdatedAt     apiTime         `json:"updated_at"`
 	LatestRun     *runBody        `json:"latest_run"`
@@ -91,6 +95,7 @@ func renderTask(t *store.Task, link linkFunc) *taskBody {
 	b := &taskBody{
 		ID: t.ID, TaskNumber: t.Number, Slug: t.Slug, Title: t.Title, Description: t.Description,
 		OriginProduct: t.OriginProduct, Repository: t.Repository, JSONSchema: t.JSONSchema,
+		CreatedBy: createdBy(t.CreatedBy), Internal: t.Internal, Archived: t.Archived, ArchivedAt: optTime(t.ArchivedAt),
 		CreatedAt: apiTime(t.CreatedAt), UpdatedAt: apiTime(t.UpdatedAt), LatestRun: renderRun(t.LatestRun, link),
 	}
 	if b.JSONSchema == nil {

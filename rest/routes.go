@@ -38,6 +38,8 @@ func (s *Server) routes() {
 	}
 	handle(tasksPath, http.MethodGet, read, s.listTasks)
 	handle(tasksPath, http.MethodPost, write, s.createTask)
+	// Before taskPath: "summaries" is no task id (and is no UUID either).
+	handle(tasksPath+"/summaries", http.MethodPost, read, s.taskSummaries)
 	handle(taskPath, http.MethodGet, read, s.getTask)
 	handle(taskPath, http.MethodPatch, write, s.updateTask)
 	handle(taskPath, http.MethodDelete, write, s.deleteTask)
@@ -149,12 +151,15 @@ func (s *Server) whichNotFound(r *http.Request, task string) error {
 // page is a parsed limit/offset pair.
 type page struct{ limit, offset int }
 
-// Pagination defaults of the contract. Like DRF's LimitOffsetPagination, an
-// unparseable limit falls back to the default and one above the maximum is
-// clamped, rather than failing the request.
+// Pagination defaults of the contract, for every list (tasks and runs):
+// PostHog's TasksPagination, default 50 and at most 100, so a client that
+// pages by what it was given (PostHog's desktop app asks limit=500 and
+// follows next) sees the pages it sees there. Like DRF's
+// LimitOffsetPagination, an unparseable limit falls back to the default and
+// one above the maximum is clamped, rather than failing the request.
 const (
-	defaultPageLimit = 100
-	maxPageLimit     = 1000
+	defaultPageLimit = 50
+	maxPageLimit     = 100
 )
 
 func parsePage(r *http.Request) page {

@@ -10,7 +10,11 @@ import (
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	p := parsePage(r)
-	tasks, total, err := s.store.ListTasks(r.Context(), projectOf(r), p.limit, p.offset)
+	q, err := taskQuery(r, p)
+	if err != nil {
+		return err
+	}
+	tasks, total, err := s.store.ListTasks(r.Context(), projectOf(r), q)
 	if err != nil {
 		return err
 	}
@@ -31,6 +35,8 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := r.Context().Value(keyCtx).(*store.APIKey)
+	nt.CreatedBy = &key.ID
 	t, err := s.store.CreateTask(r.Context(), projectOf(r), nt)
 	if err != nil {
 		return err

@@ -9,7 +9,7 @@ import (
 )
 
 var taskKeys = []string{"id", "task_number", "slug", "title", "description", "origin_product", "repository",
-	"json_schema", "created_at", "updated_at", "latest_run"}
+	"json_schema", "created_by", "internal", "archived", "archived_at", "created_at", "updated_at", "latest_run"}
 
 func TestTaskCRUD(t *testing.T) {
 	e := newEnv(t, nil)
@@ -126,7 +126,9 @@ func TestTaskCreateValidation(t *testing.T) {
 		body any
 		attr string // "" for null
 	}{
-		{"title missing", map[string]any{"description": "x"}, "title"},
+		{"title missing, description blank", map[string]any{"description": " \n\t "}, "title"},
+		{"internal string", map[string]any{"title": "t", "internal": "yes"}, "internal"},
+		{"internal null", map[string]any{"title": "t", "internal": nil}, "internal"},
 		{"empty object", map[string]any{}, "title"},
 		{"empty body", "", "title"},
 		{"title empty", map[string]any{"title": ""}, "title"},

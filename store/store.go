@@ -201,9 +201,15 @@ type Task struct {
 	OriginProduct string          `json:"origin_product"`
 	Repository    *string         `json:"repository"`
 	JSONSchema    json.RawMessage `json:"json_schema"` // nil when the task has none
-	CreatedAt     time.Time       `json:"created_at"`
-	UpdatedAt     time.Time       `json:"updated_at"`
-	LatestRun     *Run            `json:"latest_run"`
+	// CreatedBy is the id of the API key that created the task; nil for
+	// tasks created before runhub recorded it.
+	CreatedBy  *int64     `json:"created_by"`
+	Internal   bool       `json:"internal"`    // made by a product for itself, not by a person
+	Archived   bool       `json:"archived"`    // hidden from the usual list by the client, kept
+	ArchivedAt *time.Time `json:"archived_at"` // when archived became true; nil while not archived
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	LatestRun  *Run       `json:"latest_run"`
 }
 
 // NewTask holds the validated fields of a task to create.
@@ -213,6 +219,8 @@ type NewTask struct {
 	OriginProduct string
 	Repository    *string
 	JSONSchema    json.RawMessage
+	CreatedBy     *int64 // the API key creating it
+	Internal      bool
 }
 
 // TaskPatch holds the fields of a task PATCH; a nil field is left unchanged.
@@ -222,6 +230,10 @@ type TaskPatch struct {
 	OriginProduct *string
 	Repository    **string
 	JSONSchema    *json.RawMessage // pointer to nil clears the schema
+	Internal      *bool
+	// Archived sets archived; archived_at becomes now when it turns true
+	// and nil when it turns false, and is kept when it does not change.
+	Archived *bool
 }
 
 // Run is one execution of a task.
@@ -422,7 +434,10 @@ type Store interface {
 
 	CreateTask(ctx context.Context, project int64, t NewTask) (*Task, error)
 	GetTask(ctx context.Context, project int64, id string) (*Task, error)
-	ListTasks(ctx context.Context, project int64, limit, offset int) ([]Task, int64, error)
+	// ListTasks returns the page of the project's live tasks that q selects,
+	// in q's order, and how many tasks match q in all. q.Ordering must be
+	// one of TaskOrderings (callers check it; a backend refuses others).
+	ListTasks(ctx context.Context, project int64, q TaskQuery) ([]Task, int64, error)
 	UpdateTask(ctx context.Context, project int64, id string, p TaskPatch) (*Task, error)
 	DeleteTask(ctx context.Context, project int64, id string) error
 

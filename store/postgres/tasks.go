@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -19,15 +20,20 @@ type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-const taskColumns = "t.seq, t.id, t.project_id, t.task_number, t.slug, t.title, t.description, t.origin_product, t.repository, t.json_schema, t.created_at, t.updated_at"
+const taskColumns = "t.seq, t.id, t.project_id, t.task_number, t.slug, t.title, t.description, t.origin_product, t.repository, t.json_schema, t.created_by, t.internal, t.archived, t.archived_at, t.created_at, t.updated_at"
 
 func scanTask(sc interface{ Scan(...any) error }) (*store.Task, int64, error) {
 	var t store.Task
 	var rowid, created, updated int64
 	var schema *string
+	var archivedAt *int64
 	if err := sc.Scan(&rowid, &t.ID, &t.ProjectID, &t.Number, &t.Slug, &t.Title, &t.Description, &t.OriginProduct,
-		&t.Repository, &schema, &created, &updated); err != nil {
+		&t.Repository, &schema, &t.CreatedBy, &t.Internal, &t.Archived, &archivedAt, &created, &updated); err != nil {
 		return nil, 0, err
+	}
+	if archivedAt != nil {
+		at := fromMicros(*archivedAt)
+		t.ArchivedAt = &at
 	}
 	if schema != nil {
 		t.JSONSchema = []byte(*schema)
@@ -64,11 +70,11 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 	t := &store.Task{
 		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: store.TaskSlug(name, number),
 		Title: nt.Title, Description: nt.Description, OriginProduct: nt.OriginProduct, Repository: nt.Repository,
-		JSONSchema: nt.JSONSchema, CreatedAt: now, UpdatedAt: now,
+		JSONSchema: nt.JSONSchema, CreatedBy: nt.CreatedBy, Internal: nt.Internal, CreatedAt: now, UpdatedAt: now,
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), micros(now), micros(now)); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_by, internal, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), t.CreatedBy, t.Internal, micros(now), micros(now)); err != nil {
 		return nil, fmt.Errorf("insert task: %w", classify(err))
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -122,19 +128,34 @@ func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.T
 	return t, nil
 }
 
-// ListTasks returns a page of the project's live tasks, newest first, and
-// the total, from one snapshot.
-func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
+// ListTasks returns the page of the project's live tasks that q selects,
+// and how many match in all, from one snapshot.
+func (s *Store) ListTasks(ctx context.Context, project int64, q store.TaskQuery) ([]store.Task, int64, error) {
+	ord, ok := q.OrderOf()
+	if !ok {
+		return nil, 0, fmt.Errorf("list tasks: unknown ordering %q", q.Ordering)
+	}
+	where, args := taskFilter(project, q)
 	tx, err := s.begin(ctx, pgxReadSnapshot)
 	if err != nil {
 		return nil, 0, fmt.Errorf("begin read: %w", classify(err))
 	}
 	defer rollback(ctx, tx)
 	var total int64
-	if err := tx.QueryRow(ctx, "SELECT count(*) FROM tasks WHERE project_id = $1 AND NOT deleted", project).Scan(&total); err != nil {
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM tasks t WHERE "+where, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count tasks: %w", classify(err))
 	}
-	rows, err := tx.Query(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.project_id = $1 AND NOT t.deleted ORDER BY t.seq DESC LIMIT $2 OFFSET $3", project, limit, offset)
+	col := "t." + ord.Column
+	if ord.Column == "title" {
+		col += ` COLLATE "C"` // byte order, as SQLite's: the backends list alike
+	}
+	dir := " ASC"
+	if ord.Desc {
+		dir = " DESC"
+	}
+	n := len(args)
+	rows, err := tx.Query(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE "+where+
+		fmt.Sprintf(" ORDER BY %s%s, t.seq DESC LIMIT $%d OFFSET $%d", col, dir, n+1, n+2), append(args, q.Limit, q.Offset)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
@@ -159,6 +180,47 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 		}
 	}
 	return out, total, nil
+}
+
+// taskFilter is the WHERE clause of q over tasks t and its arguments
+// ($1, $2, ...). repository and created_by are served by their indexes
+// (migration 0005); the latest run's status by runs_by_task, one probe
+// per task.
+func taskFilter(project int64, q store.TaskQuery) (string, []any) {
+	var b strings.Builder
+	args := []any{project}
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	b.WriteString("t.project_id = $1 AND NOT t.deleted")
+	if q.Repository != nil {
+		b.WriteString(" AND t.repository = " + arg(*q.Repository))
+	}
+	if q.OriginProduct != nil {
+		b.WriteString(" AND t.origin_product = " + arg(*q.OriginProduct))
+	}
+	if q.CreatedBy != nil {
+		b.WriteString(" AND t.created_by = " + arg(*q.CreatedBy))
+	}
+	if q.Status != nil {
+		b.WriteString(" AND (SELECT r.status FROM runs r WHERE r.task_rowid = t.seq ORDER BY r.rid DESC LIMIT 1) = " + arg(*q.Status))
+	}
+	if q.Search != "" {
+		// strpos, not LIKE: the text is matched as it is, % and _ included.
+		p := arg(q.Search)
+		b.WriteString(" AND (strpos(lower(t.title), lower(" + p + ")) > 0 OR strpos(lower(t.description), lower(" + p + ")) > 0)")
+	}
+	if q.Archived != nil {
+		b.WriteString(" AND t.archived = " + arg(*q.Archived))
+	}
+	if q.Internal != nil {
+		b.WriteString(" AND t.internal = " + arg(*q.Internal))
+	}
+	if q.IDs != nil {
+		b.WriteString(" AND t.id = ANY(" + arg(q.IDs) + ")")
+	}
+	return b.String(), args
 }
 
 // UpdateTask applies a PATCH to a live task, under the task's row lock so
@@ -188,9 +250,18 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 	if p.JSONSchema != nil {
 		t.JSONSchema = *p.JSONSchema
 	}
+	if p.Internal != nil {
+		t.Internal = *p.Internal
+	}
 	t.UpdatedAt = s.clock()
-	if _, err := tx.Exec(ctx, "UPDATE tasks SET title = $1, description = $2, origin_product = $3, repository = $4, json_schema = $5, updated_at = $6 WHERE seq = $7",
-		t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), micros(t.UpdatedAt), rowid); err != nil {
+	store.ApplyArchived(t, p.Archived, t.UpdatedAt)
+	var archivedAt *int64
+	if t.ArchivedAt != nil {
+		at := micros(*t.ArchivedAt)
+		archivedAt = &at
+	}
+	if _, err := tx.Exec(ctx, "UPDATE tasks SET title = $1, description = $2, origin_product = $3, repository = $4, json_schema = $5, internal = $6, archived = $7, archived_at = $8, updated_at = $9 WHERE seq = $10",
+		t.Title, t.Description, t.OriginProduct, t.Repository, schemaText(t), t.Internal, t.Archived, archivedAt, micros(t.UpdatedAt), rowid); err != nil {
 		return nil, fmt.Errorf("update task: %w", classify(err))
 	}
 	if err := latestRun(ctx, tx, t, rowid); err != nil {

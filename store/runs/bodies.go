@@ -237,16 +237,28 @@ var originProducts = map[string]bool{
 // repoPattern is GitHub's owner/name shape.
 var repoPattern = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,38})/[a-z0-9._-]{1,100}$`)
 
+// ValidOriginProduct reports whether v is one of a task's origin_product values.
+func ValidOriginProduct(v string) bool { return originProducts[v] }
+
 // DecodeNewTask decodes a task create body, with the defaults of the
-// fields not sent (origin_product "user_created").
+// fields not sent (origin_product "user_created"; a title derived from the
+// description, as PostHog's desktop app creates tasks from a prompt alone).
 func DecodeNewTask(body []byte) (store.NewTask, error) {
 	p, err := decodeTask(body, true)
 	if err != nil {
 		return store.NewTask{}, err
 	}
-	nt := store.NewTask{Title: *p.Title, OriginProduct: "user_created"}
+	nt := store.NewTask{OriginProduct: "user_created"}
 	if p.Description != nil {
 		nt.Description = *p.Description
+	}
+	if p.Title != nil {
+		nt.Title = *p.Title
+	} else if nt.Title = store.DeriveTitle(nt.Description); nt.Title == "" {
+		return store.NewTask{}, invalid("title", "required", "This field is required when the description is empty.")
+	}
+	if p.Internal != nil {
+		nt.Internal = *p.Internal
 	}
 	if p.OriginProduct != nil {
 		nt.OriginProduct = *p.OriginProduct
@@ -263,8 +275,8 @@ func DecodeNewTask(body []byte) (store.NewTask, error) {
 // DecodeTaskPatch decodes a task PATCH body.
 func DecodeTaskPatch(body []byte) (store.TaskPatch, error) { return decodeTask(body, false) }
 
-// decodeTask decodes the writable task fields of a create (title
-// required) or PATCH; json_schema is compiled here, so a task never holds
+// decodeTask decodes the writable task fields of a create (a title
+// not sent stays nil, for DecodeNewTask to derive) or PATCH; json_schema is compiled here, so a task never holds
 // a schema that set_output could not use.
 func decodeTask(body []byte, create bool) (store.TaskPatch, error) {
 	var p store.TaskPatch
@@ -277,8 +289,6 @@ func decodeTask(body []byte, create bool) (store.TaskPatch, error) {
 		return p, err
 	}
 	switch {
-	case !present && create:
-		return p, invalid("title", "required", "This field is required.")
 	case present && strings.TrimSpace(*title) == "":
 		return p, invalid("title", "blank", "This field may not be blank.")
 	case present && utf8.RuneCountInString(*title) > MaxTitleLen:
@@ -334,6 +344,14 @@ func decodeTask(body []byte, create bool) (store.TaskPatch, error) {
 			schema = append(json.RawMessage(nil), raw...)
 		}
 		p.JSONSchema = &schema
+	}
+	if p.Internal, err = f.boolean("internal"); err != nil {
+		return p, err
+	}
+	if !create { // archived is the task list's; a new task is never archived
+		if p.Archived, err = f.boolean("archived"); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }

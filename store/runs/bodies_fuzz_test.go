@@ -29,6 +29,8 @@ var fuzzSeeds = []string{
 	"{\"title\": \"t\xed\xa0\x80\", \"text\": \"\xff\", \"state\": {\"k\": \"\xc0\xaf\"}}",
 	"{\"\xff\": 1}",
 	`{"entries": [{"type": "x", "text": "\ud800"}], "text": "\udc00", "title": "\ud83d"}`,
+	`{"description": "Fix the login bug\nwhen the password has spaces", "internal": true}`,
+	`{"description": "  \n  ", "archived": true, "internal": "yes"}`,
 }
 
 // wantUTF8 is the fuzz invariant on accepted bodies: whatever a decoder
@@ -134,6 +136,9 @@ func FuzzDecodeTask(f *testing.F) {
 			return
 		}
 		wantUTF8(t, body, nt.Title, nt.Description, nt.OriginProduct, string(nt.JSONSchema))
+		if strings.TrimSpace(nt.Title) == "" || utf8.RuneCountInString(nt.Title) > MaxTitleLen {
+			t.Fatalf("body %q: accepted title %q (blank or too long)", body, nt.Title)
+		}
 		if nt.Repository != nil {
 			wantUTF8(t, body, *nt.Repository)
 		}

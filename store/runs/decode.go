@@ -141,6 +141,19 @@ func (f Fields) str(name string, nullable bool) (present bool, v *string, err er
 	return true, &s, nil
 }
 
+// boolean decodes an optional, non-nullable boolean field; nil when absent.
+func (f Fields) boolean(name string) (*bool, error) {
+	raw, _, err := f.optional(name, false)
+	if raw == nil {
+		return nil, err
+	}
+	var v bool
+	if jsonKind(raw) != "bool" || json.Unmarshal(raw, &v) != nil {
+		return nil, invalid(name, "invalid", "Must be a valid boolean.")
+	}
+	return &v, nil
+}
+
 // object decodes an optional JSON-object field; v is nil for JSON null
 // (allowed only when nullable).
 func (f Fields) object(name string, nullable bool) (present bool, v map[string]json.RawMessage, err error) {

@@ -3,8 +3,10 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -18,15 +20,23 @@ type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-const taskColumns = "t.seq, t.id, t.project_id, t.task_number, t.slug, t.title, t.description, t.origin_product, t.repository, t.json_schema, t.created_at, t.updated_at"
+const taskColumns = "t.seq, t.id, t.project_id, t.task_number, t.slug, t.title, t.description, t.origin_product, t.repository, t.json_schema, t.created_by, t.internal, t.archived, t.archived_at, t.created_at, t.updated_at"
 
 func scanTask(sc interface{ Scan(...any) error }) (*store.Task, int64, error) {
 	var t store.Task
 	var rowid, created, updated int64
 	var repo, schema sql.NullString
+	var createdBy, archivedAt sql.NullInt64
 	if err := sc.Scan(&rowid, &t.ID, &t.ProjectID, &t.Number, &t.Slug, &t.Title, &t.Description, &t.OriginProduct,
-		&repo, &schema, &created, &updated); err != nil {
+		&repo, &schema, &createdBy, &t.Internal, &t.Archived, &archivedAt, &created, &updated); err != nil {
 		return nil, 0, err
+	}
+	if createdBy.Valid {
+		t.CreatedBy = &createdBy.Int64
+	}
+	if archivedAt.Valid {
+		at := fromMicros(archivedAt.Int64)
+		t.ArchivedAt = &at
 	}
 	t.Repository = nullString(repo)
 	if schema.Valid {
@@ -57,15 +67,15 @@ func (s *Store) CreateTask(ctx context.Context, project int64, nt store.NewTask)
 	t := &store.Task{
 		ID: uuid.NewString(), ProjectID: project, Number: number, Slug: store.TaskSlug(name, number),
 		Title: nt.Title, Description: nt.Description, OriginProduct: nt.OriginProduct, Repository: nt.Repository,
-		JSONSchema: nt.JSONSchema, CreatedAt: now, UpdatedAt: now,
+		JSONSchema: nt.JSONSchema, CreatedBy: nt.CreatedBy, Internal: nt.Internal, CreatedAt: now, UpdatedAt: now,
 	}
 	var schema any
 	if t.JSONSchema != nil {
 		schema = string(t.JSONSchema)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(now), micros(now)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, project_id, task_number, slug, title, description, origin_product, repository, json_schema, created_by, internal, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, project, number, t.Slug, t.Title, t.Description, t.OriginProduct, t.Repository, schema, t.CreatedBy, t.Internal, micros(now), micros(now)); err != nil {
 		return nil, fmt.Errorf("insert task: %w", classify(err))
 	}
 	if err := tx.Commit(); err != nil {
@@ -111,13 +121,24 @@ func (s *Store) GetTask(ctx context.Context, project int64, id string) (*store.T
 	return t, nil
 }
 
-// ListTasks returns a page of the project's live tasks, newest first, and the total.
-func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int) ([]store.Task, int64, error) {
+// ListTasks returns the page of the project's live tasks that q selects,
+// and how many match in all.
+func (s *Store) ListTasks(ctx context.Context, project int64, q store.TaskQuery) ([]store.Task, int64, error) {
+	ord, ok := q.OrderOf()
+	if !ok {
+		return nil, 0, fmt.Errorf("list tasks: unknown ordering %q", q.Ordering)
+	}
+	where, args := taskFilter(project, q)
 	var total int64
-	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM tasks WHERE project_id = ? AND deleted = 0", project).Scan(&total); err != nil {
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM tasks t WHERE "+where, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count tasks: %w", classify(err))
 	}
-	rows, err := s.r.QueryContext(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE t.project_id = ? AND t.deleted = 0 ORDER BY t.seq DESC LIMIT ? OFFSET ?", project, limit, offset)
+	dir := " ASC"
+	if ord.Desc {
+		dir = " DESC"
+	}
+	rows, err := s.r.QueryContext(ctx, "SELECT "+taskColumns+" FROM tasks t WHERE "+where+
+		" ORDER BY t."+ord.Column+dir+", t.seq DESC LIMIT ? OFFSET ?", append(args, q.Limit, q.Offset)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list tasks: %w", classify(err))
 	}
@@ -142,6 +163,50 @@ func (s *Store) ListTasks(ctx context.Context, project int64, limit, offset int)
 		}
 	}
 	return out, total, nil
+}
+
+// taskFilter is the WHERE clause of q over tasks t and its arguments.
+// repository and created_by are served by their indexes (migration 0006);
+// the latest run's status by runs_by_task, one probe per task.
+func taskFilter(project int64, q store.TaskQuery) (string, []any) {
+	var b strings.Builder
+	b.WriteString("t.project_id = ? AND t.deleted = 0")
+	args := []any{project}
+	if q.Repository != nil {
+		b.WriteString(" AND t.repository = ?")
+		args = append(args, *q.Repository)
+	}
+	if q.OriginProduct != nil {
+		b.WriteString(" AND t.origin_product = ?")
+		args = append(args, *q.OriginProduct)
+	}
+	if q.CreatedBy != nil {
+		b.WriteString(" AND t.created_by = ?")
+		args = append(args, *q.CreatedBy)
+	}
+	if q.Status != nil {
+		b.WriteString(" AND (SELECT r.status FROM runs r WHERE r.task_rowid = t.seq ORDER BY r.rid DESC LIMIT 1) = ?")
+		args = append(args, *q.Status)
+	}
+	if q.Search != "" {
+		// instr, not LIKE: the text is matched as it is, % and _ included.
+		b.WriteString(" AND (instr(lower(t.title), lower(?)) > 0 OR instr(lower(t.description), lower(?)) > 0)")
+		args = append(args, q.Search, q.Search)
+	}
+	if q.Archived != nil {
+		b.WriteString(" AND t.archived = ?")
+		args = append(args, *q.Archived)
+	}
+	if q.Internal != nil {
+		b.WriteString(" AND t.internal = ?")
+		args = append(args, *q.Internal)
+	}
+	if q.IDs != nil {
+		b.WriteString(" AND t.id IN (SELECT value FROM json_each(?))")
+		ids, _ := json.Marshal(q.IDs) // a []string always encodes
+		args = append(args, string(ids))
+	}
+	return b.String(), args
 }
 
 // UpdateTask applies a PATCH to a live task.
@@ -170,13 +235,21 @@ func (s *Store) UpdateTask(ctx context.Context, project int64, id string, p stor
 	if p.JSONSchema != nil {
 		t.JSONSchema = *p.JSONSchema
 	}
+	if p.Internal != nil {
+		t.Internal = *p.Internal
+	}
 	t.UpdatedAt = s.clock()
+	store.ApplyArchived(t, p.Archived, t.UpdatedAt)
+	var archivedAt any
+	if t.ArchivedAt != nil {
+		archivedAt = micros(*t.ArchivedAt)
+	}
 	var schema any
 	if t.JSONSchema != nil {
 		schema = string(t.JSONSchema)
 	}
-	if _, err := tx.ExecContext(ctx, "UPDATE tasks SET title = ?, description = ?, origin_product = ?, repository = ?, json_schema = ?, updated_at = ? WHERE seq = ?",
-		t.Title, t.Description, t.OriginProduct, t.Repository, schema, micros(t.UpdatedAt), rowid); err != nil {
+	if _, err := tx.ExecContext(ctx, "UPDATE tasks SET title = ?, description = ?, origin_product = ?, repository = ?, json_schema = ?, internal = ?, archived = ?, archived_at = ?, updated_at = ? WHERE seq = ?",
+		t.Title, t.Description, t.OriginProduct, t.Repository, schema, t.Internal, t.Archived, archivedAt, micros(t.UpdatedAt), rowid); err != nil {
 		return nil, fmt.Errorf("update task: %w", classify(err))
 	}
 	if err := latestRun(ctx, tx, t, rowid); err != nil {

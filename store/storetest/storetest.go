@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ProjectsAndKeys", testProjectsAndKeys},
 		{"ProjectSlackChannels", testProjectSlackChannels},
 		{"Tasks", testTasks},
+		{"TaskFilters", testTaskFilters},
 		{"Runs", testRuns},
 		{"AppendLog", testAppendLog},
 		{"Idempotency", testIdempotency},
@@ -534,7 +535,7 @@ func testTasks(t *testing.T, s store.Store) {
 		}
 		for _, tc := range cases {
 			t.Run(fmt.Sprintf("project=%d/limit=%d/offset=%d", tc.project, tc.limit, tc.offset), func(t *testing.T) {
-				list, total, err := s.ListTasks(ctx, tc.project, tc.limit, tc.offset)
+				list, total, err := s.ListTasks(ctx, tc.project, store.TaskQuery{Limit: tc.limit, Offset: tc.offset})
 				noErr(t, err, "ListTasks")
 				got := []int64{}
 				for _, task := range list {
@@ -607,7 +608,7 @@ func testTasks(t *testing.T, s store.Store) {
 		_, err = s.UpdateRun(ctx, store.RunRef{ProjectID: pa.ID, TaskID: task.ID, RunID: r1.Run.ID},
 			store.RunPatch{Status: ptr(store.StatusInProgress)}, nil)
 		noErr(t, err, "UpdateRun")
-		list, _, err := s.ListTasks(ctx, pa.ID, 100, 0)
+		list, _, err := s.ListTasks(ctx, pa.ID, store.TaskQuery{Limit: 100})
 		noErr(t, err, "ListTasks")
 		for _, lt := range list {
 			switch lt.ID {
@@ -655,7 +656,7 @@ func testTasks(t *testing.T, s store.Store) {
 		for _, c := range checks {
 			wantErr(t, c.err, store.ErrNotFound, c.name+" on a deleted task")
 		}
-		list, total, err := s.ListTasks(ctx, pa.ID, 100, 0)
+		list, total, err := s.ListTasks(ctx, pa.ID, store.TaskQuery{Limit: 100})
 		noErr(t, err, "ListTasks")
 		if total != 2 || len(list) != 2 {
 			t.Errorf("ListTasks after delete: %d tasks, total %d; want 2, 2", len(list), total)
