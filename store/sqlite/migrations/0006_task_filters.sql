@@ -8,5 +8,5 @@ ALTER TABLE tasks ADD COLUMN created_by  INTEGER;
 ALTER TABLE tasks ADD COLUMN internal    INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN archived    INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN archived_at INTEGER;
-CREATE INDEX tasks_by_repository ON tasks (project_id, repository, seq);
-CREATE INDEX tasks_by_creator ON tasks (project_id, created_by, seq);
+CREATE INDEX tasks_by_repository ON tasks (project_id, repository, deleted, seq);
+CREATE INDEX tasks_by_creator ON tasks (project_id, created_by, deleted, seq);
