@@ -60,8 +60,8 @@ type IngestResult struct {
 	// (to publish), as of any mutation; Events is empty when nothing new
 	// was accepted.
 	MutationResult
-	Accepted  int   // lines stored (or published, for ephemeral ones) now
-	Duplicate int   // lines whose seq was already accepted
+	Accepted  int // lines stored (or published, for ephemeral ones) now
+	Duplicate int // lines whose seq was already accepted
 	State     IngestState
 	// Conflict is the line the write stopped at, nil when it took every
 	// line; the lines before it are committed.
