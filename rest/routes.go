@@ -62,6 +62,9 @@ func (s *Server) routes() {
 	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
+	// Its own authorisation (ingest token or key) and error shape; every
+	// method reaches it, so that a 405 has that shape too.
+	r.HandleFunc(runPath+"/event_stream"+slash, s.eventStream)
 	if s.agent != nil {
 		r.HandleFunc("/agent/connect"+slash, func(w http.ResponseWriter, r *http.Request) {
 			s.agent(w, r.WithContext(proxy.WithAuthFailureLog(r.Context(), s.logAuthFailure)))

@@ -1,0 +1,222 @@
+package rest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"runhub/store"
+	"runhub/store/runs"
+)
+
+// evLine is the NDJSON line of sender seq n; its event carries n.
+func evLine(n int) string {
+	return fmt.Sprintf(`{"seq":%d,"event":{"type":"notification","timestamp":"2026-01-01T00:00:00.000001Z","n":%d,`+
+		`"notification":{"jsonrpc":"2.0","method":"_posthog/console","params":{"message":"line %d"}}}}`, n, n, n)
+}
+
+// evLines joins the lines of seqs, each ended by "\n".
+func evLines(seqs ...int) string {
+	var b strings.Builder
+	for _, n := range seqs {
+		b.WriteString(evLine(n))
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func completeLine(final int) string {
+	return fmt.Sprintf(`{"type":"_posthog/stream_complete","final_seq":%d}`+"\n", final)
+}
+
+// ingest POSTs body to the run's event_stream with key (an API key or an
+// ingest token); project "" is p1.
+func (e *env) ingest(f fixture, project, key, body string) *resp {
+	e.t.Helper()
+	path := f.path(e, "/event_stream/")
+	if project != "" {
+		path = fmt.Sprintf("/api/projects/%s/tasks/%s/runs/%s/event_stream/", project, f.task, f.run)
+	}
+	return e.do(req{Method: "POST", Path: path, Key: key, Body: body,
+		Headers: map[string]string{"Content-Type": "application/x-ndjson"}})
+}
+
+// ingestCounts decodes a 200 answer.
+func ingestCounts(t testing.TB, res *resp) (accepted, duplicate, last int64) {
+	t.Helper()
+	wantStatus(t, res, http.StatusOK)
+	var b map[string]int64
+	if err := json.Unmarshal(res.body, &b); err != nil || len(b) != 3 {
+		t.Fatalf("want {accepted, duplicate, last_accepted_seq}: %s", res)
+	}
+	return b["accepted"], b["duplicate"], b["last_accepted_seq"]
+}
+
+func wantCounts(t testing.TB, res *resp, accepted, duplicate, last int64) {
+	t.Helper()
+	a, d, l := ingestCounts(t, res)
+	if a != accepted || d != duplicate || l != last {
+		t.Errorf("accepted %d duplicate %d last %d, want %d %d %d", a, d, l, accepted, duplicate, last)
+	}
+}
+
+// wantIngestError checks a {"error", "last_accepted_seq"?} answer; last
+// < 0: the body has no last_accepted_seq.
+func wantIngestError(t testing.TB, res *resp, status int, msg string, last int64) {
+	t.Helper()
+	wantStatus(t, res, status)
+	var b struct {
+		Error string `json:"error"`
+		Last  *int64 `json:"last_accepted_seq"`
+	}
+	if err := json.Unmarshal(res.body, &b); err != nil {
+		t.Fatalf("error body: %v: %s", err, res)
+	}
+	if p, ok := strings.CutSuffix(msg, "..."); (ok && !strings.HasPrefix(b.Error, p)) || (!ok && b.Error != msg) {
+		t.Errorf("error %q, want %q", b.Error, msg)
+	}
+	switch {
+	case last < 0 && b.Last != nil:
+		t.Errorf("last_accepted_seq %d, want none: %s", *b.Last, res)
+	case last >= 0 && (b.Last == nil || *b.Last != last):
+		t.Errorf("last_accepted_seq %v, want %d: %s", b.Last, last, res)
+	}
+}
+
+// ingested returns the "n" of the run's stored log entries, in seq order.
+func (e *env) ingested(run string) []int {
+	e.t.Helper()
+	var out []int
+	for _, ev := range e.events(run) {
+		if ev.Kind != store.KindLog {
+			continue
+		}
+		var v struct{ N int }
+		if err := json.Unmarshal(ev.Data, &v); err != nil {
+			e.t.Fatalf("entry %s: %v", ev.Data, err)
+		}
+		out = append(out, v.N)
+	}
+	return out
+}
+
+func seqList(from, to int) []int {
+	var out []int
+	for n := from; n <= to; n++ {
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestEventStreamIngest: lines join the run's log once each, by their
+// sender seq; an empty body reports where the sender stands; the project
+// may be @current.
+func TestEventStreamIngest(t *testing.T) {
+	e := newEnv(t, nil)
+	f := e.fixture()
+
+	wantCounts(t, e.ingest(f, "", e.writeKey, ""), 0, 0, 0)
+	wantCounts(t, e.ingest(f, "", e.writeKey, evLines(1, 2, 3)), 3, 0, 3)
+	wantCounts(t, e.ingest(f, "", e.writeKey, evLines(2, 3, 4)), 1, 2, 4)
+	// Blank lines are skipped; the last line may lack its newline.
+	wantCounts(t, e.ingest(f, "@current", e.writeKey, "\n  \n"+evLines(5)+"\r\n"+evLine(6)), 2, 0, 6)
+	wantCounts(t, e.ingest(f, "@current", e.writeKey, ""), 0, 0, 6)
+	if got := e.ingested(f.run); !slices.Equal(got, seqList(1, 6)) {
+		t.Errorf("stored %v, want 1..6", got)
+	}
+	// The run's own seqs go on: the create event is 1.
+	evs := e.events(f.run)
+	if last := evs[len(evs)-1].Seq; last != 7 {
+		t.Errorf("run's last seq %d, want 7", last)
+	}
+	// session_logs shows them like appended entries.
+	if _, logs := e.sessionLogs(f, ""); len(logs) != 6 || logs[0]["n"] != float64(1) {
+		t.Errorf("session_logs = %v, want the 6 events", logs)
+	}
+	// Another run's sender sequence is its own.
+	g := e.fixture()
+	wantCounts(t, e.ingest(g, "", e.writeKey, evLines(1)), 1, 0, 1)
+}
+
+// TestEventStreamConflicts: a gap, a line after completion and a wrong
+// final_seq are 409 with last_accepted_seq; bad lines are 400; the lines
+// before any of them stay accepted.
+func TestEventStreamConflicts(t *testing.T) {
+	e := newEnv(t, nil)
+	f := e.fixture()
+
+	wantIngestError(t, e.ingest(f, "", e.writeKey, evLines(1, 2, 4, 5)), http.StatusConflict, "Event sequence gap: expected 3, received 4", 2)
+	if got := e.ingested(f.run); !slices.Equal(got, []int{1, 2}) {
+		t.Errorf("after the gap stored %v, want [1 2]", got)
+	}
+	for _, tc := range []struct{ body, msg string }{
+		{evLines(3) + "{not json\n" + evLines(4), "Invalid JSON line"},
+		{evLines(4) + "[1]\n", "Each event line must be a JSON object"},
+		{evLines(5) + `{"seq": 0, "event": {}}` + "\n", "Event sequence must be a positive integer"},
+		{evLines(6) + `{"seq": 7, "event": 1}` + "\n", "Event payload must be an object"},
+		{evLines(7) + "{\"seq\": 8, \"event\": {\"a\": \"\xff\"}}\n", "Invalid UTF-8 in event stream"},
+		{evLines(8) + completeLine(8) + evLines(9), "Completion line must be the final event stream line"},
+		{`{"type":"_posthog/stream_complete","final_seq":-1}`, "Completion final sequence must be a non-negative integer"},
+	} {
+		wantIngestError(t, e.ingest(f, "", e.writeKey, tc.body), http.StatusBadRequest, tc.msg, -1)
+	}
+	if got := e.ingested(f.run); !slices.Equal(got, seqList(1, 8)) {
+		t.Errorf("after the bad lines stored %v, want 1..8", got)
+	}
+	wantIngestError(t, e.ingest(f, "", e.writeKey, completeLine(7)), http.StatusConflict,
+		"Completion final sequence 7 does not match last accepted sequence 8", 8)
+	wantCounts(t, e.ingest(f, "", e.writeKey, evLines(8, 9)+completeLine(9)), 1, 1, 9)
+	// A completion sent again (a retried upload) is no conflict.
+	wantCounts(t, e.ingest(f, "", e.writeKey, completeLine(9)), 0, 0, 9)
+	wantCounts(t, e.ingest(f, "", e.writeKey, ""), 0, 0, 9)
+	for _, body := range []string{evLines(10), evLines(9)} {
+		wantIngestError(t, e.ingest(f, "", e.writeKey, body), http.StatusConflict, "Event stream is already complete", 9)
+	}
+	if got := e.ingested(f.run); !slices.Equal(got, seqList(1, 9)) {
+		t.Errorf("stored %v, want 1..9", got)
+	}
+}
+
+// TestEventStreamLimits: a line over 1 MB, a request over 5 MB and more
+// than 1,000 events are 413 with last_accepted_seq, the lines before the
+// limit stored.
+func TestEventStreamLimits(t *testing.T) {
+	e := newEnv(t, nil)
+
+	// A line just within the limit passes; one byte more does not.
+	line := func(seq, size int) string {
+		head := fmt.Sprintf(`{"seq":%d,"event":{"type":"x","pad":"`, seq)
+		return head + strings.Repeat("a", size-len(head)-3) + `"}}`
+	}
+	f := e.fixture()
+	if n := len(line(1, runs.MaxIngestLineBytes)); n != runs.MaxIngestLineBytes {
+		t.Fatalf("line builder made %d bytes", n)
+	}
+	wantCounts(t, e.ingest(f, "", e.writeKey, line(1, runs.MaxIngestLineBytes)+"\n"), 1, 0, 1)
+	wantIngestError(t, e.ingest(f, "", e.writeKey, evLines(2)+line(3, runs.MaxIngestLineBytes+1)+"\n"),
+		http.StatusRequestEntityTooLarge, "Event line is too large", 2)
+
+	// Six lines of 900 kB: the sixth goes past 5 MB.
+	g := e.fixture()
+	var b strings.Builder
+	for n := 1; n <= 6; n++ {
+		b.WriteString(line(n, 900_000) + "\n")
+	}
+	wantIngestError(t, e.ingest(g, "", e.writeKey, b.String()), http.StatusRequestEntityTooLarge, "Event ingest request is too large", 5)
+	if got := e.ingested(g.run); len(got) != 5 {
+		t.Errorf("stored %d lines, want 5", len(got))
+	}
+
+	h := e.fixture()
+	all := seqList(1, runs.MaxIngestEvents+1)
+	wantIngestError(t, e.ingest(h, "", e.writeKey, evLines(all...)), http.StatusRequestEntityTooLarge,
+		"Too many events in request", runs.MaxIngestEvents)
+	wantCounts(t, e.ingest(h, "", e.writeKey, evLines(all[:runs.MaxIngestEvents]...)+"\n\n"+completeLine(runs.MaxIngestEvents)),
+		0, runs.MaxIngestEvents, runs.MaxIngestEvents)
+	if got := e.ingested(h.run); !slices.Equal(got, seqList(1, runs.MaxIngestEvents)) {
+		t.Errorf("stored %d lines, want 1..%d", len(got), runs.MaxIngestEvents)
+	}
+}
