@@ -1,15 +1,23 @@
 package rest
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"runhub/store"
 	"runhub/store/runs"
+	"runhub/store/teststore"
 )
 
 // evLine is the NDJSON line of sender seq n; its event carries n.
@@ -219,4 +227,220 @@ func TestEventStreamLimits(t *testing.T) {
 	if got := e.ingested(h.run); !slices.Equal(got, seqList(1, runs.MaxIngestEvents)) {
 		t.Errorf("stored %d lines, want 1..%d", len(got), runs.MaxIngestEvents)
 	}
+}
+
+// TestEventStreamAuth: an ingest token of the run (minted with its agent
+// token) or a key with task:write; everything else is refused in
+// PostHog's shape.
+func TestEventStreamAuth(t *testing.T) {
+	te := newTokenEnv(t)
+	e := te.env
+	f := e.fixture()
+	agent, res := te.mint(t, f, e.writeKey, "?role=agent")
+	wantStatus(t, res, http.StatusOK)
+	if agent.IngestToken == "" {
+		t.Fatalf("connection_token?role=agent has no ingest_token: %s", res)
+	}
+	client, res := te.mint(t, f, e.writeKey, "")
+	wantStatus(t, res, http.StatusOK)
+	if client.IngestToken != "" {
+		t.Errorf("a client token came with an ingest token: %s", res)
+	}
+	wantCounts(t, e.ingest(f, "", agent.IngestToken, evLines(1)), 1, 0, 1)
+	wantCounts(t, e.ingest(f, "@current", agent.IngestToken, evLines(2)), 1, 0, 2)
+	wantCounts(t, e.ingest(f, "@current", e.allKey, evLines(3)), 1, 0, 3)
+
+	g := e.fixture()
+	other, _ := te.mint(t, g, e.writeKey, "?role=agent")
+	p2 := strconv.FormatInt(e.p2, 10)
+	for _, tc := range []struct {
+		name, project, key string
+		status             int
+		msg                string
+	}{
+		{"no credentials", "", "", http.StatusUnauthorized, "Missing authorization bearer token"},
+		{"agent token", "", agent.Token, http.StatusUnauthorized, "Invalid event ingest token"},
+		{"client token", "", client.Token, http.StatusUnauthorized, "Invalid event ingest token"},
+		{"forged token", "", agent.IngestToken[:len(agent.IngestToken)-4] + "AAAA", http.StatusUnauthorized, "Invalid event ingest token"},
+		{"another run's token", "", other.IngestToken, http.StatusForbidden, "Token does not match task run"},
+		{"token, another project", p2, agent.IngestToken, http.StatusForbidden, "Token does not match project"},
+		{"unknown key", "", "phx_" + strings.Repeat("x", 40), http.StatusUnauthorized, "Invalid personal API key"},
+		{"read key", "", e.readKey, http.StatusForbidden, "API key missing required scope 'task:write'"},
+		{"key of another project", "", e.otherKey, http.StatusForbidden, "API key does not have access to this project."},
+		{"key of another project, @current", "@current", e.otherKey, http.StatusNotFound, "Task run not found"},
+		{"run in another project", p2, e.allKey, http.StatusNotFound, "Task run not found"},
+		{"bad project", "x1", e.allKey, http.StatusNotFound, "Task run not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantIngestError(t, e.ingest(f, tc.project, tc.key, evLines(4)), tc.status, tc.msg, -1)
+		})
+	}
+	unknown := fixture{task: f.task, run: "00000000-0000-4000-8000-000000000000"}
+	wantIngestError(t, e.ingest(unknown, "", e.writeKey, ""), http.StatusNotFound, "Task run not found", -1)
+	malformed := fixture{task: f.task, run: "not-a-uuid"}
+	wantIngestError(t, e.ingest(malformed, "", agent.IngestToken, ""), http.StatusNotFound, "Task run not found", -1)
+	get := e.do(req{Method: "GET", Path: f.path(e, "/event_stream/"), Key: e.writeKey})
+	wantIngestError(t, get, http.StatusMethodNotAllowed, "Method not allowed", -1)
+	if got := e.ingested(f.run); !slices.Equal(got, []int{1, 2, 3}) {
+		t.Errorf("stored %v, want [1 2 3]", got)
+	}
+}
+
+// TestEventStreamLive: each line reaches a viewer of the run while its
+// upload is still open, not when the upload ends.
+func TestEventStreamLive(t *testing.T) {
+	te := newTokenEnv(t)
+	e := te.env
+	f := e.fixture()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	sr, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+f.path(e, "/stream"), nil)
+	sr.Header.Set("Accept", "text/event-stream")
+	sr.Header.Set("Authorization", "Bearer "+e.readKey)
+	sse, err := e.client.Do(sr)
+	if err != nil || sse.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %v %v", sse, err)
+	}
+	defer sse.Body.Close()
+	lines := bufio.NewScanner(sse.Body)
+	seen := func(n int) {
+		t.Helper()
+		for lines.Scan() {
+			data, ok := strings.CutPrefix(lines.Text(), "data: ")
+			var v struct{ N int }
+			if ok && json.Unmarshal([]byte(data), &v) == nil && v.N == n {
+				return
+			}
+		}
+		t.Fatalf("stream ended before line %d: %v", n, lines.Err())
+	}
+
+	pr, pw := io.Pipe()
+	ur, _ := http.NewRequestWithContext(ctx, "POST", e.srv.URL+f.path(e, "/event_stream/"), pr)
+	ur.Header.Set("Authorization", "Bearer "+e.writeKey)
+	ur.Header.Set("Content-Type", "application/x-ndjson")
+	done := make(chan *resp, 1)
+	go func() {
+		res, err := e.client.Do(ur)
+		if err != nil {
+			done <- &resp{status: -1, body: []byte(err.Error())}
+			return
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		done <- &resp{status: res.StatusCode, header: res.Header, body: b}
+	}()
+	for n := 1; n <= 3; n++ {
+		if _, err := io.WriteString(pw, evLine(n)+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		seen(n)
+		select {
+		case r := <-done:
+			t.Fatalf("the upload ended before it was closed: %s", r)
+		default:
+		}
+	}
+	pw.Close()
+	wantCounts(t, <-done, 3, 0, 3)
+}
+
+// TestEventStreamDeadlines: an upload whose lines keep coming outlives the
+// body deadline; one idle longer than the ingest idle timeout is ended
+// (408), with what came before it stored.
+func TestEventStreamDeadlines(t *testing.T) {
+	const gap = 150 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.Timeouts = Timeouts{Body: 2 * gap, IngestIdle: 4 * gap} })
+	f := e.fixture()
+	upload := func(write func(w io.Writer)) *resp {
+		pr, pw := io.Pipe()
+		go func() {
+			write(pw)
+			pw.Close()
+		}()
+		defer pr.Close()
+		r, _ := http.NewRequest("POST", e.srv.URL+f.path(e, "/event_stream/"), pr)
+		r.Header.Set("Authorization", "Bearer "+e.writeKey)
+		res, err := e.client.Do(r)
+		if err != nil {
+			t.Fatalf("upload: %v", err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return &resp{status: res.StatusCode, header: res.Header, body: b}
+	}
+	// 8 lines, one every 150 ms: 1.2 s, past both the body deadline
+	// (300 ms) and the idle timeout (600 ms), but never idle that long.
+	res := upload(func(w io.Writer) {
+		for n := 1; n <= 8; n++ {
+			io.WriteString(w, evLine(n)+"\n")
+			time.Sleep(gap)
+		}
+	})
+	wantCounts(t, res, 8, 0, 8)
+
+	stop := make(chan struct{})
+	res = upload(func(w io.Writer) {
+		io.WriteString(w, evLine(9)+"\n")
+		<-stop // idle until the server gives up
+	})
+	close(stop)
+	wantIngestError(t, res, http.StatusRequestTimeout, "Event stream upload was idle for too long", 9)
+	if got := e.ingested(f.run); !slices.Equal(got, seqList(1, 9)) {
+		t.Errorf("stored %v, want 1..9", got)
+	}
+}
+
+// TestEventStreamAcrossNodes: two nodes on one store take the same lines
+// at once (a retried upload that reached both) and every line is stored
+// once; after a restart (a new handle on the store) the sender's position
+// is still known.
+func TestEventStreamAcrossNodes(t *testing.T) {
+	open := teststore.OpenShared(t)
+	a := envOn(t, open(t), Config{})
+	stB := open(t)
+	cB := Config{Store: stB}
+	withDeps(t, &cB)
+	srvB := httptest.NewServer(New(cB))
+	t.Cleanup(srvB.Close)
+	b := &env{t: t, st: stB, srv: srvB, client: &http.Client{Timeout: 30 * time.Second}, p1: a.p1, writeKey: a.writeKey, readKey: a.readKey}
+	f := a.fixture()
+
+	const total, per = 300, 50
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	accepted, dups := int64(0), int64(0)
+	for _, node := range []*env{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for from := 1; from <= total; from += per {
+				res := doWith(t, node.client, node.srv.URL, req{Method: "POST", Path: f.path(node, "/event_stream/"), Key: node.writeKey,
+					Body: evLines(seqList(from, from+per-1)...)})
+				if res.status != http.StatusOK {
+					t.Errorf("upload: %s", res)
+					return
+				}
+				var c map[string]int64
+				json.Unmarshal(res.body, &c)
+				mu.Lock()
+				accepted, dups = accepted+c["accepted"], dups+c["duplicate"]
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if accepted != total || dups != 3*total {
+		t.Errorf("accepted %d duplicate %d, want %d and %d", accepted, dups, total, 3*total)
+	}
+	if got := a.ingested(f.run); !slices.Equal(got, seqList(1, total)) {
+		t.Errorf("stored %d lines, want 1..%d once each", len(got), total)
+	}
+
+	// A restart: a new node on a new handle knows where the sender stands.
+	c := envOn(t, open(t), Config{})
+	c.p1, c.writeKey = a.p1, a.writeKey
+	wantCounts(t, c.ingest(f, "", c.writeKey, ""), 0, 0, total)
+	wantCounts(t, c.ingest(f, "", c.writeKey, evLines(total-1, total, total+1)), 1, 2, total+1)
 }
