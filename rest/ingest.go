@@ -145,12 +145,15 @@ func (s *Server) ingestRef(r *http.Request) (store.RunRef, error) {
 	return store.RunRef{ProjectID: project, TaskID: task, RunID: run}, nil
 }
 
+// isEventStream reports whether r's path is an event_stream route (for
+// its 405, answered by the router).
+func isEventStream(r *http.Request) bool {
+	p := strings.TrimSuffix(r.URL.Path, "/")
+	return strings.HasSuffix(p, "/event_stream") && strings.HasPrefix(p, "/api/projects/")
+}
+
 // eventStream serves POST .../runs/{id}/event_stream/.
 func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		s.writeIngest(w, r, ingestErr(http.StatusMethodNotAllowed, "Method not allowed"))
-		return
-	}
 	ref, err := s.ingestRef(r)
 	if err == nil {
 		err = s.ingest(w, r, ref)
