@@ -196,10 +196,15 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request, ref store.RunRef
 	// deadline, pushed back by every line.
 	rc := http.NewResponseController(w)
 	idle := s.timeouts.IngestIdle
-	rc.SetReadDeadline(time.Now().Add(idle))
+	alive := func() {
+		if r.ContentLength != 0 { // an empty body has no read to bound
+			rc.SetReadDeadline(time.Now().Add(idle))
+		}
+	}
+	alive()
 
 	up := upload{br: bufio.NewReaderSize(r.Body, ingestReadBuffer), last: st.LastAccepted}
-	final, err := s.readUpload(r, ref, &up, func() { rc.SetReadDeadline(time.Now().Add(idle)) })
+	final, err := s.readUpload(r, ref, &up, alive)
 	if err != nil {
 		return err
 	}

@@ -284,6 +284,9 @@ func TestEventStreamAuth(t *testing.T) {
 	if got := e.ingested(f.run); !slices.Equal(got, []int{1, 2, 3}) {
 		t.Errorf("stored %v, want [1 2 3]", got)
 	}
+	// The ingest token opens nothing else: not the run's stream.
+	stream := e.do(req{Method: "GET", Path: f.path(e, "/stream") + "?token=" + agent.IngestToken})
+	wantStatus(t, stream, http.StatusUnauthorized)
 }
 
 // TestEventStreamLive: each line reaches a viewer of the run while its

@@ -20,6 +20,8 @@
 //   - QueryLog filters and counts (session_logs) and StreamLog order;
 //   - concurrency: concurrent appends to one run never lose, duplicate or
 //     interleave entries, and readers never observe a gap in the seq order.
+//   - the sequenced ingest: the sender's seq per run, duplicates never
+//     stored twice (also by racing senders), gaps, completion.
 //
 // The suite is backend-agnostic: JSON values are compared by meaning, not by
 // bytes, so a backend that normalises JSON (PostgreSQL jsonb) passes too.
