@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -81,68 +82,70 @@ func (s *Server) writeIngest(w http.ResponseWriter, r *http.Request, e *ingestRe
 // ingestRef authorises an upload: a Bearer ingest token (a JWT of
 // audience tokens.AudienceIngest for this run) or an API key with
 // task:write on the run's project. The project in the path may be
-// "@current", the credential's project.
-func (s *Server) ingestRef(r *http.Request) (store.RunRef, error) {
+// "@current", the credential's project. It returns the run and the id of
+// the API key behind the credential (0: a token minted before tokens
+// named their key), whose revocation ends the upload.
+func (s *Server) ingestRef(r *http.Request) (store.RunRef, int64, error) {
 	secret := bearer(r)
 	if secret == "" {
-		return store.RunRef{}, ingestErr(http.StatusUnauthorized, "Missing authorization bearer token")
+		return store.RunRef{}, 0, ingestErr(http.StatusUnauthorized, "Missing authorization bearer token")
 	}
 	task, err := pathUUID(r, "task_id", errNotFound)
 	if err != nil {
-		return store.RunRef{}, ingestErr(http.StatusNotFound, "Task run not found")
+		return store.RunRef{}, 0, ingestErr(http.StatusNotFound, "Task run not found")
 	}
 	run, err := pathUUID(r, "run_id", errNotFound)
 	if err != nil {
-		return store.RunRef{}, ingestErr(http.StatusNotFound, "Task run not found")
+		return store.RunRef{}, 0, ingestErr(http.StatusNotFound, "Task run not found")
 	}
 	pathProject := mux.Vars(r)["project_id"]
 	if strings.Count(secret, ".") == 2 { // a JWT; API keys contain no dots
 		c, err := s.tokens.Verify(secret, tokens.AudienceIngest)
 		if err != nil {
-			return store.RunRef{}, &ingestReply{status: http.StatusUnauthorized, msg: "Invalid event ingest token", code: "invalid_token"}
+			return store.RunRef{}, 0, &ingestReply{status: http.StatusUnauthorized, msg: "Invalid event ingest token", code: "invalid_token"}
 		}
 		if c.TaskID != task || c.RunID != run {
-			return store.RunRef{}, ingestErr(http.StatusForbidden, "Token does not match task run")
+			return store.RunRef{}, 0, ingestErr(http.StatusForbidden, "Token does not match task run")
 		}
 		if pathProject != ingestCurrentProject && pathProject != strconv.FormatInt(c.TeamID, 10) {
-			return store.RunRef{}, ingestErr(http.StatusForbidden, "Token does not match project")
+			return store.RunRef{}, 0, ingestErr(http.StatusForbidden, "Token does not match project")
 		}
-		return store.RunRef{ProjectID: c.TeamID, TaskID: task, RunID: run}, nil
+		return store.RunRef{ProjectID: c.TeamID, TaskID: task, RunID: run}, c.KeyID, nil
 	}
 	key, err := s.authenticate(r)
 	if err != nil {
-		return store.RunRef{}, ingestErr(http.StatusUnauthorized, "Invalid personal API key")
+		return store.RunRef{}, 0, ingestErr(http.StatusUnauthorized, "Invalid personal API key")
 	}
 	if s.limiter != nil {
 		if ok, after := s.limiter.allow(key.ID, time.Now()); !ok {
-			return store.RunRef{}, throttled(after)
+			return store.RunRef{}, 0, throttled(after)
 		}
 	}
 	if !key.HasScope(store.ScopeWrite) {
-		return store.RunRef{}, ingestErr(http.StatusForbidden, fmt.Sprintf("API key missing required scope '%s'", store.ScopeWrite))
+		return store.RunRef{}, 0, ingestErr(http.StatusForbidden, fmt.Sprintf("API key missing required scope '%s'", store.ScopeWrite))
 	}
 	var project int64
 	if pathProject == ingestCurrentProject {
 		found, err := s.store.RunByID(r.Context(), run)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && (!key.CanReach(found.ProjectID) || found.TaskID != task)) {
 			// Another project's run is indistinguishable from a missing one.
-			return store.RunRef{}, ingestErr(http.StatusNotFound, "Task run not found")
+			return store.RunRef{}, 0, ingestErr(http.StatusNotFound, "Task run not found")
 		}
 		if err != nil {
-			return store.RunRef{}, err
+			return store.RunRef{}, 0, err
 		}
 		project = found.ProjectID
 	} else {
 		p, err := strconv.ParseInt(pathProject, 10, 64)
 		if err != nil || p <= 0 {
-			return store.RunRef{}, ingestErr(http.StatusNotFound, "Task run not found")
+			return store.RunRef{}, 0, ingestErr(http.StatusNotFound, "Task run not found")
 		}
 		if !key.CanReach(p) {
-			return store.RunRef{}, ingestErr(http.StatusForbidden, "API key does not have access to this project.")
+			return store.RunRef{}, 0, ingestErr(http.StatusForbidden, "API key does not have access to this project.")
 		}
 		project = p
 	}
-	return store.RunRef{ProjectID: project, TaskID: task, RunID: run}, nil
+	return store.RunRef{ProjectID: project, TaskID: task, RunID: run}, key.ID, nil
 }
 
 // isEventStream reports whether r's path is an event_stream route (for
@@ -154,9 +157,9 @@ func isEventStream(r *http.Request) bool {
 
 // eventStream serves POST .../runs/{id}/event_stream/.
 func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
-	ref, err := s.ingestRef(r)
+	ref, keyID, err := s.ingestRef(r)
 	if err == nil {
-		err = s.ingest(w, r, ref)
+		err = s.ingest(w, r, ref, keyID)
 	}
 	var reply *ingestReply
 	var ae *apiError
@@ -186,7 +189,7 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
 
 // ingest reads the upload line by line, storing each as it arrives, and
 // writes the 200 answer; any other answer is returned as an error.
-func (s *Server) ingest(w http.ResponseWriter, r *http.Request, ref store.RunRef) error {
+func (s *Server) ingest(w http.ResponseWriter, r *http.Request, ref store.RunRef, keyID int64) error {
 	ctx := r.Context()
 	st, err := s.runs.IngestState(ctx, ref)
 	if err != nil {
@@ -196,14 +199,30 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request, ref store.RunRef
 	// deadline, pushed back by every line.
 	rc := http.NewResponseController(w)
 	idle := s.timeouts.IngestIdle
+	var mu sync.Mutex // orders alive and the revocation's deadline
+	revoked := false
 	alive := func() {
-		if r.ContentLength != 0 { // an empty body has no read to bound
+		mu.Lock()
+		defer mu.Unlock()
+		if r.ContentLength != 0 && !revoked { // an empty body has no read to bound
 			rc.SetReadDeadline(time.Now().Add(idle))
 		}
 	}
 	alive()
+	// The key behind the credential revoked (on any node): the read
+	// waiting for the next line ends now, and so does the upload.
+	if g, ok := s.tokens.(interface{ Revocations() *tokens.Revocations }); ok {
+		stop := g.Revocations().Watch(keyID, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			revoked = true
+			rc.SetReadDeadline(time.Now())
+		})
+		defer stop()
+	}
 
-	up := upload{br: bufio.NewReaderSize(r.Body, ingestReadBuffer), last: st.LastAccepted}
+	up := upload{br: bufio.NewReaderSize(r.Body, ingestReadBuffer), last: st.LastAccepted,
+		revoked: func() bool { mu.Lock(); defer mu.Unlock(); return revoked }}
 	final, err := s.readUpload(r, ref, &up, alive)
 	if err != nil {
 		return err
@@ -232,6 +251,7 @@ type upload struct {
 	accepted  int
 	duplicate int
 	last      int64 // last_accepted_seq as of the newest store answer
+	revoked   func() bool
 }
 
 // readUpload reads and stores every line; it returns the completion
@@ -252,6 +272,9 @@ func (s *Server) readUpload(r *http.Request, ref store.RunRef, up *upload, alive
 				return nil, ferr
 			}
 			return nil, s.uploadFailed(r, ref, up, err)
+		}
+		if up.revoked() {
+			return nil, errRevoked
 		}
 		alive()
 		if len(bytes.TrimSpace(line)) > 0 {
@@ -367,10 +390,16 @@ func (s *Server) flushIngest(r *http.Request, ref store.RunRef, up *upload) erro
 	return nil
 }
 
+// errRevoked ends an upload whose credential's key was revoked.
+var errRevoked = ingestErr(http.StatusUnauthorized, "The credential of this upload was revoked")
+
 // uploadFailed is the answer to a body that could not be read on.
 func (s *Server) uploadFailed(r *http.Request, ref store.RunRef, up *upload, err error) error {
 	var mbe *http.MaxBytesError
 	switch {
+	case up.revoked():
+		s.log.InfoContext(r.Context(), "event ingest upload ended: its key was revoked", "run_id", ref.RunID)
+		return errRevoked
 	case errors.Is(err, errLineTooLarge):
 		return ingestErr(http.StatusRequestEntityTooLarge, "Event line is too large").with(up.last)
 	case errors.Is(err, errUploadTooLarge), errors.As(err, &mbe):

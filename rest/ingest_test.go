@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/runs"
 	"runhub/store/teststore"
@@ -446,4 +447,66 @@ func TestEventStreamAcrossNodes(t *testing.T) {
 	c.p1, c.writeKey = a.p1, a.writeKey
 	wantCounts(t, c.ingest(f, "", c.writeKey, ""), 0, 0, total)
 	wantCounts(t, c.ingest(f, "", c.writeKey, evLines(total-1, total, total+1)), 1, 2, total+1)
+}
+
+// TestEventStreamRevoked: an upload open when the key behind its
+// credential (the key itself, or the key that minted its ingest token) is
+// revoked is ended (401) without waiting for its next line.
+func TestEventStreamRevoked(t *testing.T) {
+	var tk *tokens.Tokens
+	e := newEnv(t, func(c *Config) {
+		rv := tokens.NewRevocations(tokens.RevocationConfig{Store: c.Store, Interval: 50 * time.Millisecond, Window: 2 * time.Second})
+		if err := rv.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(rv.Close)
+		var err error
+		if tk, err = tokens.Load(tokens.Config{DataDir: t.TempDir(), Revocations: rv}); err != nil {
+			t.Fatal(err)
+		}
+		c.Tokens = tk
+	})
+	for _, byToken := range []bool{false, true} {
+		f := e.fixture()
+		key, id := e.newKey([]string{store.ScopeWrite}, false, e.p1)
+		cred := key
+		if byToken {
+			res := e.do(req{Method: "GET", Path: f.path(e, "/connection_token/?role=agent"), Key: key})
+			var b connectionTokenBody
+			if err := json.Unmarshal(res.body, &b); err != nil || b.IngestToken == "" {
+				t.Fatalf("mint: %s", res)
+			}
+			cred = b.IngestToken
+		}
+		pr, pw := io.Pipe()
+		r, _ := http.NewRequest("POST", e.srv.URL+f.path(e, "/event_stream/"), pr)
+		r.Header.Set("Authorization", "Bearer "+cred)
+		done := make(chan *resp, 1)
+		go func() {
+			res, err := e.client.Do(r)
+			if err != nil {
+				done <- &resp{status: -1, body: []byte(err.Error())}
+				return
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			done <- &resp{status: res.StatusCode, header: res.Header, body: b}
+		}()
+		io.WriteString(pw, evLine(1)+"\n")
+		for deadline := time.Now().Add(10 * time.Second); len(e.ingested(f.run)) == 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("line 1 was not stored")
+			}
+		}
+		if err := e.st.RevokeAPIKey(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case res := <-done:
+			wantIngestError(t, res, http.StatusUnauthorized, "The credential of this upload was revoked", -1)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("token %v: the upload was not ended within 5 s of the revocation", byToken)
+		}
+		pw.Close()
+	}
 }
