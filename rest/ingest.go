@@ -267,9 +267,12 @@ func (s *Server) readUpload(r *http.Request, ref store.RunRef, up *upload, alive
 		line, err := up.readLine()
 		if err != nil && !errors.Is(err, io.EOF) {
 			// Store the lines that arrived whole before the failure: they
-			// are the sender's, and it resends them as duplicates anyway.
-			if ferr := s.flushIngest(r, ref, up); ferr != nil {
-				return nil, ferr
+			// are the sender's, and it resends them as duplicates anyway;
+			// nothing more is stored once its credential is revoked.
+			if !up.revoked() {
+				if ferr := s.flushIngest(r, ref, up); ferr != nil {
+					return nil, ferr
+				}
 			}
 			return nil, s.uploadFailed(r, ref, up, err)
 		}
