@@ -32,6 +32,12 @@ const (
 	// its next request: long enough for a client polling every minute to
 	// reuse its connection, short enough that idle ones do not pile up.
 	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultIngestIdleTimeout is how long an event-stream upload (POST
+	// .../event_stream/) may go without a line before it is ended. Such an
+	// upload stays open while its agent works, and PostHog's sender closes
+	// one after at most 5 minutes: 6 leaves a minute for a slow last line,
+	// and ends an upload whose sender is gone.
+	DefaultIngestIdleTimeout = 6 * time.Minute
 )
 
 // Timeouts bound how long a client may take to send a request; a zero field
@@ -40,6 +46,9 @@ type Timeouts struct {
 	Header time.Duration // request line and headers (DefaultHeaderTimeout)
 	Body   time.Duration // the whole body, after the headers (DefaultBodyTimeout)
 	Idle   time.Duration // between two requests on a connection (DefaultIdleTimeout)
+	// IngestIdle replaces Body for an event-stream upload: the longest
+	// wait for its next line (DefaultIngestIdleTimeout).
+	IngestIdle time.Duration
 }
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -51,6 +60,9 @@ func (t Timeouts) withDefaults() Timeouts {
 	}
 	if t.Idle <= 0 {
 		t.Idle = DefaultIdleTimeout
+	}
+	if t.IngestIdle <= 0 {
+		t.IngestIdle = DefaultIngestIdleTimeout
 	}
 	return t
 }

@@ -214,6 +214,30 @@ func streamCells(ok want, ws bool) map[string]want {
 	}
 }
 
+// eventStreamCells: the event ingest takes a task:write key of the
+// project or an ingest token of the run (none of the matrix's tokens is
+// one), and answers in PostHog's shape: a JWT of another audience is an
+// invalid ingest token, a bearer value that is no JWT an unknown key, and
+// ?token= no credential at all.
+func eventStreamCells(ok want) map[string]want {
+	missing := want{status: http.StatusUnauthorized, msg: "Missing authorization bearer token"}
+	badKey := want{status: http.StatusUnauthorized, msg: "Invalid personal API key"}
+	badToken := want{status: http.StatusUnauthorized, code: "invalid_token", msg: "Invalid event ingest token"}
+	return map[string]want{
+		credNone: missing, credBasic: missing, credBearerEmpty: missing,
+		credBearerGarbage: badKey, credBearerGarbageJWT: badToken, credQueryGarbage: missing,
+		credUnknownKey: badKey, credRevokedKey: badKey,
+		credOtherProject: {status: http.StatusForbidden, msg: "API key does not have access to this project."},
+		credReadOnly:     {status: http.StatusForbidden, msg: "API key missing required scope 'task:write'"},
+		credWriteKey:     ok,
+		credClientToken:  badToken, credClientTokenQ: missing, credReadToken: badToken,
+		credOtherRunToken: badToken, credOtherRunTokenQ: missing,
+		credExpiredToken: badToken, credExpiredTokenQ: missing,
+		credAgentToken: badToken, credAgentTokenQ: missing, credExpiredAgent: badToken,
+		credAgentUnknownRun: badToken, credRevokedKeyToken: badToken,
+	}
+}
+
 // wsAnswers is what a /ws method answers on an accepted connection, by
 // who the caller is.
 type wsAnswers struct {
@@ -352,6 +376,9 @@ func matrixRows() []matrixRow {
 		rest("POST", mxRun+"/relay_message", true, json200, body(map[string]any{"text": "hello"})),
 		rest("GET", mxRun+"/session_logs", false, json200, nil),
 		rest("PATCH", mxRun+"/set_output", true, json200, body(map[string]any{"output": map[string]any{"ok": true}})),
+
+		{route: "POST " + mxRun + "/event_stream", body: body(map[string]any{"seq": 1, "event": map[string]any{"type": "matrix"}}),
+			cells: eventStreamCells(json200)},
 
 		{route: "GET " + mxRun + "/stream", name: "sse", ctype: "text/event-stream", tokens: true, cells: streamCells(json200, false)},
 		{route: "GET " + mxRun + "/stream", name: "websocket", over: overWebSocket, tokens: true, cells: streamCells(upgraded, true)},

@@ -29,7 +29,13 @@ const (
 func (s *Server) routes() {
 	r := s.router
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { s.writeError(w, req, errNotFound) })
-	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { s.writeError(w, req, errMethod) })
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if isEventStream(req) { // its errors have PostHog's shape
+			s.writeIngest(w, req, ingestErr(http.StatusMethodNotAllowed, "Method not allowed"))
+			return
+		}
+		s.writeError(w, req, errMethod)
+	})
 	s.opsRoutes()
 
 	read, write := store.ScopeRead, store.ScopeWrite
@@ -64,6 +70,8 @@ func (s *Server) routes() {
 	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
+	// Its own authorisation (ingest token or key) and error shape.
+	r.HandleFunc(runPath+"/event_stream"+slash, s.eventStream).Methods(http.MethodPost)
 	if s.agent != nil {
 		r.HandleFunc("/agent/connect"+slash, func(w http.ResponseWriter, r *http.Request) {
 			s.agent(w, r.WithContext(proxy.WithAuthFailureLog(r.Context(), s.logAuthFailure)))

@@ -118,6 +118,9 @@ type connectionTokenBody struct {
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expires_at"`
 	WSURL     string    `json:"ws_url"`
+	// IngestToken comes with an agent token: it authorises the run's
+	// event_stream uploads (audience tokens.AudienceIngest).
+	IngestToken string `json:"ingest_token,omitempty"`
 }
 
 // mintToken serves GET .../connection_token: a client token (scope write
@@ -145,13 +148,20 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return validation("role", "invalid", `role must be "client" or "agent".`)
 	}
-	tok, exp, err := s.tokens.Mint(tokens.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID,
-		UserID: key.ID, DistinctID: "api_key:" + key.Prefix, Scope: scope, KeyID: key.ID}, aud)
+	claims := tokens.Claims{RunID: run.ID, TaskID: run.TaskID, TeamID: run.ProjectID,
+		UserID: key.ID, DistinctID: "api_key:" + key.Prefix, Scope: scope, KeyID: key.ID}
+	tok, exp, err := s.tokens.Mint(claims, aud)
 	if err != nil {
 		return err
 	}
 	// http → ws, https → wss
-	writeJSON(w, http.StatusOK, connectionTokenBody{Token: tok, ExpiresAt: exp.UTC(), WSURL: "ws" + strings.TrimPrefix(baseURL(r), "http") + path})
+	body := connectionTokenBody{Token: tok, ExpiresAt: exp.UTC(), WSURL: "ws" + strings.TrimPrefix(baseURL(r), "http") + path}
+	if aud == tokens.AudienceAgent {
+		if body.IngestToken, _, err = s.tokens.Mint(claims, tokens.AudienceIngest); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
 	return nil
 }
 

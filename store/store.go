@@ -484,4 +484,17 @@ type Store interface {
 	// StreamLog calls fn with every stored log entry of the run, in order,
 	// reading in pages so that a long log is never held in memory whole.
 	StreamLog(ctx context.Context, ref RunRef, fn func(entry []byte) error) error
+
+	// IngestState reads the run's ingest sequence (zero for a run that
+	// never ingested).
+	IngestState(ctx context.Context, ref RunRef) (IngestState, error)
+	// IngestEvents applies SequenceIngest to lines under the run's write
+	// lock and, in the same transaction, appends the accepted entries to
+	// the run's log (as AppendLog does) and advances last_accepted_seq:
+	// across nodes and restarts, a sender seq is stored at most once.
+	// A conflict is reported in the result, with the lines before it
+	// committed.
+	IngestEvents(ctx context.Context, ref RunRef, lines []IngestLine) (*IngestResult, error)
+	// CompleteIngest applies CompleteIngestRule in one transaction.
+	CompleteIngest(ctx context.Context, ref RunRef, finalSeq int64) (*IngestResult, error)
 }

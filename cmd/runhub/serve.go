@@ -52,6 +52,7 @@ type config struct {
 	sandboxes   string
 	cmdTO       time.Duration
 	shutdownTO  time.Duration // in-flight requests' grace at a stop
+	ingestIdle  time.Duration // an event_stream upload's longest wait for a line
 	drainDelay  time.Duration // /readyz is 503 this long before the listener closes
 	logLevel    slog.Level
 	logJSON     bool
@@ -90,6 +91,7 @@ func loadConfig(args []string) (*config, error) {
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
 	fs.StringVar(&c.sandboxes, "sandbox-hosts", env("RUNHUB_SANDBOX_HOSTS", ""), "comma-separated hosts HTTP sandboxes may be called on: host:port, or a bare host for ports 80 and 443")
 	cmdTO := fs.String("command-timeout", env("RUNHUB_COMMAND_TIMEOUT", proxy.DefaultCommandTimeout.String()), "how long a command waits for the agent's answer")
+	ingestIdle := fs.String("ingest-idle-timeout", env("RUNHUB_INGEST_IDLE_TIMEOUT", rest.DefaultIngestIdleTimeout.String()), "how long an event_stream upload may go without a line before it is ended (408); lines that keep coming keep it open")
 	shutdownTO := fs.String("shutdown-timeout", env("RUNHUB_SHUTDOWN_TIMEOUT", defaultShutdownTimeout.String()), "at SIGTERM, how long in-flight requests get to finish before connections are closed")
 	drainDelay := fs.String("drain-delay", env("RUNHUB_DRAIN_DELAY", "0s"), "at SIGTERM, how long /readyz answers 503 while the node still serves, before it stops accepting (behind a load balancer: its health check interval times the failures it needs)")
 	slackLease := fs.String("slack-lease", env("RUNHUB_SLACK_LEASE", slack.DefaultLease.String()), "how long a node has the Slack messages it took to itself; a node that dies mid-delivery holds its messages back this long (the same on every node; at least twice --slack-timeout plus 1s)")
@@ -120,6 +122,11 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("bad command timeout %q", *cmdTO)}
 	} else {
 		c.cmdTO = d
+	}
+	if d, err := time.ParseDuration(*ingestIdle); err != nil || d <= 0 {
+		return nil, usageError{fmt.Sprintf("bad ingest idle timeout %q", *ingestIdle)}
+	} else {
+		c.ingestIdle = d
 	}
 	if d, err := time.ParseDuration(*shutdownTO); err != nil || d <= 0 {
 		return nil, usageError{fmt.Sprintf("bad shutdown timeout %q", *shutdownTO)}
@@ -238,6 +245,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			PublicURL:       cfg.publicURL,
 			TrustedProxies:  cfg.proxies,
 			SeparateMetrics: cfg.metricsAddr != "",
+			Timeouts:        rest.Timeouts{IngestIdle: cfg.ingestIdle},
 		},
 	}
 	ivl := cfg.writeIvl

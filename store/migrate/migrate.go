@@ -29,7 +29,7 @@ import (
 // Tables are the tables of the store, in an order that satisfies their
 // references. A table that a migration adds must be added here (a test
 // compares this list with both schemas).
-var Tables = []string{"projects", "api_keys", "tasks", "runs", "run_events", "idempotency_keys", "relays"}
+var Tables = []string{"projects", "api_keys", "tasks", "runs", "run_events", "idempotency_keys", "relays", "run_ingest"}
 
 // Bookkeeping tables of a backend that are not data: each backend's own
 // migration record, and the secrets table that Copy fills from the data

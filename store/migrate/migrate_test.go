@@ -144,6 +144,17 @@ func TestCopyKeepsEverything(t *testing.T) {
 	if _, err := src.AppendLog(ctx, ref, entries, &store.Idempotency{Key: "once", RequestHash: []byte("h")}); err != nil {
 		t.Fatal(err)
 	}
+	// The sender's ingest position comes across: a completed stream.
+	ing, err := store.ParseLogEntry([]byte(`{"type":"ingested"}`), res.Run.CreatedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.IngestEvents(ctx, ref, []store.IngestLine{{Seq: 1, Entry: ing}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.CompleteIngest(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
 	if err := src.CreateRelay(ctx, store.Relay{ID: "r1", RunID: res.Run.ID, Channel: "C1", ThreadTS: "1.2", Text: "hi",
 		Status: store.RelayPending, NextAt: res.Run.CreatedAt, CreatedAt: res.Run.CreatedAt}); err != nil {
 		t.Fatal(err)
@@ -186,6 +197,9 @@ func TestCopyKeepsEverything(t *testing.T) {
 	p2, err := dst.CreateProject(ctx, "next")
 	if err != nil || p2.ID != p.ID+1 {
 		t.Fatalf("next project: %+v %v, want id %d", p2, err, p.ID+1)
+	}
+	if st, err := dst.IngestState(ctx, ref); err != nil || st != (store.IngestState{LastAccepted: 1, Complete: true}) {
+		t.Fatalf("ingest state after the copy: %+v %v", st, err)
 	}
 	if r, err := dst.GetRelay(ctx, "r1"); err != nil || r.Text != "hi" {
 		t.Fatalf("relay: %+v %v", r, err)

@@ -295,31 +295,39 @@ func insertEventsSQL(n int) string {
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		ap := store.AppendEntries(&r.Run, entries)
-		stored, stamps := ap.Stored, ap.Times
-		if len(stored) == 0 {
-			return ap.Events, nil
-		}
-		args := make([]any, 0, 6*min(len(stored), insertChunk))
-		for start := 0; start < len(stored); start += insertChunk {
-			chunk := stored[start:min(start+insertChunk, len(stored))]
-			args = args[:0]
-			for i, ev := range chunk {
-				var ts any
-				if t := stamps[start+i]; t != nil {
-					ts = t.UnixMicro()
-				}
-				args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
-			}
-			if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
-				return nil, fmt.Errorf("insert log entries: %w", classify(err))
-			}
-		}
-		if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
-			return nil, fmt.Errorf("update run seq: %w", classify(err))
-		}
-		return ap.Events, nil
+		return s.appendEntries(ctx, tx, r, entries)
 	})
+}
+
+// appendEntries is the body of AppendLog inside a mutation's transaction:
+// it numbers the entries (store.AppendEntries), inserts the stored ones
+// and the run's new last_seq and log_count, and returns every entry as an
+// event for publishing.
+func (s *Store) appendEntries(ctx context.Context, tx *sql.Tx, r *runRow, entries []store.LogEntry) ([]store.Event, error) {
+	ap := store.AppendEntries(&r.Run, entries)
+	stored, stamps := ap.Stored, ap.Times
+	if len(stored) == 0 {
+		return ap.Events, nil
+	}
+	args := make([]any, 0, 6*min(len(stored), insertChunk))
+	for start := 0; start < len(stored); start += insertChunk {
+		chunk := stored[start:min(start+insertChunk, len(stored))]
+		args = args[:0]
+		for i, ev := range chunk {
+			var ts any
+			if t := stamps[start+i]; t != nil {
+				ts = t.UnixMicro()
+			}
+			args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
+		}
+		if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
+			return nil, fmt.Errorf("insert log entries: %w", classify(err))
+		}
+	}
+	if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
+		return nil, fmt.Errorf("update run seq: %w", classify(err))
+	}
+	return ap.Events, nil
 }
 
 // AddArtifacts appends manifest entries and their artifact events.

@@ -20,6 +20,8 @@
 //   - QueryLog filters and counts (session_logs) and StreamLog order;
 //   - concurrency: concurrent appends to one run never lose, duplicate or
 //     interleave entries, and readers never observe a gap in the seq order.
+//   - the sequenced ingest: the sender's seq per run, duplicates never
+//     stored twice (also by racing senders), gaps, completion.
 //
 // The suite is backend-agnostic: JSON values are compared by meaning, not by
 // bytes, so a backend that normalises JSON (PostgreSQL jsonb) passes too.
@@ -61,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Concurrency", testConcurrency},
 		{"Revocation", testRevocation},
 		{"Bootstrap", testBootstrap},
+		{"Ingest", testIngest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

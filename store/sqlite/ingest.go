@@ -1,0 +1,95 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"runhub/store"
+)
+
+// ingestState reads run rid's ingest row inside tx (zero when it has none).
+func ingestState(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, rid int64) (store.IngestState, error) {
+	var st store.IngestState
+	err := q.QueryRowContext(ctx, "SELECT last_accepted_seq, completed FROM run_ingest WHERE rid = ?", rid).Scan(&st.LastAccepted, &st.Complete)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return st, fmt.Errorf("read ingest state: %w", classify(err))
+	}
+	return st, nil
+}
+
+// writeIngestState stores run rid's ingest row.
+func writeIngestState(ctx context.Context, tx *sql.Tx, rid int64, st store.IngestState) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO run_ingest (rid, last_accepted_seq, completed) VALUES (?, ?, ?)
+		ON CONFLICT (rid) DO UPDATE SET last_accepted_seq = excluded.last_accepted_seq, completed = excluded.completed`,
+		rid, st.LastAccepted, st.Complete)
+	if err != nil {
+		return fmt.Errorf("write ingest state: %w", classify(err))
+	}
+	return nil
+}
+
+// IngestState reads the run's ingest sequence.
+func (s *Store) IngestState(ctx context.Context, ref store.RunRef) (store.IngestState, error) {
+	r, err := findRun(s.r.QueryRowContext(ctx, findRunSQL, runKey(ref)...))
+	if err != nil {
+		return store.IngestState{}, err
+	}
+	return ingestState(ctx, s.r, r.rid)
+}
+
+// IngestEvents checks the lines' sender seqs against the run's ingest row
+// and appends the accepted ones, in the one write transaction SQLite
+// allows at a time: no other writer, in this process or another, sees the
+// row between the check and the append.
+func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []store.IngestLine) (*store.IngestResult, error) {
+	var out store.IngestResult
+	res, err := s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		st, err := ingestState(ctx, tx, r.rid)
+		if err != nil {
+			return nil, err
+		}
+		accept, dup, after, conflict := store.SequenceIngest(st, lines)
+		out.Accepted, out.Duplicate, out.State, out.Conflict = len(accept), dup, after, conflict
+		if len(accept) == 0 {
+			return nil, nil
+		}
+		events, err := s.appendEntries(ctx, tx, r, accept)
+		if err != nil {
+			return nil, err
+		}
+		return events, writeIngestState(ctx, tx, r.rid, after)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out.MutationResult = *res
+	return &out, nil
+}
+
+// CompleteIngest marks the run's ingest complete when finalSeq is its last
+// accepted seq.
+func (s *Store) CompleteIngest(ctx context.Context, ref store.RunRef, finalSeq int64) (*store.IngestResult, error) {
+	var out store.IngestResult
+	res, err := s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+		st, err := ingestState(ctx, tx, r.rid)
+		if err != nil {
+			return nil, err
+		}
+		after, conflict := store.CompleteIngestRule(st, finalSeq)
+		out.State, out.Conflict = after, conflict
+		if conflict != nil || st.Complete {
+			return nil, nil
+		}
+		return nil, writeIngestState(ctx, tx, r.rid, after)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out.MutationResult = *res
+	return &out, nil
+}
