@@ -86,11 +86,16 @@ func (p *Proxy) stopped(ctx context.Context, s *session) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWriteTimeout)
 	defer cancel()
 	st := store.StatusCancelled
-	if _, err := p.cfg.Runs.UpdateRun(ctx, s.ref(), store.RunPatch{Status: &st, OnlyIfNonTerminal: true}, nil); err != nil {
+	res, err := p.cfg.Runs.UpdateRun(ctx, s.ref(), store.RunPatch{Status: &st, OnlyIfNonTerminal: true}, nil)
+	if err != nil {
 		p.log.Error("recording a stopped run cancelled failed", "run_id", s.run.ID, "err", err)
 		return
 	}
-	p.log.Info("run cancelled: its agent stopped", "run_id", s.run.ID)
+	if len(res.Events) > 0 {
+		p.log.Info("run cancelled: its agent stopped", "run_id", s.run.ID)
+	} else {
+		p.log.Info("agent stopped; its run had finished already", "run_id", s.run.ID, "status", res.Run.Status)
+	}
 }
 
 // closeStopped closes the connection of an agent that did not leave within
