@@ -348,6 +348,7 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-stop:
 			stop = nil
+			p.askToClose(ctx, s)
 			t := time.NewTimer(p.cfg.StopGrace)
 			defer t.Stop()
 			grace = t.C

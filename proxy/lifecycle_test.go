@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,17 +60,17 @@ func TestCancelStopsTheAgent(t *testing.T) {
 	}
 }
 
-// TestCancelClosesAnAgentThatStays: an agent that answers cancel and close
-// but keeps its connection is closed by the node StopGrace later, and the
-// run is recorded cancelled; an agent that finishes the run itself before
-// it leaves keeps that status.
+// TestCancelClosesAnAgentThatStays: an agent that answers cancel but
+// never answers close and keeps its connection is closed by the node
+// StopGrace later, and the run is recorded cancelled; an agent that
+// finishes the run itself before it leaves keeps that status.
 func TestCancelClosesAnAgentThatStays(t *testing.T) {
 	const grace = 300 * time.Millisecond
 	e := newPxEnv(t, proxy.Config{StopGrace: grace})
 
 	// answer replies to every request the node sends until the
 	// connection ends, and reports how it ended.
-	answer := func(a *rawAgent, before func()) <-chan websocket.StatusCode {
+	answer := func(a *rawAgent, before func(), answerClose bool) <-chan websocket.StatusCode {
 		end := make(chan websocket.StatusCode, 1)
 		go func() {
 			for {
@@ -88,6 +89,9 @@ func TestCancelClosesAnAgentThatStays(t *testing.T) {
 				if m.Method == "close" && before != nil {
 					before()
 				}
+				if m.Method == "close" && !answerClose {
+					continue
+				}
 				reply, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": map[string]bool{"ok": true}})
 				if a.ws.Write(a.ctx, websocket.MessageText, reply) != nil {
 					end <- -1
@@ -100,9 +104,10 @@ func TestCancelClosesAnAgentThatStays(t *testing.T) {
 
 	run := e.newRun(`{"status":"in_progress"}`)
 	a := e.dialRaw(run)
-	end := answer(a, nil)
+	end := answer(a, nil, false)
 	start := time.Now()
 	e.call("POST", e.runPath(run)+"/cancel", "", http.StatusAccepted, nil)
+
 	select {
 	case code := <-end:
 		if code != websocket.StatusNormalClosure {
@@ -121,7 +126,7 @@ func TestCancelClosesAnAgentThatStays(t *testing.T) {
 	b := e.dialRaw(run2)
 	answer(b, func() {
 		b.ws.Write(b.ctx, websocket.MessageText, []byte(`{"jsonrpc":"2.0","id":"u","method":"update","params":{"status":"completed"}}`))
-	})
+	}, true)
 	e.call("POST", e.runPath(run2)+"/cancel", "", http.StatusAccepted, nil)
 	proxytest.WaitFor(t, "the agent to be gone", func() bool { return !e.px.Connected(run2) })
 	time.Sleep(300 * time.Millisecond) // the node records the end after the connection is gone
@@ -154,4 +159,51 @@ func TestCancelSilentAgent(t *testing.T) {
 	if st := e.runStatus(run); st != "in_progress" {
 		t.Errorf("run %s after an unanswered cancel, want in_progress", st)
 	}
+}
+
+// TestCancelDoesNotWaitForClose: the 202 follows the agent's answer to
+// cancel; close, which an agent may never answer, is not waited for. The
+// agent leaving by itself later ends the run cancelled.
+func TestCancelDoesNotWaitForClose(t *testing.T) {
+	e := newPxEnv(t, proxy.Config{StopGrace: time.Minute})
+	run := e.newRun(`{"status":"in_progress"}`)
+	a := e.dialRaw(run)
+	gotClose := make(chan struct{})
+	var once sync.Once
+	go func() {
+		for {
+			_, b, err := a.ws.Read(a.ctx)
+			if err != nil {
+				return
+			}
+			var m struct {
+				ID     any
+				Method string
+			}
+			if json.Unmarshal(b, &m) != nil {
+				continue
+			}
+			if m.Method == "close" {
+				once.Do(func() { close(gotClose) })
+				continue // never answered
+			}
+			reply, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": map[string]bool{"cancelled": true}})
+			a.ws.Write(a.ctx, websocket.MessageText, reply)
+		}
+	}()
+	start := time.Now()
+	e.call("POST", e.runPath(run)+"/cancel", "", http.StatusAccepted, nil)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("202 after %v: the request waited for the answer to close", took)
+	}
+	select {
+	case <-gotClose:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent was not asked to close")
+	}
+	if st := e.runStatus(run); st != "in_progress" {
+		t.Errorf("run %s while its agent is still connected, want in_progress", st)
+	}
+	a.ws.Close(websocket.StatusNormalClosure, "done")
+	proxytest.WaitFor(t, "the run to be cancelled", func() bool { return e.runStatus(run) == "cancelled" })
 }

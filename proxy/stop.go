@@ -1,9 +1,10 @@
 package proxy
 
 // Stopping a run's agent (POST .../cancel/). The node that holds the
-// agent's connection asks it to stop: cancel (end the turn in progress),
-// then close (end the session, after which an agent exits), and from then
-// on watches the connection: when it ends, or StopGrace after the agent was
+// agent's connection asks it to stop: cancel (end the turn in progress;
+// its answer is the answer to the request), then close (end the session,
+// after which an agent exits; not waited for), and from then on watches
+// the connection: when it ends, or StopGrace after the agent was
 // asked if it has not ended by then (the node closes it), the node records
 // the run cancelled. The request travels to that node like any command, as
 // an internal method no client can send (runs.CommandMethods does not list
@@ -73,11 +74,21 @@ func (s *session) exec(ctx context.Context, method string, params json.RawMessag
 	if err != nil {
 		return nil, err
 	}
-	s.stopOnce.Do(func() { close(s.stop) })
-	// The agent may end its connection before it answers close: the
-	// outcome does not matter, the watch on the connection does the rest.
-	s.call(ctx, "close", nil, id)
+	s.stopOnce.Do(func() { close(s.stop) }) // the session's loop sends close
 	return resp, nil
+}
+
+// askToClose writes close to an agent asked to stop, without waiting for
+// the answer: an agent may end its connection instead of answering, or
+// never answer at all, and the request that asked for the stop must not
+// wait for either (StopGrace and the end of the connection settle it).
+// It is called from the session's own loop.
+func (p *Proxy) askToClose(ctx context.Context, s *session) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
+	defer cancel()
+	if _, err := s.rpc.DispatchCall(ctx, "close", json.RawMessage("{}")); err != nil {
+		p.log.Info("close not written to an agent asked to stop", "run_id", s.run.ID, "err", err)
+	}
 }
 
 // stopped records the run cancelled after its agent, asked to stop, left
