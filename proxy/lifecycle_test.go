@@ -35,6 +35,11 @@ func TestCancelStopsTheAgent(t *testing.T) {
 	if st := e.runStatus(run); st != "in_progress" {
 		t.Fatalf("a turn's cancel command moved the run to %s", st)
 	}
+	// The internal stop request is no command a client can send.
+	e.call("POST", e.runPath(run)+"/command", `{"method":"runhub/stop_run"}`, http.StatusBadRequest, nil)
+	if !e.px.Connected(run) || e.runStatus(run) != "in_progress" {
+		t.Fatal("a client's runhub/stop_run reached the agent")
+	}
 
 	var r struct{ Status string }
 	e.call("POST", e.runPath(run)+"/cancel/", "", http.StatusAccepted, &r)
