@@ -98,6 +98,9 @@ type Config struct {
 	// sends an agent on (0: DefaultDrainGrace). Tests shrink them.
 	FollowWait time.Duration
 	DrainGrace time.Duration
+	// StopGrace bounds how long an agent asked to stop (StopRun) may stay
+	// connected before its node closes it (0: DefaultStopGrace).
+	StopGrace time.Duration
 }
 
 // Proxy holds this node's agent sessions and routes commands to them.
@@ -169,6 +172,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.DrainGrace <= 0 {
 		cfg.DrainGrace = DefaultDrainGrace
 	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = DefaultStopGrace
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -204,6 +210,21 @@ type session struct {
 	idle     bool
 
 	evicted atomic.Bool // replaced by a connection on another node
+
+	// stop is closed (once) when the agent was asked to stop (StopRun):
+	// its run is recorded cancelled when the connection ends.
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+// stopAsked reports whether the agent was asked to stop.
+func (s *session) stopAsked() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (s *session) ref() store.RunRef {
@@ -272,7 +293,7 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(MaxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	s := &session{run: run, ws: ws, n: p.accepted.Add(1)}
+	s := &session{run: run, ws: ws, n: p.accepted.Add(1), stop: make(chan struct{})}
 	// The agent's requests wait until the session is registered and
 	// agent_connected is on the log: its first batch must follow that entry,
 	// and a command must find the session it answers through.
@@ -321,8 +342,19 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	defer pings.Stop()
 	refresh := time.NewTicker(claimRefresh)
 	defer refresh.Stop()
+	stop := s.stop             // nil once the agent was asked to stop
+	var grace <-chan time.Time // armed then: the agent's time to leave
 	for alive := true; alive; {
 		select {
+		case <-stop:
+			stop = nil
+			p.askToClose(ctx, s)
+			t := time.NewTimer(p.cfg.StopGrace)
+			defer t.Stop()
+			grace = t.C
+		case <-grace:
+			p.closeStopped(s)
+			alive = false
 		case <-refresh.C:
 			p.claim(ctx, run.ID)
 		case <-s.rpc.DisconnectNotify():
@@ -363,6 +395,9 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		if !s.evicted.Load() { // the agent lives on, on another node
 			p.event(context.WithoutCancel(ctx), s, "agent_disconnected")
 		}
+	}
+	if s.stopAsked() {
+		p.stopped(ctx, s)
 	}
 	p.log.Info("agent disconnected", "run_id", run.ID, "replaced", !current)
 }
@@ -714,7 +749,7 @@ func (p *Proxy) LocalCommand(ctx context.Context, req RelayRequest) (*Response, 
 	p.mu.Unlock()
 	switch {
 	case s != nil:
-		return s.call(ctx, req.Method, req.Params, req.ID)
+		return s.exec(ctx, req.Method, req.Params, req.ID)
 	case closed:
 		// Draining: the asking node waits for the agent elsewhere.
 		return nil, fmt.Errorf("%w: it left this draining node", ErrAgentMoving)

@@ -108,7 +108,7 @@ func (p *Proxy) deliver(ctx context.Context, run *store.Run, method string, para
 	closed := p.closed
 	p.mu.Unlock()
 	if s != nil {
-		resp, err := s.call(ctx, method, params, id)
+		resp, err := s.exec(ctx, method, params, id)
 		if errors.Is(err, ErrAgentMoving) && closed && p.relay == nil {
 			// One node, shutting down: the agent comes back only after
 			// the restart, too late for this command.
@@ -138,7 +138,7 @@ func (p *Proxy) deliver(ctx context.Context, run *store.Run, method string, para
 		// restart, too late for this command.
 		return nil, fmt.Errorf("%w: this node is shutting down", ErrAgentGone)
 	}
-	if url := sandboxURL(run); url != "" {
+	if url := sandboxURL(run); url != "" && method != methodStopRun { // StopRun sends an HTTP sandbox cancel itself
 		if p.cfg.Sandboxes == nil {
 			return nil, ErrBadSandbox // no host is allowed
 		}

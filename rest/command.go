@@ -13,6 +13,10 @@ import (
 // Commander relays a command to a run's agent (proxy.Proxy).
 type Commander interface {
 	Command(ctx context.Context, run *store.Run, method string, params json.RawMessage, id any) (*proxy.Response, error)
+	// StopRun asks the run's agent, wherever it is connected, to stop;
+	// stopping is false when no agent is connected (the caller cancels
+	// the run itself). See proxy.Proxy.StopRun.
+	StopRun(ctx context.Context, run *store.Run) (stopping bool, err error)
 }
 
 // command serves POST .../command: the agent's JSON-RPC response with 200.

@@ -54,17 +54,32 @@ func (s *Server) runLogs(w http.ResponseWriter, r *http.Request) error {
 // writeJSONL writes the run's log; it returns an error only before the
 // response started.
 func (s *Server) writeJSONL(w http.ResponseWriter, r *http.Request, ref store.RunRef) error {
+	run, err := s.store.GetRun(r.Context(), ref)
+	if err != nil {
+		return err
+	}
+	// A resumed run's log is its chain's, oldest run first, then its own.
+	refs, err := s.runs.Chain(r.Context(), run)
+	if err != nil {
+		return err
+	}
+	refs = append(refs, ref)
 	w.Header().Set("Cache-Control", "no-cache")
 	var bw *bufio.Writer
-	err := s.store.StreamLog(r.Context(), ref, func(entry []byte) error {
-		if bw == nil {
-			w.Header().Set("Content-Type", "application/jsonl")
-			w.WriteHeader(http.StatusOK)
-			bw = bufio.NewWriterSize(w, 64<<10)
+	for _, ref := range refs {
+		err = s.store.StreamLog(r.Context(), ref, func(entry []byte) error {
+			if bw == nil {
+				w.Header().Set("Content-Type", "application/jsonl")
+				w.WriteHeader(http.StatusOK)
+				bw = bufio.NewWriterSize(w, 64<<10)
+			}
+			bw.Write(entry)
+			return bw.WriteByte('\n')
+		})
+		if err != nil {
+			break
 		}
-		bw.Write(entry)
-		return bw.WriteByte('\n')
-	})
+	}
 	if bw == nil {
 		if err != nil {
 			return err

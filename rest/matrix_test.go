@@ -371,6 +371,9 @@ func matrixRows() []matrixRow {
 		// agent for the run.
 		rest("POST", mxRun+"/command", true, want{status: http.StatusBadRequest, msg: "No active sandbox for this task run"},
 			body(map[string]any{"jsonrpc": "2.0", "method": "cancel"})),
+		rest("POST", mxRun+"/start", true, json200, body(map[string]any{"pending_user_message": "go"})),
+		rest("POST", mxRun+"/cancel", true, json200, nil),
+		rest("POST", mxRun+"/resume_in_cloud", true, status(http.StatusCreated), nil),
 		rest("GET", mxRun+"/connection_token", false, json200, nil),
 		rest("GET", mxRun+"/logs", false, json200, nil),
 		rest("POST", mxRun+"/relay_message", true, json200, body(map[string]any{"text": "hello"})),

@@ -263,6 +263,12 @@ func TestOpenAPIResponsesMatchSchemas(t *testing.T) {
 	do(http.MethodPost, runURL+"/append_log", `{"entries": [{"type": "notification", "notification": {"method": "x"}}]}`,
 		http.StatusOK, "Run")
 	do(http.MethodPatch, runURL+"/set_output", `{"output": {"done": true}}`, http.StatusOK, "Run")
+	next := do(http.MethodPost, runURL+"/resume_in_cloud", "", http.StatusCreated, "Run").(map[string]any)
+	nextURL := taskURL + "/runs/" + next["id"].(string)
+	do(http.MethodPost, nextURL+"/cancel", "", http.StatusOK, "Run")
+	fresh := do(http.MethodPost, taskURL+"/runs", `{}`, http.StatusCreated, "Run").(map[string]any)
+	do(http.MethodPost, taskURL+"/runs/"+fresh["id"].(string)+"/start", `{"pending_user_message": "go"}`, http.StatusOK, "Task")
+	do(http.MethodPost, taskURL+"/runs/"+fresh["id"].(string)+"/start", `{}`, http.StatusBadRequest, "ErrorBody")
 	do(http.MethodGet, taskURL, "", http.StatusOK, "Task")
 
 	do(http.MethodPatch, runURL+"/set_output", `{"output": 1}`, http.StatusBadRequest, "HandlerError")

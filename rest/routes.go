@@ -67,6 +67,9 @@ func (s *Server) routes() {
 		r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
 	}
 	handle(runPath+"/command", http.MethodPost, write, s.command)
+	handle(runPath+"/start", http.MethodPost, write, s.startRun)
+	handle(runPath+"/cancel", http.MethodPost, write, s.cancelRun)
+	handle(runPath+"/resume_in_cloud", http.MethodPost, write, s.resumeInCloud)
 	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)

@@ -366,16 +366,28 @@ func TestRunCompletedAt(t *testing.T) {
 	if c := wantTime(t, obj(t, res)["completed_at"], "completed_at"); !c.Equal(c1) {
 		t.Errorf("completed_at changed by a stage PATCH")
 	}
-	// Out of terminal: cleared. Back in: a new time.
-	wantJSON(t, status("in_progress")["completed_at"], "null", "completed_at after reopening")
-	time.Sleep(2 * time.Millisecond)
-	c2 := wantTime(t, status("failed")["completed_at"], "completed_at")
-	if !c2.After(c1) {
-		t.Errorf("completed_at %v after reopening, want later than %v", c2, c1)
+	// A finished run never moves back to a non-terminal status: 400 with
+	// the contract's error body, and completed_at stays.
+	for _, st := range []string{"in_progress", "queued", "not_started"} {
+		res := e.do(req{Method: "PATCH", Path: f.path(e, ""), Key: e.writeKey, Body: map[string]any{"status": st}})
+		if e := wantAPIError(t, res, http.StatusBadRequest, "validation_error", "status"); e.Code != "invalid_transition" {
+			t.Errorf("code %q, want invalid_transition", e.Code)
+		}
 	}
-	wantJSON(t, status("not_started")["completed_at"], "null", "completed_at in not_started")
+	res = e.do(req{Method: "GET", Path: f.path(e, ""), Key: e.readKey})
+	if got := obj(t, res); got["status"] != "completed" || !wantTime(t, got["completed_at"], "completed_at").Equal(c1) {
+		t.Errorf("refused reopen changed the run: status %v completed_at %v", got["status"], got["completed_at"])
+	}
+	// only_if_non_terminal: a late PATCH to a finished run changes nothing.
+	res = e.do(req{Method: "PATCH", Path: f.path(e, ""), Key: e.writeKey,
+		Body: map[string]any{"status": "in_progress", "stage": "late", "only_if_non_terminal": true}})
+	wantStatus(t, res, http.StatusOK)
+	if got := obj(t, res); got["status"] != "completed" || got["stage"] != "after" {
+		t.Errorf("only_if_non_terminal PATCH of a finished run: status %v stage %v, want completed, after", got["status"], got["stage"])
+	}
+	res = e.do(req{Method: "PATCH", Path: f.path(e, ""), Key: e.writeKey, Body: map[string]any{"only_if_non_terminal": "yes"}})
+	wantAPIError(t, res, http.StatusBadRequest, "validation_error", "only_if_non_terminal")
 	// set_output does not touch it.
-	status("completed")
 	res = e.do(req{Method: "PATCH", Path: f.path(e, "/set_output"), Key: e.writeKey, Body: map[string]any{"output": map[string]any{"r": 1}}})
 	wantStatus(t, res, http.StatusOK)
 	if obj(t, res)["completed_at"] == nil {

@@ -50,9 +50,31 @@ func NewRunFrom(id string, project int64, task string, nr NewRun, now time.Time)
 // shallowly into it (creating it when it was null); state keys are merged
 // shallowly, then StateRemoveKeys are deleted; a status change into a
 // terminal status sets completed_at unless it is already set (a terminal
-// run moving to another terminal status keeps its first completion time),
-// and one into a non-terminal status clears it. updated_at becomes now.
-func ApplyPatch(r *Run, p RunPatch, now time.Time) []Event {
+// run moving to another terminal status keeps its first completion time).
+// updated_at becomes now.
+//
+// A finished run stays finished: a PATCH that would move a terminal run to
+// a non-terminal status is refused (RunFinishedError, a ValidationError), and
+// with OnlyIfNonTerminal a PATCH of a terminal run changes nothing and
+// returns no event (a late update from an agent must not rewrite a run
+// that was cancelled meanwhile). A finished run is continued by a new run
+// (resume_in_cloud), so its log and completed_at stay the record of what
+// happened. With RequireStatus set, the PATCH applies only to a run in
+// that status (RunNotInStatusError otherwise): it is how start moves a
+// not_started run only, decided under the run's lock. On an error r is
+// left as it was.
+func ApplyPatch(r *Run, p RunPatch, now time.Time) ([]Event, error) {
+	if p.RequireStatus != "" && r.Status != p.RequireStatus {
+		return nil, RunNotInStatusError(r.Status, p.RequireStatus)
+	}
+	if IsTerminal(r.Status) {
+		if p.OnlyIfNonTerminal {
+			return nil, nil
+		}
+		if p.Status != nil && !IsTerminal(*p.Status) {
+			return nil, RunFinishedError(r.Status, *p.Status)
+		}
+	}
 	if p.Status != nil {
 		r.Status = *p.Status
 		switch {
@@ -94,7 +116,21 @@ func ApplyPatch(r *Run, p RunPatch, now time.Time) []Event {
 	for _, k := range p.StateRemoveKeys {
 		delete(r.State, k)
 	}
-	return stateChanged(r, now)
+	return stateChanged(r, now), nil
+}
+
+// RunFinishedError is the refusal of a PATCH that would move a finished run
+// (status from) back to the non-terminal status to.
+func RunFinishedError(from, to string) *ValidationError {
+	return &ValidationError{Attr: "status", Code: "invalid_transition", Detail: fmt.Sprintf(
+		"The run has finished (%s) and cannot move back to %s; resume it with resume_in_cloud, which starts a new run.", from, to)}
+}
+
+// RunNotInStatusError is the refusal of a change that needs the run in
+// status want while it is in status got.
+func RunNotInStatusError(got, want string) *ValidationError {
+	return &ValidationError{Attr: "status", Code: "invalid_state", Detail: fmt.Sprintf(
+		"The run is %s; this needs a run that is %s.", got, want)}
 }
 
 // ReplaceOutput is set_output: the run's output becomes output as a whole

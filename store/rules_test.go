@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -210,9 +211,21 @@ func TestApplyPatch(t *testing.T) {
 					t.Errorf("status %s completed_at %v, want cancelled at %v", r.Status, r.CompletedAt, tDone)
 				}
 			}},
-		{"terminal back to non-terminal clears completed_at", func(r *store.Run) { r.Status, r.CompletedAt = store.StatusCompleted, &tDone },
+		{"non-terminal to non-terminal keeps completed_at null", nil,
 			store.RunPatch{Status: sp(store.StatusQueued)}, func(t *testing.T, r *store.Run) {
 				if r.Status != store.StatusQueued || r.CompletedAt != nil {
+					t.Errorf("status %s completed_at %v", r.Status, r.CompletedAt)
+				}
+			}},
+		{"required status met applies", func(r *store.Run) { r.Status = store.StatusNotStarted },
+			store.RunPatch{Status: sp(store.StatusQueued), RequireStatus: store.StatusNotStarted}, func(t *testing.T, r *store.Run) {
+				if r.Status != store.StatusQueued {
+					t.Errorf("status %s, want queued", r.Status)
+				}
+			}},
+		{"only_if_non_terminal on a live run applies", nil,
+			store.RunPatch{Status: sp(store.StatusFailed), OnlyIfNonTerminal: true}, func(t *testing.T, r *store.Run) {
+				if r.Status != store.StatusFailed || r.CompletedAt == nil {
 					t.Errorf("status %s completed_at %v", r.Status, r.CompletedAt)
 				}
 			}},
@@ -268,7 +281,10 @@ func TestApplyPatch(t *testing.T) {
 			if c.from != nil {
 				c.from(&r)
 			}
-			evs := store.ApplyPatch(&r, c.patch, tNow)
+			evs, err := store.ApplyPatch(&r, c.patch, tNow)
+			if err != nil {
+				t.Fatalf("ApplyPatch: %v", err)
+			}
 			if !r.UpdatedAt.Equal(tNow) || r.LastSeq != 6 || r.LogCount != 3 {
 				t.Errorf("updated_at %v last_seq %d log_count %d, want %v 6 3", r.UpdatedAt, r.LastSeq, r.LogCount, tNow)
 			}
@@ -278,6 +294,49 @@ func TestApplyPatch(t *testing.T) {
 			}
 			c.check(t, &r)
 		})
+	}
+}
+
+// TestApplyPatchFinishedRun: a finished run never moves back to a
+// non-terminal status, only_if_non_terminal leaves it as it is, and
+// RequireStatus refuses a run in another status; each refusal leaves the
+// run untouched and numbers no event.
+func TestApplyPatchFinishedRun(t *testing.T) {
+	finished := func(status string) store.Run {
+		return store.Run{ID: "r", TaskID: "t", Status: status, Environment: store.EnvCloud, Stage: sp("s"),
+			State: raws("x", "1"), Artifacts: []json.RawMessage{}, CreatedAt: tCreated, UpdatedAt: tCreated,
+			CompletedAt: &tDone, LastSeq: 5, LogCount: 3}
+	}
+	for _, from := range []string{store.StatusCompleted, store.StatusFailed, store.StatusCancelled} {
+		for _, to := range []string{store.StatusNotStarted, store.StatusQueued, store.StatusInProgress} {
+			t.Run(from+"->"+to, func(t *testing.T) {
+				r := finished(from)
+				evs, err := store.ApplyPatch(&r, store.RunPatch{Status: sp(to), Stage: func() **string { v := sp("new"); return &v }()}, tNow)
+				var ve *store.ValidationError
+				if !errors.As(err, &ve) || ve.Attr != "status" || ve.Code != "invalid_transition" {
+					t.Fatalf("err %v, want a status invalid_transition ValidationError", err)
+				}
+				if evs != nil || !reflect.DeepEqual(r, finished(from)) {
+					t.Errorf("refused PATCH changed the run: %+v, events %v", r, evs)
+				}
+			})
+		}
+		t.Run(from+" only_if_non_terminal", func(t *testing.T) {
+			r := finished(from)
+			evs, err := store.ApplyPatch(&r, store.RunPatch{Status: sp(store.StatusInProgress), State: raws("x", "2"),
+				OnlyIfNonTerminal: true}, tNow)
+			if err != nil || evs != nil || !reflect.DeepEqual(r, finished(from)) {
+				t.Errorf("err %v events %v run %+v: want nothing changed", err, evs, r)
+			}
+		})
+	}
+	r := finished(store.StatusCompleted)
+	r.Status, r.CompletedAt = store.StatusInProgress, nil
+	want := r
+	evs, err := store.ApplyPatch(&r, store.RunPatch{Status: sp(store.StatusQueued), RequireStatus: store.StatusNotStarted}, tNow)
+	var ve *store.ValidationError
+	if !errors.As(err, &ve) || ve.Code != "invalid_state" || evs != nil || !reflect.DeepEqual(r, want) {
+		t.Errorf("RequireStatus not met: err %v events %v run %+v", err, evs, r)
 	}
 }
 

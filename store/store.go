@@ -285,6 +285,13 @@ type RunPatch struct {
 	Output          map[string]json.RawMessage // merged shallowly into the stored output
 	State           map[string]json.RawMessage // merged shallowly into the stored state
 	StateRemoveKeys []string
+	// OnlyIfNonTerminal: a terminal run is left unchanged (PostHog's
+	// only_if_non_terminal: a late PATCH to a finished run changes nothing).
+	OnlyIfNonTerminal bool
+	// RequireStatus, when set, applies the PATCH only to a run in that
+	// status (else a ValidationError); never decoded from a body, it is
+	// set by the server's own transitions (start).
+	RequireStatus string
 }
 
 // Idempotency identifies a request that must be applied at most once per run.

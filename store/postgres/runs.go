@@ -319,7 +319,11 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 // UpdateRun applies a PATCH.
 func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(r *store.Run, now time.Time) (change, error) {
-		return stateChange(store.ApplyPatch(r, p, now), now), nil
+		events, err := store.ApplyPatch(r, p, now)
+		if err != nil || len(events) == 0 { // refused, or nothing to change (only_if_non_terminal)
+			return change{}, err
+		}
+		return stateChange(events, now), nil
 	})
 }
 

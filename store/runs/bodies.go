@@ -24,6 +24,7 @@ type runFields struct {
 	output                      map[string]json.RawMessage
 	state                       map[string]json.RawMessage
 	stateRemoveKeys             []string
+	onlyIfNonTerminal           bool
 }
 
 // decodeRunFields decodes the body of a run create or PATCH.
@@ -65,6 +66,9 @@ func decodeRunFields(body []byte) (*runFields, error) {
 	if rf.stateRemoveKeys, err = f.strList("state_remove_keys"); err != nil {
 		return nil, err
 	}
+	if rf.onlyIfNonTerminal, err = f.boolean("only_if_non_terminal"); err != nil {
+		return nil, err
+	}
 	return &rf, nil
 }
 
@@ -100,7 +104,7 @@ func DecodeRunPatch(body []byte) (store.RunPatch, error) {
 		return store.RunPatch{}, err
 	}
 	p := store.RunPatch{Status: rf.status, Stage: rf.stage, Branch: rf.branch, ErrorMessage: rf.errorMessage,
-		Environment: rf.environment, State: rf.state, StateRemoveKeys: rf.stateRemoveKeys}
+		Environment: rf.environment, State: rf.state, StateRemoveKeys: rf.stateRemoveKeys, OnlyIfNonTerminal: rf.onlyIfNonTerminal}
 	if rf.outputSet {
 		if rf.output == nil {
 			p.ClearOutput = true

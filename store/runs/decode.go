@@ -173,6 +173,19 @@ func (f Fields) object(name string, nullable bool) (present bool, v map[string]j
 	return true, v, nil
 }
 
+// boolean decodes an optional boolean field (absent or null: false).
+func (f Fields) boolean(name string) (bool, error) {
+	raw, ok := f[name]
+	if !ok || isNull(raw) {
+		return false, nil
+	}
+	var v bool
+	if jsonKind(raw) != "bool" || json.Unmarshal(raw, &v) != nil {
+		return false, invalid(name, "invalid", "Must be a valid boolean.")
+	}
+	return v, nil
+}
+
 // strList decodes an optional list of strings.
 func (f Fields) strList(name string) ([]string, error) {
 	raw, ok := f[name]

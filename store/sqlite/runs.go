@@ -261,7 +261,11 @@ func recordChange(ctx context.Context, tx *sql.Tx, r *runRow, events []store.Eve
 // UpdateRun applies a PATCH (store.ApplyPatch).
 func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
 	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		return recordChange(ctx, tx, r, store.ApplyPatch(&r.Run, p, now), now)
+		events, err := store.ApplyPatch(&r.Run, p, now)
+		if err != nil || len(events) == 0 { // refused, or nothing to change (only_if_non_terminal)
+			return nil, err
+		}
+		return recordChange(ctx, tx, r, events, now)
 	})
 }
 

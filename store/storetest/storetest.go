@@ -926,11 +926,7 @@ func testRuns(t *testing.T, s store.Store) {
 			{nil, kept},                     // a PATCH without status
 			{ptr(store.StatusCancelled), kept},
 			{ptr(store.StatusCancelled), kept},
-			{ptr(store.StatusQueued), unset}, // out of terminal clears it
-			{nil, unset},
-			{ptr(store.StatusFailed), fresh},
-			{ptr(store.StatusNotStarted), unset},
-			{ptr(store.StatusCompleted), fresh},
+			{ptr(store.StatusCompleted), kept},
 		}
 		var prev *time.Time
 		lastSet := res.Run.CreatedAt
@@ -965,6 +961,42 @@ func testRuns(t *testing.T, s store.Store) {
 				checkStateEvent(t, res.Events[0], got)
 				prev = c
 			})
+		}
+		// A finished run never moves back: the PATCH is refused and the
+		// run, its completed_at and its log stay as they were.
+		before, err := s.GetRun(ctx, ref)
+		noErr(t, err, "GetRun")
+		for _, st := range []string{store.StatusQueued, store.StatusInProgress, store.StatusNotStarted} {
+			_, err := s.UpdateRun(ctx, ref, store.RunPatch{Status: ptr(st), Stage: ptr(ptr("reopened"))}, nil)
+			var ve *store.ValidationError
+			if !errors.As(err, &ve) || ve.Attr != "status" {
+				t.Errorf("reopening to %s: err %v, want a status ValidationError", st, err)
+			}
+		}
+		// only_if_non_terminal: a late PATCH of a finished run changes nothing.
+		late, err := s.UpdateRun(ctx, ref, store.RunPatch{Status: ptr(store.StatusFailed), Stage: ptr(ptr("late")), OnlyIfNonTerminal: true}, nil)
+		noErr(t, err, "UpdateRun only_if_non_terminal")
+		if len(late.Events) != 0 || late.Run.Status != before.Status {
+			t.Errorf("only_if_non_terminal on a finished run: status %s, %d events; want unchanged, none", late.Run.Status, len(late.Events))
+		}
+		after, err := s.GetRun(ctx, ref)
+		noErr(t, err, "GetRun")
+		if after.Status != before.Status || deref(after.Stage) != deref(before.Stage) || !sameTimePtr(after.CompletedAt, before.CompletedAt) ||
+			!after.UpdatedAt.Equal(before.UpdatedAt) || after.LastSeq != before.LastSeq {
+			t.Errorf("finished run changed: %+v, was %+v", after, before)
+		}
+		// On a live run only_if_non_terminal is no obstacle; RequireStatus is.
+		live, err := s.CreateRun(ctx, f.project.ID, f.task.ID, store.NewRun{})
+		noErr(t, err, "CreateRun")
+		lref := store.RunRef{ProjectID: f.project.ID, TaskID: f.task.ID, RunID: live.Run.ID}
+		_, err = s.UpdateRun(ctx, lref, store.RunPatch{Status: ptr(store.StatusInProgress), RequireStatus: store.StatusQueued}, nil)
+		if ve := (*store.ValidationError)(nil); !errors.As(err, &ve) {
+			t.Errorf("RequireStatus queued on a not_started run: err %v, want a ValidationError", err)
+		}
+		res2, err := s.UpdateRun(ctx, lref, store.RunPatch{Status: ptr(store.StatusQueued), RequireStatus: store.StatusNotStarted, OnlyIfNonTerminal: true}, nil)
+		noErr(t, err, "UpdateRun RequireStatus")
+		if res2.Run.Status != store.StatusQueued || len(res2.Events) != 1 || res2.Run.LastSeq != 2 {
+			t.Errorf("start-like PATCH: status %s, %d events, last_seq %d; want queued, 1, 2", res2.Run.Status, len(res2.Events), res2.Run.LastSeq)
 		}
 	})
 
