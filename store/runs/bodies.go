@@ -66,7 +66,7 @@ func decodeRunFields(body []byte) (*runFields, error) {
 	if rf.stateRemoveKeys, err = f.strList("state_remove_keys"); err != nil {
 		return nil, err
 	}
-	if rf.onlyIfNonTerminal, err = f.boolean("only_if_non_terminal"); err != nil {
+	if rf.onlyIfNonTerminal, err = f.flag("only_if_non_terminal"); err != nil {
 		return nil, err
 	}
 	return &rf, nil

@@ -173,8 +173,8 @@ func (f Fields) object(name string, nullable bool) (present bool, v map[string]j
 	return true, v, nil
 }
 
-// boolean decodes an optional boolean field (absent or null: false).
-func (f Fields) boolean(name string) (bool, error) {
+// flag decodes an optional boolean field (absent or null: false).
+func (f Fields) flag(name string) (bool, error) {
 	raw, ok := f[name]
 	if !ok || isNull(raw) {
 		return false, nil
