@@ -1,0 +1,100 @@
+package blob
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"strings"
+)
+
+// Limits of an upload form (the multipart body of a presigned POST). S3
+// caps a POST form's fields at 20 KB in all; the form runhub hands out has
+// two, the AWS SDKs' up to ten.
+const (
+	// MaxFormFields bounds the fields before the file: six times what any
+	// S3 client sends, small enough that a form of empty fields cannot keep
+	// the server parsing headers for long.
+	MaxFormFields = 64
+	// MaxFormFieldBytes bounds one field's value: an S3 policy document,
+	// the largest field, is about 2 KiB in base64.
+	MaxFormFieldBytes = 16 << 10
+	// MaxFormOverhead is what a form may add to the file's bytes (the
+	// fields, their headers and the boundaries): MaxFormFields fields of
+	// MaxFormFieldBytes, plus headers. The body limit of an upload is the
+	// largest file plus this.
+	MaxFormOverhead = MaxFormFields*(MaxFormFieldBytes+1024) + 64<<10
+)
+
+// FormError is a malformed upload form; Msg is safe to show. Err is the
+// read error behind it, if any (the body limit's *http.MaxBytesError, a
+// deadline), for the caller to tell a body too large from a bad one.
+type FormError struct {
+	Msg string
+	Err error
+}
+
+func (e *FormError) Error() string {
+	if e.Err != nil {
+		return e.Msg + ": " + e.Err.Error()
+	}
+	return e.Msg
+}
+
+func (e *FormError) Unwrap() error { return e.Err }
+
+func formErr(format string, a ...any) error { return &FormError{Msg: fmt.Sprintf(format, a...)} }
+
+// ReadUploadForm decodes a presigned-POST form as S3 does: text fields,
+// then the part named "file", whose bytes go to put with the fields read
+// so far (names lower-cased); whatever follows the
+// file is not read. It returns the fields before the file. A body that is
+// not such a form is a *FormError; an error of put is returned as is.
+// The form is read as a stream, so the file is never held in memory.
+func ReadUploadForm(body io.Reader, contentType string, put func(fields map[string]string, file io.Reader) error) (map[string]string, error) {
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		return nil, formErr("The body must be multipart/form-data with a boundary.")
+	}
+	mr := multipart.NewReader(body, params["boundary"])
+	fields := map[string]string{}
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			return nil, formErr("The form has no file field.")
+		}
+		if err != nil {
+			return nil, &FormError{Msg: "The form is malformed.", Err: err}
+		}
+		name := part.FormName()
+		if name == "file" {
+			if err := put(fields, part); err != nil {
+				return nil, err
+			}
+			return fields, nil
+		}
+		if name == "" {
+			return nil, formErr("A form part has no field name.")
+		}
+		if len(fields) >= MaxFormFields {
+			return nil, formErr("The form has more than %d fields.", MaxFormFields)
+		}
+		v, err := io.ReadAll(io.LimitReader(part, MaxFormFieldBytes+1))
+		if err != nil {
+			return nil, &FormError{Msg: "The form is malformed.", Err: err}
+		}
+		if len(v) > MaxFormFieldBytes {
+			return nil, formErr("The form field %q is longer than %d bytes.", truncate(name), MaxFormFieldBytes)
+		}
+		fields[strings.ToLower(name)] = string(v)
+	}
+}
+
+// truncate keeps a name quoted in an error message short.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64]
+	}
+	return s
+}
