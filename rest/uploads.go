@@ -248,12 +248,11 @@ type progressBody struct {
 	pushed time.Time
 }
 
-// pushEvery spaces out the deadline updates: a read takes microseconds,
-// and a second more or less of deadline does not matter.
-const pushEvery = time.Second
-
+// Read pushes the deadline at most every quarter of idle: a read takes
+// microseconds, and setting a deadline on every one would cost more than
+// the read; a pause therefore gets between three quarters of idle and idle.
 func (b *progressBody) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(b.pushed) >= pushEvery {
+	if now := time.Now(); now.Sub(b.pushed) >= b.idle/4 {
 		b.pushed = now
 		d := now.Add(b.idle)
 		if d.After(b.end) {

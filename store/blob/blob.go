@@ -188,6 +188,11 @@ func (f *FS) Open(key string) (io.ReadSeekCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob open: %w", err)
 	}
+	// A directory (the folder of a run) is no blob.
+	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() {
+		fh.Close()
+		return nil, ErrNotFound
+	}
 	return fh, nil
 }
 

@@ -50,7 +50,8 @@ func formErr(format string, a ...any) error { return &FormError{Msg: fmt.Sprintf
 // then the part named "file", whose bytes go to put with the fields read
 // so far (names lower-cased); whatever follows the
 // file is not read. It returns the fields before the file. A body that is
-// not such a form is a *FormError; an error of put is returned as is.
+// not such a form, or that breaks off inside the file, is a *FormError;
+// any other error of put is returned as is.
 // The form is read as a stream, so the file is never held in memory.
 func ReadUploadForm(body io.Reader, contentType string, put func(fields map[string]string, file io.Reader) error) (map[string]string, error) {
 	mt, params, err := mime.ParseMediaType(contentType)
@@ -69,7 +70,13 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 		}
 		name := part.FormName()
 		if name == "file" {
-			if err := put(fields, part); err != nil {
+			fr := &formReader{r: part}
+			if err := put(fields, fr); err != nil {
+				if fr.err != nil {
+					// The body broke off or is malformed (or hit its
+					// limit): the client's fault, whatever put made of it.
+					return nil, &FormError{Msg: "The form is malformed.", Err: fr.err}
+				}
 				return nil, err
 			}
 			return fields, nil
@@ -89,6 +96,20 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 		}
 		fields[strings.ToLower(name)] = string(v)
 	}
+}
+
+// formReader notes a read error of the file part.
+type formReader struct {
+	r   io.Reader
+	err error
+}
+
+func (f *formReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err != nil && err != io.EOF {
+		f.err = err
+	}
+	return n, err
 }
 
 // truncate keeps a name quoted in an error message short.
