@@ -230,12 +230,12 @@ func TestDirectUploadRefusals(t *testing.T) {
 	ue := newUploadEnv(t, "fs", nil)
 	f, g := ue.fixture(), ue.fixture()
 	for body, attr := range map[string]string{
-		`{"artifacts":[{"name":"a","type":"plan","size":0}]}`:                            "artifacts.0.size",
+		`{"artifacts":[{"name":"a","type":"plan","size":0}]}`:                                "artifacts.0.size",
 		fmt.Sprintf(`{"artifacts":[{"name":"a","type":"plan","size":%d}]}`, testMaxUpload+1): "artifacts.0.size",
-		`{"artifacts":[{"name":"a","type":"plan","size":1.5}]}`:                          "artifacts",
-		`{"artifacts":[{"name":"a","type":"plan"}]}`:                                     "artifacts",
-		`{"artifacts":[{"name":"a","type":"nonsense","size":1}]}`:                        "artifacts.0.type",
-		`{"artifacts":[{"name":"a","type":"plan","size":1,"metadata":[1]}]}`:             "artifacts.0.metadata",
+		`{"artifacts":[{"name":"a","type":"plan","size":1.5}]}`:                              "artifacts",
+		`{"artifacts":[{"name":"a","type":"plan"}]}`:                                         "artifacts",
+		`{"artifacts":[{"name":"a","type":"nonsense","size":1}]}`:                            "artifacts.0.type",
+		`{"artifacts":[{"name":"a","type":"plan","size":1,"metadata":[1]}]}`:                 "artifacts.0.metadata",
 		`{"artifacts":[]}`: "artifacts",
 	} {
 		res := ue.do(req{Method: "POST", Path: f.path(ue.env, "/artifacts/prepare_upload"), Key: ue.writeKey, Body: body})
