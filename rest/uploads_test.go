@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/blob/s3test"
@@ -411,5 +413,53 @@ func TestUploadFormSlowBody(t *testing.T) {
 	}
 	if _, err := ue.fs.Stat(t.Context(), ps[1].StoragePath); err == nil {
 		t.Error("a stalled upload was stored")
+	}
+}
+
+// TestUploadResponsesMatchSchemas: the answers of prepare_upload (on both
+// stores) and finalize_upload match the OpenAPI document's schemas.
+func TestUploadResponsesMatchSchemas(t *testing.T) {
+	raw, err := jsonschema.UnmarshalJSON(bytes.NewReader(openAPIDocument))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	c.AssertFormat()
+	const loc = "urn:runhub:openapi"
+	if err := c.AddResource(loc, raw); err != nil {
+		t.Fatal(err)
+	}
+	check := func(name string, body []byte) {
+		t.Helper()
+		sch, err := c.Compile(loc + "#/components/schemas/" + name)
+		if err != nil {
+			t.Fatalf("compile %s: %v", name, err)
+		}
+		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("not JSON: %s", body)
+		}
+		if err := sch.Validate(inst); err != nil {
+			t.Errorf("body does not match %s: %v\n%s", name, err, body)
+		}
+	}
+	for _, backend := range []string{"fs", "s3"} {
+		ue := newUploadEnv(t, backend, nil)
+		f := ue.fixture()
+		res := ue.do(req{Method: "POST", Path: f.path(ue.env, "/artifacts/prepare_upload"), Key: ue.writeKey,
+			Body: `{"artifacts":[{"name":"s.zip","type":"skill_bundle","size":3,"metadata":{"skill_name":"s"}},{"name":"n","type":"plan","size":1,"source":"agent"}]}`})
+		wantStatus(t, res, http.StatusOK)
+		check("PreparedUploads", res.body)
+		var ps struct{ Artifacts []prepared }
+		json.Unmarshal(res.body, &ps)
+		for i, file := range []string{"abc", "x"} {
+			if st, b := upload(t, ps.Artifacts[i], []byte(file)); st/100 != 2 {
+				t.Fatalf("%s: upload: %d %s", backend, st, b)
+			}
+		}
+		res = ue.finalize(f, finalizeItem(ps.Artifacts[0]), finalizeItem(ps.Artifacts[1]))
+		wantStatus(t, res, http.StatusOK)
+		check("ArtifactManifest", res.body)
 	}
 }
