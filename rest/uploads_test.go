@@ -463,3 +463,50 @@ func TestUploadResponsesMatchSchemas(t *testing.T) {
 		check("ArtifactManifest", res.body)
 	}
 }
+
+// TestFinalizeRace: eight finalizes of one upload at once (as retries on
+// several nodes would be) all succeed and add it to the manifest once,
+// with one artifact event.
+func TestFinalizeRace(t *testing.T) {
+	ue := newUploadEnv(t, "fs", nil)
+	f := ue.fixture()
+	p := ue.prepare(f, map[string]any{"name": "a", "type": "output", "size": 1})[0]
+	if st, b := upload(t, p, []byte("x")); st != http.StatusNoContent {
+		t.Fatalf("upload: %d %s", st, b)
+	}
+	const n = 8
+	codes := make(chan int, n)
+	start := make(chan struct{})
+	for range n {
+		go func() {
+			<-start
+			b, _ := json.Marshal(map[string]any{"artifacts": []any{finalizeItem(p)}})
+			hr, _ := http.NewRequest("POST", ue.srv.URL+f.path(ue.env, "/artifacts/finalize_upload"), bytes.NewReader(b))
+			hr.Header.Set("Authorization", "Bearer "+ue.writeKey)
+			res, err := ue.client.Do(hr)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			codes <- res.StatusCode
+		}()
+	}
+	close(start)
+	for range n {
+		if c := <-codes; c != http.StatusOK {
+			t.Errorf("finalize: %d", c)
+		}
+	}
+	arts := obj(t, ue.do(req{Method: "GET", Path: f.path(ue.env, "/"), Key: ue.readKey}))["artifacts"].([]any)
+	events := 0
+	for _, e := range ue.events(f.run) {
+		if e.Kind == store.KindArtifact {
+			events++
+		}
+	}
+	if len(arts) != 1 || events != 1 {
+		t.Errorf("%d manifest entries and %d artifact events, want 1 and 1", len(arts), events)
+	}
+}

@@ -138,7 +138,9 @@ func (s *Service) PrepareUploads(ctx context.Context, blobs blob.Store, ref stor
 // after checking that it was prepared for this run at that storage path
 // and that its object exists with the prepared size; either all items are
 // added or none. An item whose id is already in the manifest (a retried
-// finalize) is not added twice. The name, type, source and content type
+// finalize, or one racing on another node) is not added twice: the check
+// here answers a retry, and the store's own check under the run's lock
+// (store.AddArtifactEntries) settles a race. The name, type, source and content type
 // may be restated; size, storage path and metadata are the prepared ones.
 func (s *Service) FinalizeUploads(ctx context.Context, blobs blob.Store, ref store.RunRef, items []FinalizeInput) (*store.MutationResult, error) {
 	if err := checkCount(len(items)); err != nil {
@@ -162,13 +164,7 @@ func (s *Service) FinalizeUploads(ctx context.Context, blobs blob.Store, ref sto
 	if err != nil {
 		return nil, err
 	}
-	have := map[string]bool{}
-	for _, raw := range run.Artifacts {
-		var m ManifestEntry
-		if json.Unmarshal(raw, &m) == nil {
-			have[m.ID] = true
-		}
-	}
+	have := manifestIDs(run)
 	now := store.FormatTime(s.now())
 	var entries []json.RawMessage
 	var done []string
@@ -179,6 +175,14 @@ func (s *Service) FinalizeUploads(ctx context.Context, blobs blob.Store, ref sto
 		}
 		have[id] = true
 		p, err := readPending(ctx, blobs, ref, id)
+		var ue *UploadError
+		if errors.As(err, &ue) {
+			// A finalize of the same upload on another node may have
+			// committed, and removed the record, since the run was read.
+			if again, gerr := s.Store.GetRun(ctx, ref); gerr == nil && manifestIDs(again)[id] {
+				continue
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -212,6 +216,9 @@ func (s *Service) FinalizeUploads(ctx context.Context, blobs blob.Store, ref sto
 		done = append(done, PendingKey(ref, id))
 	}
 	if len(entries) == 0 {
+		if run, err = s.Store.GetRun(ctx, ref); err != nil {
+			return nil, err
+		}
 		return &store.MutationResult{Run: run, Replayed: true}, nil
 	}
 	res, err := s.Store.AddArtifacts(ctx, ref, entries)
@@ -225,6 +232,18 @@ func (s *Service) FinalizeUploads(ctx context.Context, blobs blob.Store, ref sto
 		blobs.Delete(context.WithoutCancel(ctx), k)
 	}
 	return res, nil
+}
+
+// manifestIDs is the set of the ids in run's manifest.
+func manifestIDs(run *store.Run) map[string]bool {
+	have := make(map[string]bool, len(run.Artifacts))
+	for _, raw := range run.Artifacts {
+		var m ManifestEntry
+		if json.Unmarshal(raw, &m) == nil {
+			have[m.ID] = true
+		}
+	}
+	return have
 }
 
 // readPending loads the record of prepared upload id of run ref.
