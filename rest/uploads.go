@@ -27,6 +27,12 @@ import (
 // body: an upload that stops sending is cut then.
 const MaxUploadDuration = time.Hour
 
+// uploadTrailerBytes is how much of a form after its file is read (and
+// dropped) before answering: the closing boundary is under 100 bytes; a
+// client that sends more after the file gets its connection closed
+// instead of kept alive.
+const uploadTrailerBytes = 64 << 10
+
 // uploadsPrefix is where a filesystem store takes its upload forms.
 const uploadsPrefix = "/uploads/"
 
@@ -226,6 +232,10 @@ func (s *Server) uploadBlob(w http.ResponseWriter, r *http.Request) {
 	var mbe *http.MaxBytesError
 	switch {
 	case err == nil:
+		// The closing boundary (and any parts after the file, which S3
+		// ignores too) is read up to a bound, so that the connection can
+		// carry the client's next request.
+		io.CopyN(io.Discard, body, uploadTrailerBytes)
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case errors.As(err, &mbe), errors.Is(err, os.ErrDeadlineExceeded):

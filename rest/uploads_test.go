@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptrace"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -508,5 +509,40 @@ func TestFinalizeRace(t *testing.T) {
 	}
 	if len(arts) != 1 || events != 1 {
 		t.Errorf("%d manifest entries and %d artifact events, want 1 and 1", len(arts), events)
+	}
+}
+
+// TestUploadFormKeepsConnection: after a stored upload the server reads
+// the form's closing boundary, so the client's connection carries its
+// next request instead of being closed.
+func TestUploadFormKeepsConnection(t *testing.T) {
+	ue := newUploadEnv(t, "fs", nil)
+	f := ue.fixture()
+	ps := ue.prepare(f, map[string]any{"name": "a", "type": "output", "size": 3}, map[string]any{"name": "b", "type": "output", "size": 3})
+	conns := 0
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for _, p := range ps {
+		ct, body := formBody(p.PresignedPost.Fields, []byte("abc"))
+		hr, _ := http.NewRequest("POST", p.PresignedPost.URL, body)
+		hr.Header.Set("Content-Type", ct)
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			if !i.Reused {
+				conns++
+			}
+		}}
+		res, err := client.Do(hr.WithContext(httptrace.WithClientTrace(hr.Context(), trace)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusNoContent || res.Header.Get("Connection") == "close" {
+			t.Fatalf("upload: %d, Connection %q", res.StatusCode, res.Header.Get("Connection"))
+		}
+	}
+	if conns != 1 {
+		t.Errorf("%d connections for two uploads, want 1", conns)
 	}
 }
