@@ -513,8 +513,9 @@ func TestFinalizeRace(t *testing.T) {
 }
 
 // TestUploadFormKeepsConnection: after a stored upload the server reads
-// the form's closing boundary, so the client's connection carries its
-// next request instead of being closed.
+// the rest of the form (here a 16 KiB field after the file, which S3
+// ignores, then the closing boundary), so the client's connection carries
+// its next request instead of being closed.
 func TestUploadFormKeepsConnection(t *testing.T) {
 	ue := newUploadEnv(t, "fs", nil)
 	f := ue.fixture()
@@ -524,8 +525,14 @@ func TestUploadFormKeepsConnection(t *testing.T) {
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 	for _, p := range ps {
-		ct, body := formBody(p.PresignedPost.Fields, []byte("abc"))
-		hr, _ := http.NewRequest("POST", p.PresignedPost.URL, body)
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		fw, _ := mw.CreateFormFile("file", "f")
+		fw.Write([]byte("abc"))
+		mw.WriteField("after", strings.Repeat("x", 16<<10))
+		mw.Close()
+		ct := mw.FormDataContentType()
+		hr, _ := http.NewRequest("POST", p.PresignedPost.URL, &body)
 		hr.Header.Set("Content-Type", ct)
 		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
 			if !i.Reused {
