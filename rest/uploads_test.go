@@ -553,3 +553,36 @@ func TestUploadFormKeepsConnection(t *testing.T) {
 		t.Errorf("%d connections for two uploads, want 1", conns)
 	}
 }
+
+// TestInlineArtifactMetadata: POST .../artifacts takes the skill_bundle
+// type and a metadata object, kept on the manifest entry; metadata that is
+// not an object, or is larger than 16 KiB, is 400; an entry without
+// metadata has none.
+func TestInlineArtifactMetadata(t *testing.T) {
+	ue := newUploadEnv(t, "fs", func(c *Config) { c.MaxBodyBytes = 0 })
+	f := ue.fixture()
+	meta := `{"skill_name":"deploy","skill_source":"user","content_sha256":"00ff","bundle_format":"zip","schema_version":1}`
+	res := ue.do(req{Method: "POST", Path: f.path(ue.env, "/artifacts"), Key: ue.writeKey, Body: `{"artifacts":[
+		{"name":"deploy.zip","type":"skill_bundle","content":"UEs=","content_encoding":"base64","metadata":` + meta + `},
+		{"name":"plain.txt","type":"plan","content":"x","metadata":null}]}`})
+	wantStatus(t, res, http.StatusOK)
+	var m struct{ Artifacts []map[string]any }
+	json.Unmarshal(res.body, &m)
+	if len(m.Artifacts) != 2 || m.Artifacts[0]["type"] != "skill_bundle" || !jsonEq(t, m.Artifacts[0]["metadata"], meta) {
+		t.Fatalf("manifest %s", res.body)
+	}
+	if _, ok := m.Artifacts[1]["metadata"]; ok {
+		t.Errorf("metadata on an entry without: %v", m.Artifacts[1])
+	}
+	big := `{"k":"` + strings.Repeat("x", 16<<10) + `"}`
+	for _, md := range []string{`[1]`, `"s"`, `1`, big} {
+		res := ue.do(req{Method: "POST", Path: f.path(ue.env, "/artifacts"), Key: ue.writeKey,
+			Body: `{"artifacts":[{"name":"a","type":"plan","content":"x","metadata":` + md + `}]}`})
+		wantAPIError(t, res, http.StatusBadRequest, "validation_error", "artifacts.0.metadata")
+	}
+	// At the limit: accepted.
+	atLimit := `{"k":"` + strings.Repeat("x", 16<<10-8) + `"}`
+	res = ue.do(req{Method: "POST", Path: f.path(ue.env, "/artifacts"), Key: ue.writeKey,
+		Body: `{"artifacts":[{"name":"a","type":"plan","content":"x","metadata":` + atLimit + `}]}`})
+	wantStatus(t, res, http.StatusOK)
+}
