@@ -150,7 +150,7 @@ func TestDirectUploads(t *testing.T) {
 			ps := ue.prepare(f,
 				map[string]any{"name": "skills/deploy.zip", "type": "skill_bundle", "size": len(bundle), "content_type": "application/zip",
 					"metadata": json.RawMessage(meta)},
-				map[string]any{"name": "notes.txt", "type": "context", "size": len(notes), "source": "agent"})
+				map[string]any{"name": "nötes 100%.txt", "type": "context", "size": len(notes), "source": "agent"})
 			runDir := "artifacts/project_" + strconv.FormatInt(ue.p1, 10) + "/task_" + f.task + "/run_" + f.run + "/"
 			for i, p := range ps {
 				if !strings.HasPrefix(p.StoragePath, runDir) || strings.Contains(p.StoragePath[len(runDir):], "/") ||

@@ -58,10 +58,14 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
 		return nil, formErr("The body must be multipart/form-data with a boundary.")
 	}
-	mr := multipart.NewReader(body, params["boundary"])
+	head := &headLimit{r: body, left: MaxFormOverhead}
+	mr := multipart.NewReader(head, params["boundary"])
 	fields := map[string]string{}
 	for {
 		part, err := mr.NextPart()
+		if errors.Is(err, errFormHead) {
+			return nil, &FormError{Msg: fmt.Sprintf("The form before the file is larger than %d bytes.", MaxFormOverhead), Err: err}
+		}
 		if errors.Is(err, io.EOF) {
 			return nil, formErr("The form has no file field.")
 		}
@@ -70,6 +74,7 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 		}
 		name := part.FormName()
 		if name == "file" {
+			head.off = true
 			fr := &formReader{r: part}
 			if err := put(fields, fr); err != nil {
 				if fr.err != nil {
@@ -88,6 +93,9 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 			return nil, formErr("The form has more than %d fields.", MaxFormFields)
 		}
 		v, err := io.ReadAll(io.LimitReader(part, MaxFormFieldBytes+1))
+		if errors.Is(err, errFormHead) {
+			return nil, &FormError{Msg: fmt.Sprintf("The form before the file is larger than %d bytes.", MaxFormOverhead), Err: err}
+		}
 		if err != nil {
 			return nil, &FormError{Msg: "The form is malformed.", Err: err}
 		}
@@ -96,6 +104,36 @@ func ReadUploadForm(body io.Reader, contentType string, put func(fields map[stri
 		}
 		fields[strings.ToLower(name)] = string(v)
 	}
+}
+
+// errFormHead: the form's fields and part headers, before the file, went
+// past MaxFormOverhead.
+var errFormHead = errors.New("form head too large")
+
+// headLimit bounds what is read of the body until the file starts: the
+// field count and length limits bound the fields' values, this bounds
+// everything else before the file (part headers, which mime/multipart
+// allows up to 10 MiB each, and preambles). The multipart reader reads
+// ahead by a buffer, so the bound holds within a few KiB.
+type headLimit struct {
+	r    io.Reader
+	left int64
+	off  bool // the file has started: no bound here any more
+}
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if h.off {
+		return h.r.Read(p)
+	}
+	if h.left <= 0 {
+		return 0, errFormHead
+	}
+	if int64(len(p)) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.r.Read(p)
+	h.left -= int64(n)
+	return n, err
 }
 
 // formReader notes a read error of the file part.

@@ -99,6 +99,28 @@ func TestReadUploadForm(t *testing.T) {
 	if _, err := ReadUploadForm(strings.NewReader(raw), "multipart/form-data; boundary=b", nil); err == nil {
 		t.Error("a part without a name was accepted")
 	}
+	// Part headers and preambles count too: a 2 MiB header (which
+	// mime/multipart would take) or preamble before the file is refused.
+	bigHeader := "--b\r\nContent-Disposition: form-data; name=\"key\"\r\nX-Pad: " + strings.Repeat("p", 2<<20) + "\r\n\r\nv\r\n--b--\r\n"
+	bigPreamble := strings.Repeat("p\r\n", 700000) + "\r\n--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--b--\r\n"
+	for name, raw := range map[string]string{"header": bigHeader, "preamble": bigPreamble} {
+		_, err := ReadUploadForm(strings.NewReader(raw), "multipart/form-data; boundary=b", func(map[string]string, io.Reader) error { return nil })
+		var fe *FormError
+		if !errors.As(err, &fe) || !strings.Contains(fe.Msg, "before the file is larger") {
+			t.Errorf("big %s: %v", name, err)
+		}
+	}
+	// A file larger than the head's bound is not bound by it.
+	bigFileCT, bigFile := form(t, [][2]string{{"key", "k"}}, bytes.Repeat([]byte("f"), 2*MaxFormOverhead))
+	if _, err := ReadUploadForm(bytes.NewReader(bigFile), bigFileCT, func(_ map[string]string, r io.Reader) error {
+		n, err := io.Copy(io.Discard, r)
+		if n != 2*MaxFormOverhead {
+			t.Errorf("file of %d bytes", n)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("big file: %v", err)
+	}
 	mine := errors.New("disk full")
 	if _, err := ReadUploadForm(bytes.NewReader(body), ct, func(map[string]string, io.Reader) error { return mine }); err != mine {
 		t.Errorf("put's error came back as %v", err)
