@@ -361,11 +361,13 @@ func TestUploadForm(t *testing.T) {
 }
 
 // TestUploadFormSlowBody: an upload that keeps sending may take longer
-// than the body timeout (here 400 ms; the upload takes about 1.2 s), since
-// each read pushes the deadline on; one that pauses for longer than the
-// body timeout is cut (408) and stores nothing.
+// than the body timeout (here 1 s; the upload takes about 1.8 s, in pauses
+// of 300 ms, well inside the three quarters of the timeout a pause is
+// sure to get, even on a loaded machine), since each read pushes the
+// deadline on; one that pauses for longer than the body timeout (2.5 s)
+// is cut (408) and stores nothing.
 func TestUploadFormSlowBody(t *testing.T) {
-	ue := newUploadEnv(t, "fs", func(c *Config) { c.Timeouts.Body = 400 * time.Millisecond })
+	ue := newUploadEnv(t, "fs", func(c *Config) { c.Timeouts.Body = time.Second })
 	f := ue.fixture()
 	const chunks, chunk = 6, 1000
 	ps := ue.prepare(f, map[string]any{"name": "slow.bin", "type": "output", "size": chunks * chunk},
@@ -400,12 +402,12 @@ func TestUploadFormSlowBody(t *testing.T) {
 		b, _ := io.ReadAll(res.Body)
 		return res.StatusCode, b
 	}
-	if st, b := send(ps[0], func(int) time.Duration { return 200 * time.Millisecond }); st != http.StatusNoContent {
+	if st, b := send(ps[0], func(int) time.Duration { return 300 * time.Millisecond }); st != http.StatusNoContent {
 		t.Fatalf("slow upload: %d %s", st, b)
 	}
 	st, b := send(ps[1], func(i int) time.Duration {
 		if i == 2 {
-			return time.Second
+			return 2500 * time.Millisecond
 		}
 		return 0
 	})
