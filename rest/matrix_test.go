@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -367,6 +368,16 @@ func matrixRows() []matrixRow {
 		rest("POST", mxRun+"/artifacts/presign", false, json200, func(fx *mxFixture) any {
 			return map[string]any{"storage_path": fx.storagePath}
 		}),
+		rest("POST", mxRun+"/artifacts/download", false, json200, func(fx *mxFixture) any {
+			return map[string]any{"storage_path": fx.storagePath}
+		}),
+		rest("POST", mxRun+"/artifacts/prepare_upload", true, json200, body(map[string]any{"artifacts": []any{
+			map[string]any{"name": "direct.bin", "type": "output", "size": 5}}})),
+		// The fixture's prepared and uploaded artifact: the first right
+		// key adds it, the next ones find it there.
+		rest("POST", mxRun+"/artifacts/finalize_upload", true, json200, func(fx *mxFixture) any {
+			return map[string]any{"artifacts": []any{fx.finalize}}
+		}),
 		// With the right key the command reaches the proxy, which has no
 		// agent for the run.
 		rest("POST", mxRun+"/command", true, want{status: http.StatusBadRequest, msg: "No active sandbox for this task run"},
@@ -395,6 +406,8 @@ func matrixRows() []matrixRow {
 
 		{route: "GET /logs/{run_id}.jsonl", signed: true, ctype: "application/jsonl", cells: signedCells(json200)},
 		{route: "GET /blobs/{key:.+}", signed: true, cells: signedCells(json200)},
+		{route: "POST /uploads/{key:.+}", signed: true, body: func(fx *mxFixture) any { return fx.uploadForm },
+			cells: signedCells(status(http.StatusNoContent))},
 	}
 }
 
@@ -488,6 +501,10 @@ type mxFixture struct {
 	storagePath  string
 	blobPath     string     // /blobs/... of the artifact
 	blobLink     url.Values // its signed query
+	uploadPath   string     // /uploads/... of a prepared upload (not sent)
+	uploadLink   url.Values // its signed query
+	uploadForm   rawBody    // the form that uploads it
+	finalize     any        // the finalize item of a prepared upload that was sent
 	logLink      url.Values // the signed query of the run's log_url
 	clientToken  string     // scope write, minted by the write key
 	readToken    string     // scope read, minted by the read-only key
@@ -524,6 +541,20 @@ func (mx *mxEnv) newFixture(t *testing.T, revoker string) *mxFixture {
 	res = mx.do(req{Method: "GET", Path: f.path(mx.env, "/"), Key: mx.readKey})
 	wantStatus(t, res, http.StatusOK)
 	_, fx.logLink = splitLink(t, obj(t, res)["log_url"])
+	res = mx.do(req{Method: "POST", Path: f.path(mx.env, "/artifacts/prepare_upload/"), Key: mx.writeKey, Body: map[string]any{
+		"artifacts": []any{map[string]any{"name": "up.bin", "type": "output", "size": 3}, map[string]any{"name": "done.bin", "type": "output", "size": 3}}}})
+	wantStatus(t, res, http.StatusOK)
+	var prep struct{ Artifacts []prepared }
+	if err := json.Unmarshal(res.body, &prep); err != nil || len(prep.Artifacts) != 2 {
+		t.Fatalf("prepare_upload: %v %s", err, res)
+	}
+	fx.uploadPath, fx.uploadLink = splitLink(t, prep.Artifacts[0].PresignedPost.URL)
+	ct, form := formBody(prep.Artifacts[0].PresignedPost.Fields, []byte("abc"))
+	fx.uploadForm = rawBody{ctype: ct, data: form.Bytes()}
+	if st, b := upload(t, prep.Artifacts[1], []byte("xyz")); st != http.StatusNoContent {
+		t.Fatalf("upload: %d %s", st, b)
+	}
+	fx.finalize = finalizeItem(prep.Artifacts[1])
 
 	mint := func(key, query string) string {
 		res := mx.do(req{Method: "GET", Path: f.path(mx.env, "/connection_token/") + query, Key: key})
@@ -665,6 +696,9 @@ func (fx *mxFixture) linkOf(row *matrixRow) url.Values {
 	if strings.HasPrefix(row.route, "GET /blobs/") {
 		return fx.blobLink
 	}
+	if strings.HasPrefix(row.route, "POST /uploads/") {
+		return fx.uploadLink
+	}
 	return fx.logLink
 }
 
@@ -677,7 +711,8 @@ func (mx *mxEnv) expiredLink(row *matrixRow, fx *mxFixture) url.Values {
 			params[k] = v
 		}
 	}
-	return mx.signer.Sign(http.MethodGet, mx.path(row, fx), params, -time.Minute)
+	method, _, _ := strings.Cut(row.route, " ")
+	return mx.signer.Sign(method, mx.path(row, fx), params, -time.Minute)
 }
 
 // path is row's concrete path on fx.
@@ -688,6 +723,9 @@ func (mx *mxEnv) path(row *matrixRow, fx *mxFixture) string {
 	_, tpl, _ := strings.Cut(row.route, " ")
 	if strings.HasPrefix(tpl, "/blobs/") {
 		return fx.blobPath
+	}
+	if strings.HasPrefix(tpl, "/uploads/") {
+		return fx.uploadPath
 	}
 	return strings.NewReplacer("{project_id}", strconv.FormatInt(mx.p1, 10), "{task_id}", fx.task, "{run_id}", fx.run).Replace(tpl)
 }
@@ -718,12 +756,17 @@ func (mx *mxEnv) observe(row *matrixRow, fx *mxFixture, cr credential) (want, *r
 	}
 	var body io.Reader
 	if row.body != nil {
-		b, err := json.Marshal(row.body(fx))
-		if err != nil {
-			return want{}, nil, err
+		if rb, ok := row.body(fx).(rawBody); ok {
+			body = bytes.NewReader(rb.data)
+			h.Set("Content-Type", rb.ctype)
+		} else {
+			b, err := json.Marshal(row.body(fx))
+			if err != nil {
+				return want{}, nil, err
+			}
+			body = strings.NewReader(string(b))
+			h.Set("Content-Type", "application/json")
 		}
-		body = strings.NewReader(string(b))
-		h.Set("Content-Type", "application/json")
 	}
 	hr, err := http.NewRequestWithContext(ctx, method, mx.srv.URL+target, body)
 	if err != nil {
@@ -746,6 +789,12 @@ func (mx *mxEnv) observe(row *matrixRow, fx *mxFixture, cr credential) (want, *r
 		}
 	}
 	return outcomeOf(out), out, nil
+}
+
+// rawBody is a request body sent as it is, not as JSON (an upload form).
+type rawBody struct {
+	ctype string
+	data  []byte
 }
 
 // outcomeOf reads status and error body of an HTTP answer.

@@ -63,8 +63,12 @@ func (s *Server) routes() {
 	r.HandleFunc("/logs/{run_id}.jsonl", s.signedLog).Methods(http.MethodGet)
 	handle(runPath+"/artifacts", http.MethodPost, write, s.uploadArtifacts)
 	handle(runPath+"/artifacts/presign", http.MethodPost, read, s.presignArtifact)
+	handle(runPath+"/artifacts/download", http.MethodPost, read, s.downloadArtifact)
+	handle(runPath+"/artifacts/prepare_upload", http.MethodPost, write, s.prepareUploads)
+	handle(runPath+"/artifacts/finalize_upload", http.MethodPost, write, s.finalizeUploads)
 	if _, presigns := s.blobs.(presigner); !presigns {
 		r.HandleFunc("/blobs/{key:.+}", s.downloadBlob).Methods(http.MethodGet)
+		r.HandleFunc(uploadsPrefix+"{key:.+}", s.uploadBlob).Methods(http.MethodPost)
 	}
 	handle(runPath+"/command", http.MethodPost, write, s.command)
 	handle(runPath+"/start", http.MethodPost, write, s.startRun)

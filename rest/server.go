@@ -106,6 +106,10 @@ type Config struct {
 	Signer *blob.Signer
 	// PresignTTL is how long an artifact link works (0: PresignTTL).
 	PresignTTL time.Duration
+	// MaxUploadBytes is the largest artifact prepare_upload takes (0:
+	// runs.DefaultMaxUploadBytes); such uploads go straight to storage
+	// and are not bound by MaxBodyBytes.
+	MaxUploadBytes int64
 	// Relay queues Slack relay messages; nil: relay_message answers
 	// skipped or 503 "not configured".
 	Relay Relayer
@@ -145,6 +149,7 @@ type Server struct {
 	runs       *runs.Service
 	log        *slog.Logger
 	maxBody    int64
+	maxUpload  int64
 	limiter    *limiter
 	ready      func(ctx context.Context) error
 	draining   atomic.Bool // Drain was called: /readyz is 503 for good
@@ -179,6 +184,7 @@ func New(cfg Config) *Server {
 		runs:       cfg.Runs,
 		log:        cfg.Logger,
 		maxBody:    cfg.MaxBodyBytes,
+		maxUpload:  cfg.MaxUploadBytes,
 		ready:      cfg.Ready,
 		nodeID:     cfg.NodeID,
 		warnings:   cfg.Warnings,
@@ -208,6 +214,9 @@ func New(cfg Config) *Server {
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.maxUpload <= 0 {
+		s.maxUpload = runs.DefaultMaxUploadBytes
 	}
 	if err := cfg.required(); err != nil {
 		// A programming error, refused at once rather than served as a
@@ -257,8 +266,13 @@ func (s *Server) Registry() prometheus.Registerer { return s.reg }
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	body := s.guardBody(w, r)
+	limit := s.maxBody
+	if s.isUpload(r) {
+		// An upload form goes to storage, not to the API: its own limit.
+		limit = s.maxUpload + blob.MaxFormOverhead
+	}
 	if r.Body != nil {
-		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 	}
 	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK, body: body}
 	// mux attaches the matched route to a copy of the request; the
@@ -266,7 +280,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	route := "unmatched"
 	ctx := context.WithValue(r.Context(), routeHolderKey{}, &route)
 	ctx = context.WithValue(ctx, baseURLKey{}, s.linkBase(r))
-	if r.ContentLength > s.maxBody {
+	if r.ContentLength > limit {
 		// Refused before reading a byte of it.
 		s.writeError(rw, r, errTooLarge)
 	} else {

@@ -180,9 +180,16 @@ func AppendEntries(r *Run, entries []LogEntry) LogAppend {
 }
 
 // AddArtifactEntries appends manifest entries to r's artifacts at now and
-// returns one numbered artifact event per entry, in order. It fails, and
+// returns one numbered artifact event per entry, in order. An entry whose
+// "id" is already in the manifest (or earlier in entries) is left out:
+// ids are unique in a manifest, so two finalizes of one upload racing on
+// two nodes add it once (this runs under the run's lock). It fails, and
 // leaves r as it was, when an entry is not valid JSON.
 func AddArtifactEntries(r *Run, entries []json.RawMessage, now time.Time) ([]Event, error) {
+	entries = newArtifactIDs(r.Artifacts, entries)
+	if len(entries) == 0 {
+		return nil, nil
+	}
 	data := make([]json.RawMessage, len(entries))
 	for i, e := range entries {
 		d, err := ArtifactData(e)
@@ -198,6 +205,33 @@ func AddArtifactEntries(r *Run, entries []json.RawMessage, now time.Time) ([]Eve
 	r.Artifacts = append(r.Artifacts, entries...)
 	r.UpdatedAt = now
 	return events, nil
+}
+
+// newArtifactIDs is entries without those whose id is in manifest or
+// repeats an earlier one; entries without an id are all kept.
+func newArtifactIDs(manifest, entries []json.RawMessage) []json.RawMessage {
+	var e struct {
+		ID string `json:"id"`
+	}
+	seen := make(map[string]bool, len(manifest)+len(entries))
+	for _, m := range manifest {
+		e.ID = ""
+		if json.Unmarshal(m, &e) == nil && e.ID != "" {
+			seen[e.ID] = true
+		}
+	}
+	out := make([]json.RawMessage, 0, len(entries))
+	for _, m := range entries {
+		e.ID = ""
+		if json.Unmarshal(m, &e) == nil && e.ID != "" {
+			if seen[e.ID] {
+				continue
+			}
+			seen[e.ID] = true
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // nextEvent numbers an event of r with its next seq.

@@ -412,3 +412,22 @@ func TestIdempotencyCutoff(t *testing.T) {
 		t.Errorf("cutoff %v, want %v", got, want)
 	}
 }
+
+// TestAddArtifactEntriesUniqueIDs: an entry whose id is already in the
+// manifest, or repeats an earlier entry's, is left out (no event, no seq);
+// when nothing is left the run is unchanged.
+func TestAddArtifactEntriesUniqueIDs(t *testing.T) {
+	r := store.Run{ID: "r", Artifacts: []json.RawMessage{json.RawMessage(`{"id":"a"}`)}, UpdatedAt: tCreated, LastSeq: 1}
+	add := []json.RawMessage{json.RawMessage(`{"id":"a","name":"again"}`), json.RawMessage(`{"id":"b"}`), json.RawMessage(`{"id":"b"}`)}
+	evs, err := store.AddArtifactEntries(&r, add, tNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Seq != 2 || len(r.Artifacts) != 2 || string(r.Artifacts[1]) != `{"id":"b"}` || r.LastSeq != 2 {
+		t.Errorf("events %+v, artifacts %s, last_seq %d", evs, r.Artifacts, r.LastSeq)
+	}
+	evs, err = store.AddArtifactEntries(&r, []json.RawMessage{json.RawMessage(`{"id":"b"}`)}, tDone)
+	if err != nil || len(evs) != 0 || len(r.Artifacts) != 2 || r.LastSeq != 2 || !r.UpdatedAt.Equal(tNow) {
+		t.Errorf("all known: events %+v err %v, artifacts %s, last_seq %d, updated %v", evs, err, r.Artifacts, r.LastSeq, r.UpdatedAt)
+	}
+}

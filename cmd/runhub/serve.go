@@ -45,6 +45,7 @@ type config struct {
 	databaseURL *string // PostgreSQL; empty: SQLite in dataDir
 	nodeID      string
 	maxBody     int64
+	maxUpload   int64
 	rateLimit   *rest.RateLimit
 	redisURL    string
 	pprofAddr   string
@@ -97,6 +98,7 @@ func loadConfig(args []string) (*config, error) {
 	slackLease := fs.String("slack-lease", env("RUNHUB_SLACK_LEASE", slack.DefaultLease.String()), "how long a node has the Slack messages it took to itself; a node that dies mid-delivery holds its messages back this long (the same on every node; at least twice --slack-timeout plus 1s)")
 	slackTimeout := fs.String("slack-timeout", env("RUNHUB_SLACK_TIMEOUT", slack.DefaultTimeout.String()), "how long one Slack API call may take")
 	maxBody := fs.Int64("max-body-bytes", 0, "request body limit in bytes (RUNHUB_MAX_BODY_BYTES; default 32 MiB)")
+	maxUpload := fs.Int64("max-upload-bytes", 0, "largest artifact artifacts/prepare_upload takes, uploaded straight to storage, in bytes (RUNHUB_MAX_UPLOAD_BYTES; default 1 GiB)")
 	rl := fs.String("rate-limit", env("RUNHUB_RATE_LIMIT", "off"), `per-key rate limit: "off", "on" (480/min, 4800/h) or "N/min,M/h"`)
 	level := fs.String("log-level", env("RUNHUB_LOG_LEVEL", "info"), "debug, info, warn or error")
 	format := fs.String("log-format", env("RUNHUB_LOG_FORMAT", "text"), "text or json")
@@ -106,6 +108,7 @@ func loadConfig(args []string) (*config, error) {
 		return nil, usageError{fmt.Sprintf("serve: unexpected argument %q", rest[0])}
 	}
 	c.maxBody = *maxBody
+	c.maxUpload = *maxUpload
 	if c.publicURL != "" {
 		u, err := rest.ParsePublicURL(c.publicURL)
 		if err != nil {
@@ -163,6 +166,17 @@ func loadConfig(args []string) (*config, error) {
 			}
 			c.maxBody = n
 		}
+	}
+	if c.maxUpload == 0 {
+		if v := os.Getenv("RUNHUB_MAX_UPLOAD_BYTES"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, usageError{"RUNHUB_MAX_UPLOAD_BYTES must be a positive integer"}
+			}
+			c.maxUpload = n
+		}
+	} else if c.maxUpload < 0 {
+		return nil, usageError{"--max-upload-bytes must be a positive integer"}
 	}
 	var err error
 	if c.rateLimit, err = parseRateLimit(*rl); err != nil {
@@ -241,6 +255,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Proxy: proxy.Config{CommandTimeout: cfg.cmdTO},
 		REST: rest.Config{
 			MaxBodyBytes:    cfg.maxBody,
+			MaxUploadBytes:  cfg.maxUpload,
 			RateLimit:       cfg.rateLimit,
 			PublicURL:       cfg.publicURL,
 			TrustedProxies:  cfg.proxies,

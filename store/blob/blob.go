@@ -6,6 +6,7 @@
 package blob
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,18 @@ var ErrNotFound = errors.New("blob not found")
 type Store interface {
 	Put(ctx context.Context, key string, data []byte, contentType string) error
 	Delete(ctx context.Context, key string) error
+	// Get reads a blob (ErrNotFound when there is none); the caller
+	// closes it.
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// Stat tells a blob's size and stored content type (empty when the
+	// store keeps none), or ErrNotFound.
+	Stat(ctx context.Context, key string) (Info, error)
+}
+
+// Info describes a stored blob.
+type Info struct {
+	Size        int64
+	ContentType string
 }
 
 // FS is a Store on the local filesystem.
@@ -51,13 +64,23 @@ func (f *FS) path(key string) (string, error) {
 	return filepath.Join(f.root, filepath.FromSlash(key)), nil
 }
 
-// Put writes the blob whole or not at all (a temp file renamed into place)
+// Put writes data as the blob key; see PutFrom.
+func (f *FS) Put(ctx context.Context, key string, data []byte, ct string) error {
+	return f.PutFrom(ctx, key, bytes.NewReader(data), int64(len(data)))
+}
+
+// ErrSize: an upload whose length is not the one announced.
+var ErrSize = errors.New("upload size differs from the prepared size")
+
+// PutFrom writes exactly size bytes read from src as the blob key; a
+// source that ends sooner or holds more is refused with ErrSize and leaves
+// nothing behind. It writes the blob whole or not at all (a temp file renamed into place)
 // and durably: the file's bytes and then its directory entry are synced
 // before Put returns, so that the manifest entry committed after it never
 // names a blob that a crash or power loss could still take away. New
 // directories are synced into their parents for the same reason. Files
 // are 0600 and directories 0700, like everything in the data directory.
-func (f *FS) Put(_ context.Context, key string, data []byte, _ string) error {
+func (f *FS) PutFrom(_ context.Context, key string, src io.Reader, size int64) error {
 	p, err := f.path(key)
 	if err != nil {
 		return err
@@ -71,9 +94,15 @@ func (f *FS) Put(_ context.Context, key string, data []byte, _ string) error {
 		return fmt.Errorf("blob temp: %w", unavailable(err))
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
+	// One byte more than announced is read to tell "more" from "exactly".
+	n, err := io.Copy(tmp, io.LimitReader(src, size+1))
+	if err != nil {
 		tmp.Close()
 		return fmt.Errorf("blob write: %w", unavailable(err))
+	}
+	if n != size {
+		tmp.Close()
+		return fmt.Errorf("blob write: %d bytes, want %d: %w", n, size, ErrSize)
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
@@ -159,7 +188,31 @@ func (f *FS) Open(key string) (io.ReadSeekCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob open: %w", err)
 	}
+	// A directory (the folder of a run) is no blob.
+	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() {
+		fh.Close()
+		return nil, ErrNotFound
+	}
 	return fh, nil
+}
+
+// Get reads a blob.
+func (f *FS) Get(_ context.Context, key string) (io.ReadCloser, error) { return f.Open(key) }
+
+// Stat tells a blob's size; the filesystem keeps no content type.
+func (f *FS) Stat(_ context.Context, key string) (Info, error) {
+	p, err := f.path(key)
+	if err != nil {
+		return Info{}, ErrNotFound
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && !fi.Mode().IsRegular()) {
+		return Info{}, ErrNotFound
+	}
+	if err != nil {
+		return Info{}, fmt.Errorf("blob stat: %w", err)
+	}
+	return Info{Size: fi.Size()}, nil
 }
 
 // unavailable marks a filesystem error that means the disk cannot take

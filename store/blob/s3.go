@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"mime"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -99,4 +101,50 @@ func (s *S3) EnsureBucket(ctx context.Context, region string) error {
 		return fmt.Errorf("s3 make bucket: %w", err)
 	}
 	return nil
+}
+
+// Get reads the blob.
+func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if _, err := s.Stat(ctx, key); err != nil {
+		return nil, err
+	}
+	o, err := s.c.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("s3 get: %w", err)
+	}
+	return o, nil
+}
+
+// Stat tells the blob's size and content type.
+func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
+	st, err := s.c.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		if minio.ToErrorResponse(err).StatusCode == http.StatusNotFound {
+			return Info{}, ErrNotFound
+		}
+		return Info{}, fmt.Errorf("s3 stat: %w", err)
+	}
+	return Info{Size: st.Size, ContentType: st.ContentType}, nil
+}
+
+// PresignPost is an S3 POST-policy form, valid ttl, that uploads exactly
+// size bytes of contentType as the blob key and nothing else: the policy
+// pins the bucket, the key, the content type and the length (S3 refuses
+// any other with 400 EntityTooLarge or EntityTooSmall), so a leaked form
+// can neither write elsewhere nor store more than was prepared.
+func (s *S3) PresignPost(ctx context.Context, key string, size int64, contentType string, ttl time.Duration) (string, map[string]string, error) {
+	p := minio.NewPostPolicy()
+	for _, err := range []error{
+		p.SetBucket(s.bucket), p.SetKey(key), p.SetExpires(time.Now().Add(ttl).UTC()),
+		p.SetContentType(contentType), p.SetContentLengthRange(size, size),
+	} {
+		if err != nil {
+			return "", nil, fmt.Errorf("s3 post policy: %w", err)
+		}
+	}
+	u, fields, err := s.c.PresignedPostPolicy(ctx, p)
+	if err != nil {
+		return "", nil, fmt.Errorf("s3 presign post: %w", err)
+	}
+	return u.String(), fields, nil
 }

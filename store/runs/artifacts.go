@@ -27,7 +27,16 @@ const (
 
 // ArtifactTypes are the allowed artifact types.
 var ArtifactTypes = map[string]bool{"plan": true, "context": true, "reference": true, "output": true,
-	"artifact": true, "tree_snapshot": true, "user_attachment": true}
+	"artifact": true, "tree_snapshot": true, "user_attachment": true, "skill_bundle": true}
+
+// artifactTypesText lists ArtifactTypes for error messages.
+const artifactTypesText = "plan, context, reference, output, artifact, tree_snapshot, user_attachment, skill_bundle"
+
+// MaxMetadataBytes bounds an artifact's metadata object: PostHog's skill
+// bundles carry five short fields (name, source, sha256, format, schema
+// version), about 200 bytes; 16 KiB leaves room for more without letting
+// the manifest, which every run read returns, grow by much per artifact.
+const MaxMetadataBytes = 16 << 10
 
 // ArtifactInput is one artifact of an upload request.
 type ArtifactInput struct {
@@ -37,6 +46,7 @@ type ArtifactInput struct {
 	ContentEncoding string // "utf-8" (default) or "base64"
 	ContentType     string
 	Source          *string
+	Metadata        json.RawMessage // a JSON object, or nil
 }
 
 // ManifestEntry is one artifact in a run's manifest.
@@ -49,6 +59,9 @@ type ManifestEntry struct {
 	ContentType string  `json:"content_type"`
 	StoragePath string  `json:"storage_path"`
 	UploadedAt  string  `json:"uploaded_at"`
+	// Metadata is what the uploader said about the artifact (a skill
+	// bundle's name, source and digest); absent when it said nothing.
+	Metadata json.RawMessage `json:"metadata,omitempty"`
 }
 
 func invalidArtifact(i int, field, detail string) error {
@@ -99,13 +112,10 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 			return nil, invalidArtifact(i, "name", "name must be 1 to 255 characters of valid UTF-8.")
 		}
 		if !ArtifactTypes[it.Type] {
-			return nil, invalidArtifact(i, "type", "type must be one of plan, context, reference, output, artifact, tree_snapshot, user_attachment.")
+			return nil, invalidArtifact(i, "type", "type must be one of "+artifactTypesText+".")
 		}
-		if len(it.ContentType) > maxNameLen || !utf8.ValidString(it.ContentType) {
-			return nil, invalidArtifact(i, "content_type", "content_type must be at most 255 characters of valid UTF-8.")
-		}
-		if it.Source != nil && !utf8.ValidString(*it.Source) {
-			return nil, invalidArtifact(i, "source", "source must be valid UTF-8.")
+		if err := checkArtifactFields(i, it.ContentType, it.Source, it.Metadata); err != nil {
+			return nil, err
 		}
 		switch it.ContentEncoding {
 		case "", "utf-8":
@@ -148,7 +158,7 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 		}
 		written = append(written, key)
 		entries[i], _ = json.Marshal(ManifestEntry{ID: uuid.NewString(), Name: it.Name, Type: it.Type, Source: it.Source,
-			Size: len(contents[i]), ContentType: ct, StoragePath: key, UploadedAt: now})
+			Size: len(contents[i]), ContentType: ct, StoragePath: key, UploadedAt: now, Metadata: it.Metadata})
 	}
 	res, err := s.Store.AddArtifacts(ctx, ref, entries)
 	if err != nil {
@@ -157,6 +167,20 @@ func (s *Service) AddArtifacts(ctx context.Context, blobs blob.Store, ref store.
 	}
 	s.publish(ctx, ref.RunID, res)
 	return res, nil
+}
+
+// checkArtifactFields checks the optional fields of artifact i.
+func checkArtifactFields(i int, contentType string, source *string, metadata json.RawMessage) error {
+	if len(contentType) > maxNameLen || !utf8.ValidString(contentType) {
+		return invalidArtifact(i, "content_type", "content_type must be at most 255 characters of valid UTF-8.")
+	}
+	if source != nil && !utf8.ValidString(*source) {
+		return invalidArtifact(i, "source", "source must be valid UTF-8.")
+	}
+	if metadata != nil && (jsonKind(metadata) != "dict" || len(metadata) > MaxMetadataBytes || !utf8.Valid(metadata)) {
+		return invalidArtifact(i, "metadata", fmt.Sprintf("metadata must be an object of at most %d bytes.", MaxMetadataBytes))
+	}
+	return nil
 }
 
 // maxKeyNameBytes bounds the last segment of a blob key: filesystems refuse

@@ -385,6 +385,7 @@ func DecodeArtifacts(body []byte) ([]ArtifactInput, error) {
 			ContentEncoding     *string `json:"content_encoding"`
 			ContentType         *string `json:"content_type"`
 			Source              *string
+			Metadata            json.RawMessage
 		}
 		if err := json.Unmarshal(raw, &a); err != nil {
 			return nil, invalid("artifacts", "invalid", "Artifact fields must be strings.")
@@ -392,7 +393,7 @@ func DecodeArtifacts(body []byte) ([]ArtifactInput, error) {
 		if a.Name == nil || a.Type == nil || a.Content == nil {
 			return nil, invalid("artifacts", "required", "Each artifact needs name, type and content.")
 		}
-		items[i] = ArtifactInput{Name: *a.Name, Type: *a.Type, Content: *a.Content, Source: a.Source}
+		items[i] = ArtifactInput{Name: *a.Name, Type: *a.Type, Content: *a.Content, Source: a.Source, Metadata: metadataOf(a.Metadata)}
 		if a.ContentEncoding != nil {
 			items[i].ContentEncoding = *a.ContentEncoding
 		}
@@ -401,6 +402,14 @@ func DecodeArtifacts(body []byte) ([]ArtifactInput, error) {
 		}
 	}
 	return items, nil
+}
+
+// metadataOf is an artifact's metadata as given: nil when absent or null.
+func metadataOf(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || isNull(raw) {
+		return nil
+	}
+	return raw
 }
 
 // MaxRelayText is the longest text relay_message takes: a Slack message

@@ -1054,6 +1054,18 @@ func testRuns(t *testing.T, s store.Store) {
 		if len(got.Artifacts) != 3 || string(got.Artifacts[2]) != `{"id":"c"}` || got.LastSeq != 4 {
 			t.Fatalf("manifest %s, last_seq %d", got.Artifacts, got.LastSeq)
 		}
+		// Ids are unique in a manifest: an entry whose id is there already
+		// is left out, with no event and no seq.
+		out, err = s.AddArtifacts(ctx, ref, []json.RawMessage{json.RawMessage(`{"id":"b","storage_path":"p/b2"}`), json.RawMessage(`{"id":"d"}`)})
+		noErr(t, err, "AddArtifacts")
+		if len(out.Events) != 1 || out.Events[0].Seq != 5 || len(out.Run.Artifacts) != 4 || string(out.Run.Artifacts[3]) != `{"id":"d"}` {
+			t.Fatalf("known id: events %+v, manifest %s", out.Events, out.Run.Artifacts)
+		}
+		out, err = s.AddArtifacts(ctx, ref, []json.RawMessage{json.RawMessage(`{"id":"a"}`)})
+		noErr(t, err, "AddArtifacts")
+		if got, err := s.GetRun(ctx, ref); err != nil || len(out.Events) != 0 || len(got.Artifacts) != 4 || got.LastSeq != 5 {
+			t.Fatalf("only known ids: events %+v, run %+v, %v", out.Events, got, err)
+		}
 		if _, err := s.AddArtifacts(ctx, store.RunRef{ProjectID: f.project.ID, TaskID: f.task.ID, RunID: "00000000-0000-4000-8000-000000000000"}, a); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("unknown run: %v", err)
 		}
