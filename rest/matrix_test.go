@@ -551,7 +551,7 @@ func (mx *mxEnv) newFixture(t *testing.T, revoker string) *mxFixture {
 	fx.uploadPath, fx.uploadLink = splitLink(t, prep.Artifacts[0].PresignedPost.URL)
 	ct, form := formBody(prep.Artifacts[0].PresignedPost.Fields, []byte("abc"))
 	fx.uploadForm = rawBody{ctype: ct, data: form.Bytes()}
-	if st, b := upload(t, prep.Artifacts[1], []byte("xyz")); st != http.StatusNoContent {
+	if st, b := postUpload(t, prep.Artifacts[1], []byte("xyz")); st != http.StatusNoContent {
 		t.Fatalf("upload: %d %s", st, b)
 	}
 	fx.finalize = finalizeItem(prep.Artifacts[1])

@@ -212,11 +212,13 @@ func (s *Server) uploadBlob(w http.ResponseWriter, r *http.Request) {
 	key := mux.Vars(r)["key"]
 	q := r.URL.Query()
 	if s.signer.Verify(http.MethodPost, uploadsPrefix+key, q) != nil {
+		discardSmall(r)
 		s.writeError(w, r, errBadLink)
 		return
 	}
 	size, err := strconv.ParseInt(q.Get("size"), 10, 64)
 	if err != nil || size < 0 {
+		discardSmall(r)
 		s.writeError(w, r, errBadLink)
 		return
 	}
@@ -244,7 +246,24 @@ func (s *Server) uploadBlob(w http.ResponseWriter, r *http.Request) {
 	case errors.As(err, &fe):
 		err = &handlerError{Status: http.StatusBadRequest, Msg: fe.Msg}
 	}
+	discardSmall(r)
 	s.writeError(w, r, err)
+}
+
+// refusedDrainBytes bounds what a refused upload form has read of its body
+// before the answer. A small form (a browser's or an agent's mistake) is
+// read to its end, so that its sender gets the answer and not a reset
+// from a connection closed with its bytes unread; a larger one is not
+// read at all (the connection is closed instead), so that a refusal never
+// costs the upload's size. 64 KiB is what one socket buffer holds.
+const refusedDrainBytes = 64 << 10
+
+// discardSmall reads the rest of a body that announced at most
+// refusedDrainBytes.
+func discardSmall(r *http.Request) {
+	if r.ContentLength >= 0 && r.ContentLength <= refusedDrainBytes {
+		io.CopyN(io.Discard, r.Body, refusedDrainBytes)
+	}
 }
 
 // progressBody pushes the body-read deadline on while bytes arrive: an

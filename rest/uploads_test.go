@@ -109,8 +109,8 @@ func formBody(fields map[string]string, file []byte) (string, *bytes.Buffer) {
 	return mw.FormDataContentType(), &buf
 }
 
-// upload sends file with p's form; the status and body.
-func upload(t *testing.T, p prepared, file []byte) (int, []byte) {
+// postUpload sends file with p's form; the status and body.
+func postUpload(t *testing.T, p prepared, file []byte) (int, []byte) {
 	t.Helper()
 	ct, body := formBody(p.PresignedPost.Fields, file)
 	res, err := http.Post(p.PresignedPost.URL, ct, body)
@@ -166,7 +166,7 @@ func TestDirectUploads(t *testing.T) {
 					t.Errorf("not an S3 POST policy: %+v", ps[0].PresignedPost)
 				}
 				// S3 refuses a file of another size.
-				if st, b := upload(t, ps[0], bundle[1:]); st/100 == 2 {
+				if st, b := postUpload(t, ps[0], bundle[1:]); st/100 == 2 {
 					t.Errorf("short file on S3: %d %s", st, b)
 				}
 			} else if !strings.HasPrefix(ps[0].PresignedPost.URL, ue.srv.URL+"/uploads/") || ps[0].PresignedPost.Fields["key"] != ps[0].StoragePath {
@@ -176,7 +176,7 @@ func TestDirectUploads(t *testing.T) {
 			res := ue.finalize(f, finalizeItem(ps[1]), finalizeItem(ps[0]))
 			wantHandlerError(t, res, http.StatusBadRequest, "Artifact 0 has not been uploaded.")
 			for i, file := range [][]byte{bundle, notes} {
-				if st, b := upload(t, ps[i], file); st/100 != 2 {
+				if st, b := postUpload(t, ps[i], file); st/100 != 2 {
 					t.Fatalf("upload %d: %d %s", i, st, b)
 				}
 			}
@@ -248,7 +248,7 @@ func TestDirectUploadRefusals(t *testing.T) {
 	ue.prepare(f, map[string]any{"name": "big", "type": "output", "size": testMaxUpload})
 
 	ps := ue.prepare(f, map[string]any{"name": "a.txt", "type": "output", "size": 3}, map[string]any{"name": "b.txt", "type": "output", "size": 3})
-	if st, b := upload(t, ps[0], []byte("abc")); st != http.StatusNoContent {
+	if st, b := postUpload(t, ps[0], []byte("abc")); st != http.StatusNoContent {
 		t.Fatalf("upload: %d %s", st, b)
 	}
 	// b.txt is not uploaded: neither joins the manifest.
@@ -299,9 +299,12 @@ func TestUploadForm(t *testing.T) {
 		_, err := ue.fs.Stat(t.Context(), p.StoragePath)
 		return err == nil
 	}
-	post := func(u, ct string, body io.Reader) *resp {
+	post := func(u, ct string, body io.Reader, header ...string) *resp {
 		hr, _ := http.NewRequest("POST", u, body)
 		hr.Header.Set("Content-Type", ct)
+		for i := 0; i+1 < len(header); i += 2 {
+			hr.Header.Set(header[i], header[i+1])
+		}
 		res, err := http.DefaultClient.Do(hr)
 		if err != nil {
 			t.Fatal(err)
@@ -344,13 +347,16 @@ func TestUploadForm(t *testing.T) {
 	q.PresignedPost.Fields = map[string]string{"key": p.StoragePath + "x"}
 	wantErrBody("other key", send(q, file), http.StatusBadRequest)
 	wantErrBody("not a form", post(p.PresignedPost.URL, "application/json", strings.NewReader(`{}`)), http.StatusBadRequest)
-	// Announced above the limit: refused before a byte is read.
+	// Announced above the limit: refused before a byte is read. The client
+	// waits for "100 Continue" as a large upload's sender should (else the
+	// body it is still writing may meet the closed connection's reset
+	// before it reads the answer).
 	ct, body := formBody(nil, bytes.Repeat([]byte("x"), testMaxUpload+blob.MaxFormOverhead))
-	wantErrBody("too large", post(p.PresignedPost.URL, ct, bytes.NewReader(body.Bytes())), http.StatusRequestEntityTooLarge)
+	wantErrBody("too large", post(p.PresignedPost.URL, ct, bytes.NewReader(body.Bytes()), "Expect", "100-continue"), http.StatusRequestEntityTooLarge)
 	if stored() {
 		t.Fatal("a refused upload was stored")
 	}
-	if st, b := upload(t, p, file); st != http.StatusNoContent {
+	if st, b := postUpload(t, p, file); st != http.StatusNoContent {
 		t.Fatalf("upload: %d %s", st, b)
 	}
 	if !stored() {
@@ -457,7 +463,7 @@ func TestUploadResponsesMatchSchemas(t *testing.T) {
 		var ps struct{ Artifacts []prepared }
 		json.Unmarshal(res.body, &ps)
 		for i, file := range []string{"abc", "x"} {
-			if st, b := upload(t, ps.Artifacts[i], []byte(file)); st/100 != 2 {
+			if st, b := postUpload(t, ps.Artifacts[i], []byte(file)); st/100 != 2 {
 				t.Fatalf("%s: upload: %d %s", backend, st, b)
 			}
 		}
@@ -474,7 +480,7 @@ func TestFinalizeRace(t *testing.T) {
 	ue := newUploadEnv(t, "fs", nil)
 	f := ue.fixture()
 	p := ue.prepare(f, map[string]any{"name": "a", "type": "output", "size": 1})[0]
-	if st, b := upload(t, p, []byte("x")); st != http.StatusNoContent {
+	if st, b := postUpload(t, p, []byte("x")); st != http.StatusNoContent {
 		t.Fatalf("upload: %d %s", st, b)
 	}
 	const n = 8
