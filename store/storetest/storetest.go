@@ -60,6 +60,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Concurrency", testConcurrency},
 		{"Revocation", testRevocation},
 		{"Bootstrap", testBootstrap},
+		{"UserMessageQueue", testUserMessageQueue},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
