@@ -22,7 +22,7 @@ var ErrQueueFull = errors.New("too many queued user messages for this run")
 // message). The queue lives in the store so that it survives restarts and
 // follows the agent to whichever node holds it.
 type QueuedMessage struct {
-	ID        int64           // ascending in arrival order, across nodes
+	ID        int64 // ascending in arrival order, across nodes
 	RunID     string
 	Params    json.RawMessage // the user_message params, as validated
 	CreatedAt time.Time
