@@ -116,6 +116,21 @@ func (p *Proxy) queueIfBusy(ctx context.Context, s *session, params json.RawMess
 	return true, nil
 }
 
+// Idle reports whether the run's agent is connected to this node and has
+// answered every user_message written to it: a user_message sent now is
+// written at once rather than queued (unless messages wait in the store).
+func (p *Proxy) Idle(runID string) bool {
+	p.mu.Lock()
+	s := p.agents[runID]
+	p.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return s.turns == 0
+}
+
 // turnDone ends a turn; the agent idle again is handed the next message.
 func (p *Proxy) turnDone(s *session) {
 	s.qmu.Lock()

@@ -182,6 +182,8 @@ func TestSteeringQueue(t *testing.T) {
 	id = a.wantRequest(t, "user_message", "third")
 	a.answer(t, id, `{}`)
 	proxytest.WaitFor(t, "the queue to empty", func() bool { n, _ := e.st.PendingUserMessages(ctx, run); return n == 0 })
+	// The agent's last answer is processed once the proxy counts it idle.
+	proxytest.WaitFor(t, "the agent to be idle", func() bool { return e.px.Idle(run) })
 
 	// Idle again: forwarded, its answer returned.
 	idle := e.postCommand(run, userMessage(4, "idle", false))
