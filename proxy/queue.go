@@ -90,11 +90,16 @@ func (p *Proxy) localCall(ctx context.Context, s *session, method string, params
 // (queued true); otherwise it counts a turn begun, which the caller ends
 // with turnDone after writing the message.
 func (p *Proxy) queueIfBusy(ctx context.Context, s *session, params json.RawMessage) (queued bool, err error) {
+	// Its node drains: the command follows the agent to its next node,
+	// which decides there. Told at once, before any wait for the lock or
+	// the store: a draining node must answer its relayed commands before
+	// its relay closes. (Leaving is never undone, so the check holds.)
+	if s.isLeaving() {
+		return false, fmt.Errorf("%w: its node is draining", ErrAgentMoving)
+	}
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	if s.isLeaving() {
-		// Its node drains: the command follows the agent to its next
-		// node, which decides there.
 		return false, fmt.Errorf("%w: its node is draining", ErrAgentMoving)
 	}
 	busy := s.turns > 0
@@ -172,6 +177,15 @@ func (p *Proxy) deliverQueue(ctx context.Context, s *session) {
 // deliverNext writes the next queued message if the agent is idle, and
 // waits for its answer; false when there was nothing to do.
 func (p *Proxy) deliverNext(ctx context.Context, s *session) bool {
+	// A read first: most looks find the queue empty, and a take is a
+	// write (the store's write lock) that would hold up the agent's own
+	// log appends for nothing.
+	if n, err := p.cfg.Queue.PendingUserMessages(ctx, s.run.ID); err != nil || n == 0 {
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("looking at the user message queue failed; retried at the next turn", "run_id", s.run.ID, "err", err)
+		}
+		return false
+	}
 	s.qmu.Lock()
 	if s.turns > 0 || s.isLeaving() || ctx.Err() != nil {
 		s.qmu.Unlock()
