@@ -101,6 +101,9 @@ type Config struct {
 	// StopGrace bounds how long an agent asked to stop (StopRun) may stay
 	// connected before its node closes it (0: DefaultStopGrace).
 	StopGrace time.Duration
+	// Queue keeps the user messages that wait for a busy agent (see
+	// queue.go); nil: Store's, which must then implement it.
+	Queue Queue
 }
 
 // Proxy holds this node's agent sessions and routes commands to them.
@@ -157,6 +160,13 @@ func New(cfg Config) (*Proxy, error) {
 	case cfg.Store == nil:
 		return nil, errors.New("proxy: Config.Store is required")
 	}
+	if cfg.Queue == nil {
+		q, ok := cfg.Store.(Queue)
+		if !ok {
+			return nil, errors.New("proxy: Config.Queue is required when Config.Store keeps no queue")
+		}
+		cfg.Queue = q
+	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = DefaultCommandTimeout
 	}
@@ -210,6 +220,14 @@ type session struct {
 	idle     bool
 
 	evicted atomic.Bool // replaced by a connection on another node
+
+	// The steering queue (queue.go): qmu serialises this session's
+	// decisions to queue or write a user_message and its deliverer's
+	// takes; turns counts user_messages written and not yet answered
+	// (under qmu); kick wakes the deliverer.
+	qmu   sync.Mutex
+	turns int
+	kick  chan struct{}
 
 	// stop is closed (once) when the agent was asked to stop (StopRun):
 	// its run is recorded cancelled when the connection ends.
@@ -293,7 +311,7 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(MaxAgentMessage)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	s := &session{run: run, ws: ws, n: p.accepted.Add(1), stop: make(chan struct{})}
+	s := &session{run: run, ws: ws, n: p.accepted.Add(1), stop: make(chan struct{}), kick: make(chan struct{}, 1)}
 	// The agent's requests wait until the session is registered and
 	// agent_connected is on the log: its first batch must follow that entry,
 	// and a command must find the session it answers through.
@@ -337,6 +355,14 @@ func (p *Proxy) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	p.event(ctx, s, "agent_connected")
 	close(registered)
 	p.log.Info("agent connected", "run_id", run.ID)
+	// The deliverer hands the agent what waits in the run's queue (also
+	// what waited while it was away); it ends with the connection.
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		p.deliverQueue(ctx, s)
+	}()
+	defer func() { cancel(); <-delivered }()
 
 	pings := time.NewTicker(p.cfg.PingInterval)
 	defer pings.Stop()
@@ -687,6 +713,10 @@ const (
 	// 503; /ws uses the same code, hub.CodeUnavailable); the agent sends
 	// the same batch again later, and its seq makes that safe.
 	CodeUnavailable = -32014
+	// CodeRunEnded: the run is terminal and has no agent (REST 409);
+	// CodeQueueFull: store.MaxQueuedUserMessages wait already (REST 429).
+	CodeRunEnded  = -32015
+	CodeQueueFull = -32016
 )
 
 func errUnavailable() *jsonrpc2.Error {
@@ -704,6 +734,10 @@ func (p *Proxy) WSCommand(ctx context.Context, run *store.Run, method string, pa
 	switch {
 	case errors.Is(err, ErrNoAgent):
 		return nil, rpcErr(CodeNoAgent, "No active sandbox for this task run")
+	case errors.Is(err, ErrRunEnded):
+		return nil, rpcErr(CodeRunEnded, "Task run is no longer active")
+	case errors.Is(err, store.ErrQueueFull):
+		return nil, rpcErr(CodeQueueFull, "Too many queued messages for this task run")
 	case errors.Is(err, ErrBadSandbox):
 		return nil, rpcErr(CodeBadSandbox, "Invalid sandbox URL")
 	case errors.Is(err, ErrAgentTimeout):
@@ -749,7 +783,7 @@ func (p *Proxy) LocalCommand(ctx context.Context, req RelayRequest) (*Response, 
 	p.mu.Unlock()
 	switch {
 	case s != nil:
-		return s.exec(ctx, req.Method, req.Params, req.ID)
+		return p.localCall(ctx, s, req.Method, req.Params, req.ID)
 	case closed:
 		// Draining: the asking node waits for the agent elsewhere.
 		return nil, fmt.Errorf("%w: it left this draining node", ErrAgentMoving)

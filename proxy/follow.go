@@ -108,7 +108,7 @@ func (p *Proxy) deliver(ctx context.Context, run *store.Run, method string, para
 	closed := p.closed
 	p.mu.Unlock()
 	if s != nil {
-		resp, err := s.exec(ctx, method, params, id)
+		resp, err := p.localCall(ctx, s, method, params, id)
 		if errors.Is(err, ErrAgentMoving) && closed && p.relay == nil {
 			// One node, shutting down: the agent comes back only after
 			// the restart, too late for this command.
@@ -137,6 +137,11 @@ func (p *Proxy) deliver(ctx context.Context, run *store.Run, method string, para
 		// One node, shutting down: the agent comes back only after the
 		// restart, too late for this command.
 		return nil, fmt.Errorf("%w: this node is shutting down", ErrAgentGone)
+	}
+	if store.IsTerminal(run.Status) && method != methodStopRun {
+		// No agent anywhere, and the run is over: no agent will come to
+		// act on the command.
+		return nil, ErrRunEnded
 	}
 	if url := sandboxURL(run); url != "" && method != methodStopRun { // StopRun sends an HTTP sandbox cancel itself
 		if p.cfg.Sandboxes == nil {

@@ -130,6 +130,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, proxy.ErrNoAgent):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "No active sandbox for this task run"})
 		return
+	case errors.Is(err, proxy.ErrRunEnded):
+		writeJSON(w, http.StatusConflict, map[string]string{"error": "Task run is no longer active"})
+		return
+	case errors.Is(err, store.ErrQueueFull):
+		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "Too many queued messages for this task run"})
+		return
 	case errors.Is(err, proxy.ErrBadSandbox):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "Invalid sandbox URL"})
 		return

@@ -472,6 +472,24 @@ type Store interface {
 	// GetRelay reads one relay.
 	GetRelay(ctx context.Context, id string) (*Relay, error)
 
+	// EnqueueUserMessage appends a user_message (its params, validated by
+	// the caller) to the run's queue and returns its id; the node holding
+	// the run's agent delivers queued messages to it in id order, each at
+	// most once. ErrNotFound when the run is not in ref's live task;
+	// ErrQueueFull at MaxQueuedUserMessages waiting.
+	EnqueueUserMessage(ctx context.Context, ref RunRef, params json.RawMessage) (int64, error)
+	// PendingUserMessages counts the run's queued messages not yet taken.
+	PendingUserMessages(ctx context.Context, runID string) (int, error)
+	// TakeUserMessage removes the run's oldest queued message and returns
+	// it, in one statement, so that of nodes racing for it one gets it (a
+	// message taken is a message delivered: never handed out twice);
+	// ErrNotFound when none waits.
+	TakeUserMessage(ctx context.Context, runID string) (*QueuedMessage, error)
+	// RequeueUserMessage puts a taken message back under its own id, so
+	// first in line again: it was certainly never written to an agent
+	// (the connection ended before the write).
+	RequeueUserMessage(ctx context.Context, m *QueuedMessage) error
+
 	// Events returns up to limit (> 0) events of run with seq > after, in
 	// order, stopping before the event that would take their data past
 	// ReadPageBytes (at least one event is returned when any follows), so a

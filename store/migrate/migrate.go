@@ -29,7 +29,7 @@ import (
 // Tables are the tables of the store, in an order that satisfies their
 // references. A table that a migration adds must be added here (a test
 // compares this list with both schemas).
-var Tables = []string{"projects", "api_keys", "tasks", "runs", "run_events", "idempotency_keys", "relays", "run_ingest"}
+var Tables = []string{"projects", "api_keys", "tasks", "runs", "run_events", "idempotency_keys", "relays", "run_ingest", "user_message_queue"}
 
 // Bookkeeping tables of a backend that are not data: each backend's own
 // migration record, and the secrets table that Copy fills from the data
@@ -41,7 +41,7 @@ var (
 
 // identities are the generated id columns whose sequences continue after
 // the copied ids.
-var identities = map[string]string{"projects": "id", "api_keys": "id", "tasks": "seq", "runs": "rid"}
+var identities = map[string]string{"projects": "id", "api_keys": "id", "tasks": "seq", "runs": "rid", "user_message_queue": "id"}
 
 // ErrTargetNotEmpty refuses a copy into a database that holds data.
 var ErrTargetNotEmpty = errors.New("the target database is not empty")

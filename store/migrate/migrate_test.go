@@ -3,10 +3,12 @@ package migrate_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -159,6 +161,10 @@ func TestCopyKeepsEverything(t *testing.T) {
 		Status: store.RelayPending, NextAt: res.Run.CreatedAt, CreatedAt: res.Run.CreatedAt}); err != nil {
 		t.Fatal(err)
 	}
+	queued, err := src.EnqueueUserMessage(ctx, ref, json.RawMessage(`{"content":"waiting"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	want, err := src.Events(ctx, res.Run.ID, 0, 100)
 	if err != nil {
 		t.Fatal(err)
@@ -203,6 +209,13 @@ func TestCopyKeepsEverything(t *testing.T) {
 	}
 	if r, err := dst.GetRelay(ctx, "r1"); err != nil || r.Text != "hi" {
 		t.Fatalf("relay: %+v %v", r, err)
+	}
+	// The steering queue comes across, and new messages queue after it.
+	if id, err := dst.EnqueueUserMessage(ctx, ref, json.RawMessage(`{"content":"next"}`)); err != nil || id <= queued {
+		t.Fatalf("queue after the copy: id %d %v, want after %d", id, err, queued)
+	}
+	if m, err := dst.TakeUserMessage(ctx, res.Run.ID); err != nil || m.ID != queued || !strings.Contains(string(m.Params), "waiting") {
+		t.Fatalf("queued message after the copy: %+v %v", m, err)
 	}
 	v, err := dst.Secret(ctx, "url-secret", func() ([]byte, error) { return nil, errors.New("generated") })
 	if err != nil || string(v) != "0123456789abcdef0123456789abcdef" {

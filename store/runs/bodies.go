@@ -176,16 +176,20 @@ func DecodeAppendLogInto(body []byte, v AppendLogDecoder) error {
 	return err
 }
 
-// CommandMethods are the methods a command may relay to an agent.
-var CommandMethods = map[string]bool{"user_message": true, "cancel": true, "close": true}
+// CommandMethods are the methods a command may relay to an agent: ours,
+// and those PostHog's clients send (the answer to an agent's
+// permission_request, a session config change, an MCP reply).
+var CommandMethods = map[string]bool{"user_message": true, "cancel": true, "close": true,
+	"permission_response": true, "set_config_option": true, "mcp_response": true}
 
 // ValidateCommand checks a command's method and params, wherever it comes
 // from (REST, /ws): one of CommandMethods; params an object when sent;
-// user_message with a non-empty params.content. It returns params with
+// user_message with a non-empty params.content and steer, when sent, a
+// boolean (it decides whether the message may be queued). It returns params with
 // null as absent.
 func ValidateCommand(method string, params json.RawMessage) (json.RawMessage, error) {
 	if !CommandMethods[method] {
-		return nil, invalid("method", "invalid_choice", "method must be one of user_message, cancel, close.")
+		return nil, invalid("method", "invalid_choice", "method must be one of user_message, cancel, close, permission_response, set_config_option, mcp_response.")
 	}
 	if len(params) > 0 && !isNull(params) && jsonKind(params) != "dict" {
 		return nil, invalid("params", "invalid", "params must be an object.")
@@ -195,10 +199,14 @@ func ValidateCommand(method string, params json.RawMessage) (json.RawMessage, er
 	}
 	if method == "user_message" {
 		var p struct {
-			Content *string `json:"content"`
+			Content *string         `json:"content"`
+			Steer   json.RawMessage `json:"steer"`
 		}
 		if len(params) == 0 || json.Unmarshal(params, &p) != nil || p.Content == nil || *p.Content == "" {
 			return nil, invalid("params", "required", "user_message needs a non-empty string params.content.")
+		}
+		if p.Steer != nil && !isNull(p.Steer) && jsonKind(p.Steer) != "bool" {
+			return nil, invalid("params", "invalid", "params.steer must be a boolean.")
 		}
 	}
 	return params, nil

@@ -146,7 +146,8 @@ func FuzzDecodeTask(f *testing.F) {
 }
 
 // FuzzDecodeCommand: the command body decoder never panics; it accepts
-// only the three methods, user_message only with a non-empty content, and
+// only CommandMethods, user_message only with a non-empty content (and a
+// boolean steer, if any), and
 // params only as an object; every error is a 400 of the contract's shape.
 func FuzzDecodeCommand(f *testing.F) {
 	for _, s := range append(fuzzSeeds,
@@ -154,7 +155,10 @@ func FuzzDecodeCommand(f *testing.F) {
 		`{"method":"cancel","params":null,"id":null}`,
 		`{"method":"close","id":{"a":1}}`,
 		`{"method":"user_message","params":{"content":""}}`,
-		`{"jsonrpc":"1.0","method":"cancel"}`) {
+		`{"jsonrpc":"1.0","method":"cancel"}`,
+		`{"method":"user_message","params":{"content":"now","steer":true}}`,
+		`{"method":"user_message","params":{"content":"now","steer":"yes"}}`,
+		`{"method":"permission_response","params":{"requestId":"p1","optionId":"allow"}}`) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -174,6 +178,10 @@ func FuzzDecodeCommand(f *testing.F) {
 			var p struct{ Content string }
 			if json.Unmarshal(params, &p) != nil || p.Content == "" {
 				t.Fatalf("accepted user_message without content: %s", params)
+			}
+			var st struct{ Steer json.RawMessage }
+			if json.Unmarshal(params, &st) == nil && st.Steer != nil && jsonKind(st.Steer) != "bool" && jsonKind(st.Steer) != "null" {
+				t.Fatalf("accepted a steer that is not a boolean: %s", params)
 			}
 		}
 	})
