@@ -347,6 +347,7 @@ func matrixRows() []matrixRow {
 		rest("POST", mxRun+"/command", true, want{status: http.StatusBadRequest, msg: "No active sandbox for this task run"},
 			body(map[string]any{"jsonrpc": "2.0", "method": "cancel"})),
 		rest("GET", mxRun+"/connection_token", false, json200, nil),
+		rest("GET", mxRun+"/stream_token", false, json200, nil),
 		rest("GET", mxRun+"/logs", false, json200, nil),
 		rest("POST", mxRun+"/relay_message", true, json200, body(map[string]any{"text": "hello"})),
 		rest("GET", mxRun+"/session_logs", false, json200, nil),

@@ -61,6 +61,7 @@ func (s *Server) routes() {
 	handle(runPath+"/command", http.MethodPost, write, s.command)
 	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
+	handle(runPath+"/stream_token", http.MethodGet, read, s.streamToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
 	if s.agent != nil {
 		r.HandleFunc("/agent/connect"+slash, func(w http.ResponseWriter, r *http.Request) {
