@@ -41,6 +41,10 @@ type conn struct {
 	start func() // nil: a loop waits on signal
 	// onSlow is called once, without c.mu, when the queue overflows.
 	onSlow func()
+	// hide, if set, names the events this connection does not send (its
+	// cursor still moves past them): RunhubOnly on a PostHog-shaped SSE
+	// stream.
+	hide func(store.Event) bool
 
 	mu       sync.Mutex
 	frames   [][]byte
@@ -59,6 +63,9 @@ type conn struct {
 func newConn(k kind, limit int, interval time.Duration, write func(ctx context.Context, frames [][]byte) error) *conn {
 	return &conn{kind: k, limit: limit, interval: interval, write: write, signal: make(chan struct{}, 1)}
 }
+
+// shows reports whether the connection sends ev.
+func (c *conn) shows(ev store.Event) bool { return c.hide == nil || !c.hide(ev) }
 
 func (c *conn) wake() {
 	if c.start != nil {

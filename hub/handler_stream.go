@@ -70,14 +70,20 @@ func (h *Hub) ServeStream(w http.ResponseWriter, r *http.Request, run *store.Run
 	if err != nil {
 		return err
 	}
+	hide, err := sseHide(r)
+	if err != nil {
+		return err
+	}
 	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return h.serveWS(w, r, run, after)
 	}
-	h.serveSSE(w, r, run, after)
+	h.serveSSE(w, r, run, after, hide)
 	return nil
 }
 
-func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) {
+// serveSSE streams the run over SSE; hide names the events it leaves out
+// (sseHide).
+func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, after int64, hide func(store.Event) bool) {
 	rc := http.NewResponseController(w)
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
@@ -105,6 +111,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 	// A revoked key ends the response: EventSource has no close code.
 	defer h.watchKeys(r.Context(), cancel).stop()
 	c := newConn(kindSSE, h.cfg.QueueBytes, h.cfg.WriteInterval, write)
+	c.hide = hide
 	c.onSlow = h.m.slow.Inc // a blocked write ends at its deadline
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	defer h.unsubscribe(s)

@@ -15,6 +15,20 @@
 // (agent_message_chunk, seq 0) are delivered best effort to live
 // subscribers only.
 //
+// runhub's own events on SSE: PostHog's desktop app follows a run over SSE
+// and shows any event type it does not know as a line of the transcript,
+// and no notification is known to be one it ignores. So an SSE stream
+// carries runhub's own events (RunhubOnly: agent_connected,
+// agent_disconnected, artifact) only to a client that asks with
+// ?events=all (runhub's viewer does); by default it carries what PostHog's
+// server would send. The rule is applied in one place, per connection, as
+// events are queued or read from the store: a hidden event still moves the
+// subscriber's cursor, so SSE ids skip its seq, Last-Event-ID resumes
+// after it, and stream-end comes once every event is past. The stream-end
+// payload stays runhub's ({"type": "stream-end", "status": final status});
+// PostHog's clients act on the event name. WebSocket streams (on
+// .../stream and /ws) are runhub's own protocol and carry every event.
+//
 // WebSocket notifications queued together are sent as one JSON-RPC batch
 // (an array) of at most 16 KiB; a connection writes at most once per
 // WriteInterval.
@@ -624,7 +638,9 @@ func (h *Hub) fanOut(rs *runState, events []store.Event) {
 		}
 		for i, ev := range events {
 			if ev.Seq == 0 {
-				s.c.enqueue(b.frame(i, s.c.kind), false)
+				if s.c.shows(ev) {
+					s.c.enqueue(b.frame(i, s.c.kind), false)
+				}
 				continue
 			}
 			if ev.Seq <= s.cursor {
@@ -639,7 +655,9 @@ func (h *Hub) fanOut(rs *runState, events []store.Event) {
 			if st := b.statusAt(i); st != "" {
 				s.status = st
 			}
-			s.c.enqueue(b.frame(i, s.c.kind), false)
+			if s.c.shows(ev) {
+				s.c.enqueue(b.frame(i, s.c.kind), false)
+			}
 		}
 		h.maybeEnd(rs, s)
 	}
@@ -797,10 +815,12 @@ func (h *Hub) catchUp(ctx context.Context, s *sub) error {
 		}
 		if len(evs) > 0 {
 			b := newBatch(rs.id, evs)
-			frames := make([][]byte, len(evs))
+			frames := make([][]byte, 0, len(evs))
 			status := ""
 			for i := range evs {
-				frames[i] = b.frame(i, s.c.kind)
+				if s.c.shows(evs[i]) {
+					frames = append(frames, b.frame(i, s.c.kind))
+				}
 				if st := b.statusAt(i); st != "" {
 					status = st
 				}

@@ -90,6 +90,8 @@ func links(t *testing.T, e *env, host string, hdr map[string]string) map[string]
 		WSURL string `json:"ws_url"`
 	}
 	call("GET", f.path(e, "/connection_token/"), nil, &tok)
+	var st streamTokenBody
+	call("GET", f.path(e, "/stream_token/"), nil, &st)
 	var manifest struct{ Artifacts []map[string]any }
 	call("POST", f.path(e, "/artifacts/"), map[string]any{"artifacts": []map[string]any{
 		{"name": "a.txt", "type": "artifact", "content": "a"}}}, &manifest)
@@ -97,7 +99,8 @@ func links(t *testing.T, e *env, host string, hdr map[string]string) map[string]
 		URL string `json:"url"`
 	}
 	call("POST", f.path(e, "/artifacts/presign/"), map[string]any{"storage_path": manifest.Artifacts[0]["storage_path"]}, &presigned)
-	return map[string]string{"log_url": run.LogURL, "next": page.Next, "ws_url": tok.WSURL, "artifact": presigned.URL}
+	return map[string]string{"log_url": run.LogURL, "next": page.Next, "ws_url": tok.WSURL, "artifact": presigned.URL,
+		"stream_base_url": st.StreamBaseURL + f.path(e, "/stream/")}
 }
 
 // wantLinkBase checks that every link starts with base (ws_url with the

@@ -182,7 +182,10 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Total-Count", strconv.FormatInt(p.Total, 10))
 	h.Set("X-Matching-Count", strconv.FormatInt(p.Matching, 10))
-	h.Set("X-Filtered-Count", strconv.Itoa(len(entries)))
+	// X-Filtered-Count is PostHog's name for the matching count (its
+	// clients page with it); the page's own size is X-Returned-Count.
+	h.Set("X-Filtered-Count", strconv.FormatInt(p.Matching, 10))
+	h.Set("X-Returned-Count", strconv.Itoa(len(entries)))
 	h.Set("X-Has-More", strconv.FormatBool(int64(lq.Offset+len(entries)) < p.Matching))
 	writeJSON(w, http.StatusOK, entries)
 	return nil

@@ -12,13 +12,15 @@ import (
 	"time"
 )
 
-// wantHeaders checks the session_logs count headers.
-func wantHeaders(t testing.TB, res *resp, total, matching, filtered int, hasMore bool) {
+// wantHeaders checks the session_logs count headers: X-Filtered-Count is
+// PostHog's name for the matching count, X-Returned-Count the page's size.
+func wantHeaders(t testing.TB, res *resp, total, matching, returned int, hasMore bool) {
 	t.Helper()
 	for name, want := range map[string]string{
 		"X-Total-Count":    strconv.Itoa(total),
 		"X-Matching-Count": strconv.Itoa(matching),
-		"X-Filtered-Count": strconv.Itoa(filtered),
+		"X-Filtered-Count": strconv.Itoa(matching),
+		"X-Returned-Count": strconv.Itoa(returned),
 		"X-Has-More":       strconv.FormatBool(hasMore),
 	} {
 		if got := res.header.Get(name); got != want {

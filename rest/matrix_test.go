@@ -386,6 +386,7 @@ func matrixRows() []matrixRow {
 		rest("POST", mxRun+"/cancel", true, json200, nil),
 		rest("POST", mxRun+"/resume_in_cloud", true, status(http.StatusCreated), nil),
 		rest("GET", mxRun+"/connection_token", false, json200, nil),
+		rest("GET", mxRun+"/stream_token", false, json200, nil),
 		rest("GET", mxRun+"/logs", false, json200, nil),
 		rest("POST", mxRun+"/relay_message", true, json200, body(map[string]any{"text": "hello"})),
 		rest("GET", mxRun+"/session_logs", false, json200, nil),

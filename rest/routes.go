@@ -76,6 +76,7 @@ func (s *Server) routes() {
 	handle(runPath+"/resume_in_cloud", http.MethodPost, write, s.resumeInCloud)
 	r.HandleFunc("/.well-known/jwks.json", s.tokens.ServeJWKS).Methods(http.MethodGet)
 	handle(runPath+"/connection_token", http.MethodGet, read, s.mintToken)
+	handle(runPath+"/stream_token", http.MethodGet, read, s.streamToken)
 	handle(runPath+"/relay_message", http.MethodPost, write, s.relayMessage)
 	// Its own authorisation (ingest token or key) and error shape.
 	r.HandleFunc(runPath+"/event_stream"+slash, s.eventStream).Methods(http.MethodPost)

@@ -31,14 +31,19 @@ type tokenEnv struct {
 	tokens *tokens.Tokens
 }
 
-func newTokenEnv(t *testing.T) *tokenEnv {
+func newTokenEnv(t *testing.T) *tokenEnv { return newTokenEnvWith(t, tokens.Config{}) }
+
+// newTokenEnvWith is newTokenEnv with the tokens configured as cfg (its
+// key is the test's).
+func newTokenEnvWith(t *testing.T, cfg tokens.Config) *tokenEnv {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	tk, err := tokens.Load(tokens.Config{PrivateKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))})
+	cfg.PrivateKeyPEM = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	tk, err := tokens.Load(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

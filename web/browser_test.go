@@ -444,8 +444,8 @@ func TestSignInFlowInChromium(t *testing.T) {
 
 // TestSSEFallbackInChromium: with ?transport=sse (what the page switches to
 // when WebSockets do not get through), the run page follows the run over
-// SSE: entries in order, each once, across a server restart, and the ended
-// state.
+// SSE: entries in order, each once, runhub's own events (an artifact) too,
+// across a server restart, and the ended state.
 func TestSSEFallbackInChromium(t *testing.T) {
 	ctx := browser(t)
 	n, key := newNode(t)
@@ -462,13 +462,17 @@ func TestSSEFallbackInChromium(t *testing.T) {
 	waitPage(t, ctx, "live over SSE", `document.getElementById("conn").textContent === "live" && document.querySelectorAll("#log li[data-seq]").length === 1`, 10*time.Second)
 	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"a"},{"type":"console","message":"b"}]}`, nil)
 	waitPage(t, ctx, "3 rows", `document.querySelectorAll("#log li[data-seq]").length === 3`, 5*time.Second)
+	// An artifact event is runhub's own: the SSE stream carries it only
+	// because the page asks for every event.
+	n.call(key, "POST", runPath+"/artifacts/", `{"artifacts":[{"name":"plan.md","type":"plan","content":"# Plan"}]}`, nil)
+	waitPage(t, ctx, "the artifact's row", `document.querySelectorAll("#log li[data-seq]").length === 4`, 5*time.Second)
 	n.stop()
 	n.start()
 	n.call(key, "POST", runPath+"/append_log/", `{"entries":[{"type":"console","message":"c"}]}`, nil)
-	waitPage(t, ctx, "4 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 4`, 20*time.Second)
+	waitPage(t, ctx, "5 rows after the restart", `document.querySelectorAll("#log li[data-seq]").length >= 5`, 20*time.Second)
 	n.call(key, "PATCH", runPath+"/", `{"status":"completed"}`, nil)
 	// "ended" is set when stream-end arrives, rows at the next animation
 	// frame: wait for both.
-	waitPage(t, ctx, "ended with 5 rows", `document.getElementById("conn").textContent === "ended" && document.querySelectorAll("#log li[data-seq]").length >= 5`, 10*time.Second)
-	exactlyOnce(t, rows(t, ctx), 5)
+	waitPage(t, ctx, "ended with 6 rows", `document.getElementById("conn").textContent === "ended" && document.querySelectorAll("#log li[data-seq]").length >= 6`, 10*time.Second)
+	exactlyOnce(t, rows(t, ctx), 6)
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"runhub/cmd/node"
 	"runhub/hub"
@@ -65,6 +66,9 @@ type config struct {
 	// slackLease is how long a node has the Slack relays it took to
 	// itself (store/postgres); slackTimeout bounds one Slack call.
 	slackLease, slackTimeout time.Duration
+	// tokenAudience and tokenIssuer are the aud and iss of client
+	// connection tokens (tokens.Config).
+	tokenAudience, tokenIssuer string
 }
 
 func env(name, def string) string {
@@ -87,6 +91,8 @@ func loadConfig(args []string) (*config, error) {
 	fs.StringVar(&c.redisURL, "redis-url", env("RUNHUB_REDIS_URL", ""), "Redis URL for multi-node fan-out (empty: in-process broker)")
 	fs.StringVar(&c.publicURL, "public-url", env("RUNHUB_PUBLIC_URL", ""), "the URL clients reach this server at, e.g. https://runhub.example.com; every link is built from it (empty: from each request's Host)")
 	proxies := fs.String("trusted-proxies", env("RUNHUB_TRUSTED_PROXIES", ""), "comma-separated CIDRs of reverse proxies whose X-Forwarded-Proto/Host are believed (empty: none)")
+	fs.StringVar(&c.tokenAudience, "token-audience", env("RUNHUB_TOKEN_AUDIENCE", tokens.AudienceClient), "the audience (aud) of client connection tokens; "+tokens.PostHogClientAudience+" makes them acceptable to PostHog's agent-server (the same on every node)")
+	fs.StringVar(&c.tokenIssuer, "token-issuer", env("RUNHUB_TOKEN_ISSUER", ""), "the issuer (iss) of connection tokens, required when verifying them (empty: no iss claim, none checked, as PostHog's tokens; the same on every node)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", env("RUNHUB_METRICS_ADDR", ""), "serve /metrics on this address instead of the API's, e.g. 127.0.0.1:9090 (empty: on the API address)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", env("RUNHUB_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	ivl := fs.String("write-interval", env("RUNHUB_WRITE_INTERVAL", hub.DefaultWriteInterval.String()), "least time between two writes to one stream connection (0: write at once)")
@@ -109,6 +115,12 @@ func loadConfig(args []string) (*config, error) {
 	}
 	c.maxBody = *maxBody
 	c.maxUpload = *maxUpload
+	if err := tokens.CheckClientAudience(c.tokenAudience); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	if !utf8.ValidString(c.tokenAudience) || !utf8.ValidString(c.tokenIssuer) {
+		return nil, usageError{"token audience and issuer must be UTF-8"}
+	}
 	if c.publicURL != "" {
 		u, err := rest.ParsePublicURL(c.publicURL)
 		if err != nil {
@@ -251,6 +263,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Tokens: tokens.Config{
 			PrivateKeyPEM:        os.Getenv("RUNHUB_JWT_PRIVATE_KEY"),
 			PreviousPublicKeyPEM: os.Getenv("RUNHUB_JWT_PREVIOUS_PUBLIC_KEY"),
+			ClientAudience:       cfg.tokenAudience,
+			Issuer:               cfg.tokenIssuer,
 		},
 		Proxy: proxy.Config{CommandTimeout: cfg.cmdTO},
 		REST: rest.Config{

@@ -236,3 +236,30 @@ func TestServeGracefulDrain(t *testing.T) {
 		t.Fatalf("the server did not exit; logs:\n%s", srv.output())
 	}
 }
+
+// TestServeTokenFlags: --token-audience and --token-issuer (and their
+// RUNHUB_* variables) set the client tokens' aud and iss; by default they
+// are runhub's audience and no issuer; an empty audience, the agent
+// tokens' audience or text that is not UTF-8 is a usage error.
+func TestServeTokenFlags(t *testing.T) {
+	c, err := loadConfig(nil)
+	if err != nil || c.tokenAudience != "runhub:sandbox_connection" || c.tokenIssuer != "" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	c, err = loadConfig([]string{"--token-audience", "posthog:sandbox_connection", "--token-issuer", "https://runhub.example.com"})
+	if err != nil || c.tokenAudience != "posthog:sandbox_connection" || c.tokenIssuer != "https://runhub.example.com" {
+		t.Errorf("flags: %+v %v", c, err)
+	}
+	t.Setenv("RUNHUB_TOKEN_AUDIENCE", "posthog:sandbox_connection")
+	t.Setenv("RUNHUB_TOKEN_ISSUER", "runhub")
+	if c, err := loadConfig(nil); err != nil || c.tokenAudience != "posthog:sandbox_connection" || c.tokenIssuer != "runhub" {
+		t.Errorf("from the environment: %+v %v", c, err)
+	}
+	for _, args := range [][]string{{"--token-audience", ""}, {"--token-audience", "runhub:agent"},
+		{"--token-audience", "a\xff"}, {"--token-issuer", "\xfe"}} {
+		var ue usageError
+		if _, err := loadConfig(args); !errors.As(err, &ue) {
+			t.Errorf("%q: %v, want a usage error", args, err)
+		}
+	}
+}

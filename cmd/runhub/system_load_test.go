@@ -435,7 +435,9 @@ func (c *sysClient) runMux(ctx context.Context, subs []*subscriber, st *transpor
 func (c *sysClient) runSSE(ctx context.Context, s *subscriber, st *transportStats) {
 	failures := 0
 	for ctx.Err() == nil {
-		req, _ := http.NewRequestWithContext(ctx, "GET", c.lb+s.run.path+"/stream", nil)
+		// ?events=all: every stored event, runhub's own ones (agent_connected)
+		// too, so that the seqs are gap-free.
+		req, _ := http.NewRequestWithContext(ctx, "GET", c.lb+s.run.path+"/stream?events=all", nil)
 		req.Header.Set("Authorization", "Bearer "+c.key)
 		req.Header.Set("Accept", "text/event-stream")
 		if last := s.lastSeq(); last > 0 {

@@ -3,16 +3,26 @@
 // node's view of revoked API keys, whose tokens it refuses.
 //
 // Connection tokens are RS256 JWTs for one run. Guarantees: a token
-// verifies only with the algorithm pinned to RS256, the expected audience,
-// an expiry in the future and a kid this node knows (the current key, or
-// the previous one during a rotation), and not minted by an API key that
-// was revoked (claim key_id, see Revocations); the caller then checks the
-// run.
+// verifies only with the algorithm pinned to RS256, the expected audience
+// (and issuer, when one is configured), an expiry in the future and a kid
+// this node knows (the current key, or the previous one during a
+// rotation), and not minted by an API key that was revoked (claim key_id,
+// see Revocations); the caller then checks the run.
+//
+// The client token's audience and issuer are settings (Config), so that an
+// agent-server built for PostHog, which verifies client tokens with the
+// public key alone (RS256, aud "posthog:sandbox_connection", no issuer,
+// and claims run_id, task_id, team_id, user_id, distinct_id, exp of JSON
+// types it checks), accepts runhub's: callers name the client audience by
+// AudienceClient, and Tokens puts the configured one on the wire. aud is
+// written as a single string, as PostHog mints it (its agent-server
+// refuses an array).
 // The signing key comes from RUNHUB_JWT_PRIVATE_KEY or is generated on
 // first start and kept in the data directory with mode 0600.
 package tokens
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -34,11 +44,37 @@ import (
 	"github.com/google/uuid"
 )
 
-// Audiences of the two kinds of connection token.
+// Audiences of the two kinds of connection token. AudienceClient is also
+// the default of Config.ClientAudience: a token minted or verified "for
+// AudienceClient" carries the configured audience.
 const (
 	AudienceClient = "runhub:sandbox_connection"
 	AudienceAgent  = "runhub:agent"
 )
+
+// PostHogClientAudience is the audience PostHog's agent-server accepts on
+// a client connection token (the value of Config.ClientAudience that lets
+// such an agent-server accept runhub's tokens).
+const PostHogClientAudience = "posthog:sandbox_connection"
+
+// reservedAudiences are the audiences of runhub's other tokens: a client
+// audience equal to one of them would let a browser's read token pass for
+// an agent's.
+var reservedAudiences = []string{AudienceAgent, AudienceIngest}
+
+// CheckClientAudience reports whether aud may be the client tokens'
+// audience: not empty, and not the audience of another kind of token.
+func CheckClientAudience(aud string) error {
+	if strings.TrimSpace(aud) == "" {
+		return errors.New("token audience must not be empty")
+	}
+	for _, r := range reservedAudiences {
+		if aud == r {
+			return fmt.Errorf("token audience %q is the audience of another kind of token", aud)
+		}
+	}
+	return nil
+}
 
 // TTL is how long a connection token is valid.
 const TTL = 24 * time.Hour
@@ -76,6 +112,9 @@ type Tokens struct {
 	now  func() time.Time
 
 	revocations *Revocations // nil: no key is revoked
+
+	clientAud string // the audience AudienceClient stands for
+	issuer    string // "": tokens carry no iss, and none is checked
 }
 
 // Revocations is the poller Config.Revocations named (nil: no key is
@@ -98,6 +137,13 @@ type Config struct {
 	// revoked, for tokens minted without a store of keys (tests of the
 	// tokens alone); a node always sets it.
 	Revocations *Revocations
+	// ClientAudience is the aud of client connection tokens ("":
+	// AudienceClient); PostHogClientAudience for a PostHog agent-server.
+	ClientAudience string
+	// Issuer, if set, is the iss of every token minted, and Verify
+	// requires it. "": no iss claim (as PostHog mints its tokens), and a
+	// token's iss is not checked.
+	Issuer string
 }
 
 // Load loads or creates the signing key.
@@ -116,7 +162,11 @@ func Load(cfg Config) (*Tokens, error) {
 			return nil, err
 		}
 	}
-	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now, revocations: cfg.Revocations}
+	t := &Tokens{key: key, pubs: map[string]*rsa.PublicKey{}, now: cfg.Now, revocations: cfg.Revocations,
+		clientAud: cmp.Or(cfg.ClientAudience, AudienceClient), issuer: cfg.Issuer}
+	if err := CheckClientAudience(t.clientAud); err != nil {
+		return nil, err
+	}
 	if t.now == nil {
 		t.now = time.Now
 	}
@@ -202,18 +252,38 @@ func KeyID(pub *rsa.PublicKey) (string, error) {
 	return hex.EncodeToString(sum[:])[:16], nil
 }
 
+// ClientAudience is the audience client tokens carry on the wire.
+func (t *Tokens) ClientAudience() string { return t.clientAud }
+
+// wire maps an audience as callers name it to the one on the wire.
+func (t *Tokens) wire(audience string) string {
+	if audience == AudienceClient {
+		return t.clientAud
+	}
+	return audience
+}
+
+// signedClaims is what Mint signs: the claims with aud as one string,
+// not golang-jwt's one-element array, because PostHog's agent-server
+// requires a string there (its schema: aud string, optional).
+type signedClaims struct {
+	*Claims
+	Audience string `json:"aud"`
+}
+
 // Mint signs a token for claims (run, task, team, user, distinct_id,
-// scope) with the given audience; it sets iat, exp, jti and aud.
+// scope) with the given audience (AudienceClient: the configured client
+// audience); it sets iat, exp, jti, aud and, when configured, iss.
 func (t *Tokens) Mint(c Claims, audience string) (string, time.Time, error) {
 	now := t.now()
 	exp := now.Add(TTL).Truncate(time.Second)
 	c.RegisteredClaims = jwt.RegisteredClaims{
-		Audience:  jwt.ClaimStrings{audience},
+		Issuer:    t.issuer,
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(exp),
 		ID:        uuid.NewString(),
 	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, &c)
+	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, signedClaims{&c, t.wire(audience)})
 	tok.Header["kid"] = t.kid
 	s, err := tok.SignedString(t.key)
 	if err != nil {
@@ -222,12 +292,17 @@ func (t *Tokens) Mint(c Claims, audience string) (string, time.Time, error) {
 	return s, exp, nil
 }
 
-// Verify checks a token for the audience and returns its claims; every
-// failure is ErrBadToken (wrapping the reason). A token minted by a key
-// this node knows to be revoked fails too.
+// Verify checks a token for the audience (AudienceClient: the configured
+// client audience) and the configured issuer, and returns its claims;
+// every failure is ErrBadToken (wrapping the reason). A token minted by a
+// key this node knows to be revoked fails too.
 func (t *Tokens) Verify(token, audience string) (*Claims, error) {
-	p := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
-		jwt.WithAudience(audience), jwt.WithExpirationRequired(), jwt.WithTimeFunc(t.now))
+	opts := []jwt.ParserOption{jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}),
+		jwt.WithAudience(t.wire(audience)), jwt.WithExpirationRequired(), jwt.WithTimeFunc(t.now)}
+	if t.issuer != "" {
+		opts = append(opts, jwt.WithIssuer(t.issuer))
+	}
+	p := jwt.NewParser(opts...)
 	var c Claims
 	_, err := p.ParseWithClaims(token, &c, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)

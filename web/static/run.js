@@ -86,10 +86,13 @@ async function connect() {
 // shown (from the first event on a first load: the fallback has no way to
 // ask for the newest seq without an API key; the row cap bounds the page).
 // EventSource reconnects by itself and resumes with Last-Event-ID.
+// events=all: runhub's own events (agent connect/disconnect, artifacts),
+// which an SSE stream leaves out by default (PostHog's app would show them
+// as transcript lines), are rows here.
 function connectSSE() {
   const c = claims(token);
   const path = `/api/projects/${c.team_id}/tasks/${c.task_id}/runs/${runId}/stream/`;
-  const es = new EventSource(`${path}?token=${encodeURIComponent(token)}&after=${lastSeq}`);
+  const es = new EventSource(`${path}?token=${encodeURIComponent(token)}&after=${lastSeq}&events=all`);
   es.onopen = () => setConn("live");
   es.onmessage = (m) => {
     let ev; try { ev = JSON.parse(m.data); } catch { return; }
