@@ -3,8 +3,9 @@ package rest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,10 +14,12 @@ import (
 	"runhub/store/runs"
 )
 
-// TestStartRun: start moves a not_started run to queued, keeps the first
-// user message in the run's state and answers the task with latest_run; a
-// second start, an unknown artifact id, and bodies beyond the limits are
-// 400 and change nothing.
+// TestStartRun: start moves a not_started run to queued, queues the first
+// user message (content and artifact ids, as a user_message's params) in
+// the store's steering queue rather than the run's state, and answers the
+// task with latest_run; a second start, an unknown artifact id, and bodies
+// beyond the limits are 400 and change nothing (nothing queued); a start
+// without a message queues nothing.
 func TestStartRun(t *testing.T) {
 	e := newEnv(t, nil)
 	f := e.fixture()
@@ -50,6 +53,9 @@ func TestStartRun(t *testing.T) {
 	if got := obj(t, res); got["status"] != "not_started" || len(got["state"].(map[string]any)) != 0 {
 		t.Fatalf("refused starts changed the run: %s", res)
 	}
+	if n, err := e.st.PendingUserMessages(context.Background(), f.run); err != nil || n != 0 {
+		t.Fatalf("refused starts queued %d messages (%v)", n, err)
+	}
 
 	// At the limits, accepted.
 	msg := strings.Repeat("é", runs.MaxPendingMessageBytes/2)
@@ -61,11 +67,19 @@ func TestStartRun(t *testing.T) {
 		t.Fatalf("start answered %v, want the task %s", task["id"], f.task)
 	}
 	run := task["latest_run"].(map[string]any)
-	state := run["state"].(map[string]any)
-	if run["id"] != f.run || run["status"] != "queued" || state["pending_user_message"] != msg {
-		t.Errorf("latest_run id %v status %v, pending message kept %v", run["id"], run["status"], state["pending_user_message"] == msg)
+	if run["id"] != f.run || run["status"] != "queued" || len(run["state"].(map[string]any)) != 0 {
+		t.Errorf("latest_run id %v status %v state %v, want queued with no state keys", run["id"], run["status"], run["state"])
 	}
-	wantJSON(t, state["pending_user_artifact_ids"], fmt.Sprintf("[%q]", artifact), "pending_user_artifact_ids")
+	// The message is the run's first queued user_message, once.
+	m, err := e.st.TakeUserMessage(context.Background(), f.run)
+	if err != nil {
+		t.Fatalf("the first message was not queued: %v", err)
+	}
+	want, _ := json.Marshal(map[string]any{"content": msg, "artifact_ids": []string{artifact}})
+	wantJSON(t, m.Params, string(want), "queued params")
+	if _, err := e.st.TakeUserMessage(context.Background(), f.run); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a second queued message: %v, want none", err)
+	}
 	// The change is a task_run_state event like any other.
 	evs := e.events(f.run)
 	if last := evs[len(evs)-1]; last.Type != "task_run_state" || !bytes.Contains(last.Data, []byte(`"status":"queued"`)) {
@@ -77,12 +91,18 @@ func TestStartRun(t *testing.T) {
 	if er := wantAPIError(t, res, http.StatusBadRequest, "validation_error", "status"); er.Code != "invalid_state" {
 		t.Errorf("code %q, want invalid_state", er.Code)
 	}
-	// Without a message, no state keys.
+	if n, err := e.st.PendingUserMessages(context.Background(), f.run); err != nil || n != 0 {
+		t.Errorf("a refused second start queued %d messages (%v)", n, err)
+	}
+	// Without a message (null, or ""), no state keys and nothing queued.
 	g := e.fixture()
-	res = e.do(req{Method: "POST", Path: g.path(e, "/start"), Key: e.writeKey, Body: map[string]any{"pending_user_message": nil}})
+	res = e.do(req{Method: "POST", Path: g.path(e, "/start"), Key: e.writeKey, Body: map[string]any{"pending_user_message": "", "pending_user_artifact_ids": nil}})
 	wantStatus(t, res, http.StatusOK)
 	if st := obj(t, res)["latest_run"].(map[string]any)["state"].(map[string]any); len(st) != 0 {
 		t.Errorf("state %v, want empty", st)
+	}
+	if n, err := e.st.PendingUserMessages(context.Background(), g.run); err != nil || n != 0 {
+		t.Errorf("a start without a message queued %d messages (%v)", n, err)
 	}
 	// Scope, project and path checks as every write route.
 	wantStatus(t, e.do(req{Method: "POST", Path: g.path(e, "/start"), Key: e.readKey}), http.StatusForbidden)

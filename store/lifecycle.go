@@ -2,18 +2,10 @@ package store
 
 import "encoding/json"
 
-// Keys of a run's state that the run lifecycle writes, named as PostHog's
-// backend names them so that its agent finds them where it looks.
-const (
-	// StatePendingUserMessage and StatePendingUserArtifactIDs hold the
-	// first user message of a run started with one (POST .../start/):
-	// the agent sends it as its first turn.
-	StatePendingUserMessage     = "pending_user_message"
-	StatePendingUserArtifactIDs = "pending_user_artifact_ids"
-	// StateResumeFromRunID names the run a run continues
-	// (POST .../resume_in_cloud/): its log precedes the new run's own.
-	StateResumeFromRunID = "resume_from_run_id"
-)
+// StateResumeFromRunID is the key of a run's state that names the run it
+// continues (POST .../resume_in_cloud/), named as PostHog's backend names
+// it: that run's log precedes the new run's own.
+const StateResumeFromRunID = "resume_from_run_id"
 
 // MaxResumeChain bounds how many earlier runs a run's log reaches back
 // through resume_from_run_id. Each link is one store read before the log

@@ -292,6 +292,12 @@ type RunPatch struct {
 	// status (else a ValidationError); never decoded from a body, it is
 	// set by the server's own transitions (start).
 	RequireStatus string
+	// QueueMessage, when set, is a user_message's params appended to the
+	// run's steering queue (MaxQueuedUserMessages applies) in the PATCH's
+	// own transaction, only when the PATCH applies: start's first message
+	// is queued exactly when the run leaves not_started, never without
+	// it and never twice. Never decoded from a body.
+	QueueMessage json.RawMessage
 }
 
 // Idempotency identifies a request that must be applied at most once per run.

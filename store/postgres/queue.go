@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,8 +24,21 @@ func (s *Store) EnqueueUserMessage(ctx context.Context, ref store.RunRef, params
 	if _, err := findRun(ctx, tx, lockRunSQL, ref); err != nil {
 		return 0, err
 	}
+	id, err := enqueueTx(ctx, tx, ref.RunID, params, s.clock())
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", classify(err))
+	}
+	return id, nil
+}
+
+// enqueueTx appends params to the queue of the run in tx, within
+// store.MaxQueuedUserMessages; the caller holds the run's row lock.
+func enqueueTx(ctx context.Context, tx pgx.Tx, runID string, params json.RawMessage, now time.Time) (int64, error) {
 	var n int
-	if err := tx.QueryRow(ctx, "SELECT count(*) FROM user_message_queue WHERE run_id = $1", ref.RunID).Scan(&n); err != nil {
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM user_message_queue WHERE run_id = $1", runID).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count queued messages: %w", classify(err))
 	}
 	if n >= store.MaxQueuedUserMessages {
@@ -32,11 +46,8 @@ func (s *Store) EnqueueUserMessage(ctx context.Context, ref store.RunRef, params
 	}
 	var id int64
 	if err := tx.QueryRow(ctx, "INSERT INTO user_message_queue (run_id, params, created_at) VALUES ($1, $2, $3) RETURNING id",
-		ref.RunID, string(params), micros(s.clock())).Scan(&id); err != nil {
+		runID, string(params), micros(now)).Scan(&id); err != nil {
 		return 0, fmt.Errorf("queue user message: %w", classify(err))
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit: %w", classify(err))
 	}
 	return id, nil
 }

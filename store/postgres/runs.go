@@ -237,6 +237,7 @@ type change struct {
 	stored     []store.Event
 	times      []*time.Time
 	rowChanged bool
+	queue      json.RawMessage // user_message params to queue in the same transaction
 }
 
 // stateChange is a change of the run row with its events, all stored and
@@ -296,6 +297,11 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 	if err != nil {
 		return nil, err
 	}
+	if len(c.queue) > 0 {
+		if _, err := enqueueTx(ctx, tx, r.ID, c.queue, now); err != nil {
+			return nil, err
+		}
+	}
 	if idem != nil {
 		snapshot, err := store.EncodeRunSnapshot(&r.Run)
 		if err != nil {
@@ -323,7 +329,9 @@ func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatc
 		if err != nil || len(events) == 0 { // refused, or nothing to change (only_if_non_terminal)
 			return change{}, err
 		}
-		return stateChange(events, now), nil
+		c := stateChange(events, now)
+		c.queue = p.QueueMessage
+		return c, nil
 	})
 }
 

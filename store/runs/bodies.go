@@ -182,11 +182,20 @@ func DecodeAppendLogInto(body []byte, v AppendLogDecoder) error {
 var CommandMethods = map[string]bool{"user_message": true, "cancel": true, "close": true,
 	"permission_response": true, "set_config_option": true, "mcp_response": true}
 
+// MaxMessageArtifactIDs bounds a user_message's params.artifact_ids: like
+// start's pending_user_artifact_ids (MaxPendingArtifactIDs), they name
+// artifacts of the run, and one message attaches at most one upload's
+// worth (MaxArtifacts).
+const MaxMessageArtifactIDs = MaxArtifacts
+
 // ValidateCommand checks a command's method and params, wherever it comes
 // from (REST, /ws): one of CommandMethods; params an object when sent;
-// user_message with a non-empty params.content and steer, when sent, a
-// boolean (it decides whether the message may be queued). It returns params with
-// null as absent.
+// user_message with a non-empty params.content or a non-empty
+// params.artifact_ids (a list of strings; PostHog's clients send a message
+// that only attaches files), content a string and artifact_ids a list of
+// at most MaxMessageArtifactIDs strings when sent, and steer, when sent, a
+// boolean (it decides whether the message may be queued). It returns
+// params with null as absent.
 func ValidateCommand(method string, params json.RawMessage) (json.RawMessage, error) {
 	if !CommandMethods[method] {
 		return nil, invalid("method", "invalid_choice", "method must be one of user_message, cancel, close, permission_response, set_config_option, mcp_response.")
@@ -199,11 +208,26 @@ func ValidateCommand(method string, params json.RawMessage) (json.RawMessage, er
 	}
 	if method == "user_message" {
 		var p struct {
-			Content *string         `json:"content"`
-			Steer   json.RawMessage `json:"steer"`
+			Content     json.RawMessage `json:"content"`
+			ArtifactIDs json.RawMessage `json:"artifact_ids"`
+			Steer       json.RawMessage `json:"steer"`
 		}
-		if len(params) == 0 || json.Unmarshal(params, &p) != nil || p.Content == nil || *p.Content == "" {
-			return nil, invalid("params", "required", "user_message needs a non-empty string params.content.")
+		if len(params) > 0 && json.Unmarshal(params, &p) != nil {
+			return nil, invalid("params", "invalid", "params must be an object.")
+		}
+		var content string
+		if p.Content != nil && !isNull(p.Content) && json.Unmarshal(p.Content, &content) != nil {
+			return nil, invalid("params", "invalid", "params.content must be a string.")
+		}
+		var ids []string
+		if p.ArtifactIDs != nil && !isNull(p.ArtifactIDs) && json.Unmarshal(p.ArtifactIDs, &ids) != nil {
+			return nil, invalid("params", "invalid", "params.artifact_ids must be a list of strings.")
+		}
+		if len(ids) > MaxMessageArtifactIDs {
+			return nil, invalid("params", "max_length", fmt.Sprintf("params.artifact_ids has more than %d elements.", MaxMessageArtifactIDs))
+		}
+		if content == "" && len(ids) == 0 {
+			return nil, invalid("params", "required", "user_message needs a non-empty string params.content or a non-empty params.artifact_ids.")
 		}
 		if p.Steer != nil && !isNull(p.Steer) && jsonKind(p.Steer) != "bool" {
 			return nil, invalid("params", "invalid", "params.steer must be a boolean.")

@@ -17,9 +17,8 @@ import (
 // one). Each is one store mutation on the same path as every other.
 
 // MaxPendingMessageBytes bounds start's pending_user_message: it is
-// delivered to the agent as a user message and kept in the run's state, and
-// the contract's bound for one log entry (MaxEntryBytes) is the natural
-// bound for one message.
+// delivered to the agent as a user message, and the contract's bound for
+// one log entry (MaxEntryBytes) is the natural bound for one message.
 const MaxPendingMessageBytes = MaxEntryBytes
 
 // MaxPendingArtifactIDs bounds start's pending_user_artifact_ids: they name
@@ -62,20 +61,20 @@ func DecodeStart(body []byte) (StartBody, error) {
 }
 
 // StartRun moves a not_started run to queued. A first user message given
-// with it is kept in the run's state (pending_user_message,
-// pending_user_artifact_ids) for the agent to send as its first turn, as
-// PostHog's backend keeps it; every artifact id must name an artifact of
-// the run. A run that is not not_started is refused (a ValidationError on
-// status), decided under the run's lock.
+// with it (text, artifact ids of the run, or both) becomes the first
+// message of the run's steering queue, queued in the same store
+// transaction as the status move: the agent is handed it when it connects
+// (or, already connected and idle, at its node's next look at the queue),
+// as the first user_message it gets. It is not also kept in the run's
+// state: PostHog's backend keeps it there only until its own worker
+// forwards it to the agent (and then removes it), and no PostHog client
+// reads it back; the queue is runhub's forwarder, and a copy left in state
+// could be sent a second time by an agent that read it. Every artifact id
+// must name an artifact of the run. A run that is not not_started is
+// refused (a ValidationError on status), decided under the run's lock.
 func (s *Service) StartRun(ctx context.Context, ref store.RunRef, sb StartBody) (*store.Run, error) {
 	st := store.StatusQueued
 	p := store.RunPatch{Status: &st, RequireStatus: store.StatusNotStarted}
-	if sb.Message != nil || len(sb.ArtifactIDs) > 0 {
-		p.State = map[string]json.RawMessage{}
-	}
-	if sb.Message != nil {
-		p.State[store.StatePendingUserMessage], _ = json.Marshal(*sb.Message)
-	}
 	if len(sb.ArtifactIDs) > 0 {
 		run, err := s.Store.GetRun(ctx, ref)
 		if err != nil {
@@ -86,13 +85,35 @@ func (s *Service) StartRun(ctx context.Context, ref store.RunRef, sb StartBody) 
 		if err := artifactsOf(run, sb.ArtifactIDs); err != nil {
 			return nil, err
 		}
-		p.State[store.StatePendingUserArtifactIDs], _ = json.Marshal(sb.ArtifactIDs)
+	}
+	if sb.Message != nil || len(sb.ArtifactIDs) > 0 {
+		params, err := FirstMessageParams(sb)
+		if err != nil {
+			return nil, err
+		}
+		p.QueueMessage = params
 	}
 	res, err := s.UpdateRun(ctx, ref, p, nil)
 	if err != nil {
 		return nil, err
 	}
 	return res.Run, nil
+}
+
+// FirstMessageParams returns the user_message params start queues for sb:
+// {"content"?: string, "artifact_ids"?: [string]}, the shape a user_message
+// command takes, checked by the same validation (ValidateCommand).
+func FirstMessageParams(sb StartBody) (json.RawMessage, error) {
+	var m struct {
+		Content     *string  `json:"content,omitempty"`
+		ArtifactIDs []string `json:"artifact_ids,omitempty"`
+	}
+	m.Content, m.ArtifactIDs = sb.Message, sb.ArtifactIDs
+	params, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode the first user message: %w", err)
+	}
+	return ValidateCommand("user_message", params)
 }
 
 // artifactsOf checks that every id names an artifact of run.

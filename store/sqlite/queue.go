@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"runhub/store"
 )
@@ -22,24 +23,34 @@ func (s *Store) EnqueueUserMessage(ctx context.Context, ref store.RunRef, params
 	if _, err := findRun(tx.QueryRowContext(ctx, findRunSQL, runKey(ref)...)); err != nil {
 		return 0, err
 	}
+	id, err := enqueueTx(ctx, tx, ref.RunID, params, s.clock())
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit: %w", classify(err))
+	}
+	return id, nil
+}
+
+// enqueueTx appends params to the queue of the run in tx, within
+// store.MaxQueuedUserMessages (the caller has found the run in tx).
+func enqueueTx(ctx context.Context, tx *sql.Tx, runID string, params json.RawMessage, now time.Time) (int64, error) {
 	var n int
-	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM user_message_queue WHERE run_id = ?", ref.RunID).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM user_message_queue WHERE run_id = ?", runID).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count queued messages: %w", classify(err))
 	}
 	if n >= store.MaxQueuedUserMessages {
 		return 0, store.ErrQueueFull
 	}
 	res, err := tx.ExecContext(ctx, "INSERT INTO user_message_queue (run_id, params, created_at) VALUES (?, ?, ?)",
-		ref.RunID, string(params), micros(s.clock()))
+		runID, string(params), micros(now))
 	if err != nil {
 		return 0, fmt.Errorf("queue user message: %w", classify(err))
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
 		return 0, fmt.Errorf("queue user message: %w", classify(err))
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("commit: %w", classify(err))
 	}
 	return id, nil
 }

@@ -265,6 +265,11 @@ func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatc
 		if err != nil || len(events) == 0 { // refused, or nothing to change (only_if_non_terminal)
 			return nil, err
 		}
+		if len(p.QueueMessage) > 0 {
+			if _, err := enqueueTx(ctx, tx, r.ID, p.QueueMessage, now); err != nil {
+				return nil, err
+			}
+		}
 		return recordChange(ctx, tx, r, events, now)
 	})
 }
