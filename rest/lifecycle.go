@@ -12,8 +12,9 @@ import (
 // resume_in_cloud.
 
 // startRun serves POST .../runs/{id}/start/: a not_started run becomes
-// queued, its first user message (if any) kept for the agent; the answer
-// is the task with latest_run, as PostHog's.
+// queued, its first user message (if any) queued for the agent in the same
+// store transaction (runs.StartRun); the answer is the task with
+// latest_run, as PostHog's.
 func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
 	ref, err := s.runRef(r)
 	if err != nil {

@@ -146,7 +146,8 @@ func FuzzDecodeTask(f *testing.F) {
 }
 
 // FuzzDecodeCommand: the command body decoder never panics; it accepts
-// only CommandMethods, user_message only with a non-empty content (and a
+// only CommandMethods, user_message only with a non-empty content or a
+// non-empty list of at most MaxMessageArtifactIDs artifact ids (and a
 // boolean steer, if any), and
 // params only as an object; every error is a 400 of the contract's shape.
 func FuzzDecodeCommand(f *testing.F) {
@@ -158,7 +159,12 @@ func FuzzDecodeCommand(f *testing.F) {
 		`{"jsonrpc":"1.0","method":"cancel"}`,
 		`{"method":"user_message","params":{"content":"now","steer":true}}`,
 		`{"method":"user_message","params":{"content":"now","steer":"yes"}}`,
-		`{"method":"permission_response","params":{"requestId":"p1","optionId":"allow"}}`) {
+		`{"method":"permission_response","params":{"requestId":"p1","optionId":"allow"}}`,
+		`{"method":"user_message","params":{"artifact_ids":["a1"]}}`,
+		`{"method":"user_message","params":{"content":null,"artifact_ids":["a1","a2"],"steer":false}}`,
+		`{"method":"user_message","params":{"content":"","artifact_ids":[]}}`,
+		`{"method":"user_message","params":{"content":3,"artifact_ids":[1]}}`,
+		`{"method":"user_message","params":{"content":"x","artifact_ids":"a1"}}`) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -175,9 +181,15 @@ func FuzzDecodeCommand(f *testing.F) {
 			t.Fatalf("accepted params %s", params)
 		}
 		if method == "user_message" {
-			var p struct{ Content string }
-			if json.Unmarshal(params, &p) != nil || p.Content == "" {
-				t.Fatalf("accepted user_message without content: %s", params)
+			var p struct {
+				Content     *string
+				ArtifactIDs []string `json:"artifact_ids"`
+			}
+			if json.Unmarshal(params, &p) != nil || (p.Content == nil || *p.Content == "") && len(p.ArtifactIDs) == 0 {
+				t.Fatalf("accepted user_message without content or artifact ids: %s", params)
+			}
+			if len(p.ArtifactIDs) > MaxMessageArtifactIDs {
+				t.Fatalf("accepted %d artifact ids", len(p.ArtifactIDs))
 			}
 			var st struct{ Steer json.RawMessage }
 			if json.Unmarshal(params, &st) == nil && st.Steer != nil && jsonKind(st.Steer) != "bool" && jsonKind(st.Steer) != "null" {

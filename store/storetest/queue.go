@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -97,4 +98,65 @@ func testUserMessageQueue(t *testing.T, s store.Store) {
 	wantErr(t, err, store.ErrNotFound, "EnqueueUserMessage of an unknown run")
 	_, err = s.EnqueueUserMessage(ctx, store.RunRef{ProjectID: a.ProjectID + 1000, TaskID: a.TaskID, RunID: a.RunID}, msg(0))
 	wantErr(t, err, store.ErrNotFound, "EnqueueUserMessage through another project")
+}
+
+// testPatchQueuesMessage checks RunPatch.QueueMessage (start's first
+// message): queued in the PATCH's own transaction exactly when the PATCH
+// applies; a refused PATCH (RequireStatus), one that changes nothing
+// (only_if_non_terminal on a finished run) and one whose message does not
+// fit the queue queue nothing, and the last leaves the run unchanged too.
+func testPatchQueuesMessage(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	f := newFixture(t, s)
+	first := json.RawMessage(`{"content":"go","artifact_ids":["a1"]}`)
+	start := store.RunPatch{Status: ptr(store.StatusQueued), RequireStatus: store.StatusNotStarted, QueueMessage: first}
+	pending := func(ref store.RunRef) int {
+		t.Helper()
+		n, err := s.PendingUserMessages(ctx, ref.RunID)
+		noErr(t, err, "PendingUserMessages")
+		return n
+	}
+
+	res, err := s.UpdateRun(ctx, f.ref(), start, nil)
+	noErr(t, err, "UpdateRun with a message")
+	if res.Run.Status != store.StatusQueued {
+		t.Fatalf("status %s, want queued", res.Run.Status)
+	}
+	m, err := s.TakeUserMessage(ctx, f.run.ID)
+	noErr(t, err, "TakeUserMessage of the first message")
+	if !sameJSON(t, string(m.Params), string(first)) {
+		t.Fatalf("queued %s, want %s", m.Params, first)
+	}
+	_, err = s.UpdateRun(ctx, f.ref(), start, nil)
+	var ve *store.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("a second start: %v, want a ValidationError", err)
+	}
+	if n := pending(f.ref()); n != 0 {
+		t.Fatalf("a refused start queued %d messages", n)
+	}
+
+	done := f.newRun(t)
+	_, err = s.UpdateRun(ctx, done, store.RunPatch{Status: ptr(store.StatusCompleted)}, nil)
+	noErr(t, err, "UpdateRun completed")
+	_, err = s.UpdateRun(ctx, done, store.RunPatch{Status: ptr(store.StatusQueued), OnlyIfNonTerminal: true, QueueMessage: first}, nil)
+	noErr(t, err, "UpdateRun only_if_non_terminal on a finished run")
+	if n := pending(done); n != 0 {
+		t.Fatalf("a PATCH that changed nothing queued %d messages", n)
+	}
+
+	full := f.newRun(t)
+	for range store.MaxQueuedUserMessages {
+		_, err := s.EnqueueUserMessage(ctx, full, json.RawMessage(`{"content":"x"}`))
+		noErr(t, err, "EnqueueUserMessage up to the bound")
+	}
+	before := len(allEvents(t, s, full.RunID))
+	_, err = s.UpdateRun(ctx, full, start, nil)
+	wantErr(t, err, store.ErrQueueFull, "a start whose message does not fit the queue")
+	r, err := s.GetRun(ctx, full)
+	noErr(t, err, "GetRun")
+	if r.Status != store.StatusNotStarted || len(allEvents(t, s, full.RunID)) != before || pending(full) != store.MaxQueuedUserMessages {
+		t.Fatalf("a start refused for a full queue left status %s, %d events (had %d), %d queued: want it all unchanged",
+			r.Status, len(allEvents(t, s, full.RunID)), before, pending(full))
+	}
 }

@@ -65,6 +65,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Bootstrap", testBootstrap},
 		{"Ingest", testIngest},
 		{"UserMessageQueue", testUserMessageQueue},
+		{"PatchQueuesMessage", testPatchQueuesMessage},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
