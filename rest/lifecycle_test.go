@@ -67,8 +67,12 @@ func TestStartRun(t *testing.T) {
 		t.Fatalf("start answered %v, want the task %s", task["id"], f.task)
 	}
 	run := task["latest_run"].(map[string]any)
-	if run["id"] != f.run || run["status"] != "queued" || len(run["state"].(map[string]any)) != 0 {
-		t.Errorf("latest_run id %v status %v state %v, want queued with no state keys", run["id"], run["status"], run["state"])
+	if state := run["state"].(map[string]any); run["id"] != f.run || run["status"] != "queued" || len(state) != 0 {
+		keys := make([]string, 0, len(state))
+		for k := range state {
+			keys = append(keys, k)
+		}
+		t.Errorf("latest_run id %v status %v state keys %v, want queued with no state keys", run["id"], run["status"], keys)
 	}
 	// The message is the run's first queued user_message, once.
 	m, err := e.st.TakeUserMessage(context.Background(), f.run)
