@@ -9,9 +9,9 @@
 // or reply lost to a Redis outage ends as a timeout (504), never as a
 // command run twice by the relay. A request that no node received (the
 // claim names a node that died) or that the node refused because its
-// agent left (it drains) comes back as proxy.ErrAgentMoving: it was not
-// delivered, so the proxy sends it again once the agent is claimed by
-// another node. A draining node hands its claims off (Handoff) rather than
+// agent left (it drains) or its relay was closing comes back as
+// proxy.ErrAgentMoving: it was not delivered, so the proxy sends it again
+// once the agent is claimed by another node. A draining node hands its claims off (Handoff) rather than
 // releasing them, so that commands wait for the agent's next node.
 package redisrelay
 
