@@ -139,6 +139,36 @@ func startAgent(t *testing.T, e followEnv, lb *proxytest.Balancer, r *replies) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// waitAgentOn waits until the agent is connected to d and its node's
+// claim is in Redis. A node registers a connection before it claims the
+// run, so a command sent through another node in between finds no agent
+// (400), and a test that then waits for the agent to see it waits for
+// ever.
+func waitAgentOn(t *testing.T, what string, d *drainNode, redisURL, runID string) {
+	t.Helper()
+	obs, err := redisrelay.New(context.Background(), redisURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	proxytest.WaitFor(t, what, func() bool {
+		owner, err := obs.Owner(context.Background(), runID)
+		return err == nil && owner != "" && d.px.Connected(runID)
+	})
+}
+
+// nextSeen is the next content the agent got, or a failure after 15 s.
+func nextSeen(t *testing.T, r *replies) string {
+	t.Helper()
+	select {
+	case got := <-r.seen:
+		return got
+	case <-time.After(15 * time.Second):
+		t.Fatal("the agent got no message")
+		return ""
+	}
+}
+
 // result is the outcome of one POST .../command.
 type result struct {
 	status int
@@ -209,11 +239,11 @@ func TestCommandsFollowADrainedAgent(t *testing.T) {
 	release := make(chan struct{})
 	r.hold["in flight"] = release
 	startAgent(t, e, lb, r)
-	proxytest.WaitFor(t, "the agent on A", func() bool { return a.px.Connected(e.runID) })
+	waitAgentOn(t, "the agent on A", a, rs.URL(), e.runID)
 
 	// (a) A command in flight on A when A drains.
 	inFlight := send(c.srv.URL, e, "in flight")
-	if got := <-r.seen; got != "in flight" {
+	if got := nextSeen(t, r); got != "in flight" {
 		t.Fatalf("the agent got %q", got)
 	}
 	gate := make(chan struct{})
@@ -298,10 +328,10 @@ func TestUnansweredCommandIsNotResent(t *testing.T) {
 	release := make(chan struct{})
 	r.hold["slow"] = release
 	startAgent(t, e, lb, r)
-	proxytest.WaitFor(t, "the agent on A", func() bool { return a.px.Connected(e.runID) })
+	waitAgentOn(t, "the agent on A", a, rs.URL(), e.runID)
 
 	slow := send(b.srv.URL, e, "slow")
-	<-r.seen
+	nextSeen(t, r)
 	lb.Point(b.srv.Listener.Addr().String(), nil)
 	<-a.drain(t)
 	select {

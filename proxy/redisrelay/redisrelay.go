@@ -9,9 +9,9 @@
 // or reply lost to a Redis outage ends as a timeout (504), never as a
 // command run twice by the relay. A request that no node received (the
 // claim names a node that died) or that the node refused because its
-// agent left (it drains) comes back as proxy.ErrAgentMoving: it was not
-// delivered, so the proxy sends it again once the agent is claimed by
-// another node. A draining node hands its claims off (Handoff) rather than
+// agent left (it drains) or its relay was closing comes back as
+// proxy.ErrAgentMoving: it was not delivered, so the proxy sends it again
+// once the agent is claimed by another node. A draining node hands its claims off (Handoff) rather than
 // releasing them, so that commands wait for the agent's next node.
 package redisrelay
 
@@ -33,6 +33,13 @@ import (
 // PresenceTTL is how long a claim lives without a refresh; the holder
 // refreshes it every PresenceTTL/3.
 const PresenceTTL = 30 * time.Second
+
+// unsubscribeWait bounds how long Close waits for Redis to confirm that
+// the node left its channel (see Close). Redis confirms within a round
+// trip, after the messages queued before it, which the closing relay
+// answers at once; 2 s covers a loaded Redis while an unreachable one
+// holds up the node's shutdown no longer than that.
+const unsubscribeWait = 2 * time.Second
 
 const (
 	presencePrefix = "runhub:agent:"
@@ -62,7 +69,8 @@ type Relay struct {
 	waiting map[string]chan message
 	closed  bool               // guarded by mu
 	cancel  context.CancelFunc // nil before Start
-	done    chan struct{}      // closed when the receive loop returns
+	left    chan struct{}      // closed when the receive loop stops reading
+	done    chan struct{}      // closed when the receive loop and its requests end
 }
 
 // New connects to Redis and subscribes to this node's channel; the relay
@@ -76,7 +84,7 @@ func New(ctx context.Context, url string, log *slog.Logger) (*Relay, error) {
 		log = slog.Default()
 	}
 	r := &Relay{rdb: goredis.NewClient(opt), node: uuid.NewString(), log: log,
-		waiting: map[string]chan message{}, done: make(chan struct{})}
+		waiting: map[string]chan message{}, left: make(chan struct{}), done: make(chan struct{})}
 	r.ps = r.rdb.Subscribe(ctx, nodePrefix+r.node)
 	if _, err := r.ps.Receive(ctx); err != nil { // the subscription's confirmation
 		r.ps.Close()
@@ -109,15 +117,35 @@ func (r *Relay) Start(_ context.Context, h proxy.RelayHandler) error {
 }
 
 // Close stops serving, waits for the requests in progress and closes the
-// connections.
+// connections. Every request Redis delivered here is answered, never
+// dropped in silence: the relay unsubscribes first and reads its channel
+// until Redis confirms, since Redis writes every message published to
+// the channel before that confirmation (a PUBLISH counted this node as a
+// receiver, so its sender waits for the reply). The requests read once
+// Close has begun are answered "moving" (not delivered: the sender
+// follows the agent); those published after the unsubscribe find no
+// receiver and are "moving" at their sender.
 func (r *Relay) Close() error {
 	r.mu.Lock()
 	r.closed = true
 	cancel := r.cancel
 	r.mu.Unlock()
+	if cancel != nil {
+		cancel() // the requests in progress end
+		ctx, stop := context.WithTimeout(context.Background(), unsubscribeWait)
+		if err := r.ps.Unsubscribe(ctx, nodePrefix+r.node); err != nil {
+			r.log.Warn("relay: unsubscribe failed; requests sent here meanwhile end as timeouts", "err", err)
+		} else {
+			select {
+			case <-r.left:
+			case <-ctx.Done():
+				r.log.Warn("relay: Redis did not confirm the unsubscribe; requests sent here meanwhile end as timeouts", "waited", unsubscribeWait)
+			}
+		}
+		stop()
+	}
 	r.ps.Close()
 	if cancel != nil {
-		cancel()
 		<-r.done
 	}
 	return r.rdb.Close()
@@ -258,45 +286,70 @@ func errKind(err error) string {
 	return "internal"
 }
 
+// receive serves the node's channel until Redis confirms Close's
+// unsubscribe (every message sent here before it has been read then) or
+// the subscription is closed.
 func (r *Relay) receive(ctx context.Context) {
 	defer close(r.done)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for msg := range r.ps.Channel() {
-		var m message
-		if err := json.Unmarshal([]byte(msg.Payload), &m); err != nil {
-			r.log.Warn("relay: bad message", "err", err)
-			continue
-		}
-		switch m.Kind {
-		case "rep":
-			r.mu.Lock()
-			ch := r.waiting[m.Corr]
-			r.mu.Unlock()
-			if ch != nil {
-				select {
-				case ch <- m:
-				default:
-				}
+	defer close(r.left)
+	own := nodePrefix + r.node
+	for msg := range r.ps.ChannelWithSubscriptions() {
+		switch msg := msg.(type) {
+		case *goredis.Subscription:
+			if msg.Kind == "unsubscribe" && msg.Channel == own {
+				return
 			}
-		case "evict":
-			r.handler.EvictLocal(m.RunID)
-		case "req":
-			if m.Req == nil {
-				continue
-			}
-			wg.Add(1)
-			go func() { // the command waits for the agent: one goroutine each, ended by its timeout
-				defer wg.Done()
-				resp, err := r.handler.LocalCommand(ctx, *m.Req)
-				rep := message{Kind: "rep", Corr: m.Corr, Resp: resp, Err: errKind(err)}
-				if err != nil {
-					rep.Resp = nil
-				}
-				if _, perr := r.publish(context.WithoutCancel(ctx), m.ReplyTo, rep); perr != nil {
-					r.log.Warn("relay: reply lost", "to", m.ReplyTo, "err", perr)
-				}
-			}()
+		case *goredis.Message:
+			r.dispatch(ctx, &wg, msg.Payload)
 		}
+	}
+}
+
+// dispatch serves one message; the requests run in goroutines that wg
+// counts.
+func (r *Relay) dispatch(ctx context.Context, wg *sync.WaitGroup, payload string) {
+	var m message
+	if err := json.Unmarshal([]byte(payload), &m); err != nil {
+		r.log.Warn("relay: bad message", "err", err)
+		return
+	}
+	switch m.Kind {
+	case "rep":
+		r.mu.Lock()
+		ch := r.waiting[m.Corr]
+		r.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- m:
+			default:
+			}
+		}
+	case "evict":
+		r.handler.EvictLocal(m.RunID)
+	case "req":
+		if m.Req == nil {
+			return
+		}
+		r.mu.Lock()
+		closing := r.closed
+		r.mu.Unlock()
+		wg.Add(1)
+		go func() { // the command waits for the agent: one goroutine each, ended by its timeout
+			defer wg.Done()
+			var resp *proxy.Response
+			err := fmt.Errorf("%w: its node's relay is closing", proxy.ErrAgentMoving)
+			if !closing { // a closing relay delivers nothing more
+				resp, err = r.handler.LocalCommand(ctx, *m.Req)
+			}
+			rep := message{Kind: "rep", Corr: m.Corr, Resp: resp, Err: errKind(err)}
+			if err != nil {
+				rep.Resp = nil
+			}
+			if _, perr := r.publish(context.WithoutCancel(ctx), m.ReplyTo, rep); perr != nil {
+				r.log.Warn("relay: reply lost", "to", m.ReplyTo, "err", perr)
+			}
+		}()
 	}
 }

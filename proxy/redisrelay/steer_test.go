@@ -32,10 +32,10 @@ func TestQueueFollowsTheAgent(t *testing.T) {
 	release := make(chan struct{})
 	r.hold["first"] = release
 	startAgent(t, e, lb, r)
-	proxytest.WaitFor(t, "the agent on A", func() bool { return a.px.Connected(e.runID) })
+	waitAgentOn(t, "the agent on A", a, rs.URL(), e.runID)
 
 	first := send(b.srv.URL, e, "first")
-	if got := <-r.seen; got != "first" {
+	if got := nextSeen(t, r); got != "first" {
 		t.Fatalf("the agent got %q", got)
 	}
 	for _, content := range []string{"second", "third", "fourth"} {
