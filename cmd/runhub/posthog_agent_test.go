@@ -350,15 +350,15 @@ func newDropProxy(t *testing.T, target string, from int64) *dropProxy {
 		t.Fatal(err)
 	}
 	p := &dropProxy{from: from}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	director := rp.Director
-	rp.Director = func(r *http.Request) {
-		director(r)
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.SetURL(u)
+		pr.Out.Host = pr.In.Host // runhub builds its links from the Host the sender used
+		r := pr.Out
 		if strings.HasSuffix(r.URL.Path, "/event_stream/") && r.Body != nil && r.ContentLength != 0 {
 			r.Body = &dropBody{p: p, ctx: r.Context(), br: bufio.NewReader(r.Body), c: r.Body}
 			r.ContentLength = -1
 		}
-	}
+	}}
 	rp.ModifyResponse = func(res *http.Response) error {
 		p.answer(res.StatusCode)
 		return nil
