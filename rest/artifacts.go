@@ -29,14 +29,7 @@ var (
 
 // uploadArtifacts serves POST .../artifacts: the whole manifest.
 func (s *Server) uploadArtifacts(w http.ResponseWriter, r *http.Request) error {
-	// The run first, as on every run endpoint: a run that is not there is
-	// 404 whatever the body holds.
-	run, err := s.runOf(r)
-	if err != nil {
-		return err
-	}
-	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
-	body, err := readBody(r)
+	ref, body, err := s.runAndBody(r)
 	if err != nil {
 		return err
 	}

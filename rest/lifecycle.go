@@ -65,7 +65,7 @@ func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusAccepted, renderRun(run, s.logLink(r)))
 		return nil
 	}
-	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
+	ref := run.Ref()
 	run, err = s.runs.CancelNow(r.Context(), ref)
 	if errors.Is(err, store.ErrNotFound) {
 		return s.whichNotFound(r, ref.TaskID)

@@ -124,7 +124,7 @@ func (s *Server) signedLog(w http.ResponseWriter, r *http.Request) {
 	}
 	run, err := s.store.RunByID(r.Context(), id)
 	if err == nil {
-		err = s.writeJSONL(w, r, store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID})
+		err = s.writeJSONL(w, r, run.Ref())
 	}
 	if err != nil {
 		s.writeError(w, r, err)

@@ -154,6 +154,18 @@ func (s *Server) runOf(r *http.Request) (*store.Run, error) {
 	return run, err
 }
 
+// runAndBody starts a run endpoint that takes a body: the run first, as on
+// every run endpoint, so that a run that is not there is 404 whatever the
+// body holds; then the body.
+func (s *Server) runAndBody(r *http.Request) (store.RunRef, []byte, error) {
+	run, err := s.runOf(r)
+	if err != nil {
+		return store.RunRef{}, nil, err
+	}
+	body, err := readBody(r)
+	return run.Ref(), body, err
+}
+
 // whichNotFound tells "Task not found" from a missing run.
 func (s *Server) whichNotFound(r *http.Request, task string) error {
 	if _, err := s.store.GetTask(r.Context(), projectOf(r), task); errors.Is(err, store.ErrNotFound) {

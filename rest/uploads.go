@@ -107,12 +107,7 @@ func (s *Server) manifestEntry(r *http.Request, run *store.Run) (runs.ManifestEn
 // storage (an S3 POST policy, or a signed runhub URL on the filesystem),
 // valid PresignTTL.
 func (s *Server) prepareUploads(w http.ResponseWriter, r *http.Request) error {
-	run, err := s.runOf(r)
-	if err != nil {
-		return err
-	}
-	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
-	body, err := readBody(r)
+	ref, body, err := s.runAndBody(r)
 	if err != nil {
 		return err
 	}
@@ -142,7 +137,7 @@ func (s *Server) prepareUploads(w http.ResponseWriter, r *http.Request) error {
 		if pp, ok := s.blobs.(postPresigner); ok {
 			u, fields, err := pp.PresignPost(r.Context(), p.StoragePath, p.Size, p.ContentType, s.presignTTL)
 			if err != nil {
-				s.log.WarnContext(r.Context(), "presign post failed", "run_id", run.ID, "err", err)
+				s.log.WarnContext(r.Context(), "presign post failed", "run_id", ref.RunID, "err", err)
 				return &handlerError{Status: http.StatusBadRequest, Msg: "Unable to generate upload URL"}
 			}
 			out[i].PresignedPost = form{URL: u, Fields: fields}
@@ -169,12 +164,7 @@ func (s *Server) uploadURL(r *http.Request, p runs.PreparedUpload) string {
 // finalizeUploads serves POST .../artifacts/finalize_upload: the uploaded
 // items join the manifest; the response is the whole manifest.
 func (s *Server) finalizeUploads(w http.ResponseWriter, r *http.Request) error {
-	run, err := s.runOf(r)
-	if err != nil {
-		return err
-	}
-	ref := store.RunRef{ProjectID: run.ProjectID, TaskID: run.TaskID, RunID: run.ID}
-	body, err := readBody(r)
+	ref, body, err := s.runAndBody(r)
 	if err != nil {
 		return err
 	}

@@ -256,6 +256,9 @@ type Run struct {
 	LogCount     int64                      `json:"log_count"` // stored log entries
 }
 
+// Ref is the run's address.
+func (r *Run) Ref() RunRef { return RunRef{ProjectID: r.ProjectID, TaskID: r.TaskID, RunID: r.ID} }
+
 // RunRef names a run inside its project and task; every lookup checks all three.
 type RunRef struct {
 	ProjectID int64
