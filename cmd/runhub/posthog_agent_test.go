@@ -53,9 +53,10 @@ const (
 // event once, in order. A viewer follows the run over SSE meanwhile, and
 // must see events of an upload before that upload closes (the lag is
 // logged, not asserted). Then the package's API client makes the agent's
-// calls (run updates, append_log, artifact upload and download,
-// set_output, logs), and the lifecycle calls PostHog's app makes (start,
-// resume_in_cloud, cancel) are checked on the same runs.
+// calls (run updates, append_log, artifact upload inline and straight to
+// storage, download, set_output, logs), and the lifecycle calls PostHog's
+// app makes (start, resume_in_cloud, cancel) are checked on the same runs,
+// with the package's resumeFromLog reading the resumed run's predecessor.
 func TestPostHogAgentPackage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("installs an npm package and runs the binary")
@@ -144,9 +145,14 @@ func TestPostHogAgentPackage(t *testing.T) {
 	}
 	t.Logf("API client: %s", out.api)
 	var apiRes struct {
-		RunStatus  string `json:"run_status"`
-		Stage      string
-		Downloaded string
+		RunStatus    string `json:"run_status"`
+		Stage        string
+		Downloaded   string
+		DirectUpload struct {
+			Name       string
+			Size       int
+			Downloaded int
+		} `json:"direct_upload"`
 		Output     map[string]any
 		LogEntries int `json:"log_entries"`
 	}
@@ -156,6 +162,9 @@ func TestPostHogAgentPackage(t *testing.T) {
 	if apiRes.RunStatus != "completed" || apiRes.Stage != "build" || apiRes.Downloaded != "checkpoint bytes é\n" ||
 		apiRes.Output["pr_url"] != "https://example.com/pr/1" || apiRes.LogEntries != posthogAgentEvents+1 {
 		t.Errorf("API client results: %+v", apiRes)
+	}
+	if d := apiRes.DirectUpload; d.Name != "screenshot.bin" || d.Size != 100<<10 || d.Downloaded != 100<<10 {
+		t.Errorf("the package's direct upload (prepare_upload, form POST, finalize_upload, download): %+v", d)
 	}
 
 	// The restart must have cut an upload the sender had open: it reports
@@ -209,6 +218,33 @@ func TestPostHogAgentPackage(t *testing.T) {
 	chain := posthogLogEvents(ctx, t, runs+resumed.ID+"/logs/", key)
 	if len(chain) != posthogAgentEvents || chain[0] != 1 || chain[len(chain)-1] != posthogAgentEvents {
 		t.Errorf("the resumed run's logs hold %d of the chain's events, want %d in order", len(chain), posthogAgentEvents)
+	}
+	// The package's agent server on the new run: it finds the run it
+	// resumes in the run's state and rebuilds its conversation from that
+	// run's log with resumeFromLog.
+	resume := exec.CommandContext(ctx, "node", "driver.mjs")
+	resume.Dir = pkgDir
+	resume.Env = append(os.Environ(), "RUNHUB_MODE=resume", "RUNHUB_API_URL="+srv2.base, "RUNHUB_KEY="+key,
+		"RUNHUB_PROJECT=1", "RUNHUB_TASK="+task.ID, "RUNHUB_RUN="+resumed.ID, "RUNHUB_EVENTS=0")
+	resumeOut, err := resume.CombinedOutput()
+	if err != nil {
+		t.Fatalf("driver (resume): %v\n%s", err, resumeOut)
+	}
+	var resumeRes struct {
+		Resume *struct {
+			From       string
+			LogEntries int `json:"log_entries"`
+		}
+	}
+	for _, line := range strings.Split(string(resumeOut), "\n") {
+		if json.Unmarshal([]byte(line), &resumeRes); resumeRes.Resume != nil {
+			break
+		}
+	}
+	if r := resumeRes.Resume; r == nil || r.From != run.ID || r.LogEntries != posthogAgentEvents+1 {
+		t.Errorf("resumeFromLog on the resumed run: %+v, want %d entries of run %s\n%s", r, posthogAgentEvents+1, run.ID, resumeOut)
+	} else {
+		t.Logf("resumeFromLog read %d log entries of run %s", r.LogEntries, r.From)
 	}
 	// cancel/ with no agent connected ends the run at once, and again.
 	for range 2 {

@@ -9,7 +9,8 @@
 // Environment: RUNHUB_API_URL (the API base), RUNHUB_INGEST_URL (the base
 // the sender posts to; the test's line-dropping proxy), RUNHUB_KEY (an API
 // key with task:write), RUNHUB_INGEST_TOKEN (the run's ingest token),
-// RUNHUB_PROJECT, RUNHUB_TASK, RUNHUB_RUN, RUNHUB_EVENTS.
+// RUNHUB_PROJECT, RUNHUB_TASK, RUNHUB_RUN, RUNHUB_EVENTS; RUNHUB_MODE=resume
+// instead reads a resumed run's predecessor with resumeFromLog.
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createJiti } from "jiti";
@@ -62,6 +63,19 @@ const call = async (name, fn) => {
     process.exit(1);
   }
 };
+
+// RUNHUB_MODE=resume: the run was made by resume_in_cloud, and the agent
+// server rebuilds its conversation as it does on such a run: the run's
+// state names the run it resumes (getResumeRunId), whose log the
+// package's resumeFromLog reads.
+if (process.env.RUNHUB_MODE === "resume") {
+  const { resumeFromLog } = await import("@posthog/agent/resume");
+  await call("getTaskRun", () => api.getTaskRun(taskId, runId));
+  const from = calls.getTaskRun.state?.resume_from_run_id;
+  await call("resumeFromLog", () => resumeFromLog({ taskId, runId: from, apiClient: api, logger }));
+  emit({ resume: { from, log_entries: calls.resumeFromLog.logEntryCount } });
+  process.exit(0);
+}
 await call("updateTaskRunInProgress", () => api.updateTaskRun(taskId, runId, { status: "in_progress" }));
 
 // The sender as the agent server builds it when an ingest token is set:
@@ -117,6 +131,42 @@ await call("downloadArtifact", async () => {
   if (text !== content) throw new Error(`downloadArtifact returned ${JSON.stringify(text)}`);
   return text;
 });
+// The agent's artifact tool uploads straight to storage: prepare_upload,
+// a multipart POST of the presigned form, finalize_upload. The package
+// falls back to the inline upload when that fails; here the fallback
+// fails loudly instead, so only the direct path can pass.
+// That tool's source imports the API client's source, which needs a
+// workspace package the published one bundles into dist: the import is
+// pointed at the published dist/posthog-api.js.
+const { uploadRunArtifact } = await createJiti(import.meta.url, {
+  alias: { "../../../posthog-api": join(pkgDir, "dist/posthog-api.js") },
+}).import(join(pkgDir, "src/adapters/local-tools/tools/artifact-upload.ts"));
+const direct = Buffer.alloc(100 * 1024);
+for (let i = 0; i < direct.length; i++) direct[i] = (i * 7919) % 251;
+await call("uploadRunArtifact", async () => {
+  const inline = api.uploadTaskArtifacts;
+  api.uploadTaskArtifacts = async () => {
+    throw new Error("the direct upload failed and the package fell back to the inline one");
+  };
+  try {
+    return await uploadRunArtifact(api, taskId, runId, {
+      name: "screenshot.bin",
+      contentType: "application/octet-stream",
+      content: direct,
+      type: "output",
+      source: "agent",
+    });
+  } finally {
+    api.uploadTaskArtifacts = inline;
+  }
+});
+await call("downloadDirect", async () => {
+  const bytes = await api.downloadArtifact(taskId, runId, calls.uploadRunArtifact.storage_path);
+  if (bytes === null || !Buffer.from(bytes).equals(direct)) {
+    throw new Error(`downloadArtifact(${calls.uploadRunArtifact.storage_path}) did not return the uploaded bytes`);
+  }
+  return bytes.byteLength;
+});
 await call("setTaskRunOutput", () => api.setTaskRunOutput(taskId, runId, { output: { pr_url: "https://example.com/pr/1" } }));
 await call("fetchTaskRunLogs", async () => (await api.fetchTaskRunLogs(calls.getTaskRun)).length);
 await call("updateTaskRunCompleted", () => api.updateTaskRun(taskId, runId, { status: "completed" }));
@@ -127,6 +177,7 @@ emit({
     stage: calls.updateTaskRun.stage,
     storage_path: storagePath,
     downloaded: calls.downloadArtifact,
+    direct_upload: { name: calls.uploadRunArtifact.name, size: calls.uploadRunArtifact.size, downloaded: calls.downloadDirect },
     output: calls.setTaskRunOutput.output,
     log_entries: calls.fetchTaskRunLogs,
   },
