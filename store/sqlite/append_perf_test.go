@@ -1,0 +1,150 @@
+package sqlite_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"runhub/store"
+	"runhub/store/sqlite"
+)
+
+// perfRuns opens a fresh store holding n runs (of one task) and returns it
+// with their refs.
+func perfRuns(tb testing.TB, n int, opts ...sqlite.Option) (*sqlite.Store, []store.RunRef) {
+	tb.Helper()
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, tb.TempDir()+"/runhub.db", opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	p, err := s.CreateProject(ctx, "Perf")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	task, err := s.CreateTask(ctx, p.ID, store.NewTask{Title: "perf", OriginProduct: "user_created"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	refs := make([]store.RunRef, n)
+	for i := range refs {
+		res, err := s.CreateRun(ctx, p.ID, task.ID, store.NewRun{Status: store.StatusInProgress})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		refs[i] = store.RunRef{ProjectID: p.ID, TaskID: task.ID, RunID: res.Run.ID}
+	}
+	return s, refs
+}
+
+// appendAllocBound is the most heap allocations one AppendLog of one entry
+// on an existing run (no idempotency key) may make in the store, the
+// driver and database/sql included. Measured 0 when the bound was set; a
+// few to spare for Go or driver versions, not for a new allocation per
+// statement.
+const appendAllocBound = 150
+
+// TestAppendAllocs: the allocations of the per-append path are counted
+// (deterministic, unlike its time), so that a change that adds a
+// statement, a copy or a map per append fails here.
+func TestAppendAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation count is measured without -short")
+	}
+	s, refs := perfRuns(t, 1)
+	ctx := context.Background()
+	batch := benchBatch(t, 0, 1)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := s.AppendLog(ctx, refs[0], batch, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("AppendLog of one entry: %.1f allocs", allocs)
+	if allocs > appendAllocBound {
+		t.Errorf("AppendLog of one entry made %.1f allocations, bound %d", allocs, appendAllocBound)
+	}
+}
+
+// BenchmarkAppendPath measures the durable per-append path as append_log
+// drives it: one entry of about 200 bytes per call, on an existing run.
+// "single" is one caller after another (no concurrency: the latency of an
+// uncontended append); "concurrent" is 64 callers appending to 2,000 runs
+// at once, the many-runs shape, where appends of different runs may share
+// a commit. ns/append is wall time per append over all callers, so it is
+// the store's throughput cost, not one caller's latency.
+func BenchmarkAppendPath(b *testing.B) {
+	b.Run("single", func(b *testing.B) {
+		s, refs := perfRuns(b, 1)
+		ctx := context.Background()
+		batch := benchBatch(b, 0, 1)
+		m := startMallocs()
+		n := 0
+		for b.Loop() {
+			if _, err := s.AppendLog(ctx, refs[0], batch, nil); err != nil {
+				b.Fatal(err)
+			}
+			n++
+		}
+		m.report(b, n)
+	})
+	b.Run("concurrent", func(b *testing.B) {
+		const callers, runs = 64, 2000
+		var batches, members atomic.Int64
+		s, refs := perfRuns(b, runs, sqlite.WithBatchHook(func(n int) { batches.Add(1); members.Add(int64(n)) }))
+		ctx := context.Background()
+		pool := make([][]store.LogEntry, 64)
+		for i := range pool {
+			pool[i] = benchBatch(b, i, 1)
+		}
+		var next atomic.Int64
+		batches.Store(0)
+		members.Store(0)
+		b.ResetTimer()
+		m := startMallocs()
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		for range callers {
+			wg.Go(func() {
+				for {
+					i := next.Add(1) - 1
+					if i >= int64(b.N) {
+						return
+					}
+					if _, err := s.AppendLog(ctx, refs[i%runs], pool[i%64], nil); err != nil {
+						errs <- fmt.Errorf("append %d: %w", i, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.StopTimer()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+		m.report(b, b.N)
+		b.ReportMetric(float64(members.Load())/float64(max(1, batches.Load())), "appends/commit")
+	})
+}
+
+// mallocs counts heap allocations from a start point, for allocs/append.
+type mallocs uint64
+
+func startMallocs() mallocs {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return mallocs(ms.Mallocs)
+}
+
+// report adds ns/append and allocs/append over n appends.
+func (m mallocs) report(b *testing.B, n int) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/append")
+	b.ReportMetric(float64(ms.Mallocs-uint64(m))/float64(n), "allocs/append")
+}

@@ -1,0 +1,234 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"sync"
+
+	"runhub/store"
+)
+
+// maxGroupCommit is the most mutations one transaction and one commit
+// carry. Group commit exists because the commit (WAL frames written, the
+// transaction begun and ended) costs more than an append's own statements;
+// 64 lets a whole round of the many-runs shape (64 concurrent publishers)
+// share one commit, while bounding what the first caller of a batch waits
+// for (64 small mutations run in about a millisecond) and how many run rows
+// one WAL write carries. More callers than that wait for the next batch.
+const maxGroupCommit = 64
+
+// txFunc is one mutation's work inside a write transaction. It answers
+// the caller; an error leaves nothing of the mutation in the store (the
+// batch undoes it with a savepoint).
+type txFunc func(tx *wtx) (*store.MutationResult, error)
+
+// pending is one caller's mutation waiting for, or taken into, a batch.
+type pending struct {
+	ctx context.Context
+	fn  txFunc
+	res *store.MutationResult
+	err error
+	// wake is told once, by the leader of the batch that took this
+	// mutation: either its outcome is set, or (batch set) it leads batch.
+	wake  chan struct{}
+	batch []*pending
+	self  [1]*pending // the batch of an uncontended caller, without allocating one
+}
+
+// group serialises the writer connection's mutations and gathers the
+// callers that arrive while one transaction runs into the next one.
+//
+// It is leader-based, with no goroutine of its own: a caller that finds no
+// batch running runs its mutation at once, alone, so an uncontended write
+// waits for nobody. Callers that arrive meanwhile queue; when the running
+// batch is answered, its leader hands the queue (up to maxGroupCommit) to
+// the first queued caller, which runs them all in one transaction, each
+// inside a savepoint, and commits once. Every caller returns only after the
+// commit that holds its mutation succeeded (or with the error that made it
+// fail, in which case nothing of the batch was stored).
+type group struct {
+	mu      sync.Mutex
+	running bool       // a batch is running: newcomers queue
+	queue   []*pending // waiting, not yet taken into a batch
+	// onBatch, when set (tests), is told the size of every batch before it runs.
+	onBatch func(n int)
+}
+
+// write runs fn in a write transaction, sharing it with concurrent
+// mutations when there are any, and returns fn's answer once its commit
+// succeeded.
+func (s *Store) write(ctx context.Context, fn txFunc) (*store.MutationResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	p := &pending{ctx: ctx, fn: fn}
+	g := &s.group
+	g.mu.Lock()
+	if !g.running {
+		g.running = true
+		g.mu.Unlock()
+		p.self[0] = p
+		s.runBatch(p.self[:])
+		return p.res, p.err
+	}
+	p.wake = make(chan struct{}, 1)
+	g.queue = append(g.queue, p)
+	g.mu.Unlock()
+	select {
+	case <-p.wake:
+	case <-ctx.Done():
+		g.mu.Lock()
+		if i := slices.Index(g.queue, p); i >= 0 {
+			g.queue = slices.Delete(g.queue, i, i+1)
+			g.mu.Unlock()
+			return nil, fmt.Errorf("wait for the writer: %w", ctx.Err())
+		}
+		g.mu.Unlock()
+		// Already taken into a batch: whether it is stored is that
+		// commit's to say, and the caller must not be told otherwise.
+		// The batch is bounded (maxGroupCommit, the busy timeout).
+		<-p.wake
+	}
+	if p.batch != nil {
+		s.runBatch(p.batch)
+	}
+	return p.res, p.err
+}
+
+// runBatch runs batch (batch[0] is the calling goroutine's own mutation),
+// answers every other member, then hands the queue to its next leader.
+func (s *Store) runBatch(batch []*pending) {
+	if g := &s.group; g.onBatch != nil {
+		g.onBatch(len(batch))
+	}
+	if err := s.commitBatch(batch); err != nil {
+		for _, p := range batch {
+			if p.err == nil { // a member's own error stands: it stored nothing either way
+				p.res, p.err = nil, err
+			}
+		}
+	}
+	for _, p := range batch[1:] {
+		p.wake <- struct{}{}
+	}
+	s.handOff()
+}
+
+// handOff makes the first queued caller the leader of the next batch, or
+// marks the writer idle when nobody waits.
+func (s *Store) handOff() {
+	g := &s.group
+	g.mu.Lock()
+	if len(g.queue) == 0 {
+		g.running = false
+		g.mu.Unlock()
+		return
+	}
+	n := min(len(g.queue), maxGroupCommit)
+	batch := make([]*pending, n)
+	copy(batch, g.queue)
+	rest := copy(g.queue, g.queue[n:])
+	clear(g.queue[rest:])
+	g.queue = g.queue[:rest]
+	g.mu.Unlock()
+	batch[0].batch = batch
+	batch[0].wake <- struct{}{}
+}
+
+// commitBatch runs the members' mutations in one transaction and commits
+// it when any of them succeeded. A member that fails is undone to its
+// savepoint and answered its own error; the others go on. The returned
+// error (begin, savepoint, commit) means nothing of the batch was stored.
+func (s *Store) commitBatch(batch []*pending) error {
+	// Alone, a mutation runs under its caller's context, as it always
+	// has. Shared, the transaction must not die with one member's
+	// context (an interrupted statement rolls the whole transaction back),
+	// so it runs detached: a member whose context ended before its turn is
+	// answered with that and skipped.
+	ctx := batch[0].ctx
+	if len(batch) > 1 {
+		ctx = context.WithoutCancel(ctx)
+	}
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", classify(err))
+	}
+	defer conn.Close()
+	sqlTx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", classify(err))
+	}
+	defer sqlTx.Rollback()
+	tx := &wtx{Tx: sqlTx, s: s, ctx: ctx}
+	if len(batch) == 1 {
+		p := batch[0]
+		if p.res, p.err = p.fn(tx); p.err != nil {
+			return nil // rolled back by the deferred Rollback
+		}
+	} else {
+		applied := 0
+		for _, p := range batch {
+			if err := p.ctx.Err(); err != nil {
+				p.err = fmt.Errorf("begin: %w", err)
+				continue
+			}
+			if _, err := tx.exec(qSavepoint); err != nil {
+				return fmt.Errorf("savepoint: %w", classify(err))
+			}
+			if p.res, p.err = p.fn(tx); p.err != nil {
+				p.res = nil
+				// Undo what the member wrote. If the savepoint is gone,
+				// SQLite rolled the whole transaction back (a full disk,
+				// an I/O error): nothing may be committed then.
+				if _, err := tx.exec(qRollbackTo); err != nil {
+					return fmt.Errorf("undo a failed mutation: %w", classify(err))
+				}
+			} else {
+				applied++
+			}
+			if _, err := tx.exec(qRelease); err != nil {
+				return fmt.Errorf("release savepoint: %w", classify(err))
+			}
+		}
+		if applied == 0 {
+			return nil
+		}
+	}
+	if err := sqlTx.Commit(); err != nil {
+		// Some failed commits (a deferred constraint, SQLITE_BUSY) leave
+		// SQLite's transaction open while database/sql considers it done:
+		// end it here, or the connection would refuse the next BEGIN.
+		conn.ExecContext(ctx, "ROLLBACK")
+		return fmt.Errorf("commit: %w", classify(err))
+	}
+	return nil
+}
+
+// wtx is the writer's transaction, with its prepared statements bound to it
+// once for the whole batch.
+type wtx struct {
+	*sql.Tx
+	s     *Store
+	ctx   context.Context
+	stmts [len(preparedQueries)]*sql.Stmt
+}
+
+// stmt returns prepared query q bound to the transaction.
+func (t *wtx) stmt(q int) *sql.Stmt {
+	if t.stmts[q] == nil {
+		t.stmts[q] = t.Tx.StmtContext(t.ctx, t.s.stmts[q])
+	}
+	return t.stmts[q]
+}
+
+// exec runs prepared query q in the transaction.
+func (t *wtx) exec(q int, args ...any) (sql.Result, error) {
+	return t.stmt(q).ExecContext(t.ctx, args...)
+}
+
+// queryRow runs prepared query q in the transaction.
+func (t *wtx) queryRow(q int, args ...any) *sql.Row {
+	return t.stmt(q).QueryRowContext(t.ctx, args...)
+}
