@@ -151,12 +151,7 @@ func (s *Store) commitBatch(batch []*pending) error {
 	if len(batch) > 1 {
 		ctx = context.WithoutCancel(ctx)
 	}
-	conn, err := s.w.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("begin: %w", classify(err))
-	}
-	defer conn.Close()
-	sqlTx, err := conn.BeginTx(ctx, nil)
+	sqlTx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", classify(err))
 	}
@@ -197,10 +192,8 @@ func (s *Store) commitBatch(batch []*pending) error {
 		}
 	}
 	if err := sqlTx.Commit(); err != nil {
-		// Some failed commits (a deferred constraint, SQLITE_BUSY) leave
-		// SQLite's transaction open while database/sql considers it done:
-		// end it here, or the connection would refuse the next BEGIN.
-		conn.ExecContext(ctx, "ROLLBACK")
+		// The driver rolls back a transaction its failed COMMIT left open
+		// (a deferred constraint, SQLITE_BUSY), so the connection is clean.
 		return fmt.Errorf("commit: %w", classify(err))
 	}
 	return nil
