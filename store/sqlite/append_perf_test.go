@@ -91,6 +91,29 @@ func BenchmarkAppendPath(b *testing.B) {
 		}
 		m.report(b, n)
 	})
+	b.Run("keyed", func(b *testing.B) {
+		// An agent's append with a batch seq carries an idempotency key;
+		// a long run has recorded many (kept 48 h), and recording the
+		// next one also expires the run's old ones.
+		const recorded = 5000
+		s, refs := perfRuns(b, 1)
+		ctx := context.Background()
+		batch := benchBatch(b, 0, 1)
+		for i := range recorded {
+			if _, err := s.AppendLog(ctx, refs[0], batch, &store.Idempotency{Key: fmt.Sprint("pre-", i), RequestHash: []byte("h")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		m := startMallocs()
+		n := 0
+		for b.Loop() {
+			if _, err := s.AppendLog(ctx, refs[0], batch, &store.Idempotency{Key: fmt.Sprint("k-", n), RequestHash: []byte("h")}); err != nil {
+				b.Fatal(err)
+			}
+			n++
+		}
+		m.report(b, n)
+	})
 	b.Run("concurrent", func(b *testing.B) {
 		const callers, runs = 64, 2000
 		var batches, members atomic.Int64

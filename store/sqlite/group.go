@@ -205,7 +205,17 @@ type wtx struct {
 	*sql.Tx
 	s     *Store
 	ctx   context.Context
-	stmts [len(preparedQueries)]*sql.Stmt
+	stmts [numPrepared]*sql.Stmt
+	args  []any // reused by the batch's inserts
+}
+
+// argBuf returns an empty argument list of capacity n, reusing the
+// transaction's.
+func (t *wtx) argBuf(n int) []any {
+	if cap(t.args) < n {
+		t.args = make([]any, 0, n)
+	}
+	return t.args[:0]
 }
 
 // stmt returns prepared query q bound to the transaction.

@@ -309,7 +309,7 @@ func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event,
 	if len(stored) == 0 {
 		return ap.Events, nil
 	}
-	args := make([]any, 0, 6*min(len(stored), insertChunk))
+	args := tx.argBuf(6 * min(len(stored), insertChunk))
 	for start := 0; start < len(stored); start += insertChunk {
 		chunk := stored[start:min(start+insertChunk, len(stored))]
 		args = args[:0]
