@@ -5,7 +5,10 @@
 // serialised in-process and seq assignment (read last_seq, insert events,
 // store last_seq) cannot race; other processes (the `runhub keys` command
 // while the server runs) are serialised by SQLite's own lock with a busy
-// timeout, past which a write fails with store.ErrBusy. Reads use a separate pool of read-only connections and never wait
+// timeout, past which a write fails with store.ErrBusy. Mutations of runs
+// that arrive while another runs share the next transaction and its one
+// commit (group commit, see group), each in its own savepoint and each
+// answered only after that commit. Reads use a separate pool of read-only connections and never wait
 // for the writer. synchronous=NORMAL in WAL mode keeps every committed
 // transaction across a process crash (kill -9); only an OS crash or power
 // loss may drop the last few commits, never half of one.
