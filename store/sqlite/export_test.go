@@ -1,5 +1,11 @@
 package sqlite
 
+import (
+	"context"
+
+	"runhub/store"
+)
+
 // WithScanHook has fn told the size of every entry QueryLog and EventsBefore
 // copy out of SQLite, so tests can bound what a read holds without timing.
 func WithScanHook(fn func(bytes int)) Option { return func(s *Store) { s.onScan = fn } }
@@ -13,4 +19,14 @@ func (s *Store) QueuedWrites() int {
 	s.group.mu.Lock()
 	defer s.group.mu.Unlock()
 	return len(s.group.queue)
+}
+
+// WriteFunc runs fn as a mutation through the writer's group commit, so
+// tests can make one panic.
+func (s *Store) WriteFunc(ctx context.Context, fn func()) error {
+	_, err := s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
+		fn()
+		return &store.MutationResult{}, nil
+	})
+	return err
 }

@@ -3,7 +3,9 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 
@@ -35,7 +37,14 @@ type pending struct {
 	wake  chan struct{}
 	batch []*pending
 	self  [1]*pending // the batch of an uncontended caller, without allocating one
+	// panicked holds what fn panicked with (and where), to panic with in
+	// the caller's own goroutine: the batch runs in its leader's.
+	panicked any
 }
+
+// errPanicked answers a mutation whose function panicked (its caller then
+// panics too, in its own goroutine, see pending.panicked).
+var errPanicked = errors.New("mutation panicked")
 
 // group serialises the writer connection's mutations and gathers the
 // callers that arrive while one transaction runs into the next one.
@@ -71,7 +80,7 @@ func (s *Store) write(ctx context.Context, fn txFunc) (*store.MutationResult, er
 		g.mu.Unlock()
 		p.self[0] = p
 		s.runBatch(p.self[:])
-		return p.res, p.err
+		return p.answer()
 	}
 	p.wake = make(chan struct{}, 1)
 	g.queue = append(g.queue, p)
@@ -94,7 +103,28 @@ func (s *Store) write(ctx context.Context, fn txFunc) (*store.MutationResult, er
 	if p.batch != nil {
 		s.runBatch(p.batch)
 	}
+	return p.answer()
+}
+
+// answer is the caller's outcome, once its batch has run.
+func (p *pending) answer() (*store.MutationResult, error) {
+	if p.panicked != nil {
+		panic(p.panicked)
+	}
 	return p.res, p.err
+}
+
+// run runs the member's mutation. A panic is recovered, so that the batch
+// still rolls it back, answers every member and hands the writer on (else
+// every later write would wait forever); the caller panics with it.
+func (p *pending) run(tx *wtx) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.res, p.err = nil, errPanicked
+			p.panicked = fmt.Sprintf("%v [recovered from a store mutation]\n%s", r, debug.Stack())
+		}
+	}()
+	p.res, p.err = p.fn(tx)
 }
 
 // runBatch runs batch (batch[0] is the calling goroutine's own mutation),
@@ -159,7 +189,7 @@ func (s *Store) commitBatch(batch []*pending) error {
 	tx := &wtx{Tx: sqlTx, s: s, ctx: ctx}
 	if len(batch) == 1 {
 		p := batch[0]
-		if p.res, p.err = p.fn(tx); p.err != nil {
+		if p.run(tx); p.err != nil {
 			return nil // rolled back by the deferred Rollback
 		}
 	} else {
@@ -172,7 +202,7 @@ func (s *Store) commitBatch(batch []*pending) error {
 			if _, err := tx.exec(qSavepoint); err != nil {
 				return fmt.Errorf("savepoint: %w", classify(err))
 			}
-			if p.res, p.err = p.fn(tx); p.err != nil {
+			if p.run(tx); p.err != nil {
 				p.res = nil
 				// Undo what the member wrote. If the savepoint is gone,
 				// SQLite rolled the whole transaction back (a full disk,

@@ -502,3 +502,62 @@ func seqsOf(evs []store.Event) []int64 {
 	}
 	return out
 }
+
+// TestGroupCommitPanic: a mutation that panics makes its own caller panic
+// (with the original message), alone or inside a batch; the batch's other
+// members are answered and stored as if it had failed, and the writer goes
+// on taking writes rather than waiting forever for a batch that died.
+func TestGroupCommitPanic(t *testing.T) {
+	var batches batchSizes
+	s, path, refs := groupFixture(t, 2, sqlite.WithBusyTimeout(groupBusyTimeout), sqlite.WithBatchHook(batches.hook))
+	ctx := t.Context()
+	panicking := func() (recovered any) {
+		defer func() { recovered = recover() }()
+		s.WriteFunc(ctx, func() { panic("boom") })
+		return nil
+	}
+
+	if r := panicking(); r == nil || !strings.Contains(fmt.Sprint(r), "boom") {
+		t.Fatalf("a lone panicking mutation: its caller recovered %v, want the panic", r)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := s.AppendLog(ctx, refs[0], tagged(t, "after-alone", ""), nil); done <- err }()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer is stuck after a panicking mutation")
+	}
+
+	var recovered any
+	var appended error
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		queueBehindLeader(t, s, path, &batches, func() {
+			if _, err := s.AppendLog(ctx, refs[0], tagged(t, "leader", ""), nil); err != nil {
+				t.Errorf("leader: %v", err)
+			}
+		}, []func(){
+			func() { recovered = panicking() },
+			func() { _, appended = s.AppendLog(ctx, refs[1], tagged(t, "beside-the-panic", ""), nil) },
+		})
+	}()
+	select {
+	case <-finished:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a batch holding a panicking mutation never answered")
+	}
+	if sizes := batches.seen(); !slices.Contains(sizes, 2) {
+		t.Fatalf("batch sizes %v: the panicking mutation did not share a batch", sizes)
+	}
+	if recovered == nil || !strings.Contains(fmt.Sprint(recovered), "boom") {
+		t.Errorf("the panicking member's caller recovered %v, want the panic", recovered)
+	}
+	must(t, appended)
+	if tags := storedTags(t, s, refs[1]); len(tags["beside-the-panic"]) != 1 {
+		t.Errorf("the member beside the panic stored %v", tags)
+	}
+	_, err := s.AppendLog(ctx, refs[1], tagged(t, "after-batch", ""), nil)
+	must(t, err)
+}
