@@ -30,3 +30,6 @@ func (s *Store) WriteFunc(ctx context.Context, fn func()) error {
 	})
 	return err
 }
+
+// MaxGroupCommit is maxGroupCommit, the most mutations one commit carries.
+const MaxGroupCommit = maxGroupCommit

@@ -561,3 +561,34 @@ func TestGroupCommitPanic(t *testing.T) {
 	_, err := s.AppendLog(ctx, refs[1], tagged(t, "after-batch", ""), nil)
 	must(t, err)
 }
+
+// TestGroupCommitBound: no batch carries more than MaxGroupCommit
+// mutations; the callers past it wait for the next batch, and all of them
+// are stored.
+func TestGroupCommitBound(t *testing.T) {
+	const extra = 5
+	var batches batchSizes
+	n := sqlite.MaxGroupCommit + extra
+	s, path, refs := groupFixture(t, n+1, sqlite.WithBusyTimeout(groupBusyTimeout), sqlite.WithBatchHook(batches.hook))
+	ctx := t.Context()
+	errs := make([]error, n)
+	others := make([]func(), n)
+	for i := range others {
+		others[i] = func() { _, errs[i] = s.AppendLog(ctx, refs[i+1], tagged(t, "queued", ""), nil) }
+	}
+	before := len(batches.seen())
+	queueBehindLeader(t, s, path, &batches, func() {
+		if _, err := s.AppendLog(ctx, refs[0], tagged(t, "leader", ""), nil); err != nil {
+			t.Errorf("leader: %v", err)
+		}
+	}, others)
+	if got, want := batches.seen()[before:], []int{1, sqlite.MaxGroupCommit, extra}; !slices.Equal(got, want) {
+		t.Errorf("batch sizes %v, want %v", got, want)
+	}
+	for i, err := range errs {
+		must(t, err)
+		if tags := storedTags(t, s, refs[i+1]); len(tags["queued"]) != 1 {
+			t.Errorf("queued %d stored %v", i, tags)
+		}
+	}
+}
