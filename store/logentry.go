@@ -119,6 +119,12 @@ func stringOf(raw json.RawMessage) string {
 	if len(raw) == 0 || raw[0] != '"' {
 		return ""
 	}
+	// raw is a string of valid JSON: without a backslash, what lies
+	// between its quotes is the value (the usual case, decoded without
+	// encoding/json's allocations).
+	if len(raw) >= 2 && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1 : len(raw)-1])
+	}
 	var s string
 	if json.Unmarshal(raw, &s) != nil {
 		return ""

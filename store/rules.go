@@ -152,7 +152,9 @@ type LogAppend struct {
 	// Events holds every entry in request order, for publishing: stored
 	// entries numbered, ephemeral ones (agent_message_chunk) with seq 0.
 	Events []Event
-	// Stored holds the entries to store, numbered and in order.
+	// Stored holds the entries to store, numbered and in order. When no
+	// entry is ephemeral (the common append) it is Events itself, one
+	// slice less per append: neither may be modified.
 	Stored []Event
 	// Times[i] is Stored[i]'s parsed timestamp, nil when it had none.
 	Times []*time.Time
@@ -163,7 +165,16 @@ type LogAppend struct {
 // stored), and advances r.LastSeq and r.LogCount by the stored ones. An
 // append does not change updated_at: a log line is not a change of the run.
 func AppendEntries(r *Run, entries []LogEntry) LogAppend {
-	out := LogAppend{Events: make([]Event, 0, len(entries)), Stored: make([]Event, 0, len(entries))}
+	ephemeral := 0
+	for i := range entries {
+		if entries[i].Ephemeral() {
+			ephemeral++
+		}
+	}
+	out := LogAppend{Events: make([]Event, 0, len(entries)), Times: make([]*time.Time, 0, len(entries)-ephemeral)}
+	if ephemeral > 0 {
+		out.Stored = make([]Event, 0, len(entries)-ephemeral)
+	}
 	for i := range entries {
 		e := &entries[i]
 		if e.Ephemeral() {
@@ -172,8 +183,13 @@ func AppendEntries(r *Run, entries []LogEntry) LogAppend {
 		}
 		ev := nextEvent(r, KindLog, e.Type, e.Data)
 		out.Events = append(out.Events, ev)
-		out.Stored = append(out.Stored, ev)
+		if ephemeral > 0 {
+			out.Stored = append(out.Stored, ev)
+		}
 		out.Times = append(out.Times, e.Time)
+	}
+	if ephemeral == 0 {
+		out.Stored = out.Events
 	}
 	r.LogCount += int64(len(out.Stored))
 	return out

@@ -1,5 +1,35 @@
 package sqlite
 
+import (
+	"context"
+
+	"runhub/store"
+)
+
 // WithScanHook has fn told the size of every entry QueryLog and EventsBefore
 // copy out of SQLite, so tests can bound what a read holds without timing.
 func WithScanHook(fn func(bytes int)) Option { return func(s *Store) { s.onScan = fn } }
+
+// WithBatchHook has fn told the size of every group-commit batch before it
+// runs, so tests can see that concurrent mutations shared a commit.
+func WithBatchHook(fn func(n int)) Option { return func(s *Store) { s.group.onBatch = fn } }
+
+// QueuedWrites is how many mutations wait for the running batch.
+func (s *Store) QueuedWrites() int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return len(s.group.queue)
+}
+
+// WriteFunc runs fn as a mutation through the writer's group commit, so
+// tests can make one panic.
+func (s *Store) WriteFunc(ctx context.Context, fn func()) error {
+	_, err := s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
+		fn()
+		return &store.MutationResult{}, nil
+	})
+	return err
+}
+
+// MaxGroupCommit is maxGroupCommit, the most mutations one commit carries.
+const MaxGroupCommit = maxGroupCommit

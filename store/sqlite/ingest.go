@@ -10,12 +10,15 @@ import (
 	"runhub/store"
 )
 
-// ingestState reads run rid's ingest row inside tx (zero when it has none).
-func ingestState(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, rid int64) (store.IngestState, error) {
+const ingestReadSQL = "SELECT last_accepted_seq, completed FROM run_ingest WHERE rid = ?"
+
+const ingestWriteSQL = `INSERT INTO run_ingest (rid, last_accepted_seq, completed) VALUES (?, ?, ?)
+		ON CONFLICT (rid) DO UPDATE SET last_accepted_seq = excluded.last_accepted_seq, completed = excluded.completed`
+
+// scanIngestState reads an ingest row (zero when the run has none).
+func scanIngestState(row *sql.Row) (store.IngestState, error) {
 	var st store.IngestState
-	err := q.QueryRowContext(ctx, "SELECT last_accepted_seq, completed FROM run_ingest WHERE rid = ?", rid).Scan(&st.LastAccepted, &st.Complete)
+	err := row.Scan(&st.LastAccepted, &st.Complete)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return st, fmt.Errorf("read ingest state: %w", classify(err))
 	}
@@ -23,10 +26,8 @@ func ingestState(ctx context.Context, q interface {
 }
 
 // writeIngestState stores run rid's ingest row.
-func writeIngestState(ctx context.Context, tx *sql.Tx, rid int64, st store.IngestState) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO run_ingest (rid, last_accepted_seq, completed) VALUES (?, ?, ?)
-		ON CONFLICT (rid) DO UPDATE SET last_accepted_seq = excluded.last_accepted_seq, completed = excluded.completed`,
-		rid, st.LastAccepted, st.Complete)
+func writeIngestState(tx *wtx, rid int64, st store.IngestState) error {
+	_, err := tx.exec(qIngestWrite, rid, st.LastAccepted, st.Complete)
 	if err != nil {
 		return fmt.Errorf("write ingest state: %w", classify(err))
 	}
@@ -39,7 +40,7 @@ func (s *Store) IngestState(ctx context.Context, ref store.RunRef) (store.Ingest
 	if err != nil {
 		return store.IngestState{}, err
 	}
-	return ingestState(ctx, s.r, r.rid)
+	return scanIngestState(s.r.QueryRowContext(ctx, ingestReadSQL, r.rid))
 }
 
 // IngestEvents checks the lines' sender seqs against the run's ingest row
@@ -48,8 +49,8 @@ func (s *Store) IngestState(ctx context.Context, ref store.RunRef) (store.Ingest
 // row between the check and the append.
 func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []store.IngestLine) (*store.IngestResult, error) {
 	var out store.IngestResult
-	res, err := s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		st, err := ingestState(ctx, tx, r.rid)
+	res, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		st, err := scanIngestState(tx.queryRow(qIngestRead, r.rid))
 		if err != nil {
 			return nil, err
 		}
@@ -58,11 +59,11 @@ func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []stor
 		if len(accept) == 0 {
 			return nil, nil
 		}
-		events, err := s.appendEntries(ctx, tx, r, accept)
+		events, err := appendEntries(tx, r, accept)
 		if err != nil {
 			return nil, err
 		}
-		return events, writeIngestState(ctx, tx, r.rid, after)
+		return events, writeIngestState(tx, r.rid, after)
 	})
 	if err != nil {
 		return nil, err
@@ -75,8 +76,8 @@ func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []stor
 // accepted seq.
 func (s *Store) CompleteIngest(ctx context.Context, ref store.RunRef, finalSeq int64) (*store.IngestResult, error) {
 	var out store.IngestResult
-	res, err := s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		st, err := ingestState(ctx, tx, r.rid)
+	res, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		st, err := scanIngestState(tx.queryRow(qIngestRead, r.rid))
 		if err != nil {
 			return nil, err
 		}
@@ -85,7 +86,7 @@ func (s *Store) CompleteIngest(ctx context.Context, ref store.RunRef, finalSeq i
 		if conflict != nil || st.Complete {
 			return nil, nil
 		}
-		return nil, writeIngestState(ctx, tx, r.rid, after)
+		return nil, writeIngestState(tx, r.rid, after)
 	})
 	if err != nil {
 		return nil, err

@@ -15,36 +15,36 @@ import (
 // lookup, the count and the insert share the writer's transaction, so the
 // bound holds against concurrent senders.
 func (s *Store) EnqueueUserMessage(ctx context.Context, ref store.RunRef, params json.RawMessage) (int64, error) {
-	tx, err := s.w.BeginTx(ctx, nil)
+	var id int64
+	_, err := s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
+		if _, err := findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID)); err != nil {
+			return nil, err
+		}
+		var err error
+		id, err = enqueueTx(tx, ref.RunID, params, s.clock())
+		return &store.MutationResult{}, err
+	})
 	if err != nil {
-		return 0, fmt.Errorf("begin: %w", classify(err))
-	}
-	defer tx.Rollback()
-	if _, err := findRun(tx.QueryRowContext(ctx, findRunSQL, runKey(ref)...)); err != nil {
 		return 0, err
-	}
-	id, err := enqueueTx(ctx, tx, ref.RunID, params, s.clock())
-	if err != nil {
-		return 0, err
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("commit: %w", classify(err))
 	}
 	return id, nil
 }
 
+const queueCountSQL = "SELECT count(*) FROM user_message_queue WHERE run_id = ?"
+
+const queueInsertSQL = "INSERT INTO user_message_queue (run_id, params, created_at) VALUES (?, ?, ?)"
+
 // enqueueTx appends params to the queue of the run in tx, within
 // store.MaxQueuedUserMessages (the caller has found the run in tx).
-func enqueueTx(ctx context.Context, tx *sql.Tx, runID string, params json.RawMessage, now time.Time) (int64, error) {
+func enqueueTx(tx *wtx, runID string, params json.RawMessage, now time.Time) (int64, error) {
 	var n int
-	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM user_message_queue WHERE run_id = ?", runID).Scan(&n); err != nil {
+	if err := tx.queryRow(qQueueCount, runID).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count queued messages: %w", classify(err))
 	}
 	if n >= store.MaxQueuedUserMessages {
 		return 0, store.ErrQueueFull
 	}
-	res, err := tx.ExecContext(ctx, "INSERT INTO user_message_queue (run_id, params, created_at) VALUES (?, ?, ?)",
-		runID, string(params), micros(now))
+	res, err := tx.exec(qQueueInsert, runID, string(params), micros(now))
 	if err != nil {
 		return 0, fmt.Errorf("queue user message: %w", classify(err))
 	}

@@ -127,16 +127,18 @@ func jsonOrNull(m map[string]json.RawMessage) any {
 	return string(b)
 }
 
+const writeRunSQL = `UPDATE runs SET stage = ?, branch = ?, status = ?, environment = ?, error_message = ?, output = ?, state = ?,
+		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ? WHERE rid = ?`
+
 // writeRun stores every column of r that a mutation may change.
-func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
+func writeRun(tx *wtx, r *runRow) error {
 	state, _ := json.Marshal(r.State)
 	artifacts, _ := json.Marshal(r.Artifacts)
 	var completed any
 	if r.CompletedAt != nil {
 		completed = micros(*r.CompletedAt)
 	}
-	_, err := tx.ExecContext(ctx, `UPDATE runs SET stage = ?, branch = ?, status = ?, environment = ?, error_message = ?, output = ?, state = ?,
-		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ? WHERE rid = ?`,
+	_, err := tx.exec(qWriteRun,
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
 		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
 	if err != nil {
@@ -146,113 +148,102 @@ func writeRun(ctx context.Context, tx *sql.Tx, r *runRow) error {
 }
 
 // insertEvents stores events the domain rules numbered, each stamped ts.
-func insertEvents(ctx context.Context, tx *sql.Tx, rid int64, events []store.Event, ts time.Time) error {
+func insertEvents(tx *wtx, rid int64, events []store.Event, ts time.Time) error {
 	for _, ev := range events {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO run_events (rid, seq, kind, event_type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
-			rid, ev.Seq, ev.Kind, ev.Type, ts.UnixMicro(), []byte(ev.Data)); err != nil {
+		if _, err := tx.exec(qInsertOne, rid, ev.Seq, ev.Kind, ev.Type, ts.UnixMicro(), []byte(ev.Data)); err != nil {
 			return fmt.Errorf("insert event: %w", classify(err))
 		}
 	}
 	return nil
 }
 
+const insertRunSQL = `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`
+
 // CreateRun inserts a run and its first task_run_state event.
 func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr store.NewRun) (*store.MutationResult, error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("begin: %w", classify(err))
-	}
-	defer tx.Rollback()
-	now := s.clock() // read while holding the writer, so time follows seq order
-	_, taskRowid, err := taskRow(ctx, tx, project, task)
-	if err != nil {
-		return nil, err
-	}
-	run, events := store.NewRunFrom(uuid.NewString(), project, task, nr, now)
-	r := &runRow{Run: *run}
-	state, _ := json.Marshal(r.State)
-	res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, task_rowid, project_id, status, environment, state, artifacts, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?)`, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
-	if err != nil {
-		return nil, fmt.Errorf("insert run: %w", classify(err))
-	}
-	if r.rid, err = res.LastInsertId(); err != nil {
-		return nil, fmt.Errorf("run rowid: %w", classify(err))
-	}
-	if err := insertEvents(ctx, tx, r.rid, events, now); err != nil {
-		return nil, err
-	}
-	if err := writeRun(ctx, tx, r); err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit run: %w", classify(err))
-	}
-	return &store.MutationResult{Run: &r.Run, Events: events}, nil
-}
-
-// mutate runs fn on the run inside one write transaction, handling the
-// idempotency key: a key already applied returns its snapshot and runs
-// nothing; otherwise the run after fn is recorded under the key.
-func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
-	fn func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("begin: %w", classify(err))
-	}
-	defer tx.Rollback()
-	now := s.clock() // read while holding the writer, so time follows seq order
-	r, err := findRun(tx.StmtContext(ctx, s.stmts[findRunSQL]).QueryRowContext(ctx, runKey(ref)...))
-	if err != nil {
-		return nil, err
-	}
-	if idem != nil {
-		var hash, snapshot []byte
-		err := tx.QueryRowContext(ctx, "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?", r.rid, idem.StoredKey()).Scan(&hash, &snapshot)
-		switch {
-		case err == nil:
-			if !bytes.Equal(hash, idem.RequestHash) {
-				return nil, store.ErrIdempotencyMismatch
-			}
-			prev, err := store.DecodeRunSnapshot(snapshot)
-			if err != nil {
-				return nil, err
-			}
-			return &store.MutationResult{Run: prev, Replayed: true}, nil
-		case !errors.Is(err, sql.ErrNoRows):
-			return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
-		}
-	}
-	events, err := fn(tx, r, now)
-	if err != nil {
-		return nil, err
-	}
-	if idem != nil {
-		snapshot, err := store.EncodeRunSnapshot(&r.Run)
+	return s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
+		now := s.clock() // read while holding the writer, so time follows seq order
+		_, taskRowid, err := taskRow(tx.ctx, tx, project, task)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
-			r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
-			return nil, fmt.Errorf("record idempotency key: %w", classify(err))
+		run, events := store.NewRunFrom(uuid.NewString(), project, task, nr, now)
+		r := &runRow{Run: *run}
+		state, _ := json.Marshal(r.State)
+		res, err := tx.exec(qInsertRun, r.ID, taskRowid, project, r.Status, r.Environment, string(state), micros(now), micros(now))
+		if err != nil {
+			return nil, fmt.Errorf("insert run: %w", classify(err))
 		}
-		// Keys are kept at least store.IdempotencyTTL; older ones of this run go now.
-		if _, err := tx.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?", r.rid, micros(store.IdempotencyCutoff(now))); err != nil {
-			return nil, fmt.Errorf("expire idempotency keys: %w", classify(err))
+		if r.rid, err = res.LastInsertId(); err != nil {
+			return nil, fmt.Errorf("run rowid: %w", classify(err))
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", classify(err))
-	}
-	return &store.MutationResult{Run: &r.Run, Events: events}, nil
+		if err := insertEvents(tx, r.rid, events, now); err != nil {
+			return nil, err
+		}
+		if err := writeRun(tx, r); err != nil {
+			return nil, err
+		}
+		return &store.MutationResult{Run: &r.Run, Events: events}, nil
+	})
+}
+
+// mutate runs fn on the run inside a write transaction (shared with
+// concurrent mutations of other runs, see group), handling the idempotency
+// key: a key already applied returns its snapshot and runs nothing;
+// otherwise the run after fn is recorded under the key.
+func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
+	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	return s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
+		now := s.clock() // read while holding the writer, so time follows seq order
+		r, err := findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))
+		if err != nil {
+			return nil, err
+		}
+		if idem != nil {
+			var hash, snapshot []byte
+			err := tx.queryRow(qIdemLookup, r.rid, idem.StoredKey()).Scan(&hash, &snapshot)
+			switch {
+			case err == nil:
+				if !bytes.Equal(hash, idem.RequestHash) {
+					return nil, store.ErrIdempotencyMismatch
+				}
+				prev, err := store.DecodeRunSnapshot(snapshot)
+				if err != nil {
+					return nil, err
+				}
+				return &store.MutationResult{Run: prev, Replayed: true}, nil
+			case !errors.Is(err, sql.ErrNoRows):
+				return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
+			}
+		}
+		events, err := fn(tx, r, now)
+		if err != nil {
+			return nil, err
+		}
+		if idem != nil {
+			snapshot, err := store.EncodeRunSnapshot(&r.Run)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.exec(qIdemInsert, r.rid, idem.StoredKey(), idem.RequestHash, snapshot, micros(now)); err != nil {
+				return nil, fmt.Errorf("record idempotency key: %w", classify(err))
+			}
+			// Keys are kept at least store.IdempotencyTTL; older ones of this run go now.
+			if _, err := tx.exec(qIdemExpire, r.rid, micros(store.IdempotencyCutoff(now))); err != nil {
+				return nil, fmt.Errorf("expire idempotency keys: %w", classify(err))
+			}
+		}
+		return &store.MutationResult{Run: &r.Run, Events: events}, nil
+	})
 }
 
 // recordChange writes the run row and appends the events a rule returned.
-func recordChange(ctx context.Context, tx *sql.Tx, r *runRow, events []store.Event, now time.Time) ([]store.Event, error) {
-	if err := insertEvents(ctx, tx, r.rid, events, now); err != nil {
+func recordChange(tx *wtx, r *runRow, events []store.Event, now time.Time) ([]store.Event, error) {
+	if err := insertEvents(tx, r.rid, events, now); err != nil {
 		return nil, err
 	}
-	if err := writeRun(ctx, tx, r); err != nil {
+	if err := writeRun(tx, r); err != nil {
 		return nil, err
 	}
 	return events, nil
@@ -260,24 +251,24 @@ func recordChange(ctx context.Context, tx *sql.Tx, r *runRow, events []store.Eve
 
 // UpdateRun applies a PATCH (store.ApplyPatch).
 func (s *Store) UpdateRun(ctx context.Context, ref store.RunRef, p store.RunPatch, idem *store.Idempotency) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+	return s.mutate(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		events, err := store.ApplyPatch(&r.Run, p, now)
 		if err != nil || len(events) == 0 { // refused, or nothing to change (only_if_non_terminal)
 			return nil, err
 		}
 		if len(p.QueueMessage) > 0 {
-			if _, err := enqueueTx(ctx, tx, r.ID, p.QueueMessage, now); err != nil {
+			if _, err := enqueueTx(tx, r.ID, p.QueueMessage, now); err != nil {
 				return nil, err
 			}
 		}
-		return recordChange(ctx, tx, r, events, now)
+		return recordChange(tx, r, events, now)
 	})
 }
 
 // SetOutput replaces the run's output (store.ReplaceOutput).
 func (s *Store) SetOutput(ctx context.Context, ref store.RunRef, output map[string]json.RawMessage, idem *store.Idempotency) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		return recordChange(ctx, tx, r, store.ReplaceOutput(&r.Run, output, now), now)
+	return s.mutate(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		return recordChange(tx, r, store.ReplaceOutput(&r.Run, output, now), now)
 	})
 }
 
@@ -303,8 +294,8 @@ func insertEventsSQL(n int) string {
 // seq values, contiguous and in order, and returns every entry as an event
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, idem, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
-		return s.appendEntries(ctx, tx, r, entries)
+	return s.mutate(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		return appendEntries(tx, r, entries)
 	})
 }
 
@@ -312,13 +303,13 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 // it numbers the entries (store.AppendEntries), inserts the stored ones
 // and the run's new last_seq and log_count, and returns every entry as an
 // event for publishing.
-func (s *Store) appendEntries(ctx context.Context, tx *sql.Tx, r *runRow, entries []store.LogEntry) ([]store.Event, error) {
+func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event, error) {
 	ap := store.AppendEntries(&r.Run, entries)
 	stored, stamps := ap.Stored, ap.Times
 	if len(stored) == 0 {
 		return ap.Events, nil
 	}
-	args := make([]any, 0, 6*min(len(stored), insertChunk))
+	args := tx.argBuf(6 * min(len(stored), insertChunk))
 	for start := 0; start < len(stored); start += insertChunk {
 		chunk := stored[start:min(start+insertChunk, len(stored))]
 		args = args[:0]
@@ -329,11 +320,20 @@ func (s *Store) appendEntries(ctx context.Context, tx *sql.Tx, r *runRow, entrie
 			}
 			args = append(args, r.rid, ev.Seq, ev.Kind, ev.Type, ts, []byte(ev.Data))
 		}
-		if _, err := s.execTx(ctx, tx, insertEventsSQL(len(chunk)), args...); err != nil {
+		var err error
+		switch len(chunk) {
+		case 1:
+			_, err = tx.exec(qInsertOne, args...)
+		case insertChunk:
+			_, err = tx.exec(qInsertChunk, args...)
+		default: // the tail of a long append: once per call, not worth a statement each length
+			_, err = tx.ExecContext(tx.ctx, insertEventsSQL(len(chunk)), args...)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("insert log entries: %w", classify(err))
 		}
 	}
-	if _, err := s.execTx(ctx, tx, updateSeqSQL, r.LastSeq, r.LogCount, r.rid); err != nil {
+	if _, err := tx.exec(qUpdateSeq, r.LastSeq, r.LogCount, r.rid); err != nil {
 		return nil, fmt.Errorf("update run seq: %w", classify(err))
 	}
 	return ap.Events, nil
@@ -341,11 +341,11 @@ func (s *Store) appendEntries(ctx context.Context, tx *sql.Tx, r *runRow, entrie
 
 // AddArtifacts appends manifest entries and their artifact events.
 func (s *Store) AddArtifacts(ctx context.Context, ref store.RunRef, entries []json.RawMessage) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, nil, func(tx *sql.Tx, r *runRow, now time.Time) ([]store.Event, error) {
+	return s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		events, err := store.AddArtifactEntries(&r.Run, entries, now)
 		if err != nil {
 			return nil, err
 		}
-		return recordChange(ctx, tx, r, events, now)
+		return recordChange(tx, r, events, now)
 	})
 }

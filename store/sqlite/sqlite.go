@@ -5,7 +5,10 @@
 // serialised in-process and seq assignment (read last_seq, insert events,
 // store last_seq) cannot race; other processes (the `runhub keys` command
 // while the server runs) are serialised by SQLite's own lock with a busy
-// timeout, past which a write fails with store.ErrBusy. Reads use a separate pool of read-only connections and never wait
+// timeout, past which a write fails with store.ErrBusy. Mutations of runs
+// that arrive while another runs share the next transaction and its one
+// commit (group commit, see group), each in its own savepoint and each
+// answered only after that commit. Reads use a separate pool of read-only connections and never wait
 // for the writer. synchronous=NORMAL in WAL mode keeps every committed
 // transaction across a process crash (kill -9); only an OS crash or power
 // loss may drop the last few commits, never half of one.
@@ -43,9 +46,10 @@ type Store struct {
 	w     *sql.DB // exactly one connection: all writes
 	r     *sql.DB // read-only pool
 	now   func() time.Time
-	busy  time.Duration        // how long a connection waits for another's lock
-	stmts map[string]*sql.Stmt // read-only after Open: prepared on w
-	dir   string               // the database file's directory (ProbeWrite)
+	busy  time.Duration          // how long a connection waits for another's lock
+	stmts [numPrepared]*sql.Stmt // read-only after Open: prepared on w
+	group group                  // gathers concurrent mutations into shared commits
+	dir   string                 // the database file's directory (ProbeWrite)
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, EventsBefore) copied out of SQLite.
 	onScan func(bytes int)
@@ -130,7 +134,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 // Close closes both pools.
 func (s *Store) Close() error {
 	for _, st := range s.stmts {
-		st.Close()
+		if st != nil {
+			st.Close()
+		}
 	}
 	err := s.w.Close()
 	if s.r != nil {
@@ -193,31 +199,62 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
-// preparedQueries are prepared once on the writer connection at Open:
-// SQLite parses SQL on every unprepared Exec, which costs more than running
-// these small statements, and append_log runs them for every request. They
-// must be prepared before any transaction exists, since the writer pool has
-// one connection and a transaction holds it.
-var preparedQueries = []string{findRunSQL, updateSeqSQL, insertEventsSQL(1), insertEventsSQL(insertChunk)}
+// The statements of the mutation path, prepared once on the writer
+// connection at Open: SQLite parses SQL on every unprepared Exec, which
+// costs more than running these small statements, and every append runs
+// them. They must be prepared before any transaction exists, since the
+// writer pool has one connection and a transaction holds it.
+const (
+	qFindRun = iota
+	qUpdateSeq
+	qInsertOne
+	qInsertChunk
+	qWriteRun
+	qInsertRun
+	qIdemLookup
+	qIdemInsert
+	qIdemExpire
+	qSavepoint
+	qRelease
+	qRollbackTo
+	qIngestRead
+	qIngestWrite
+	qQueueCount
+	qQueueInsert
+	numPrepared
+)
+
+// preparedQueries holds the SQL of each prepared statement, by its q constant.
+var preparedQueries = [numPrepared]string{
+	qFindRun:     findRunSQL,
+	qUpdateSeq:   updateSeqSQL,
+	qInsertOne:   insertEventsSQL(1),
+	qInsertChunk: insertEventsSQL(insertChunk),
+	qWriteRun:    writeRunSQL,
+	qInsertRun:   insertRunSQL,
+	qIdemLookup:  "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?",
+	qIdemInsert:  "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
+	qIdemExpire:  "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?",
+	// One name serves every member of a batch: each member's savepoint is
+	// released (or rolled back to and released) before the next begins.
+	qSavepoint:   "SAVEPOINT mutation",
+	qRelease:     "RELEASE mutation",
+	qRollbackTo:  "ROLLBACK TO mutation",
+	qIngestRead:  ingestReadSQL,
+	qIngestWrite: ingestWriteSQL,
+	qQueueCount:  queueCountSQL,
+	qQueueInsert: queueInsertSQL,
+}
 
 func (s *Store) prepare(ctx context.Context) error {
-	s.stmts = make(map[string]*sql.Stmt, len(preparedQueries))
-	for _, q := range preparedQueries {
+	for i, q := range preparedQueries {
 		st, err := s.w.PrepareContext(ctx, q)
 		if err != nil {
 			return fmt.Errorf("prepare: %w", err)
 		}
-		s.stmts[q] = st
+		s.stmts[i] = st
 	}
 	return nil
-}
-
-// execTx runs query in tx, through its prepared statement when it has one.
-func (s *Store) execTx(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
-	if st, ok := s.stmts[query]; ok {
-		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
-	}
-	return tx.ExecContext(ctx, query, args...)
 }
 
 // micros converts a time to the stored form.

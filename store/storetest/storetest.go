@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"BoundedReads", testBoundedReads},
 		{"StreamLog", testStreamLog},
 		{"Concurrency", testConcurrency},
+		{"ManyRuns", testManyRuns},
 		{"Revocation", testRevocation},
 		{"Bootstrap", testBootstrap},
 		{"Ingest", testIngest},
