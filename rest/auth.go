@@ -93,7 +93,9 @@ func (s *Server) authenticate(r *http.Request) (*store.APIKey, error) {
 	if secret == "" {
 		return nil, errUnauthenticated
 	}
-	key, err := s.store.APIKeyByHash(r.Context(), store.HashAPIKey(secret))
+	var h keyHash
+	copy(h[:], store.HashAPIKey(secret))
+	key, err := s.keys.lookup(r.Context(), h, s.store.APIKeyByHash)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errBadKey
 	}
