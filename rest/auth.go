@@ -93,9 +93,7 @@ func (s *Server) authenticate(r *http.Request) (*store.APIKey, error) {
 	if secret == "" {
 		return nil, errUnauthenticated
 	}
-	var h keyHash
-	copy(h[:], store.HashAPIKey(secret))
-	key, err := s.keys.lookup(r.Context(), h, s.store.APIKeyByHash)
+	key, err := s.keys.lookup(r.Context(), hashKey(secret), s.store)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errBadKey
 	}
@@ -140,7 +138,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 		return errNoProject
 	}
 	if key.AllProjects {
-		if _, err := s.store.GetProject(r.Context(), project); err != nil {
+		if err := s.projects.exists(r.Context(), project, s.store.GetProject); err != nil {
 			return err
 		}
 	}

@@ -49,6 +49,14 @@ const (
 // keyHash is the SHA-256 of a key's secret (store.HashAPIKey).
 type keyHash = [sha256.Size]byte
 
+// hashKey is store.HashAPIKey without its allocations (TestHashKey keeps
+// the two equal): a key (51 bytes) is copied into a buffer on the stack,
+// where []byte(secret) would allocate; a longer secret allocates.
+func hashKey(secret string) keyHash {
+	var buf [128]byte
+	return sha256.Sum256(append(buf[:0], secret...))
+}
+
 // keyCache remembers verified keys (and, briefly, unknown secrets).
 // The *store.APIKey it hands out is shared between requests: callers only
 // read it.
@@ -73,9 +81,15 @@ func newKeyCache(ttl time.Duration, size int, revoked func(int64) bool) *keyCach
 		known: make(map[keyHash]cachedKey), unknown: make(map[keyHash]time.Time)}
 }
 
+// keySource is the store as the cache reads it (an interface, not a
+// method value, which would cost an allocation per request).
+type keySource interface {
+	APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, error)
+}
+
 // lookup returns the unrevoked key with hash h, from the cache or from
-// load (the store); store.ErrNotFound when there is none.
-func (c *keyCache) lookup(ctx context.Context, h keyHash, load func(context.Context, []byte) (*store.APIKey, error)) (*store.APIKey, error) {
+// src (the store); store.ErrNotFound when there is none.
+func (c *keyCache) lookup(ctx context.Context, h keyHash, src keySource) (*store.APIKey, error) {
 	now := c.now()
 	c.mu.Lock()
 	if e, ok := c.known[h]; ok {
@@ -94,7 +108,8 @@ func (c *keyCache) lookup(ctx context.Context, h keyHash, load func(context.Cont
 	}
 	c.mu.Unlock()
 
-	key, err := load(ctx, h[:])
+	// A copy: handing h[:] out would move every lookup's h to the heap.
+	key, err := src.APIKeyByHash(ctx, append([]byte(nil), h[:]...))
 	if errors.Is(err, store.ErrNotFound) {
 		c.mu.Lock()
 		makeRoom(c.unknown, UnknownKeyCacheSize, now, func(exp time.Time) time.Time { return exp })
@@ -146,4 +161,43 @@ func makeRoom[V any](m map[keyHash]V, size int, now time.Time, expiry func(V) ti
 		}
 		delete(m, h)
 	}
+}
+
+// KnownProjectsSize bounds the project ids a node remembers as existing.
+// Projects are created by the operator and never deleted, so an id seen
+// once exists for good and needs no expiry; the bound only keeps a caller
+// probing ids from growing the table (only ids that exist are added, so it
+// is reached only by a deployment with that many projects, which then asks
+// the store for the rest).
+const KnownProjectsSize = 100_000
+
+// knownProjects remembers the projects found to exist: an all-projects
+// key's request checked its project in the store on every request (a
+// fifth of append_log's server CPU with the bootstrap key).
+type knownProjects struct {
+	mu  sync.RWMutex
+	ids map[int64]struct{}
+}
+
+// exists reports whether project exists, asking get (the store) only
+// for an id not seen before; an unknown id is store.ErrNotFound.
+func (k *knownProjects) exists(ctx context.Context, project int64, get func(context.Context, int64) (*store.Project, error)) error {
+	k.mu.RLock()
+	_, ok := k.ids[project]
+	k.mu.RUnlock()
+	if ok {
+		return nil
+	}
+	if _, err := get(ctx, project); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	if k.ids == nil {
+		k.ids = make(map[int64]struct{})
+	}
+	if len(k.ids) < KnownProjectsSize {
+		k.ids[project] = struct{}{}
+	}
+	k.mu.Unlock()
+	return nil
 }

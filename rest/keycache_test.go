@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,10 +15,17 @@ import (
 	"runhub/store"
 )
 
-// countingStore counts the API key lookups that reach the store.
+// countingStore counts the API key and project lookups that reach the
+// store.
 type countingStore struct {
 	store.Store
-	lookups atomic.Int64
+	lookups  atomic.Int64
+	projects atomic.Int64
+}
+
+func (c *countingStore) GetProject(ctx context.Context, id int64) (*store.Project, error) {
+	c.projects.Add(1)
+	return c.Store.GetProject(ctx, id)
 }
 
 func (c *countingStore) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, error) {
@@ -48,6 +56,32 @@ func TestKeyCacheSparesTheStore(t *testing.T) {
 	limit := 2 + int64(elapsed/KeyCacheTTL) + int64(elapsed/UnknownKeyTTL)
 	if got > limit {
 		t.Errorf("%d requests made %d key lookups in %v, want at most %d", 2*n, got, elapsed, limit)
+	}
+}
+
+// TestKnownProjects (issue 14 item 4): an all-projects key's requests
+// check their project in the store once (projects are never deleted), and
+// a project that does not exist stays 404 (and is asked for every time).
+func TestKnownProjects(t *testing.T) {
+	var cs *countingStore
+	e := newEnv(t, func(c *Config) {
+		cs = &countingStore{Store: c.Store}
+		c.Store = cs
+	})
+	before := cs.projects.Load()
+	for range 20 {
+		wantStatus(t, e.do(req{Method: "GET", Path: e.tasksPath(e.p1), Key: e.allKey}), http.StatusOK)
+	}
+	if n := cs.projects.Load() - before; n != 1 {
+		t.Errorf("20 requests asked the store for their project %d times, want 1", n)
+	}
+	missing := e.p2 + 1000
+	before = cs.projects.Load()
+	for range 3 {
+		wantAPIError(t, e.do(req{Method: "GET", Path: e.tasksPath(missing), Key: e.allKey}), http.StatusNotFound, "invalid_request", "")
+	}
+	if n := cs.projects.Load() - before; n != 3 {
+		t.Errorf("3 requests for a missing project asked the store %d times, want 3", n)
 	}
 }
 
@@ -116,7 +150,7 @@ type fakeKeys struct {
 	lookups int
 }
 
-func (f *fakeKeys) load(_ context.Context, h []byte) (*store.APIKey, error) {
+func (f *fakeKeys) APIKeyByHash(_ context.Context, h []byte) (*store.APIKey, error) {
 	f.lookups++
 	if k, ok := f.keys[keyHash(h)]; ok {
 		return k, nil
@@ -137,7 +171,7 @@ func TestKeyCacheExpiry(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	c.now = func() time.Time { return now }
 	for range 3 {
-		if k, err := c.lookup(ctx, hashOf(1), f.load); err != nil || k.ID != 1 {
+		if k, err := c.lookup(ctx, hashOf(1), f); err != nil || k.ID != 1 {
 			t.Fatalf("lookup: %v %v", k, err)
 		}
 	}
@@ -146,32 +180,32 @@ func TestKeyCacheExpiry(t *testing.T) {
 	}
 	delete(f.keys, hashOf(1)) // revoked in the store, by another node
 	now = now.Add(KeyCacheTTL - time.Millisecond)
-	if _, err := c.lookup(ctx, hashOf(1), f.load); err != nil {
+	if _, err := c.lookup(ctx, hashOf(1), f); err != nil {
 		t.Fatalf("within the TTL: %v", err)
 	}
 	now = now.Add(time.Millisecond)
-	if _, err := c.lookup(ctx, hashOf(1), f.load); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.lookup(ctx, hashOf(1), f); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("after the TTL: %v, want ErrNotFound", err)
 	}
 
 	// The poller saw key 2 revoked: refused at once, within its TTL.
-	if _, err := c.lookup(ctx, hashOf(2), f.load); err != nil {
+	if _, err := c.lookup(ctx, hashOf(2), f); err != nil {
 		t.Fatal(err)
 	}
 	revoked.Store(2)
-	if _, err := c.lookup(ctx, hashOf(2), f.load); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.lookup(ctx, hashOf(2), f); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("revoked by the poller: %v, want ErrNotFound", err)
 	}
 
 	// An unknown key is asked for once per UnknownKeyTTL.
 	f.lookups = 0
 	for range 3 {
-		if _, err := c.lookup(ctx, hashOf(3), f.load); !errors.Is(err, store.ErrNotFound) {
+		if _, err := c.lookup(ctx, hashOf(3), f); !errors.Is(err, store.ErrNotFound) {
 			t.Fatal(err)
 		}
 	}
 	now = now.Add(UnknownKeyTTL)
-	if _, err := c.lookup(ctx, hashOf(3), f.load); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.lookup(ctx, hashOf(3), f); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
 	if f.lookups != 2 {
@@ -193,7 +227,7 @@ func TestKeyCacheBound(t *testing.T) {
 	}
 	c := newKeyCache(KeyCacheTTL, size, nil)
 	for i := range 3 * size {
-		if _, err := c.lookup(ctx, hashOf(i), f.load); err != nil {
+		if _, err := c.lookup(ctx, hashOf(i), f); err != nil {
 			t.Fatal(err)
 		}
 		if n := c.len(); n > size {
@@ -205,12 +239,44 @@ func TestKeyCacheBound(t *testing.T) {
 	}
 	before := c.len()
 	for i := range 3 * UnknownKeyCacheSize {
-		c.lookup(ctx, hashOf(1_000_000+i), f.load)
+		c.lookup(ctx, hashOf(1_000_000+i), f)
 		if len(c.unknown) > UnknownKeyCacheSize {
 			t.Fatalf("%d unknown keys remembered, bound %d", len(c.unknown), UnknownKeyCacheSize)
 		}
 	}
 	if c.len() != before {
 		t.Errorf("unknown secrets changed the verified keys: %d, was %d", c.len(), before)
+	}
+}
+
+// TestAuthenticateAllocs: authenticating a request with a cached key
+// costs no allocation and no store query; a
+// regression to a lookup per request shows here as dozens.
+func TestAuthenticateAllocs(t *testing.T) {
+	e := newEnv(t, nil)
+	s := e.srv.Config.Handler.(*Server)
+	r := httptest.NewRequest("GET", e.tasksPath(e.p1), nil)
+	r.Header.Set("Authorization", "Bearer "+e.writeKey)
+	if _, err := s.authenticate(r); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := s.authenticate(r); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 0 {
+		t.Errorf("%v allocations per authentication with a cached key, want 0", n)
+	}
+}
+
+// TestHashKey: the cache's hash is the one the store keeps.
+func TestHashKey(t *testing.T) {
+	secret, _, hash := store.GenerateAPIKey()
+	if h := hashKey(secret); string(h[:]) != string(hash) || string(hash) != string(store.HashAPIKey(secret)) {
+		t.Fatal("hashKey differs from store.HashAPIKey")
+	}
+	long := strings.Repeat("k", 300) // beyond hashKey's stack buffer
+	if h := hashKey(long); string(h[:]) != string(store.HashAPIKey(long)) {
+		t.Fatal("hashKey of a long secret differs from store.HashAPIKey")
 	}
 }

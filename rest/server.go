@@ -153,6 +153,7 @@ type Server struct {
 	maxUpload  int64
 	limiter    *limiter
 	keys       *keyCache
+	projects   knownProjects // projects seen to exist (they are never deleted)
 	ready      func(ctx context.Context) error
 	draining   atomic.Bool // Drain was called: /readyz is 503 for good
 	writeProbe *writeProbe // nil: the store has no write probe
