@@ -24,7 +24,10 @@
 // runs the three one after another, each on a fresh server. Per path it
 // prints appends offered/accepted per second, deliveries/s, latency
 // percentiles (append sent → subscriber received), server CPU per accepted
-// append, and the lost/duplicated/extra counts, which must be 0.
+// append, and the lost/duplicated/extra counts, which must be 0. An
+// upload's lines are counted accepted by its answer, which comes after the
+// window: deliveries within the window and the latency tell whether the
+// server kept up.
 //
 // command: POST .../command round trips to a reference agent, through the
 // node it is connected to and through a second node (Redis relay).

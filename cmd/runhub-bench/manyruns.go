@@ -89,13 +89,18 @@ func (c *manyConfig) check() error {
 
 // manyReport is what one path measured.
 type manyReport struct {
-	Path                 string
-	Offered              int64 // appends due in the window
-	Behind               int64 // due but never sent: every publisher was busy
-	Accepted             int64 // acknowledged (agent, REST) or counted accepted by the upload's answer (ingest)
+	Path    string
+	Offered int64 // appends due in the window
+	Behind  int64 // due but never sent: every publisher was busy
+	// Accepted: acknowledged (agent, REST), or counted by the answers of
+	// the uploads (ingest), which come when they end, after the window:
+	// lines the server had not stored by then count too, so compare
+	// DeliveredInWindow and the latency.
+	Accepted             int64
 	Failed               int64 // sent and refused or failed
 	Window               time.Duration
 	Delivered            int64
+	DeliveredInWindow    int64            // received by the end of the window (the uploads' lines may be stored after it)
 	Latency              [4]time.Duration // p50, p95, p99, max: append sent → subscriber received
 	Lost, Dup, Extra     int64
 	ServerCPU            time.Duration
@@ -139,12 +144,13 @@ func manyRunsCmd(args []string) error {
 		}
 		reps = append(reps, rep)
 	}
-	fmt.Printf("\n%-7s %10s %10s %12s %9s %9s %9s %13s %s\n", "path", "offered/s", "accepted/s", "deliveries/s", "p50", "p99", "max", "server µs/op", "lost/dup/extra")
+	fmt.Printf("\n%-7s %10s %10s %12s %14s %9s %9s %9s %13s %s\n", "path", "offered/s", "accepted/s", "deliveries/s", "in window/s", "p50", "p99", "max", "server µs/op", "lost/dup/extra")
 	var failed []string
 	for _, r := range reps {
 		w := r.Window.Seconds()
-		fmt.Printf("%-7s %10.0f %10.0f %12.0f %9v %9v %9v %13.0f %d/%d/%d\n", r.Path, float64(r.Offered)/w, float64(r.Accepted)/w,
-			float64(r.Delivered)/w, r.Latency[0], r.Latency[2], r.Latency[3], r.ServerCPUPerAppendUS, r.Lost, r.Dup, r.Extra)
+		fmt.Printf("%-7s %10.0f %10.0f %12.0f %14.0f %9v %9v %9v %13.0f %d/%d/%d\n", r.Path, float64(r.Offered)/w, float64(r.Accepted)/w,
+			float64(r.Delivered)/w, float64(r.DeliveredInWindow)/w, r.Latency[0].Round(10*time.Microsecond), r.Latency[2].Round(10*time.Microsecond),
+			r.Latency[3].Round(10*time.Microsecond), r.ServerCPUPerAppendUS, r.Lost, r.Dup, r.Extra)
 		if r.Lost != 0 || r.Dup != 0 || r.Extra != 0 {
 			failed = append(failed, r.Path)
 		}
@@ -243,6 +249,11 @@ func runMany(ctx context.Context, c manyConfig, out io.Writer) (*manyReport, err
 	rep.Offered, rep.Behind, rep.Failed = publishMany(ctx, srv, c, runs, start)
 	rep.Window = time.Since(start)
 	_, cpu1, _ := procStat(srv.cmd.Process.Pid)
+	for _, s := range ss {
+		s.mu.Lock()
+		rep.DeliveredInWindow += s.delivered
+		s.mu.Unlock()
+	}
 	rep.ServerCPU = cpu1 - cpu0
 	if c.path == "ingest" {
 		// The uploads end (their lines are all stored) and answer.
@@ -292,7 +303,8 @@ func runMany(ctx context.Context, c manyConfig, out io.Writer) (*manyReport, err
 	w := rep.Window.Seconds()
 	fmt.Fprintf(out, "appends: %d offered (%.0f/s), %d accepted (%.0f/s), %d not sent (publishers behind), %d failed\n",
 		rep.Offered, float64(rep.Offered)/w, rep.Accepted, float64(rep.Accepted)/w, rep.Behind, rep.Failed)
-	fmt.Fprintf(out, "deliveries: %d (%.0f/s); reconnections %d\n", rep.Delivered, float64(rep.Delivered)/w, reconnects)
+	fmt.Fprintf(out, "deliveries: %d (%.0f/s), %d of them within the window (%.0f/s); reconnections %d\n",
+		rep.Delivered, float64(rep.Delivered)/w, rep.DeliveredInWindow, float64(rep.DeliveredInWindow)/w, reconnects)
 	fmt.Fprintf(out, "latency (append sent → received): p50 %v  p95 %v  p99 %v  max %v\n", rep.Latency[0], rep.Latency[1], rep.Latency[2], rep.Latency[3])
 	fmt.Fprintf(out, "server: CPU %.1f s (%.2f cores), %.0f µs per accepted append\n", rep.ServerCPU.Seconds(), rep.ServerCPU.Seconds()/w, rep.ServerCPUPerAppendUS)
 	fmt.Fprintf(out, "lost: %d  duplicated: %d  extra: %d\n", rep.Lost, rep.Dup, rep.Extra)

@@ -79,3 +79,14 @@ func TestManyRunsBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestLatencyBeyondFourSeconds: a latency above 2³² ns (4.3 s) is recorded
+// as it is (it was capped there, hiding how far a path fell behind).
+func TestLatencyBeyondFourSeconds(t *testing.T) {
+	s := &subscriber{next: 1}
+	now := time.Now()
+	s.observe(1, now.Add(-10*time.Second).UnixNano(), now)
+	if len(s.lat) != 1 || s.lat[0] != uint32(10*time.Second/time.Microsecond) {
+		t.Fatalf("latencies %v µs, want [10000000]", s.lat)
+	}
+}
