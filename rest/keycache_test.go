@@ -21,6 +21,7 @@ type countingStore struct {
 	store.Store
 	lookups  atomic.Int64
 	projects atomic.Int64
+	keysDown atomic.Bool // APIKeyByHash fails as a store that is down
 }
 
 func (c *countingStore) GetProject(ctx context.Context, id int64) (*store.Project, error) {
@@ -30,6 +31,9 @@ func (c *countingStore) GetProject(ctx context.Context, id int64) (*store.Projec
 
 func (c *countingStore) APIKeyByHash(ctx context.Context, hash []byte) (*store.APIKey, error) {
 	c.lookups.Add(1)
+	if c.keysDown.Load() {
+		return nil, store.ErrUnavailable
+	}
 	return c.Store.APIKeyByHash(ctx, hash)
 }
 
@@ -57,6 +61,29 @@ func TestKeyCacheSparesTheStore(t *testing.T) {
 	if got > limit {
 		t.Errorf("%d requests made %d key lookups in %v, want at most %d", 2*n, got, elapsed, limit)
 	}
+}
+
+// TestWSAuthenticatesFromTheStore: a /ws connection is authenticated by
+// the store, not the key cache, so that while the store is down it is
+// refused with 503 (the client retries) instead of opened to fail every
+// subscribe; REST requests with the cached key still pass authentication.
+func TestWSAuthenticatesFromTheStore(t *testing.T) {
+	var cs *countingStore
+	e := newEnv(t, func(c *Config) {
+		cs = &countingStore{Store: c.Store}
+		c.Store = cs
+		c.WS = func(w http.ResponseWriter, r *http.Request, _ RunAuthorizer) { w.WriteHeader(http.StatusOK) }
+	})
+	wantStatus(t, e.do(req{Method: "GET", Path: e.tasksPath(e.p1), Key: e.writeKey}), http.StatusOK)
+	cs.keysDown.Store(true)
+	wantStatus(t, e.do(req{Method: "GET", Path: e.tasksPath(e.p1), Key: e.writeKey}), http.StatusOK)
+	res := rawDo(t, e, req{Method: "GET", Path: "/ws", Key: e.writeKey})
+	if res.status != http.StatusServiceUnavailable {
+		t.Fatalf("/ws with the store down: %v, want 503", res)
+	}
+	checkErrorShape(t, "/ws with the store down", res)
+	cs.keysDown.Store(false)
+	wantStatus(t, e.do(req{Method: "GET", Path: "/ws", Key: e.writeKey}), http.StatusOK)
 }
 
 // TestKnownProjects (issue 14 item 4): an all-projects key's requests
