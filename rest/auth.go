@@ -88,12 +88,25 @@ func bearer(r *http.Request) string {
 }
 
 // authenticate resolves the API key of r: 401 when missing or unknown.
+// The key may come from the node's key cache (keyCache).
 func (s *Server) authenticate(r *http.Request) (*store.APIKey, error) {
+	return s.authenticateFrom(r, s.keys)
+}
+
+// authenticateFrom is authenticate through src: the key cache, or the
+// store itself.
+func (s *Server) authenticateFrom(r *http.Request, src *keyCache) (*store.APIKey, error) {
 	secret := bearer(r)
 	if secret == "" {
 		return nil, errUnauthenticated
 	}
-	key, err := s.store.APIKeyByHash(r.Context(), store.HashAPIKey(secret))
+	var key *store.APIKey
+	var err error
+	if src != nil {
+		key, err = src.lookup(r.Context(), hashKey(secret), s.store)
+	} else {
+		key, err = s.store.APIKeyByHash(r.Context(), store.HashAPIKey(secret))
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errBadKey
 	}
@@ -138,7 +151,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, scope string,
 		return errNoProject
 	}
 	if key.AllProjects {
-		if _, err := s.store.GetProject(r.Context(), project); err != nil {
+		if err := s.projects.exists(r.Context(), project, s.store.GetProject); err != nil {
 			return err
 		}
 	}
@@ -165,7 +178,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		claims = c
 		r = r.WithContext(hub.WithKey(r.Context(), c.KeyID)) // closed when the key is revoked
 	} else if bearer(r) != "" {
-		k, err := s.authenticate(r)
+		// From the store, not the key cache: a connection is opened once
+		// and lives on the store, so while the store is down it is
+		// refused with 503 (the client retries) rather than opened to
+		// fail every subscribe.
+		k, err := s.authenticateFrom(r, nil)
 		if err == nil && !k.HasScope(store.ScopeRead) {
 			err = missingScope(store.ScopeRead)
 		}

@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+	"time"
 
+	"runhub/proxy/tokens"
 	"runhub/store"
 )
 
@@ -96,7 +98,14 @@ func TestAuthRevokedKey(t *testing.T) {
 	if err := e.st.RevokeAPIKey(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
+	// The node believes a key it verified for KeyCacheTTL: the contract
+	// gives a revocation 5 s (TestKeyCacheRevocationWithinWindow).
+	revoked := time.Now()
 	res := e.do(req{Method: "GET", Path: e.tasksPath(e.p1), Key: secret})
+	for res.status == http.StatusOK && time.Since(revoked) < tokens.RevocationWindow {
+		time.Sleep(20 * time.Millisecond)
+		res = e.do(req{Method: "GET", Path: e.tasksPath(e.p1), Key: secret})
+	}
 	wantAPIError(t, res, http.StatusUnauthorized, "authentication_error", "")
 	res = e.do(req{Method: "POST", Path: e.tasksPath(e.p1), Key: secret, Body: map[string]any{"title": "x"}})
 	wantAPIError(t, res, http.StatusUnauthorized, "authentication_error", "")

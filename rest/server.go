@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"runhub/proxy/tokens"
 	"runhub/store"
 	"runhub/store/blob"
 	"runhub/store/runs"
@@ -151,6 +152,8 @@ type Server struct {
 	maxBody    int64
 	maxUpload  int64
 	limiter    *limiter
+	keys       *keyCache
+	projects   knownProjects // projects seen to exist (they are never deleted)
 	ready      func(ctx context.Context) error
 	draining   atomic.Bool // Drain was called: /readyz is 503 for good
 	writeProbe *writeProbe // nil: the store has no write probe
@@ -223,6 +226,13 @@ func New(cfg Config) *Server {
 		// server that quietly lacks an endpoint.
 		panic(err)
 	}
+	// The node's revocation poller, when Tokens has one, drops a cached
+	// key as soon as it sees the key revoked.
+	var revoked func(int64) bool
+	if tr, ok := cfg.Tokens.(interface{ Revocations() *tokens.Revocations }); ok && tr.Revocations() != nil {
+		revoked = tr.Revocations().Revoked
+	}
+	s.keys = newKeyCache(KeyCacheTTL, KeyCacheSize, revoked)
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)
 	}

@@ -50,7 +50,8 @@ func (s *subscriber) observe(seq, t int64, now time.Time) {
 	s.next = seq + 1
 	if t > 0 {
 		s.delivered++
-		s.lat = append(s.lat, uint32(min(now.UnixNano()-t, 1<<32-1)/1000))
+		// Microseconds, capped at what a uint32 holds (71 minutes).
+		s.lat = append(s.lat, uint32(min((now.UnixNano()-t)/1000, 1<<32-1)))
 	}
 }
 

@@ -7,6 +7,7 @@
 //	runhub-bench idle   [-conns 10000]
 //	runhub-bench command [-n 2000] [-cross=true]
 //	runhub-bench append  [-writers 16] [-runs 16] [-batch 100] [-size 200] [-duration 10s] [-server-args "..."]
+//	runhub-bench many-runs [-path rest|agent|ingest|all] [-runs 2000] [-subs 3] [-rate 10000] [-size 200] [-duration 20s] [-server-args "..."] [-server-profile FILE]
 //	runhub-bench nodes   -database-url postgres://... [-n 3] [-redis-url ...] [-subs 600] [-runs 20] [-rate 200] [-transport ws|stream|sse|mix] [-duration 20s] [-kill]
 //
 // fanout: N subscribers follow one run while publishers append one entry
@@ -14,6 +15,19 @@
 // prints deliveries/s, end-to-end latency percentiles (append sent → event
 // received, one clock), server RSS and CPU, its own CPU, and the lost and
 // duplicated counts, which must be 0.
+//
+// many-runs: -runs runs, each followed by -subs /ws connections (one
+// subscription each), while -rate appends/s of one entry each are offered,
+// spread evenly over the runs, through one publishing path: REST append_log,
+// an agent per run on the agent WebSocket (proxy/agentclient), or an NDJSON
+// event_stream upload per run (lines written as they fall due). -path all
+// runs the three one after another, each on a fresh server. Per path it
+// prints appends offered/accepted per second, deliveries/s, latency
+// percentiles (append sent → subscriber received), server CPU per accepted
+// append, and the lost/duplicated/extra counts, which must be 0. An
+// upload's lines are counted accepted by its answer, which comes after the
+// window: deliveries within the window and the latency tell whether the
+// server kept up.
 //
 // command: POST .../command round trips to a reference agent, through the
 // node it is connected to and through a second node (Redis relay).
@@ -52,7 +66,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command|append|nodes [flags]")
+		fmt.Fprintln(os.Stderr, "usage: runhub-bench fanout|idle|command|append|nodes|many-runs [flags]")
 		os.Exit(2)
 	}
 	raiseFileLimit()
@@ -68,6 +82,8 @@ func main() {
 		err = appendCmd(os.Args[2:])
 	case "nodes":
 		err = nodesCmd(os.Args[2:])
+	case "many-runs":
+		err = manyRunsCmd(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown scenario %q", os.Args[1])
 	}
