@@ -142,7 +142,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 // stream outlives its handler, so that an idle subscriber costs neither a
 // handler goroutine (with the stack it grew while authorising) nor the
 // request's memory. What remains per idle connection is coder/websocket's
-// reader goroutine and buffers, the subscription, and two timers.
+// reader goroutine and buffers, the subscription, and the ping timer.
 func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) error {
 	ws, gw, err := wsrpc.Accept(w, r)
 	if err != nil {
@@ -217,7 +217,6 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 			ws.CloseNow()
 		}
 		writers.Wait()
-		ww.stop()
 		cancel()
 	})
 	return nil

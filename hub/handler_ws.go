@@ -88,11 +88,11 @@ type muxSession struct {
 	// counts their goroutines, which the reader waits for.
 	commands chan struct{}
 	running  sync.WaitGroup
-	// out writes replies, one JSON-RPC message per text message; sendMu
-	// keeps the reader's replies and the commands' apart, as jsonrpc2's
-	// Conn does.
-	out    jsonrpc2.ObjectStream
-	sendMu sync.Mutex
+	// in reads requests, one JSON-RPC message per text message; out
+	// writes the replies, under the connection's write deadline and with
+	// no context kept between writes.
+	in  jsonrpc2.ObjectStream
+	out *wsWriter
 }
 
 // ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws:
@@ -123,19 +123,20 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		return
 	}
 	ws.SetReadLimit(maxWSMessage)
-	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}, commands: make(chan struct{}, h.cfg.MaxCommands)}
+	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}}
 	m.authed.Store(authenticatedAtUpgrade(r.Context()))
 	// The connection's life is its own, not the request's (the handler
-	// returns now); the request's values (the keys that authenticated it)
-	// stay. ctx ends when the connection closes, or with the hub; its
-	// requests and commands end with it. Reads take base, which never
+	// returns now, and what the request holds is freed; what the
+	// connection needs of it, the keys that authenticated it, is read
+	// below). ctx ends when the connection closes, or with the hub; its
+	// requests and commands end with it. Reads take a context that never
 	// ends: coder/websocket drops the connection when a read's context
 	// ends, which would beat the 1012 of a drain; closing the connection
 	// is what ends the reader.
-	base := context.WithoutCancel(r.Context())
-	ctx, cancel := context.WithCancel(base)
+	ctx, cancel := context.WithCancel(context.Background())
 	var tasks group
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
+	m.out = ww
 	// restart tells the client to move, once: whoever calls it while
 	// another call is under way waits for that one to finish.
 	restart := sync.OnceFunc(func() { closeRestart(ws) })
@@ -187,7 +188,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		})
 	}
 	p := h.startPinger(ctx, ws)
-	m.out = wsrpc.NewObjectStream(base, ws, gw, h.cfg.WriteTimeout)
+	m.in = wsrpc.NewObjectStream(context.Background(), ws, gw, h.cfg.WriteTimeout)
 	go func() {
 		defer h.work.Done()
 		m.read(ctx)
@@ -210,7 +211,6 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		}
 		ws.CloseNow()
 		tasks.close()
-		ww.stop()
 	}()
 }
 
@@ -220,7 +220,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 func (m *muxSession) read(ctx context.Context) {
 	for {
 		var msg muxMessage
-		if err := m.out.ReadObject(&msg); err != nil {
+		if err := m.in.ReadObject(&msg); err != nil {
 			return
 		}
 		if msg.req != nil {
@@ -315,7 +315,11 @@ func rpcError(code int64, msg string) *jsonrpc2.Error {
 func (m *muxSession) Handle(ctx context.Context, req *jsonrpc2.Request) {
 	if req.Method == "command" && !req.Notif {
 		// A command waits for an agent (up to the command timeout): it
-		// must not hold up the connection's other requests.
+		// must not hold up the connection's other requests. The slots
+		// are made at the first command: most connections send none.
+		if m.commands == nil {
+			m.commands = make(chan struct{}, m.h.cfg.MaxCommands)
+		}
 		select {
 		case m.commands <- struct{}{}:
 		default:
@@ -343,7 +347,8 @@ func (m *muxSession) Handle(ctx context.Context, req *jsonrpc2.Request) {
 	}
 }
 
-// reply answers request id with result, or with rerr if it is set.
+// reply answers request id with result, or with rerr if it is set, in
+// jsonrpc2's encoding of a response.
 func (m *muxSession) reply(id jsonrpc2.ID, result any, rerr *jsonrpc2.Error) error {
 	resp := &jsonrpc2.Response{ID: id, Error: rerr}
 	if rerr == nil {
@@ -351,9 +356,11 @@ func (m *muxSession) reply(id jsonrpc2.ID, result any, rerr *jsonrpc2.Error) err
 			return err
 		}
 	}
-	m.sendMu.Lock()
-	defer m.sendMu.Unlock()
-	return m.out.WriteObject(resp)
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	return m.out.writeMessage(b)
 }
 
 // subscribed is the reply to subscribe; the subscription starts sending

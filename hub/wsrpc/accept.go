@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -81,6 +82,11 @@ func (g *GatherWriter) Write(p []byte) (int, error) {
 	*g.buf = append(*g.buf, p...)
 	return len(p), nil
 }
+
+// SetWriteDeadline sets the connection's write deadline (see
+// net.Conn.SetWriteDeadline): a write that overruns it fails, and
+// coder/websocket then closes the connection.
+func (g *GatherWriter) SetWriteDeadline(t time.Time) error { return g.conn.SetWriteDeadline(t) }
 
 func (g *GatherWriter) Gather() {
 	g.mu.Lock()
