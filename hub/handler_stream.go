@@ -166,21 +166,24 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	var writers sync.WaitGroup
+	// The writer is built once: starting it (go writer()) allocates
+	// nothing per wake-up.
+	writer := func() {
+		defer writers.Done()
+		if err := c.drain(ctx, h); err != nil {
+			h.logEnd(ctx, run.ID, "ws", err)
+			switch {
+			case errors.Is(err, errSlowConsumer):
+				ws.Close(closeSlowConsumer, "slow consumer")
+			case errors.Is(err, errStreamEnded):
+				ws.Close(websocket.StatusNormalClosure, "stream ended")
+			}
+			cancel()
+		}
+	}
 	c.start = func() {
 		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			if err := c.drain(ctx, h); err != nil {
-				h.logEnd(ctx, run.ID, "ws", err)
-				switch {
-				case errors.Is(err, errSlowConsumer):
-					ws.Close(closeSlowConsumer, "slow consumer")
-				case errors.Is(err, errStreamEnded):
-					ws.Close(websocket.StatusNormalClosure, "stream ended")
-				}
-				cancel()
-			}
-		}()
+		go writer()
 	}
 	c.onSlow = func() {
 		h.m.slow.Inc()

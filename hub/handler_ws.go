@@ -150,20 +150,26 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	m.c = newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	m.c.mux = true
 	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
-	m.c.start = func() {
-		tasks.goDo(func() {
-			if err := m.c.drain(ctx, h); err != nil {
-				h.logEnd(ctx, "", "ws-mux", err)
-				switch {
-				case errors.Is(err, errSlowConsumer):
-					ws.Close(closeSlowConsumer, "slow consumer")
-				case h.draining():
-					restart()
-				}
-				ws.CloseNow()
-				cancel()
+	// The writer is built once: starting it (go writer()) allocates
+	// nothing per wake-up.
+	writer := func() {
+		defer tasks.leave()
+		if err := m.c.drain(ctx, h); err != nil {
+			h.logEnd(ctx, "", "ws-mux", err)
+			switch {
+			case errors.Is(err, errSlowConsumer):
+				ws.Close(closeSlowConsumer, "slow consumer")
+			case h.draining():
+				restart()
 			}
-		})
+			ws.CloseNow()
+			cancel()
+		}
+	}
+	m.c.start = func() {
+		if tasks.enter() {
+			go writer()
+		}
 	}
 	// The connection closes (4001) when a key that authenticated it, or a
 	// token it used, is revoked; rest's authorizer notes token keys on ctx.
