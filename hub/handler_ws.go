@@ -88,11 +88,11 @@ type muxSession struct {
 	// counts their goroutines, which the reader waits for.
 	commands chan struct{}
 	running  sync.WaitGroup
-	// in reads requests, one JSON-RPC message per text message; out
-	// writes the replies, under the connection's write deadline and with
-	// no context kept between writes.
-	in  jsonrpc2.ObjectStream
-	out *wsWriter
+	// out writes the replies, one JSON-RPC message per text message,
+	// under the connection's write deadline and with no context kept
+	// between writes.
+	out         *wsWriter
+	restartOnce sync.Once
 }
 
 // ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws:
@@ -139,7 +139,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	m.out = ww
 	// restart tells the client to move, once: whoever calls it while
 	// another call is under way waits for that one to finish.
-	restart := sync.OnceFunc(func() { closeRestart(ws) })
+	// (A sync.Once in the session, not sync.OnceFunc: that costs an idle
+	// connection three allocations.)
+	restart := func() { m.restartOnce.Do(func() { closeRestart(ws) }) }
 	stopDrain := context.AfterFunc(h.ctx, func() {
 		if tasks.enter() {
 			defer tasks.leave()
@@ -194,10 +196,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		})
 	}
 	p := h.startPinger(ctx, ws)
-	m.in = wsrpc.NewObjectStream(context.Background(), ws, gw, h.cfg.WriteTimeout)
 	go func() {
 		defer h.work.Done()
-		m.read(ctx)
+		m.read(ctx, ws)
 		// Teardown, in the order that lets nothing start again: commands
 		// end with ctx; once unsubscribed, no wake-up reaches c, and once
 		// the callbacks are stopped none runs; tasks.close waits for what
@@ -223,15 +224,37 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 // read is the connection's reader: it handles requests in order until the
 // connection closes. Responses from the client are ignored, as jsonrpc2
 // does with responses to no call (the hub makes no calls to clients).
-func (m *muxSession) read(ctx context.Context) {
+//
+// Each message is decoded and handled in a goroutine of its own, which the
+// reader waits for (so requests are still handled one at a time, in
+// order): a subscribe runs deep (the authorizer, the store), and the
+// stack it grows would otherwise stay with the idle reader for the
+// connection's life.
+func (m *muxSession) read(ctx context.Context, ws *websocket.Conn) {
 	for {
-		var msg muxMessage
-		if err := m.in.ReadObject(&msg); err != nil {
+		typ, b, err := ws.Read(context.Background())
+		if err != nil {
 			return
 		}
-		if msg.req != nil {
-			m.Handle(ctx, msg.req)
-		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m.message(ctx, typ, b)
+		}()
+		<-done
+	}
+}
+
+// message handles one client message: a malformed one gets its error
+// reply (wsrpc.DecodeMessage) and the connection goes on.
+func (m *muxSession) message(ctx context.Context, typ websocket.MessageType, b []byte) {
+	var msg muxMessage
+	if reply := wsrpc.DecodeMessage(typ, b, &msg); reply != nil {
+		m.out.writeMessage(reply)
+		return
+	}
+	if msg.req != nil {
+		m.Handle(ctx, msg.req)
 	}
 }
 

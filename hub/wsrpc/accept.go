@@ -45,10 +45,14 @@ func (h *smallBufHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	// Bytes the client sent after its handshake are already buffered:
 	// move them into the new reader's buffer, where coder/websocket looks.
-	pending, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	pending = bytes.Clone(pending)
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), nc), max(wsReadBuffer, len(pending)))
-	if len(pending) > 0 {
+	// (Only then: the readers that do it stay with the connection.)
+	var br *bufio.Reader
+	if n := brw.Reader.Buffered(); n == 0 {
+		br = bufio.NewReaderSize(nc, wsReadBuffer)
+	} else {
+		pending, _ := brw.Reader.Peek(n)
+		pending = bytes.Clone(pending)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), nc), max(wsReadBuffer, len(pending)))
 		br.Peek(len(pending))
 	}
 	h.gw = &GatherWriter{conn: nc}
