@@ -41,10 +41,11 @@ var errStreamEnded = errors.New("stream ended")
 // Deliver and drained by a writer, which also catches subscriptions up from
 // the store. While idle it holds no buffer.
 //
-// The writer is either a loop that owns the connection (SSE, and /ws, wait
-// on signal) or, for a detached WebSocket, a goroutine that start launches
-// when the connection turns busy and that ends when the queue is empty: an
-// idle detached connection has no writer goroutine and no stack.
+// The writer is either a loop that owns the connection (SSE, waiting on
+// signal) or, for a WebSocket (.../stream and /ws, both detached from their
+// handlers), a goroutine that start launches when the connection turns
+// busy and that ends when the queue is empty: an idle WebSocket has no
+// writer goroutine and no stack.
 type conn struct {
 	kind  kind
 	limit int
@@ -77,7 +78,13 @@ type conn struct {
 }
 
 func newConn(k kind, limit int, interval time.Duration, write func(ctx context.Context, frames [][]byte) error) *conn {
-	return &conn{kind: k, limit: limit, interval: interval, write: write, signal: make(chan struct{}, 1)}
+	c := &conn{kind: k, limit: limit, interval: interval, write: write}
+	if k == kindSSE {
+		// SSE's loop waits on signal; a WebSocket starts its writer
+		// (start), and an idle one does without the channel.
+		c.signal = make(chan struct{}, 1)
+	}
+	return c
 }
 
 // shows reports whether the connection sends ev.
