@@ -20,7 +20,10 @@ import (
 // message is being written, so that each message still leaves in one
 // write syscall.
 const (
-	wsReadBuffer  = 512
+	// wsReadBuffer holds a pong or a close frame (at most 131 bytes)
+	// and a usual request (a subscribe is about 120 bytes) in one read; a
+	// larger request takes a few reads, and requests are rare.
+	wsReadBuffer  = 256
 	wsWriteBuffer = 64 // frame headers; payloads pass through to GatherWriter
 	// gatherBufBytes is the size a pooled gather buffer starts with: a
 	// message of 16 KiB (the hub's largest batch of notifications) and
