@@ -19,6 +19,18 @@ const (
 	kindWS
 )
 
+const (
+	// spareFrames bounds the queue array a connection keeps between
+	// writes (spare): 16 slots (384 bytes) cover the events that usually
+	// queue between two writes, while a burst's larger array goes back to
+	// the heap rather than sit on an idle connection.
+	spareFrames = 16
+	// maxIntervalSleep: a writer waits out a WriteInterval up to this long
+	// with time.Sleep (no allocation; its context is checked after), and
+	// a longer one with a timer it can leave when its context ends.
+	maxIntervalSleep = 50 * time.Millisecond
+)
+
 // errSlowConsumer: the connection's queue overflowed.
 var errSlowConsumer = errors.New("slow consumer")
 
@@ -29,10 +41,11 @@ var errStreamEnded = errors.New("stream ended")
 // Deliver and drained by a writer, which also catches subscriptions up from
 // the store. While idle it holds no buffer.
 //
-// The writer is either a loop that owns the connection (SSE, and /ws, wait
-// on signal) or, for a detached WebSocket, a goroutine that start launches
-// when the connection turns busy and that ends when the queue is empty: an
-// idle detached connection has no writer goroutine and no stack.
+// The writer is either a loop that owns the connection (SSE, waiting on
+// signal) or, for a WebSocket (.../stream and /ws, both detached from their
+// handlers), a goroutine that start launches when the connection turns
+// busy and that ends when the queue is empty: an idle WebSocket has no
+// writer goroutine and no stack.
 type conn struct {
 	kind  kind
 	limit int
@@ -50,30 +63,56 @@ type conn struct {
 	frames   [][]byte
 	bytes    int
 	catchups []*sub
-	slow     bool
-	end      bool // an end frame is queued: close after sending it
-	mux      bool // /ws: many runs; the end of one does not close the connection
-	busy     bool // a started writer is running (start mode)
-	signal   chan struct{}
+	// spare is the backing array of the frames last written, kept for the
+	// next ones when it is small (spareFrames), so that an event queued on
+	// an idle connection allocates nothing.
+	spare  [][]byte
+	slow   bool
+	end    bool // an end frame is queued: close after sending it
+	mux    bool // /ws: many runs; the end of one does not close the connection
+	busy   bool // a started writer is running (start mode)
+	signal chan struct{}
 
 	interval  time.Duration // the least time between two writes
 	lastWrite time.Time     // used by the writer only
 }
 
 func newConn(k kind, limit int, interval time.Duration, write func(ctx context.Context, frames [][]byte) error) *conn {
-	return &conn{kind: k, limit: limit, interval: interval, write: write, signal: make(chan struct{}, 1)}
+	c := &conn{kind: k, limit: limit, interval: interval, write: write}
+	if k == kindSSE {
+		// SSE's loop waits on signal; a WebSocket starts its writer
+		// (start), and an idle one does without the channel.
+		c.signal = make(chan struct{}, 1)
+	}
+	return c
 }
 
 // shows reports whether the connection sends ev.
 func (c *conn) shows(ev store.Event) bool { return c.hide == nil || !c.hide(ev) }
 
 func (c *conn) wake() {
+	c.mu.Lock()
+	start := c.wantWriterLocked()
+	c.mu.Unlock()
+	c.startOrSignal(start)
+}
+
+// wantWriterLocked reports, with c.mu held, whether the caller must start
+// a writer (start mode), and marks the connection busy if so: queuing a
+// frame and claiming the writer take one lock, not two.
+func (c *conn) wantWriterLocked() bool {
+	if c.start == nil || c.busy {
+		return false
+	}
+	c.busy = true
+	return true
+}
+
+// startOrSignal, without c.mu, starts the writer wantWriterLocked claimed,
+// or signals the loop that writes (loop mode).
+func (c *conn) startOrSignal(start bool) {
 	if c.start != nil {
-		c.mu.Lock()
-		idle := !c.busy
-		c.busy = true
-		c.mu.Unlock()
-		if idle {
+		if start {
 			c.start()
 		}
 		return
@@ -116,12 +155,16 @@ func (c *conn) enqueue(frame []byte, end bool) {
 			defer c.onSlow()
 		}
 	} else {
+		if c.frames == nil {
+			c.frames, c.spare = c.spare, nil
+		}
 		c.frames = append(c.frames, frame)
 		c.bytes += len(frame)
 		c.end = c.end || (end && !c.mux)
 	}
+	start := c.wantWriterLocked()
 	c.mu.Unlock()
-	c.wake()
+	c.startOrSignal(start)
 }
 
 func (c *conn) needCatchUp(s *sub) {
@@ -139,12 +182,19 @@ func (c *conn) flush(ctx context.Context, h *Hub) error {
 	// each other: under a high event rate a connection writes (and its
 	// goroutine wakes) at most once per interval, carrying many events.
 	if d := c.interval - time.Since(c.lastWrite); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if d <= maxIntervalSleep {
+			time.Sleep(d) // no timer to allocate; ctx is checked next
+		} else {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
 	for {
@@ -160,6 +210,14 @@ func (c *conn) flush(ctx context.Context, h *Hub) error {
 				return err
 			}
 			c.lastWrite = time.Now()
+			if cap(frames) <= spareFrames {
+				clear(frames) // the frames themselves are not kept
+				c.mu.Lock()
+				if c.spare == nil {
+					c.spare = frames[:0]
+				}
+				c.mu.Unlock()
+			}
 		}
 		if end {
 			return errStreamEnded
@@ -192,9 +250,8 @@ func sseFrame(ev store.Event) []byte {
 
 // wsFrame is a JSON-RPC 2.0 notification:
 // {"jsonrpc":"2.0","method":"event","params":{"run_id","seq","event"}};
-// seq is absent on ephemeral events.
-func wsFrame(runID string, ev store.Event) []byte {
-	id, _ := json.Marshal(runID)
+// seq is absent on ephemeral events; id is the run's id as a JSON string.
+func wsFrame(id []byte, ev store.Event) []byte {
 	b := make([]byte, 0, len(ev.Data)+len(id)+80)
 	b = append(b, `{"jsonrpc":"2.0","method":"event","params":{"run_id":`...)
 	b = append(b, id...)

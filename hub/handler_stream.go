@@ -142,7 +142,7 @@ func (h *Hub) serveSSE(w http.ResponseWriter, r *http.Request, run *store.Run, a
 // stream outlives its handler, so that an idle subscriber costs neither a
 // handler goroutine (with the stack it grew while authorising) nor the
 // request's memory. What remains per idle connection is coder/websocket's
-// reader goroutine and buffers, the subscription, and two timers.
+// reader goroutine and buffers, the subscription, and the ping timer.
 func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, after int64) error {
 	ws, gw, err := wsrpc.Accept(w, r)
 	if err != nil {
@@ -166,21 +166,24 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	var writers sync.WaitGroup
+	// The writer is built once: starting it (go writer()) allocates
+	// nothing per wake-up.
+	writer := func() {
+		defer writers.Done()
+		if err := c.drain(ctx, h); err != nil {
+			h.logEnd(ctx, run.ID, "ws", err)
+			switch {
+			case errors.Is(err, errSlowConsumer):
+				ws.Close(closeSlowConsumer, "slow consumer")
+			case errors.Is(err, errStreamEnded):
+				ws.Close(websocket.StatusNormalClosure, "stream ended")
+			}
+			cancel()
+		}
+	}
 	c.start = func() {
 		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			if err := c.drain(ctx, h); err != nil {
-				h.logEnd(ctx, run.ID, "ws", err)
-				switch {
-				case errors.Is(err, errSlowConsumer):
-					ws.Close(closeSlowConsumer, "slow consumer")
-				case errors.Is(err, errStreamEnded):
-					ws.Close(websocket.StatusNormalClosure, "stream ended")
-				}
-				cancel()
-			}
-		}()
+		go writer()
 	}
 	c.onSlow = func() {
 		h.m.slow.Inc()
@@ -217,7 +220,6 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 			ws.CloseNow()
 		}
 		writers.Wait()
-		ww.stop()
 		cancel()
 	})
 	return nil

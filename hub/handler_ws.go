@@ -85,9 +85,14 @@ type muxSession struct {
 	// was accepted; until then it lives at most AuthTimeout.
 	authed atomic.Bool
 	// commands holds a slot per command in flight (MaxCommands); running
-	// counts their goroutines, which ServeWS waits for.
+	// counts their goroutines, which the reader waits for.
 	commands chan struct{}
 	running  sync.WaitGroup
+	// out writes the replies, one JSON-RPC message per text message,
+	// under the connection's write deadline and with no context kept
+	// between writes.
+	out         *wsWriter
+	restartOnce sync.Once
 }
 
 // ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws:
@@ -97,116 +102,227 @@ type muxSession struct {
 // must authenticate with a token in a request within AuthTimeout, else the
 // connection is closed (4001). A connection follows at most
 // MaxSubscriptions runs and has at most MaxCommands commands in flight.
+//
+// Like the .../stream WebSocket, the connection outlives its handler, and
+// an idle one costs one goroutine: its reader, which handles the requests
+// in order (a subscribe's reply goes out before its events). Nothing else
+// waits per connection: notifications are written by a goroutine started
+// when the connection has something to send, which ends when its queue is
+// empty; pings, the auth deadline, revocation and the drain are timers and
+// callbacks. (jsonrpc2.Conn would add two goroutines per connection, a
+// reader and a watcher of its context, so the reader here decodes and
+// answers with jsonrpc2's own message types instead.)
 func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAuthorizer) {
 	ws, gw, err := wsrpc.Accept(w, r)
 	if err != nil {
 		return
 	}
-	defer ws.CloseNow()
 	if !h.hold() {
 		closeRestart(ws)
+		ws.CloseNow()
 		return
 	}
-	defer h.work.Done()
 	ws.SetReadLimit(maxWSMessage)
-	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}, commands: make(chan struct{}, h.cfg.MaxCommands)}
+	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}}
 	m.authed.Store(authenticatedAtUpgrade(r.Context()))
-	ctx, cancel := context.WithCancel(r.Context())
-	defer m.running.Wait() // after cancel: commands end with ctx
-	defer cancel()
-	defer context.AfterFunc(h.ctx, cancel)() // Hub.Close ends it too
+	// The connection's life is its own, not the request's (the handler
+	// returns now, and what the request holds is freed; what the
+	// connection needs of it, the keys that authenticated it, is read
+	// below). ctx ends when the connection closes, or with the hub; its
+	// requests and commands end with it. Reads take a context that never
+	// ends: coder/websocket drops the connection when a read's context
+	// ends, which would beat the 1012 of a drain; closing the connection
+	// is what ends the reader.
+	ctx, cancel := context.WithCancel(context.Background())
+	var tasks group
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
-	defer ww.stop()
+	m.out = ww
 	// restart tells the client to move, once: whoever calls it while
 	// another call is under way waits for that one to finish.
-	restart := sync.OnceFunc(func() { closeRestart(ws) })
-	defer context.AfterFunc(ctx, func() {
-		if h.draining() {
-			restart() // the handler's CloseNow waits for it
-		} else {
-			ws.CloseNow()
+	// (A sync.Once in the session, not sync.OnceFunc: that costs an idle
+	// connection three allocations.)
+	restart := func() { m.restartOnce.Do(func() { closeRestart(ws) }) }
+	stopDrain := context.AfterFunc(h.ctx, func() {
+		if tasks.enter() {
+			defer tasks.leave()
+			restart()
 		}
-	})()
+		cancel()
+	})
 	m.c = newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	m.c.mux = true
 	m.c.onSlow = func() { h.m.slow.Inc(); ww.shorten(h.cfg.SlowGrace) }
-	defer m.closeAll()
+	// The writer is built once: starting it (go writer()) allocates
+	// nothing per wake-up.
+	writer := func() {
+		defer tasks.leave()
+		if err := m.c.drain(ctx, h); err != nil {
+			h.logEnd(ctx, "", "ws-mux", err)
+			switch {
+			case errors.Is(err, errSlowConsumer):
+				ws.Close(closeSlowConsumer, "slow consumer")
+			case h.draining():
+				restart()
+			}
+			ws.CloseNow()
+			cancel()
+		}
+	}
+	m.c.start = func() {
+		if tasks.enter() {
+			go writer()
+		}
+	}
 	// The connection closes (4001) when a key that authenticated it, or a
 	// token it used, is revoked; rest's authorizer notes token keys on ctx.
-	revoked := make(chan struct{})
-	rv := h.watchKeys(r.Context(), func() { close(revoked) })
-	defer rv.stop()
+	rv := h.watchKeys(r.Context(), func() {
+		tasks.goDo(func() {
+			ws.Close(closeRevoked, "API key revoked")
+			cancel()
+		})
+	})
 	ctx = context.WithValue(ctx, revocationKey{}, rv)
-	// The stream reads with a context of its own: coder/websocket drops
-	// the connection when a read's context ends, which would beat the 1012
-	// of a drain; ctx's end closes the connection (just above, and through
-	// jsonrpc2), which ends the read.
-	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer rcancel()
-	// At a drain, the 1012 must be out before rcancel drops the
-	// connection: jsonrpc2 closes the stream (restart) in a goroutine of
-	// its own when ctx ends, and its Close does not wait for that one.
-	defer func() {
+	var authTimer *time.Timer
+	if !m.authed.Load() {
+		peer := r.RemoteAddr
+		authTimer = time.AfterFunc(h.cfg.AuthTimeout, func() {
+			if m.authed.Load() || !tasks.enter() {
+				return
+			}
+			defer tasks.leave()
+			h.log.Info("unauthenticated /ws connection closed", "peer", peer, "after", h.cfg.AuthTimeout.String())
+			ws.Close(closeUnauthenticated, "not authenticated")
+			cancel()
+		})
+	}
+	p := h.startPinger(ctx, ws)
+	go func() {
+		defer h.work.Done()
+		m.read(ctx, ws)
+		// Teardown, in the order that lets nothing start again: commands
+		// end with ctx; once unsubscribed, no wake-up reaches c, and once
+		// the callbacks are stopped none runs; tasks.close waits for what
+		// is running (the connection is closed by then, so a writer in
+		// the middle of a write fails at once).
+		cancel()
+		m.running.Wait()
+		m.closeAll()
+		stopDrain()
+		rv.stop()
+		p.stop()
+		if authTimer != nil {
+			authTimer.Stop()
+		}
 		if h.draining() {
 			restart()
 		}
+		ws.CloseNow()
+		tasks.close()
 	}()
-	stream := drainingStream{wsrpc.NewObjectStream(rctx, ws, gw, h.cfg.WriteTimeout), h, restart}
-	rpc := jsonrpc2.NewConn(ctx, stream, m, jsonrpc2.SetLogger(wsrpc.DiscardLogger{}))
-	defer rpc.Close()
-	p := h.startPinger(ctx, ws)
-	defer p.stop()
-	var authDeadline <-chan time.Time
-	if !m.authed.Load() {
-		t := time.NewTimer(h.cfg.AuthTimeout)
-		defer t.Stop()
-		authDeadline = t.C
-	}
+}
+
+// read is the connection's reader: it handles requests in order until the
+// connection closes. Responses from the client are ignored, as jsonrpc2
+// does with responses to no call (the hub makes no calls to clients).
+//
+// Each message is decoded and handled in a goroutine of its own, which the
+// reader waits for (so requests are still handled one at a time, in
+// order): a subscribe runs deep (the authorizer, the store), and the
+// stack it grows would otherwise stay with the idle reader for the
+// connection's life.
+func (m *muxSession) read(ctx context.Context, ws *websocket.Conn) {
 	for {
-		if err := m.c.flush(ctx, h); err != nil {
-			h.logEnd(ctx, "", "ws-mux", err)
-			if errors.Is(err, errSlowConsumer) {
-				ws.Close(closeSlowConsumer, "slow consumer")
-			}
+		typ, b, err := ws.Read(context.Background())
+		if err != nil {
 			return
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-rpc.DisconnectNotify():
-			return
-		case <-revoked:
-			ws.Close(closeRevoked, "API key revoked")
-			return
-		case <-m.c.signal:
-		case <-authDeadline:
-			authDeadline = nil
-			if !m.authed.Load() {
-				h.log.Info("unauthenticated /ws connection closed", "peer", r.RemoteAddr, "after", h.cfg.AuthTimeout.String())
-				ws.Close(closeUnauthenticated, "not authenticated")
-				return
-			}
-		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m.message(ctx, typ, b)
+		}()
+		<-done
 	}
 }
 
-// drainingStream is the connection's JSON-RPC stream, whose close (by
-// jsonrpc2, when the connection's context ends) says 1012 "service
-// restart" rather than 1000 once the hub drains: whichever of the drain
-// and the request's cancellation closes the connection first, the client
-// is told to reconnect.
-type drainingStream struct {
-	jsonrpc2.ObjectStream
-	h       *Hub
-	restart func() // closes with 1012, once
+// message handles one client message: a malformed one gets its error
+// reply (wsrpc.DecodeMessage) and the connection goes on.
+func (m *muxSession) message(ctx context.Context, typ websocket.MessageType, b []byte) {
+	var msg muxMessage
+	if reply := wsrpc.DecodeMessage(typ, b, &msg); reply != nil {
+		m.out.writeMessage(reply)
+		return
+	}
+	if msg.req != nil {
+		m.Handle(ctx, msg.req)
+	}
 }
 
-func (s drainingStream) Close() error {
-	if s.h.draining() {
-		s.restart()
+// muxMessage is one JSON-RPC message from a /ws client: a request
+// (req set) or a response. What is neither, or both, fails to decode, and
+// the stream answers it with -32600, as jsonrpc2 tells the two apart.
+type muxMessage struct {
+	req *jsonrpc2.Request
+}
+
+func (m *muxMessage) UnmarshalJSON(b []byte) error {
+	var kind struct {
+		Method *string          `json:"method"`
+		Result json.RawMessage  `json:"result"`
+		Error  *json.RawMessage `json:"error"`
+	}
+	if err := json.Unmarshal(b, &kind); err != nil {
+		return err
+	}
+	isReq := kind.Method != nil
+	isResp := len(kind.Result) > 0 || (kind.Error != nil && string(*kind.Error) != "null")
+	if isReq == isResp {
+		return errors.New("not a JSON-RPC request or response")
+	}
+	if !isReq {
 		return nil
 	}
-	return s.ObjectStream.Close()
+	m.req = new(jsonrpc2.Request)
+	return json.Unmarshal(b, m.req)
+}
+
+// group owns a connection's short-lived goroutines (a writer, a close): it
+// starts them until close, which then waits for those running.
+type group struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter reports whether the caller may run (and must then call leave).
+func (g *group) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *group) leave() { g.wg.Done() }
+
+// goDo runs f in a goroutine of the group, unless it is closed.
+func (g *group) goDo(f func()) {
+	if !g.enter() {
+		return
+	}
+	go func() {
+		defer g.leave()
+		f()
+	}()
+}
+
+func (g *group) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 func (m *muxSession) closeAll() {
@@ -223,16 +339,20 @@ func rpcError(code int64, msg string) *jsonrpc2.Error {
 	return &jsonrpc2.Error{Code: code, Message: msg}
 }
 
-// Handle runs in jsonrpc2's read loop, so requests of one connection are
-// handled in order (a subscribe's reply goes out before its events).
-func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc2.Request) {
+// Handle runs in the connection's reader, so requests of one connection
+// are handled in order (a subscribe's reply goes out before its events).
+func (m *muxSession) Handle(ctx context.Context, req *jsonrpc2.Request) {
 	if req.Method == "command" && !req.Notif {
 		// A command waits for an agent (up to the command timeout): it
-		// must not hold up the connection's other requests.
+		// must not hold up the connection's other requests. The slots
+		// are made at the first command: most connections send none.
+		if m.commands == nil {
+			m.commands = make(chan struct{}, m.h.cfg.MaxCommands)
+		}
 		select {
 		case m.commands <- struct{}{}:
 		default:
-			rc.ReplyWithError(ctx, req.ID, rpcError(CodeTooManyCommands, "too many commands in flight"))
+			m.reply(req.ID, nil, rpcError(CodeTooManyCommands, "too many commands in flight"))
 			return
 		}
 		m.running.Add(1)
@@ -240,11 +360,7 @@ func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc
 			defer m.running.Done()
 			defer func() { <-m.commands }()
 			result, rerr := m.command(ctx, req)
-			if rerr != nil {
-				rc.ReplyWithError(ctx, req.ID, rerr)
-				return
-			}
-			rc.Reply(ctx, req.ID, result)
+			m.reply(req.ID, result, rerr)
 		}()
 		return
 	}
@@ -252,14 +368,28 @@ func (m *muxSession) Handle(ctx context.Context, rc *jsonrpc2.Conn, req *jsonrpc
 	if req.Notif {
 		return
 	}
-	if rerr != nil {
-		rc.ReplyWithError(ctx, req.ID, rerr)
+	if m.reply(req.ID, result, rerr) != nil || rerr != nil {
 		return
 	}
-	rc.Reply(ctx, req.ID, result)
 	if s, ok := result.(*subscribed); ok {
 		m.c.needCatchUp(s.sub)
 	}
+}
+
+// reply answers request id with result, or with rerr if it is set, in
+// jsonrpc2's encoding of a response.
+func (m *muxSession) reply(id jsonrpc2.ID, result any, rerr *jsonrpc2.Error) error {
+	resp := &jsonrpc2.Response{ID: id, Error: rerr}
+	if rerr == nil {
+		if err := resp.SetResult(result); err != nil {
+			return err
+		}
+	}
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	return m.out.writeMessage(b)
 }
 
 // subscribed is the reply to subscribe; the subscription starts sending

@@ -216,10 +216,11 @@ type brokerState struct {
 
 // runState is the subscribers of one run on this node.
 type runState struct {
-	id      string
-	mu      sync.Mutex
-	lastSeq int64 // highest seq known to exist (from the broker or the store)
-	subs    map[*sub]struct{}
+	id       string
+	quotedID []byte // id as a JSON string, for the frames
+	mu       sync.Mutex
+	lastSeq  int64 // highest seq known to exist (from the broker or the store)
+	subs     map[*sub]struct{}
 	// head is the highest seq passed to subscribers in order (0: none yet);
 	// pending holds events that arrived ahead of head+1, for at most
 	// ReorderWait (gapTimer).
@@ -439,20 +440,35 @@ func (h *Hub) check(ctx context.Context) {
 }
 
 // batch is one broker message with its lazily built encodings, shared by
-// every subscriber of the run.
+// every subscriber of the run. A batch of one event (the usual message)
+// keeps its encodings in the batch itself.
 type batch struct {
-	runID  string
-	events []store.Event
-	sse    [][]byte
-	ws     [][]byte
-	status []string
+	quotedID []byte // the run's id as a JSON string
+	events   []store.Event
+	sse      [][]byte
+	ws       [][]byte
+	status   []string
+	sseOne   []byte // the encodings of a batch of one event
+	wsOne    []byte
 }
 
-func newBatch(runID string, events []store.Event) *batch {
-	return &batch{runID: runID, events: events}
+func (rs *runState) batch(events []store.Event) batch {
+	return batch{quotedID: rs.quotedID, events: events}
 }
 
 func (b *batch) frame(i int, k kind) []byte {
+	if len(b.events) == 1 {
+		if k == kindSSE {
+			if b.sseOne == nil {
+				b.sseOne = sseFrame(b.events[0])
+			}
+			return b.sseOne
+		}
+		if b.wsOne == nil {
+			b.wsOne = wsFrame(b.quotedID, b.events[0])
+		}
+		return b.wsOne
+	}
 	switch k {
 	case kindSSE:
 		if b.sse == nil {
@@ -467,7 +483,7 @@ func (b *batch) frame(i int, k kind) []byte {
 			b.ws = make([][]byte, len(b.events))
 		}
 		if b.ws[i] == nil {
-			b.ws[i] = wsFrame(b.runID, b.events[i])
+			b.ws[i] = wsFrame(b.quotedID, b.events[i])
 		}
 		return b.ws[i]
 	}
@@ -485,7 +501,12 @@ func statusOf(ev store.Event) string {
 	return s.Status
 }
 
+// statusAt returns the status event i carries, or "": decoded once per
+// batch, and only when the batch holds a state event.
 func (b *batch) statusAt(i int) string {
+	if b.events[i].Kind != store.KindRunState {
+		return ""
+	}
 	if b.status == nil {
 		b.status = make([]string, len(b.events))
 		for j, ev := range b.events {
@@ -513,6 +534,18 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	if len(rs.pending) == 0 && rs.inOrder(events) {
+		// The usual message: nothing held, and it continues head. It
+		// goes out as it came, without a copy.
+		for _, ev := range events {
+			rs.lastSeq = max(rs.lastSeq, ev.Seq)
+			if ev.Seq > rs.head {
+				rs.head = ev.Seq
+			}
+		}
+		h.fanOut(rs, events)
+		return
+	}
 	ready := make([]store.Event, 0, len(events))
 	for _, ev := range events {
 		rs.lastSeq = max(rs.lastSeq, ev.Seq)
@@ -536,6 +569,22 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 		rs.gapTimer = time.AfterFunc(h.cfg.ReorderWait, func() { h.gapExpired(rs) })
 	}
 	h.fanOut(rs, ready)
+}
+
+// inOrder reports whether events would all be ready as they come, in
+// their order (see Deliver's cases), when nothing is held.
+func (rs *runState) inOrder(events []store.Event) bool {
+	head := rs.head
+	for _, ev := range events {
+		switch {
+		case ev.Seq == 0 || ev.Seq <= head:
+		case head == 0 || ev.Seq == head+1:
+			head = ev.Seq
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // releasePending appends the held events that now continue head.
@@ -630,7 +679,7 @@ func (h *Hub) fanOut(rs *runState, events []store.Event) {
 	if len(events) == 0 {
 		return
 	}
-	b := newBatch(rs.id, events)
+	b := rs.batch(events)
 	for s := range rs.subs {
 		if !s.live {
 			s.c.wake() // a catching-up subscriber re-checks lastSeq
@@ -692,7 +741,8 @@ func (h *Hub) register(ctx context.Context, c *conn, runID string, after, lastSe
 	rs := h.runs[runID]
 	if rs == nil {
 		// Events up to lastSeq are in the store; the run expects the next.
-		rs = &runState{id: runID, subs: map[*sub]struct{}{}, head: lastSeq}
+		quoted, _ := json.Marshal(runID)
+		rs = &runState{id: runID, quotedID: quoted, subs: map[*sub]struct{}{}, head: lastSeq}
 		h.runs[runID] = rs
 	}
 	s := &sub{run: rs, c: c, cursor: after, status: status}
@@ -814,7 +864,7 @@ func (h *Hub) catchUp(ctx context.Context, s *sub) error {
 			return err
 		}
 		if len(evs) > 0 {
-			b := newBatch(rs.id, evs)
+			b := rs.batch(evs)
 			frames := make([][]byte, 0, len(evs))
 			status := ""
 			for i := range evs {

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -57,7 +58,7 @@ type revocation struct {
 	onRevoke func()
 
 	mu      sync.Mutex
-	keys    map[int64]bool
+	keys    []int64 // a connection has one or two: a slice, not a map
 	stops   []func()
 	stopped bool
 	once    sync.Once
@@ -65,7 +66,7 @@ type revocation struct {
 
 // watchKeys starts watching the keys noted on ctx (WithKey).
 func (h *Hub) watchKeys(ctx context.Context, onRevoke func()) *revocation {
-	rv := &revocation{guard: h.guard, onRevoke: onRevoke, keys: map[int64]bool{}}
+	rv := &revocation{guard: h.guard, onRevoke: onRevoke}
 	keys, _ := ctx.Value(keysKey{}).([]int64)
 	for _, k := range keys {
 		rv.add(k)
@@ -79,10 +80,10 @@ func (rv *revocation) add(keyID int64) {
 	}
 	rv.mu.Lock()
 	defer rv.mu.Unlock()
-	if rv.stopped || rv.keys[keyID] {
+	if rv.stopped || slices.Contains(rv.keys, keyID) {
 		return
 	}
-	rv.keys[keyID] = true
+	rv.keys = append(rv.keys, keyID)
 	// Under rv.mu: a stop that runs meanwhile waits, and then unregisters
 	// this watch too. Watch may call the callback at once; it only signals.
 	rv.stops = append(rv.stops, rv.guard.Watch(keyID, func() { rv.once.Do(rv.onRevoke) }))

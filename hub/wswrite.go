@@ -24,47 +24,64 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, wsBatchBytes); 
 // wake-up rather than one per event. A lone notification is sent as a plain
 // object.
 //
-// The write deadline is one timer per connection that closes it when a
-// write overruns, rather than a context (and its timer) per write.
+// The write deadline is the socket's own (net.Conn.SetWriteDeadline), set
+// while writes are in progress: a write that overruns fails, and
+// coder/websocket then closes the connection. Unlike a timer, or a context
+// per write (which coder/websocket keeps until the next write), it costs an
+// idle connection nothing.
 type wsWriter struct {
 	ws      *websocket.Conn
 	gw      *wsrpc.GatherWriter
 	timeout time.Duration
-	timer   *time.Timer
 
-	mu      sync.Mutex // writing, and the timer against shorten
-	writing bool
+	mu      sync.Mutex // writing, and the deadline against shorten
+	writing int        // writes in progress (events, and replies on /ws)
 }
 
 func newWSWriter(ws *websocket.Conn, gw *wsrpc.GatherWriter, timeout time.Duration) *wsWriter {
-	t := time.AfterFunc(time.Hour, func() { ws.CloseNow() })
-	t.Stop()
-	return &wsWriter{ws: ws, gw: gw, timeout: timeout, timer: t}
+	return &wsWriter{ws: ws, gw: gw, timeout: timeout}
 }
 
-// shorten makes the write in progress, if any, end within d.
+// shorten makes the writes in progress, if any, end within d.
 func (w *wsWriter) shorten(d time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.writing {
-		w.timer.Reset(d)
+	if w.writing > 0 {
+		w.gw.SetWriteDeadline(time.Now().Add(d))
 	}
 }
 
-// stop releases the timer; the connection is closed by its owner.
-func (w *wsWriter) stop() { w.timer.Stop() }
+func (w *wsWriter) begin() {
+	w.mu.Lock()
+	w.writing++
+	w.gw.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.mu.Unlock()
+}
+
+func (w *wsWriter) end() {
+	w.mu.Lock()
+	w.writing--
+	if w.writing == 0 {
+		w.gw.SetWriteDeadline(time.Time{})
+	}
+	w.mu.Unlock()
+}
+
+// writeMessage sends one message (a /ws reply) under the write deadline.
+func (w *wsWriter) writeMessage(b []byte) error {
+	w.begin()
+	defer w.end()
+	w.gw.Gather()
+	err := w.ws.Write(context.Background(), websocket.MessageText, b)
+	if rerr := w.gw.Release(); err == nil {
+		err = rerr
+	}
+	return err
+}
 
 func (w *wsWriter) write(_ context.Context, frames [][]byte) error {
-	w.mu.Lock()
-	w.writing = true
-	w.timer.Reset(w.timeout)
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		w.writing = false
-		w.timer.Stop()
-		w.mu.Unlock()
-	}()
+	w.begin()
+	defer w.end()
 	for len(frames) > 0 {
 		n, size := 1, len(frames[0])
 		for n < len(frames) && size+len(frames[n])+1 <= wsBatchBytes-2 {

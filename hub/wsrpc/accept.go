@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -19,7 +20,10 @@ import (
 // message is being written, so that each message still leaves in one
 // write syscall.
 const (
-	wsReadBuffer  = 512
+	// wsReadBuffer holds a pong or a close frame (at most 131 bytes)
+	// and a usual request (a subscribe is about 120 bytes) in one read; a
+	// larger request takes a few reads, and requests are rare.
+	wsReadBuffer  = 256
 	wsWriteBuffer = 64 // frame headers; payloads pass through to GatherWriter
 	// gatherBufBytes is the size a pooled gather buffer starts with: a
 	// message of 16 KiB (the hub's largest batch of notifications) and
@@ -44,10 +48,14 @@ func (h *smallBufHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	// Bytes the client sent after its handshake are already buffered:
 	// move them into the new reader's buffer, where coder/websocket looks.
-	pending, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	pending = bytes.Clone(pending)
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), nc), max(wsReadBuffer, len(pending)))
-	if len(pending) > 0 {
+	// (Only then: the readers that do it stay with the connection.)
+	var br *bufio.Reader
+	if n := brw.Reader.Buffered(); n == 0 {
+		br = bufio.NewReaderSize(nc, wsReadBuffer)
+	} else {
+		pending, _ := brw.Reader.Peek(n)
+		pending = bytes.Clone(pending)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), nc), max(wsReadBuffer, len(pending)))
 		br.Peek(len(pending))
 	}
 	h.gw = &GatherWriter{conn: nc}
@@ -81,6 +89,11 @@ func (g *GatherWriter) Write(p []byte) (int, error) {
 	*g.buf = append(*g.buf, p...)
 	return len(p), nil
 }
+
+// SetWriteDeadline sets the connection's write deadline (see
+// net.Conn.SetWriteDeadline): a write that overruns it fails, and
+// coder/websocket then closes the connection.
+func (g *GatherWriter) SetWriteDeadline(t time.Time) error { return g.conn.SetWriteDeadline(t) }
 
 func (g *GatherWriter) Gather() {
 	g.mu.Lock()
