@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"time"
 
 	"runhub/store"
 )
@@ -33,3 +34,12 @@ func (s *Store) WriteFunc(ctx context.Context, fn func()) error {
 
 // MaxGroupCommit is maxGroupCommit, the most mutations one commit carries.
 const MaxGroupCommit = maxGroupCommit
+
+// WithCheckpoints replaces checkpointInterval and walHardFrames, and has fn
+// (when not nil) told the mode of every checkpoint and the WAL's frames.
+func WithCheckpoints(interval time.Duration, hardFrames int, fn func(mode string, frames int)) Option {
+	return func(s *Store) { s.ckpt.interval, s.ckpt.hard, s.ckpt.onCheckpoint = interval, hardFrames, fn }
+}
+
+// WALSizeLimit is walSizeLimit, the size the WAL file is cut back to.
+const WALSizeLimit = walSizeLimit

@@ -49,6 +49,7 @@ type Store struct {
 	busy  time.Duration          // how long a connection waits for another's lock
 	stmts [numPrepared]*sql.Stmt // read-only after Open: prepared on w
 	group group                  // gathers concurrent mutations into shared commits
+	ckpt  checkpointer           // copies the WAL back off the commit path
 	dir   string                 // the database file's directory (ProbeWrite)
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, EventsBefore) copied out of SQLite.
@@ -83,18 +84,30 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	f.Close()
 	s := &Store{now: time.Now, busy: busyTimeout, dir: filepath.Dir(path)}
+	s.ckpt.interval, s.ckpt.hard = checkpointInterval, walHardFrames
 	for _, o := range opts {
 		o(s)
 	}
+	// dsn names the database with the pragmas every connection runs; a
+	// busy_timeout among extra replaces the store's, rather than racing it
+	// in an order the driver picks.
 	dsn := func(extra ...string) string {
 		q := url.Values{}
+		busy := "busy_timeout(" + strconv.Itoa(int(s.busy/time.Millisecond)) + ")"
+		for _, p := range extra {
+			if strings.HasPrefix(p, "busy_timeout(") {
+				busy = ""
+			}
+		}
 		for _, p := range []string{
 			"journal_mode(WAL)",
-			"busy_timeout(" + strconv.Itoa(int(s.busy/time.Millisecond)) + ")",
+			busy,
 			"synchronous(NORMAL)",
 			"foreign_keys(ON)",
 		} {
-			q.Add("_pragma", p)
+			if p != "" {
+				q.Add("_pragma", p)
+			}
 		}
 		for _, p := range extra {
 			q.Add("_pragma", p)
@@ -102,7 +115,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		q.Set("_txlock", "immediate")
 		return "file:" + path + "?" + q.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn())
+	// The writer never checkpoints (the checkpointer does, see
+	// checkpointInterval) and shrinks the WAL file when it resets it.
+	w, err := sql.Open("sqlite", dsn("wal_autocheckpoint(0)", "journal_size_limit("+strconv.Itoa(walSizeLimit)+")"))
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite writer: %w", err)
 	}
@@ -128,11 +143,18 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
 	s.r = r
+	if err := s.ckpt.start(dsn("busy_timeout(" + strconv.Itoa(int(truncateWait/time.Millisecond)) + ")")); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
-// Close closes both pools.
+// Close stops the checkpointer (waiting for it) and closes the
+// connections; the last one to close checkpoints the whole WAL and
+// removes it.
 func (s *Store) Close() error {
+	ckErr := s.ckpt.stop()
 	for _, st := range s.stmts {
 		if st != nil {
 			st.Close()
@@ -143,6 +165,9 @@ func (s *Store) Close() error {
 		if e := s.r.Close(); err == nil {
 			err = e
 		}
+	}
+	if err == nil {
+		err = ckErr
 	}
 	return err
 }
