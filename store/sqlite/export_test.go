@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"runhub/store"
@@ -43,3 +44,17 @@ func WithCheckpoints(interval time.Duration, hardFrames int, fn func(mode string
 
 // WALSizeLimit is walSizeLimit, the size the WAL file is cut back to.
 const WALSizeLimit = walSizeLimit
+
+// WriteRunFunc rewrites the run's row with an output of "rolled back",
+// then fails with fn's error, so tests can see that the rolled-back write
+// is never answered.
+func (s *Store) WriteRunFunc(ctx context.Context, ref store.RunRef, fn func() error) error {
+	_, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		r.Output = map[string]json.RawMessage{"v": json.RawMessage(`"rolled back"`)}
+		if err := writeRun(tx, r); err != nil {
+			return nil, err
+		}
+		return nil, fn()
+	})
+	return err
+}

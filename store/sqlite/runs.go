@@ -128,7 +128,7 @@ func jsonOrNull(m map[string]json.RawMessage) any {
 }
 
 const writeRunSQL = `UPDATE runs SET stage = ?, branch = ?, status = ?, environment = ?, error_message = ?, output = ?, state = ?,
-		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ? WHERE rid = ?`
+		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ?, version = ? WHERE rid = ?`
 
 // writeRun stores every column of r that a mutation may change.
 func writeRun(tx *wtx, r *runRow) error {
@@ -140,7 +140,7 @@ func writeRun(tx *wtx, r *runRow) error {
 	}
 	_, err := tx.exec(qWriteRun,
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
-		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
+		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, newVersion(), r.rid)
 	if err != nil {
 		return fmt.Errorf("update run: %w", classify(err))
 	}
@@ -194,9 +194,28 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 // otherwise the run after fn is recorded under the key.
 func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
 	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	return s.mutateRun(ctx, ref, idem, false, fn)
+}
+
+// mutateLog is mutate for an fn that changes nothing of the run but its
+// seq counters (appendEntries): the run comes from the writer's cache
+// when it is current (see runCache), and fn must not change it otherwise.
+func (s *Store) mutateLog(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
+	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	return s.mutateRun(ctx, ref, idem, true, fn)
+}
+
+func (s *Store) mutateRun(ctx context.Context, ref store.RunRef, idem *store.Idempotency, logOnly bool,
+	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
 	return s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
 		now := s.clock() // read while holding the writer, so time follows seq order
-		r, err := findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))
+		var r *runRow
+		var err error
+		if logOnly {
+			r, err = appendRun(tx, ref)
+		} else {
+			r, err = findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -294,7 +313,7 @@ func insertEventsSQL(n int) string {
 // seq values, contiguous and in order, and returns every entry as an event
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+	return s.mutateLog(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		return appendEntries(tx, r, entries)
 	})
 }

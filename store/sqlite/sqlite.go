@@ -60,6 +60,7 @@ type Store struct {
 	stmts [numPrepared]*sql.Stmt // read-only after Open: prepared on w
 	group group                  // gathers concurrent mutations into shared commits
 	ckpt  checkpointer           // copies the WAL back off the commit path
+	runs  runCache               // decoded run rows, for appends (the writer's)
 	dir   string                 // the database file's directory (ProbeWrite)
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, EventsBefore) copied out of SQLite.
@@ -242,6 +243,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // writer pool has one connection and a transaction holds it.
 const (
 	qFindRun = iota
+	qFindRunVersion
 	qUpdateSeq
 	qInsertOne
 	qInsertChunk
@@ -262,15 +264,16 @@ const (
 
 // preparedQueries holds the SQL of each prepared statement, by its q constant.
 var preparedQueries = [numPrepared]string{
-	qFindRun:     findRunSQL,
-	qUpdateSeq:   updateSeqSQL,
-	qInsertOne:   insertEventsSQL(1),
-	qInsertChunk: insertEventsSQL(insertChunk),
-	qWriteRun:    writeRunSQL,
-	qInsertRun:   insertRunSQL,
-	qIdemLookup:  "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?",
-	qIdemInsert:  "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
-	qIdemExpire:  "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?",
+	qFindRun:        findRunSQL,
+	qFindRunVersion: findRunVersionSQL,
+	qUpdateSeq:      updateSeqSQL,
+	qInsertOne:      insertEventsSQL(1),
+	qInsertChunk:    insertEventsSQL(insertChunk),
+	qWriteRun:       writeRunSQL,
+	qInsertRun:      insertRunSQL,
+	qIdemLookup:     "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?",
+	qIdemInsert:     "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
+	qIdemExpire:     "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?",
 	// One name serves every member of a batch: each member's savepoint is
 	// released (or rolled back to and released) before the next begins.
 	qSavepoint:   "SAVEPOINT mutation",
