@@ -100,14 +100,15 @@ func (c *runCache) drop(rid int64) {
 // one a rolled-back write took is never taken again (2^-63 a collision).
 func newVersion() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
-const findRunVersionSQL = "SELECT r.rid, r.version, r.last_seq, r.log_count" + runFrom +
+const findRunVersionSQL = "SELECT r.rid, r.version, r.last_seq, r.log_count, " + maxSeq + runFrom +
 	"WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0"
 
 // appendRun is findRun for a mutation that changes only the run's seq
 // counters: served from the writer's cache when the row's version matches.
 func appendRun(tx *wtx, ref store.RunRef) (*runRow, error) {
 	var rid, version, lastSeq, logCount int64
-	err := tx.queryRow(qFindRunVersion, ref.RunID, ref.ProjectID, ref.TaskID).Scan(&rid, &version, &lastSeq, &logCount)
+	var top sql.NullInt64
+	err := tx.queryRow(qFindRunVersion, ref.RunID, ref.ProjectID, ref.TaskID).Scan(&rid, &version, &lastSeq, &logCount, &top)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
 	}
@@ -117,7 +118,7 @@ func appendRun(tx *wtx, ref store.RunRef) (*runRow, error) {
 	c := &tx.s.runs
 	if e := c.get(rid, version); e != nil {
 		r := &runRow{Run: e.run, rid: rid}
-		r.LastSeq, r.LogCount = lastSeq, logCount
+		r.LastSeq, r.LogCount = seqCounters(lastSeq, logCount, top)
 		return r, nil
 	}
 	r, err := findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))

@@ -95,3 +95,88 @@ func TestAppendSeesEveryWrite(t *testing.T) {
 		t.Fatalf("append to a run of a deleted task: %v, want ErrNotFound", err)
 	}
 }
+
+// TestRunCountersFromEvents: appends do not write the run's row; every read
+// of a run (GetRun, RunByID, ListRuns, the mutations, after a reopen)
+// still answers its last_seq and log_count as of its last append, across
+// writes of the row in between.
+func TestRunCountersFromEvents(t *testing.T) {
+	ctx := context.Background()
+	path := t.TempDir() + "/runhub.db"
+	s, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	p, err := s.CreateProject(ctx, "Counters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := s.CreateTask(ctx, p.ID, store.NewTask{Title: "counters", OriginProduct: "user_created"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created, err := s.CreateRun(ctx, p.ID, task.ID, store.NewRun{Status: store.StatusInProgress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := store.RunRef{ProjectID: p.ID, TaskID: task.ID, RunID: created.Run.ID}
+	lastSeq, logs := created.Run.LastSeq, created.Run.LogCount
+	check := func(when string) {
+		t.Helper()
+		runs := map[string]*store.Run{}
+		var err error
+		if runs["GetRun"], err = s.GetRun(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		if runs["RunByID"], err = s.RunByID(ctx, ref.RunID); err != nil {
+			t.Fatal(err)
+		}
+		list, _, err := s.ListRuns(ctx, p.ID, task.ID, 10, 0)
+		if err != nil || len(list) != 1 {
+			t.Fatalf("ListRuns: %v, %d runs", err, len(list))
+		}
+		runs["ListRuns"] = &list[0]
+		for name, r := range runs {
+			if r.LastSeq != lastSeq || r.LogCount != logs {
+				t.Errorf("%s: %s answered last_seq %d, log_count %d; want %d, %d", when, name, r.LastSeq, r.LogCount, lastSeq, logs)
+			}
+		}
+	}
+	appendN := func(n int) {
+		t.Helper()
+		res, err := s.AppendLog(ctx, ref, benchBatch(t, 0, n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lastSeq += int64(n)
+		logs += int64(n)
+		if res.Run.LastSeq != lastSeq || res.Run.LogCount != logs {
+			t.Fatalf("append answered last_seq %d, log_count %d; want %d, %d", res.Run.LastSeq, res.Run.LogCount, lastSeq, logs)
+		}
+	}
+	check("created")
+	appendN(3)
+	check("after appends")
+	res, err := s.SetOutput(ctx, ref, map[string]json.RawMessage{"v": json.RawMessage("1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastSeq++ // the output event, not a log entry
+	if res.Run.LastSeq != lastSeq || res.Run.LogCount != logs {
+		t.Fatalf("SetOutput answered last_seq %d, log_count %d; want %d, %d", res.Run.LastSeq, res.Run.LogCount, lastSeq, logs)
+	}
+	check("after a write of the row")
+	appendN(2)
+	appendN(70) // more than one insert statement
+	check("after more appends")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = sqlite.Open(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	check("after reopen")
+	appendN(1)
+	check("after reopen and an append")
+}

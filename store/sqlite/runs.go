@@ -15,7 +15,24 @@ import (
 	"runhub/store"
 )
 
-const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status, r.environment, r.error_message, r.output, r.state, r.artifacts, r.created_at, r.updated_at, r.completed_at, r.last_seq, r.log_count"
+const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status, r.environment, r.error_message, r.output, r.state, r.artifacts, r.created_at, r.updated_at, r.completed_at, r.last_seq, r.log_count, " + maxSeq
+
+// maxSeq is the run's last stored seq, from its events. An append does not
+// write the run's row (that would be a second page written per append, in
+// the WAL and again by the checkpoint, and a statement): the row's
+// last_seq and log_count are as its last other write left them, and every
+// event past that last_seq is a log entry an append stored, so the run's
+// counters are the row's advanced by max(seq) - last_seq (see seqCounters).
+const maxSeq = "(SELECT max(e.seq) FROM run_events e WHERE e.rid = r.rid)"
+
+// seqCounters is the run's last_seq and log_count, from the row's and the
+// largest seq of its events (see maxSeq).
+func seqCounters(rowLast, rowLogs int64, top sql.NullInt64) (lastSeq, logCount int64) {
+	if top.Valid && top.Int64 > rowLast {
+		return top.Int64, rowLogs + top.Int64 - rowLast
+	}
+	return rowLast, rowLogs
+}
 
 const runFrom = " FROM runs r JOIN tasks t ON t.seq = r.task_rowid "
 
@@ -30,11 +47,12 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 	var stage, branch, errMsg, output sql.NullString
 	var state, artifacts string
 	var created, updated int64
-	var completed sql.NullInt64
+	var completed, top sql.NullInt64
 	if err := sc.Scan(&r.rid, &r.ID, &r.TaskID, &r.ProjectID, &stage, &branch, &r.Status, &r.Environment, &errMsg,
-		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount); err != nil {
+		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount, &top); err != nil {
 		return nil, err
 	}
+	r.LastSeq, r.LogCount = seqCounters(r.LastSeq, r.LogCount, top)
 	r.Stage, r.Branch, r.ErrorMessage = nullString(stage), nullString(branch), nullString(errMsg)
 	if err := store.DecodeRunColumns(&r.Run, nullString(output), state, artifacts); err != nil {
 		return nil, err
@@ -42,8 +60,6 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 	r.CreatedAt, r.UpdatedAt, r.CompletedAt = fromMicros(created), fromMicros(updated), nullMicros(completed)
 	return &r, nil
 }
-
-const updateSeqSQL = "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?"
 
 const findRunSQL = "SELECT " + runColumns + runFrom + "WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0"
 
@@ -320,8 +336,8 @@ func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store
 
 // appendEntries is the body of AppendLog inside a mutation's transaction:
 // it numbers the entries (store.AppendEntries), inserts the stored ones
-// and the run's new last_seq and log_count, and returns every entry as an
-// event for publishing.
+// (which advance the run's counters, see maxSeq), and returns every entry
+// as an event for publishing.
 func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event, error) {
 	ap := store.AppendEntries(&r.Run, entries)
 	stored, stamps := ap.Stored, ap.Times
@@ -351,9 +367,6 @@ func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event,
 		if err != nil {
 			return nil, fmt.Errorf("insert log entries: %w", classify(err))
 		}
-	}
-	if _, err := tx.exec(qUpdateSeq, r.LastSeq, r.LogCount, r.rid); err != nil {
-		return nil, fmt.Errorf("update run seq: %w", classify(err))
 	}
 	return ap.Events, nil
 }

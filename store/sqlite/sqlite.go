@@ -244,7 +244,6 @@ func (s *Store) migrate(ctx context.Context) error {
 const (
 	qFindRun = iota
 	qFindRunVersion
-	qUpdateSeq
 	qInsertOne
 	qInsertChunk
 	qWriteRun
@@ -266,7 +265,6 @@ const (
 var preparedQueries = [numPrepared]string{
 	qFindRun:        findRunSQL,
 	qFindRunVersion: findRunVersionSQL,
-	qUpdateSeq:      updateSeqSQL,
 	qInsertOne:      insertEventsSQL(1),
 	qInsertChunk:    insertEventsSQL(insertChunk),
 	qWriteRun:       writeRunSQL,
