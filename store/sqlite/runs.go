@@ -25,6 +25,21 @@ const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status
 // counters are the row's advanced by max(seq) - last_seq (see seqCounters).
 const maxSeq = "(SELECT max(e.seq) FROM run_events e WHERE e.rid = r.rid)"
 
+// CopiedColumns is, for a tool that copies the runs table's rows out of
+// the file (store/migrate), the expression that reads each column's value
+// as the store answers it: last_seq and log_count advanced by the appends
+// since the row was written (see maxSeq); "" for a column of the SQLite
+// store's own (version, see runCache), not to be copied.
+var CopiedColumns = map[string]map[string]string{
+	"runs": {
+		"last_seq":  copiedLastSeq,
+		"log_count": "runs.log_count + " + copiedLastSeq + " - runs.last_seq",
+		"version":   "",
+	},
+}
+
+const copiedLastSeq = "max(runs.last_seq, coalesce((SELECT max(e.seq) FROM run_events e WHERE e.rid = runs.rid), 0))"
+
 // seqCounters is the run's last_seq and log_count, from the row's and the
 // largest seq of its events (see maxSeq).
 func seqCounters(rowLast, rowLogs int64, top sql.NullInt64) (lastSeq, logCount int64) {

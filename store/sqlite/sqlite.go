@@ -2,8 +2,8 @@
 // modernc.org/sqlite (pure Go, no cgo).
 //
 // Every write goes through a single writer connection, so transactions are
-// serialised in-process and seq assignment (read last_seq, insert events,
-// store last_seq) cannot race; other processes (the `runhub keys` command
+// serialised in-process and seq assignment (read last_seq, insert events
+// after it) cannot race; other processes (the `runhub keys` command
 // while the server runs) are serialised by SQLite's own lock with a busy
 // timeout, past which a write fails with store.ErrBusy. Mutations of runs
 // that arrive while another runs share the next transaction and its one
