@@ -193,16 +193,27 @@ func copyTable(ctx context.Context, rtx *sql.Tx, wtx pgx.Tx, table string) (int6
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	cols, err := sqliteColumns(ctx, rtx, table)
+	all, err := sqliteColumns(ctx, rtx, table)
 	if err != nil {
 		return 0, err
 	}
-	for _, c := range cols {
+	// Columns the SQLite store reads through an expression are copied as
+	// it reads them (sqlite.CopiedColumns), and its own are left out.
+	var cols, exprs []string
+	for _, c := range all {
+		expr, special := sqlite.CopiedColumns[table][c]
+		if special && expr == "" {
+			continue
+		}
 		if types[c] == "" {
 			return 0, fmt.Errorf("column %s has no counterpart in the target", c)
 		}
+		if !special {
+			expr = c
+		}
+		cols, exprs = append(cols, c), append(exprs, expr)
 	}
-	src, err := rtx.QueryContext(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+table)
+	src, err := rtx.QueryContext(ctx, "SELECT "+strings.Join(exprs, ", ")+" FROM "+table)
 	if err != nil {
 		return 0, err
 	}
@@ -323,7 +334,7 @@ func verify(ctx context.Context, rtx *sql.Tx, to *pgx.Conn, copied map[string]in
 		}
 	}
 	want := map[string]int64{}
-	rows, err := rtx.QueryContext(ctx, "SELECT r.id, r.last_seq, COALESCE((SELECT max(seq) FROM run_events e WHERE e.rid = r.rid), 0) FROM runs r")
+	rows, err := rtx.QueryContext(ctx, "SELECT id, "+sqlite.CopiedColumns["runs"]["last_seq"]+", COALESCE((SELECT max(seq) FROM run_events e WHERE e.rid = runs.rid), 0) FROM runs")
 	if err != nil {
 		return 0, fmt.Errorf("verify runs: %w", err)
 	}

@@ -24,7 +24,7 @@ func TestAppendPathPlans(t *testing.T) {
 		{qIdemExpire, []any{1, 2}, "created_at<?"},
 		{qIdemLookup, []any{1, "k"}, "rid=? AND key=?"},
 		{qFindRun, []any{"r", 1, "t"}, "USING INDEX sqlite_autoindex_runs"},
-		{qUpdateSeq, []any{1, 2, 3}, "INTEGER PRIMARY KEY (rowid=?)"},
+		{qFindRunVersion, []any{"r", 1, "t"}, "SEARCH e USING PRIMARY KEY (rid=?)"},
 	} {
 		q := preparedQueries[tc.q]
 		rows, err := s.r.QueryContext(t.Context(), "EXPLAIN QUERY PLAN "+q, tc.args...)

@@ -2,6 +2,8 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
+	"time"
 
 	"runhub/store"
 )
@@ -33,3 +35,26 @@ func (s *Store) WriteFunc(ctx context.Context, fn func()) error {
 
 // MaxGroupCommit is maxGroupCommit, the most mutations one commit carries.
 const MaxGroupCommit = maxGroupCommit
+
+// WithCheckpoints replaces checkpointInterval and walHardFrames, and has fn
+// (when not nil) told the mode of every checkpoint and the WAL's frames.
+func WithCheckpoints(interval time.Duration, hardFrames int, fn func(mode string, frames int)) Option {
+	return func(s *Store) { s.ckpt.interval, s.ckpt.hard, s.ckpt.onCheckpoint = interval, hardFrames, fn }
+}
+
+// WALSizeLimit is walSizeLimit, the size the WAL file is cut back to.
+const WALSizeLimit = walSizeLimit
+
+// WriteRunFunc rewrites the run's row with an output of "rolled back",
+// then fails with fn's error, so tests can see that the rolled-back write
+// is never answered.
+func (s *Store) WriteRunFunc(ctx context.Context, ref store.RunRef, fn func() error) error {
+	_, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+		r.Output = map[string]json.RawMessage{"v": json.RawMessage(`"rolled back"`)}
+		if err := writeRun(tx, r); err != nil {
+			return nil, err
+		}
+		return nil, fn()
+	})
+	return err
+}

@@ -226,6 +226,7 @@ func (s *Store) commitBatch(batch []*pending) error {
 		// (a deferred constraint, SQLITE_BUSY), so the connection is clean.
 		return fmt.Errorf("commit: %w", classify(err))
 	}
+	s.ckpt.committed()
 	return nil
 }
 

@@ -49,7 +49,7 @@ func (s *Store) IngestState(ctx context.Context, ref store.RunRef) (store.Ingest
 // row between the check and the append.
 func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []store.IngestLine) (*store.IngestResult, error) {
 	var out store.IngestResult
-	res, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+	res, err := s.mutateLog(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		st, err := scanIngestState(tx.queryRow(qIngestRead, r.rid))
 		if err != nil {
 			return nil, err
@@ -76,7 +76,7 @@ func (s *Store) IngestEvents(ctx context.Context, ref store.RunRef, lines []stor
 // accepted seq.
 func (s *Store) CompleteIngest(ctx context.Context, ref store.RunRef, finalSeq int64) (*store.IngestResult, error) {
 	var out store.IngestResult
-	res, err := s.mutate(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+	res, err := s.mutateLog(ctx, ref, nil, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		st, err := scanIngestState(tx.queryRow(qIngestRead, r.rid))
 		if err != nil {
 			return nil, err

@@ -15,7 +15,39 @@ import (
 	"runhub/store"
 )
 
-const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status, r.environment, r.error_message, r.output, r.state, r.artifacts, r.created_at, r.updated_at, r.completed_at, r.last_seq, r.log_count"
+const runColumns = "r.rid, r.id, t.id, r.project_id, r.stage, r.branch, r.status, r.environment, r.error_message, r.output, r.state, r.artifacts, r.created_at, r.updated_at, r.completed_at, r.last_seq, r.log_count, " + maxSeq
+
+// maxSeq is the run's last stored seq, from its events. An append does not
+// write the run's row (that would be a second page written per append, in
+// the WAL and again by the checkpoint, and a statement): the row's
+// last_seq and log_count are as its last other write left them, and every
+// event past that last_seq is a log entry an append stored, so the run's
+// counters are the row's advanced by max(seq) - last_seq (see seqCounters).
+const maxSeq = "(SELECT max(e.seq) FROM run_events e WHERE e.rid = r.rid)"
+
+// CopiedColumns is, for a tool that copies the runs table's rows out of
+// the file (store/migrate), the expression that reads each column's value
+// as the store answers it: last_seq and log_count advanced by the appends
+// since the row was written (see maxSeq); "" for a column of the SQLite
+// store's own (version, see runCache), not to be copied.
+var CopiedColumns = map[string]map[string]string{
+	"runs": {
+		"last_seq":  copiedLastSeq,
+		"log_count": "runs.log_count + " + copiedLastSeq + " - runs.last_seq",
+		"version":   "",
+	},
+}
+
+const copiedLastSeq = "max(runs.last_seq, coalesce((SELECT max(e.seq) FROM run_events e WHERE e.rid = runs.rid), 0))"
+
+// seqCounters is the run's last_seq and log_count, from the row's and the
+// largest seq of its events (see maxSeq).
+func seqCounters(rowLast, rowLogs int64, top sql.NullInt64) (lastSeq, logCount int64) {
+	if top.Valid && top.Int64 > rowLast {
+		return top.Int64, rowLogs + top.Int64 - rowLast
+	}
+	return rowLast, rowLogs
+}
 
 const runFrom = " FROM runs r JOIN tasks t ON t.seq = r.task_rowid "
 
@@ -30,11 +62,12 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 	var stage, branch, errMsg, output sql.NullString
 	var state, artifacts string
 	var created, updated int64
-	var completed sql.NullInt64
+	var completed, top sql.NullInt64
 	if err := sc.Scan(&r.rid, &r.ID, &r.TaskID, &r.ProjectID, &stage, &branch, &r.Status, &r.Environment, &errMsg,
-		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount); err != nil {
+		&output, &state, &artifacts, &created, &updated, &completed, &r.LastSeq, &r.LogCount, &top); err != nil {
 		return nil, err
 	}
+	r.LastSeq, r.LogCount = seqCounters(r.LastSeq, r.LogCount, top)
 	r.Stage, r.Branch, r.ErrorMessage = nullString(stage), nullString(branch), nullString(errMsg)
 	if err := store.DecodeRunColumns(&r.Run, nullString(output), state, artifacts); err != nil {
 		return nil, err
@@ -42,8 +75,6 @@ func scanRun(sc interface{ Scan(...any) error }) (*runRow, error) {
 	r.CreatedAt, r.UpdatedAt, r.CompletedAt = fromMicros(created), fromMicros(updated), nullMicros(completed)
 	return &r, nil
 }
-
-const updateSeqSQL = "UPDATE runs SET last_seq = ?, log_count = ? WHERE rid = ?"
 
 const findRunSQL = "SELECT " + runColumns + runFrom + "WHERE r.id = ? AND r.project_id = ? AND t.id = ? AND t.deleted = 0"
 
@@ -128,7 +159,7 @@ func jsonOrNull(m map[string]json.RawMessage) any {
 }
 
 const writeRunSQL = `UPDATE runs SET stage = ?, branch = ?, status = ?, environment = ?, error_message = ?, output = ?, state = ?,
-		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ? WHERE rid = ?`
+		artifacts = ?, updated_at = ?, completed_at = ?, last_seq = ?, log_count = ?, version = ? WHERE rid = ?`
 
 // writeRun stores every column of r that a mutation may change.
 func writeRun(tx *wtx, r *runRow) error {
@@ -140,7 +171,7 @@ func writeRun(tx *wtx, r *runRow) error {
 	}
 	_, err := tx.exec(qWriteRun,
 		r.Stage, r.Branch, r.Status, r.Environment, r.ErrorMessage, jsonOrNull(r.Output), string(state), string(artifacts),
-		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, r.rid)
+		micros(r.UpdatedAt), completed, r.LastSeq, r.LogCount, newVersion(), r.rid)
 	if err != nil {
 		return fmt.Errorf("update run: %w", classify(err))
 	}
@@ -194,9 +225,28 @@ func (s *Store) CreateRun(ctx context.Context, project int64, task string, nr st
 // otherwise the run after fn is recorded under the key.
 func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
 	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	return s.mutateRun(ctx, ref, idem, false, fn)
+}
+
+// mutateLog is mutate for an fn that changes nothing of the run but its
+// seq counters (appendEntries): the run comes from the writer's cache
+// when it is current (see runCache), and fn must not change it otherwise.
+func (s *Store) mutateLog(ctx context.Context, ref store.RunRef, idem *store.Idempotency,
+	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
+	return s.mutateRun(ctx, ref, idem, true, fn)
+}
+
+func (s *Store) mutateRun(ctx context.Context, ref store.RunRef, idem *store.Idempotency, logOnly bool,
+	fn func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error)) (*store.MutationResult, error) {
 	return s.write(ctx, func(tx *wtx) (*store.MutationResult, error) {
 		now := s.clock() // read while holding the writer, so time follows seq order
-		r, err := findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))
+		var r *runRow
+		var err error
+		if logOnly {
+			r, err = appendRun(tx, ref)
+		} else {
+			r, err = findRun(tx.queryRow(qFindRun, ref.RunID, ref.ProjectID, ref.TaskID))
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -294,15 +344,15 @@ func insertEventsSQL(n int) string {
 // seq values, contiguous and in order, and returns every entry as an event
 // (ephemeral ones with seq 0) in request order for publishing.
 func (s *Store) AppendLog(ctx context.Context, ref store.RunRef, entries []store.LogEntry, idem *store.Idempotency) (*store.MutationResult, error) {
-	return s.mutate(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
+	return s.mutateLog(ctx, ref, idem, func(tx *wtx, r *runRow, now time.Time) ([]store.Event, error) {
 		return appendEntries(tx, r, entries)
 	})
 }
 
 // appendEntries is the body of AppendLog inside a mutation's transaction:
 // it numbers the entries (store.AppendEntries), inserts the stored ones
-// and the run's new last_seq and log_count, and returns every entry as an
-// event for publishing.
+// (which advance the run's counters, see maxSeq), and returns every entry
+// as an event for publishing.
 func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event, error) {
 	ap := store.AppendEntries(&r.Run, entries)
 	stored, stamps := ap.Stored, ap.Times
@@ -332,9 +382,6 @@ func appendEntries(tx *wtx, r *runRow, entries []store.LogEntry) ([]store.Event,
 		if err != nil {
 			return nil, fmt.Errorf("insert log entries: %w", classify(err))
 		}
-	}
-	if _, err := tx.exec(qUpdateSeq, r.LastSeq, r.LogCount, r.rid); err != nil {
-		return nil, fmt.Errorf("update run seq: %w", classify(err))
 	}
 	return ap.Events, nil
 }

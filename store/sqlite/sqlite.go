@@ -2,8 +2,8 @@
 // modernc.org/sqlite (pure Go, no cgo).
 //
 // Every write goes through a single writer connection, so transactions are
-// serialised in-process and seq assignment (read last_seq, insert events,
-// store last_seq) cannot race; other processes (the `runhub keys` command
+// serialised in-process and seq assignment (read last_seq, insert events
+// after it) cannot race; other processes (the `runhub keys` command
 // while the server runs) are serialised by SQLite's own lock with a busy
 // timeout, past which a write fails with store.ErrBusy. Mutations of runs
 // that arrive while another runs share the next transaction and its one
@@ -41,6 +41,16 @@ var migrations embed.FS
 // (the CLI creating a key while the server runs) before failing.
 const busyTimeout = 10 * time.Second
 
+// writerCacheKiB is the writer connection's page cache (cache_size, in
+// KiB). SQLite's default, 2 MiB (500 pages of 4 KiB), is smaller than what
+// appends to many runs at once touch: each hot run's row and the last leaf
+// of its events (2,000 runs at once: over 2,000 pages, 8 MiB, plus the
+// indexes that find them), so without it most appends read pages back from
+// the WAL or the file (a lookup and a pread each). 64 MiB holds that
+// several times over; it is memory of the one writer only, taken as pages
+// are touched, and the readers keep the default.
+const writerCacheKiB = 64 << 10
+
 // Store is the SQLite implementation of store.Store.
 type Store struct {
 	w     *sql.DB // exactly one connection: all writes
@@ -49,6 +59,8 @@ type Store struct {
 	busy  time.Duration          // how long a connection waits for another's lock
 	stmts [numPrepared]*sql.Stmt // read-only after Open: prepared on w
 	group group                  // gathers concurrent mutations into shared commits
+	ckpt  checkpointer           // copies the WAL back off the commit path
+	runs  runCache               // decoded run rows, for appends (the writer's)
 	dir   string                 // the database file's directory (ProbeWrite)
 	// onScan, when set (tests), is told the size of every entry a bounded
 	// read (QueryLog, EventsBefore) copied out of SQLite.
@@ -83,18 +95,30 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	f.Close()
 	s := &Store{now: time.Now, busy: busyTimeout, dir: filepath.Dir(path)}
+	s.ckpt.interval, s.ckpt.hard = checkpointInterval, walHardFrames
 	for _, o := range opts {
 		o(s)
 	}
+	// dsn names the database with the pragmas every connection runs; a
+	// busy_timeout among extra replaces the store's, rather than racing it
+	// in an order the driver picks.
 	dsn := func(extra ...string) string {
 		q := url.Values{}
+		busy := "busy_timeout(" + strconv.Itoa(int(s.busy/time.Millisecond)) + ")"
+		for _, p := range extra {
+			if strings.HasPrefix(p, "busy_timeout(") {
+				busy = ""
+			}
+		}
 		for _, p := range []string{
 			"journal_mode(WAL)",
-			"busy_timeout(" + strconv.Itoa(int(s.busy/time.Millisecond)) + ")",
+			busy,
 			"synchronous(NORMAL)",
 			"foreign_keys(ON)",
 		} {
-			q.Add("_pragma", p)
+			if p != "" {
+				q.Add("_pragma", p)
+			}
 		}
 		for _, p := range extra {
 			q.Add("_pragma", p)
@@ -102,7 +126,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		q.Set("_txlock", "immediate")
 		return "file:" + path + "?" + q.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn())
+	// The writer never checkpoints (the checkpointer does, see
+	// checkpointInterval) and shrinks the WAL file when it resets it.
+	w, err := sql.Open("sqlite", dsn("wal_autocheckpoint(0)", "journal_size_limit("+strconv.Itoa(walSizeLimit)+")",
+		"cache_size(-"+strconv.Itoa(writerCacheKiB)+")"))
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite writer: %w", err)
 	}
@@ -128,11 +155,18 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
 	s.r = r
+	if err := s.ckpt.start(dsn("busy_timeout(" + strconv.Itoa(int(truncateWait/time.Millisecond)) + ")")); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
-// Close closes both pools.
+// Close stops the checkpointer (waiting for it) and closes the
+// connections; the last one to close checkpoints the whole WAL and
+// removes it.
 func (s *Store) Close() error {
+	ckErr := s.ckpt.stop()
 	for _, st := range s.stmts {
 		if st != nil {
 			st.Close()
@@ -143,6 +177,9 @@ func (s *Store) Close() error {
 		if e := s.r.Close(); err == nil {
 			err = e
 		}
+	}
+	if err == nil {
+		err = ckErr
 	}
 	return err
 }
@@ -206,7 +243,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // writer pool has one connection and a transaction holds it.
 const (
 	qFindRun = iota
-	qUpdateSeq
+	qFindRunVersion
 	qInsertOne
 	qInsertChunk
 	qWriteRun
@@ -226,15 +263,15 @@ const (
 
 // preparedQueries holds the SQL of each prepared statement, by its q constant.
 var preparedQueries = [numPrepared]string{
-	qFindRun:     findRunSQL,
-	qUpdateSeq:   updateSeqSQL,
-	qInsertOne:   insertEventsSQL(1),
-	qInsertChunk: insertEventsSQL(insertChunk),
-	qWriteRun:    writeRunSQL,
-	qInsertRun:   insertRunSQL,
-	qIdemLookup:  "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?",
-	qIdemInsert:  "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
-	qIdemExpire:  "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?",
+	qFindRun:        findRunSQL,
+	qFindRunVersion: findRunVersionSQL,
+	qInsertOne:      insertEventsSQL(1),
+	qInsertChunk:    insertEventsSQL(insertChunk),
+	qWriteRun:       writeRunSQL,
+	qInsertRun:      insertRunSQL,
+	qIdemLookup:     "SELECT request_hash, response FROM idempotency_keys WHERE rid = ? AND key = ?",
+	qIdemInsert:     "INSERT INTO idempotency_keys (rid, key, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?)",
+	qIdemExpire:     "DELETE FROM idempotency_keys WHERE rid = ? AND created_at < ?",
 	// One name serves every member of a batch: each member's savepoint is
 	// released (or rolled back to and released) before the next begins.
 	qSavepoint:   "SAVEPOINT mutation",
