@@ -168,6 +168,7 @@ type Server struct {
 	blobs      blob.Store
 	files      *blob.FS
 	signer     *blob.Signer
+	logLinks   *logLinks
 	presignTTL time.Duration
 	timeouts   Timeouts
 	publicURL  string
@@ -232,6 +233,7 @@ func New(cfg Config) *Server {
 	if tr, ok := cfg.Tokens.(interface{ Revocations() *tokens.Revocations }); ok && tr.Revocations() != nil {
 		revoked = tr.Revocations().Revoked
 	}
+	s.logLinks = newLogLinks(s.signer, LogLinkCacheSize)
 	s.keys = newKeyCache(KeyCacheTTL, KeyCacheSize, revoked)
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)

@@ -1,0 +1,52 @@
+package rest_test
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// maxAllocsPerAppend bounds the allocations of one append_log request of
+// one 200 B entry to an existing run, served by the real handler on
+// SQLite: authentication with a cached key, routing, decoding and
+// validation, the store's transaction, the publication to the hub and the
+// response. The count includes the test's own request and recorder.
+const maxAllocsPerAppend = 1000
+
+// TestAppendLogAllocs fails when the append_log path allocates more than
+// maxAllocsPerAppend: allocations, unlike times, are deterministic, and
+// the many-runs load spends much of its CPU collecting them.
+func TestAppendLogAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's own allocations are counted too")
+	}
+	as := newAppendServer(t, 1)
+	pad := strings.Repeat("x", 200-len(`{"type":"bench","t":1234567890123456789,"pad":""}`))
+	body := []byte(`{"entries":[{"type":"bench","t":1234567890123456789,"pad":"` + pad + `"}]}`)
+	req := httptest.NewRequest(http.MethodPost, as.urls[0], nil)
+	req.Header.Set("Authorization", "Bearer "+as.secret)
+	req.Header.Set("Content-Type", "application/json")
+	rd := bytes.NewReader(body)
+	rec := httptest.NewRecorder()
+	appendOnce := func() {
+		rd.Reset(body)
+		req.Body, req.ContentLength = io.NopCloser(rd), int64(len(body))
+		rec.Body.Reset()
+		*rec = httptest.ResponseRecorder{HeaderMap: http.Header{}, Body: rec.Body, Code: http.StatusOK}
+		as.handler.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("append_log: %d %s", rec.Code, rec.Body)
+		}
+	}
+	for range 20 { // warm up: the key cache, prepared statements, pools
+		appendOnce()
+	}
+	got := testing.AllocsPerRun(200, appendOnce)
+	t.Logf("%.1f allocations per append_log request (limit %d)", got, maxAllocsPerAppend)
+	if got > maxAllocsPerAppend {
+		t.Errorf("%.1f allocations per append_log request, want at most %d", got, maxAllocsPerAppend)
+	}
+}
