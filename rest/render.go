@@ -110,18 +110,34 @@ func (b *runBody) appendJSON(dst []byte) []byte {
 }
 
 // appendJSONString appends s as encoding/json encodes a string. Printable
-// ASCII that needs no escape is copied; anything else (escapes, control
-// characters, <>&, non-ASCII) is left to encoding/json, whose rules then
-// hold without being written twice.
+// ASCII is written here (", \\ escaped with a backslash, <, > and & as
+// \u00XX, as encoding/json does for HTML safety: a log_url's & among
+// them); a string with control characters or non-ASCII is left to
+// encoding/json, whose rules for those then hold without being written
+// twice.
 func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if c := s[i]; c < 0x20 || c >= 0x7f {
 			q, _ := json.Marshal(s) // a string always encodes
 			return append(dst, q...)
 		}
 	}
+	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
-	dst = append(dst, s...)
+	start := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"', '\\':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', c)
+			start = i + 1
+		case '<', '>', '&':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			start = i + 1
+		}
+	}
+	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
 
