@@ -50,41 +50,57 @@ func BenchmarkAppendLogHTTP(b *testing.B) {
 	})
 }
 
-// benchAppend runs b.N append_log requests (body(k) for the k-th) over
-// runs runs with 4×GOMAXPROCS clients.
-func benchAppend(b *testing.B, runs, batch int, body func(k int) []byte) {
+// appendServer is a node on SQLite in a temporary directory (the real
+// handler, hub included) with one API key and runs runs, each of its own
+// task; urls are their append_log paths.
+type appendServer struct {
+	handler http.Handler
+	secret  string
+	urls    []string
+}
+
+func newAppendServer(tb testing.TB, runs int) *appendServer {
+	tb.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "runhub.db"))
+	st, err := sqlite.Open(ctx, filepath.Join(tb.TempDir(), "runhub.db"))
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer st.Close()
+	tb.Cleanup(func() { st.Close() })
 	p, _ := st.CreateProject(ctx, "bench")
 	secret, prefix, hash := store.GenerateAPIKey()
 	if _, err := st.CreateAPIKey(ctx, store.NewAPIKey{Prefix: prefix, Hash: hash, Scopes: []string{"*"}, Projects: []int64{p.ID}}); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	urls := make([]string, runs)
 	for i := range urls {
 		task, err := st.CreateTask(ctx, p.ID, store.NewTask{Title: "bench", OriginProduct: "user_created"})
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		run, err := st.CreateRun(ctx, p.ID, task.ID, store.NewRun{})
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		urls[i] = fmt.Sprintf("/api/projects/%d/tasks/%s/runs/%s/append_log/", p.ID, task.ID, run.Run.ID)
 	}
-	n, err := node.New(ctx, node.Config{Store: st, DataDir: b.TempDir()})
+	n, err := node.New(ctx, node.Config{Store: st, DataDir: tb.TempDir()})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer n.Close()
+	tb.Cleanup(func() { n.Close() })
 	if err := n.Start(ctx); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(n.Handler())
+	return &appendServer{handler: n.Handler(), secret: secret, urls: urls}
+}
+
+// benchAppend runs b.N append_log requests (body(k) for the k-th) over
+// runs runs with 4×GOMAXPROCS clients.
+func benchAppend(b *testing.B, runs, batch int, body func(k int) []byte) {
+	as := newAppendServer(b, runs)
+	secret, urls := as.secret, as.urls
+	srv := httptest.NewServer(as.handler)
 	defer srv.Close()
 	client := srv.Client()
 	client.Transport.(*http.Transport).MaxIdleConnsPerHost = 64

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"runhub/proxy"
@@ -84,13 +85,43 @@ func throttled(retryAfter int) *apiError {
 		Detail: fmt.Sprintf("Request was throttled. Expected available in %d seconds.", retryAfter), RetryAfter: retryAfter}
 }
 
+// jsonAppender is a value that encodes itself without reflection (a run,
+// the answer of every run mutation).
+type jsonAppender interface{ appendJSON(dst []byte) []byte }
+
+// maxPooledResponse bounds the response buffers kept for reuse: a run
+// answer is about 1 KiB, and a rare huge one (a run with a large output)
+// is left to the garbage collector rather than pinned in the pool.
+const maxPooledResponse = 64 << 10
+
+var responseBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// jsonContentType is the Content-Type header's value, shared by every
+// response rather than a new slice each (Header.Set allocates one); the
+// header is only ever replaced, never written into.
+var jsonContentType = []string{"application/json"}
+
 // writeJSON writes v with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	if a, ok := v.(jsonAppender); ok {
+		bp := responseBufs.Get().(*[]byte)
+		b := a.appendJSON((*bp)[:0])
+		writeJSONBytes(w, status, b)
+		if cap(b) <= maxPooledResponse {
+			*bp = b[:0]
+			responseBufs.Put(bp)
+		}
+		return
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"type":"server_error","code":"error","detail":"A server error occurred.","attr":null}`)
 	}
-	w.Header().Set("Content-Type", "application/json")
+	writeJSONBytes(w, status, b)
+}
+
+func writeJSONBytes(w http.ResponseWriter, status int, b []byte) {
+	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
 	w.Write(b)
 }

@@ -101,17 +101,17 @@ func (s *Server) metricsHandler() http.Handler {
 // know whether the handler read it to its end.
 type requestBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
+	rc   http.ResponseController
 	done atomic.Bool
 }
 
-// guardBody sets the body-read deadline of r and wraps its body; nil for a
+// guardBody sets the body-read deadline of r and wraps its body in b; nil for a
 // request without a body, whose connection keeps no read deadline.
-func (s *Server) guardBody(w http.ResponseWriter, r *http.Request) *requestBody {
+func (s *Server) guardBody(w http.ResponseWriter, r *http.Request, b *requestBody) *requestBody {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil
 	}
-	b := &requestBody{ReadCloser: r.Body, rc: http.NewResponseController(w)}
+	b.ReadCloser, b.rc = r.Body, *http.NewResponseController(w)
 	b.rc.SetReadDeadline(time.Now().Add(s.timeouts.Body))
 	r.Body = b
 	return b

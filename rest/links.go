@@ -8,16 +8,12 @@ import (
 	"strings"
 )
 
-// baseURLKey holds, in a request's context, the scheme and host (and path
-// prefix) links in its response start with; ServeHTTP sets it.
-type baseURLKey struct{}
-
 // baseURL is the base every link of a response is built from: log_url,
 // ws_url, artifact URLs, pagination. ServeHTTP resolves it once per request
 // (linkBase); a request that did not pass through ServeHTTP gets its Host.
 func baseURL(r *http.Request) string {
-	if b, ok := r.Context().Value(baseURLKey{}).(string); ok {
-		return b
+	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		return info.base
 	}
 	return "http://" + r.Host
 }

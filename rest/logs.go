@@ -108,8 +108,7 @@ func (s *Server) logLink(r *http.Request) func(*store.Run) *string {
 		if run == nil {
 			return nil
 		}
-		p := "/logs/" + run.ID + ".jsonl"
-		u := baseURL(r) + p + "?" + s.signer.Sign(http.MethodGet, p, nil, LogURLTTL).Encode()
+		u := s.logLinks.link(baseURL(r), run.ID)
 		return &u
 	}
 }

@@ -45,6 +45,8 @@ func (s *Server) routes() {
 	// CPU when it came twelfth). No other route matches its paths, so the
 	// order changes nothing else.
 	handle(runPath+"/append_log", http.MethodPost, write, s.appendLog)
+	// ServeHTTP matches it before mux does (hotRoute), to the same handler.
+	s.hot = newHotRoute(runPath+"/append_log", http.MethodPost, s.project(write, s.appendLog))
 	s.opsRoutes()
 
 	handle(tasksPath, http.MethodGet, read, s.listTasks)
@@ -122,6 +124,12 @@ func pathUUID(r *http.Request, name string, notFoundErr error) (string, error) {
 	id, err := uuid.Parse(v)
 	if err != nil {
 		return "", notFoundErr
+	}
+	// A UUID of 36 characters differs from its canonical form only in the
+	// case of its hex digits: a lower-case one (what clients send back) is
+	// returned as it is, without formatting it again.
+	if strings.IndexFunc(v, func(c rune) bool { return c >= 'A' && c <= 'F' }) < 0 {
+		return v, nil
 	}
 	return id.String(), nil
 }

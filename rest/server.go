@@ -168,6 +168,7 @@ type Server struct {
 	blobs      blob.Store
 	files      *blob.FS
 	signer     *blob.Signer
+	logLinks   *logLinks
 	presignTTL time.Duration
 	timeouts   Timeouts
 	publicURL  string
@@ -175,6 +176,7 @@ type Server struct {
 	separateMx bool
 	authLog    *authLog
 	router     *mux.Router
+	hot        *hotRoute // append_log, matched before the router
 	reg        *prometheus.Registry
 	reqs       *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
@@ -232,6 +234,7 @@ func New(cfg Config) *Server {
 	if tr, ok := cfg.Tokens.(interface{ Revocations() *tokens.Revocations }); ok && tr.Revocations() != nil {
 		revoked = tr.Revocations().Revoked
 	}
+	s.logLinks = newLogLinks(s.signer, LogLinkCacheSize)
 	s.keys = newKeyCache(KeyCacheTTL, KeyCacheSize, revoked)
 	if cfg.RateLimit != nil {
 		s.limiter = newLimiter(*cfg.RateLimit)
@@ -275,7 +278,9 @@ func (s *Server) Registry() prometheus.Registerer { return s.reg }
 // once.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	body := s.guardBody(w, r)
+	// Everything kept for the request, in one allocation.
+	st := &served{info: requestInfo{route: "unmatched", base: s.linkBase(r)}}
+	body := s.guardBody(w, r, &st.body)
 	limit := s.maxBody
 	if s.isUpload(r) {
 		// An upload form goes to storage, not to the API: its own limit.
@@ -284,34 +289,66 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
 	}
-	rw := &statusWriter{ResponseWriter: w, status: http.StatusOK, body: body}
+	st.w = statusWriter{ResponseWriter: w, status: http.StatusOK, body: body}
+	rw := &st.w
 	// mux attaches the matched route to a copy of the request; the
-	// middleware installed in New reports it back through this holder.
-	route := "unmatched"
-	ctx := context.WithValue(r.Context(), routeHolderKey{}, &route)
-	ctx = context.WithValue(ctx, baseURLKey{}, s.linkBase(r))
+	// middleware installed in New reports it back through st.info.
+	ctx := context.WithValue(r.Context(), requestInfoKey{}, &st.info)
 	if r.ContentLength > limit {
 		// Refused before reading a byte of it.
 		s.writeError(rw, r, errTooLarge)
+	} else if vars := s.hot.match(r); vars != nil {
+		st.info.route = s.hot.tpl
+		s.hot.serve(rw, r.WithContext(ctx), vars)
 	} else {
 		s.router.ServeHTTP(rw, r.WithContext(ctx))
 	}
 	if body.unread() && !rw.hijacked {
 		body.cut()
 	}
-	s.reqs.WithLabelValues(route, r.Method, strconv.Itoa(rw.status)).Inc()
-	s.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+	s.reqs.WithLabelValues(st.info.route, r.Method, statusLabel(rw.status)).Inc()
+	s.latency.WithLabelValues(st.info.route, r.Method).Observe(time.Since(start).Seconds())
 }
 
-type routeHolderKey struct{}
+// statusLabels are the metrics' status labels of every HTTP status code,
+// made once rather than formatted for every request.
+var statusLabels = func() (l [600]string) {
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func statusLabel(code int) string {
+	if code >= 0 && code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// served is what ServeHTTP keeps for one request.
+type served struct {
+	w    statusWriter
+	body requestBody
+	info requestInfo
+}
+
+// requestInfo is what ServeHTTP tells the handlers of a request, and they
+// tell it back, through the request's context.
+type requestInfo struct {
+	route string // the matched route's template (recordRoute), for metrics
+	base  string // the base of every link in the response (linkBase)
+}
+
+type requestInfoKey struct{}
 
 // recordRoute stores the matched route's template for the metrics labels.
 func recordRoute(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h, ok := r.Context().Value(routeHolderKey{}).(*string); ok {
+		if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
 			if cr := mux.CurrentRoute(r); cr != nil {
 				if tpl, err := cr.GetPathTemplate(); err == nil {
-					*h = strings.TrimSuffix(tpl, slash)
+					info.route = strings.TrimSuffix(tpl, slash)
 				}
 			}
 		}

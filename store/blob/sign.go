@@ -132,3 +132,8 @@ func (s *Signer) Verify(method, path string, q url.Values) error {
 	}
 	return nil
 }
+
+// Now is the signer's clock: a link signed now expires at Now()+ttl, to
+// the second, which lets a caller reuse a link signed within the same
+// second (rest's log_url cache) without changing when it expires.
+func (s *Signer) Now() time.Time { return s.now() }

@@ -149,9 +149,121 @@ type AppendLogDecoder interface{ LogBody() *AppendLogBody }
 // DecodeAppendLog decodes an append_log body into its raw entries;
 // AppendLog validates them one by one.
 func DecodeAppendLog(body []byte) ([]json.RawMessage, error) {
+	if entries, ok := splitEntries(body); ok {
+		return entries, nil
+	}
 	var b AppendLogBody
 	err := DecodeAppendLogInto(body, &b)
 	return b.Entries, err
+}
+
+// splitEntries reads the body every agent sends, {"entries":[...]} (JSON
+// whitespace between tokens allowed), in one validating scan and one walk,
+// each entry a slice of body rather than a copy: what the general decoder
+// (encoding/json into AppendLogBody) returns for it, byte for byte
+// (FuzzSplitEntries). Any other body (another key, a key written with
+// escapes or in other case, entries not a list, bytes that are not UTF-8,
+// not JSON) is not its shape: ok is false and the general decoder reads it
+// or names what is wrong.
+func splitEntries(body []byte) (entries []json.RawMessage, ok bool) {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return nil, false
+	}
+	p := skipJSONSpace(body, 0)
+	const head = `"entries"`
+	if p >= len(body) || body[p] != '{' {
+		return nil, false
+	}
+	p = skipJSONSpace(body, p+1)
+	if len(body)-p < len(head) || string(body[p:p+len(head)]) != head {
+		return nil, false
+	}
+	p = skipJSONSpace(body, p+len(head))
+	if p >= len(body) || body[p] != ':' {
+		return nil, false
+	}
+	p = skipJSONSpace(body, p+1)
+	if p >= len(body) || body[p] != '[' {
+		return nil, false
+	}
+	// The body is valid JSON: from here every value is well formed, and
+	// the list ends with ']'.
+	entries = make([]json.RawMessage, 0, 1)
+	p = skipJSONSpace(body, p+1)
+	if body[p] != ']' {
+		for {
+			end := jsonValueEnd(body, p)
+			entries = append(entries, body[p:end:end])
+			p = skipJSONSpace(body, end)
+			if body[p] == ']' {
+				break
+			}
+			p = skipJSONSpace(body, p+1) // the ','
+		}
+	}
+	p = skipJSONSpace(body, p+1)
+	if p >= len(body) || body[p] != '}' || skipJSONSpace(body, p+1) != len(body) {
+		return nil, false
+	}
+	return entries, true
+}
+
+// skipJSONSpace returns the index of the first byte at or after p that is
+// not JSON whitespace.
+func skipJSONSpace(b []byte, p int) int {
+	for p < len(b) && (b[p] == ' ' || b[p] == '\t' || b[p] == '\n' || b[p] == '\r') {
+		p++
+	}
+	return p
+}
+
+// jsonValueEnd returns the index just after the JSON value starting at p
+// in b, which is valid JSON.
+func jsonValueEnd(b []byte, p int) int {
+	switch b[p] {
+	case '"':
+		return jsonStringEnd(b, p)
+	case '{', '[':
+		depth := 0
+		for p < len(b) {
+			switch b[p] {
+			case '"':
+				p = jsonStringEnd(b, p)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return p + 1
+				}
+			}
+			p++
+		}
+		return p
+	default: // a number, true, false or null
+		for p < len(b) {
+			switch b[p] {
+			case ',', ']', '}', ' ', '\t', '\n', '\r':
+				return p
+			}
+			p++
+		}
+		return p
+	}
+}
+
+// jsonStringEnd returns the index just after the string starting at p.
+func jsonStringEnd(b []byte, p int) int {
+	for p++; p < len(b); p++ {
+		switch b[p] {
+		case '\\':
+			p++ // the escaped byte (a \u's hex digits need no care)
+		case '"':
+			return p + 1
+		}
+	}
+	return p
 }
 
 // DecodeAppendLogInto decodes an append_log body into v, whose entries must

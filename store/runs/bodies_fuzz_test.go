@@ -1,6 +1,7 @@
 package runs
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -249,4 +250,50 @@ func FuzzDecodeRelay(f *testing.F) {
 			t.Fatalf("accepted %d characters", utf8.RuneCountInString(text))
 		}
 	})
+}
+
+// FuzzSplitEntries: whenever the append_log fast path reads a body, the
+// general decoder reads it too, to the same entries byte for byte; and the
+// fast path reads the usual bodies.
+func FuzzSplitEntries(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{
+		`{"entries":[]}`, ` { "entries" : [ {"a":1} , {"b":[1,{"c":"]}\""}]} , null, 1, -2.5e3, "x\\"", true, [] ] } `,
+		`{"entries":[{"type":"x"}]}`, "{\"entries\":[{\"s\":\"\u2028 \\u00e9 ✓\"}]}", `{"entries":[{}],"x":1}`,
+		`{"x":1,"entries":[{}]}`, `{"Entries":[{}]}`, `{"entr\u0069es":[{}]}`, `{"entries":{}}`, `{"entries":null}`,
+		`{"entries":[{}]}x`, `{"entries":[{}]`, "{\"entries\":[{\"a\":\"\xff\"}]}", "\f{\"entries\":[{}]}", `[]`, ``,
+		`{"entries":[{"a":"\\"},{"b":"\\\\"}]}`, `{"entries":[{"a":"}]"} ]}`, `{"entries":[{"a":"\""},{"b":"}\"]"}]}`,
+		"{\"entries\":[1 , true\t,null\n]}", `{"entries":["\"", "\\"]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fast, ok := splitEntries(body)
+		if !ok {
+			return
+		}
+		var b AppendLogBody
+		if err := DecodeAppendLogInto(body, &b); err != nil {
+			t.Fatalf("body %q: fast path read %d entries, the general decoder refused it: %v", body, len(fast), err)
+		}
+		if len(fast) != len(b.Entries) || (fast == nil) != (b.Entries == nil) {
+			t.Fatalf("body %q: fast path %q, general decoder %q", body, fast, b.Entries)
+		}
+		for i := range fast {
+			if !bytes.Equal(fast[i], b.Entries[i]) {
+				t.Fatalf("body %q: entry %d: fast path %q, general decoder %q", body, i, fast[i], b.Entries[i])
+			}
+		}
+	})
+}
+
+// TestSplitEntriesUsual: the bodies agents send take the fast path.
+func TestSplitEntriesUsual(t *testing.T) {
+	for _, body := range []string{`{"entries":[{"type":"x"}]}`, "{\n  \"entries\": [\n    {\"a\": 1},\n    {\"b\": 2}\n  ]\n}\n"} {
+		if _, ok := splitEntries([]byte(body)); !ok {
+			t.Errorf("%q: not read by the fast path", body)
+		}
+	}
 }

@@ -115,13 +115,14 @@ const PublishTimeout = 5 * time.Second
 
 // publish hands committed events to the publisher. The commit already
 // happened, so the request being cancelled must not stop the news: the
-// publish keeps ctx's values (logging) but not its cancellation. A failure
-// is logged and loses nothing: subscribers backfill from the store.
+// publish keeps ctx's values (logging) but not its cancellation
+// (publishCtx). A failure is logged and loses nothing: subscribers
+// backfill from the store.
 func (s *Service) publish(ctx context.Context, runID string, res *store.MutationResult) {
 	if !res.Replayed && len(res.Events) > 0 {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
-		defer cancel()
-		if err := s.pub.Publish(ctx, runID, res.Events); err != nil {
+		pctx := newPublishCtx(ctx, PublishTimeout)
+		defer pctx.stop()
+		if err := s.pub.Publish(pctx, runID, res.Events); err != nil {
 			s.log.WarnContext(ctx, "publish failed; subscribers will backfill", "run_id", runID, "err", err)
 		}
 	}
