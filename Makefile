@@ -54,6 +54,8 @@ PG_SUITES   := ./rest/ ./hub/... ./proxy/... ./cmd/node/ ./web/ ./store/teststor
 
 test: deps
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# allocation bounds (testing.AllocsPerRun), which -race inflates and skips
+	$(GO) test -count=1 -run 'Allocs$$' ./...
 	RUNHUB_TEST_BACKEND=postgres RUNHUB_REQUIRE_SERVERS=1 $(GO) test -race -count=1 -timeout 20m $(PG_SUITES)
 
 lint: deps
