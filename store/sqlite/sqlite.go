@@ -205,10 +205,18 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := s.w.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}
+	// A database a newer binary migrated is refused, not used: from 0008 on
+	// a run's row no longer holds its current seq counters, so an older
+	// binary would number appends from stale ones.
+	if newest, err := migrationNumber(names[len(names)-1]); err != nil {
+		return err
+	} else if version > newest {
+		return fmt.Errorf("the database is at schema version %d, newer than this binary's %d: it was written by a newer runhub", version, newest)
+	}
 	for _, name := range names {
-		n, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+		n, err := migrationNumber(name)
 		if err != nil {
-			return fmt.Errorf("migration %s: bad name", name)
+			return err
 		}
 		if n <= version {
 			continue
@@ -234,6 +242,15 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// migrationNumber is the version a migration file's name starts with.
+func migrationNumber(name string) (int, error) {
+	n, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+	if err != nil {
+		return 0, fmt.Errorf("migration %s: bad name", name)
+	}
+	return n, nil
 }
 
 // The statements of the mutation path, prepared once on the writer

@@ -3,7 +3,9 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,5 +165,27 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRefusesNewerSchema: a database a newer binary migrated (its schema
+// version past this binary's newest migration) is refused at Open, not
+// used with rules it does not know.
+func TestRefusesNewerSchema(t *testing.T) {
+	ctx := t.Context()
+	s, path := openTemp(t)
+	must(t, s.Close())
+	db, err := sql.Open("sqlite", "file:"+path)
+	must(t, err)
+	var version int
+	must(t, db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version))
+	_, err = db.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version+1))
+	must(t, err)
+	must(t, db.Close())
+	if s, err := sqlite.Open(ctx, path); err == nil {
+		s.Close()
+		t.Fatalf("Open of a database at schema %d (this binary's newest: %d) succeeded", version+1, version)
+	} else if !strings.Contains(err.Error(), "newer runhub") {
+		t.Errorf("Open: %v, want the newer-schema refusal", err)
 	}
 }
