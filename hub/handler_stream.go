@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -165,12 +164,19 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	})
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
-	var writers sync.WaitGroup
+	// writers owns the connection's writer and close goroutines; after
+	// writers.close none starts (a shared writer may still hand the
+	// connection back by calling c.start).
+	var writers group
 	// The writer is built once: starting it (go writer()) allocates
 	// nothing per wake-up.
 	writer := func() {
-		defer writers.Done()
-		if err := c.drain(ctx, h); err != nil {
+		defer writers.leave()
+		err := ww.flush() // what a shared writer left unsent comes first
+		if err == nil {
+			err = c.drain(ctx, h)
+		}
+		if err != nil {
 			h.logEnd(ctx, run.ID, "ws", err)
 			switch {
 			case errors.Is(err, errSlowConsumer):
@@ -182,9 +188,11 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		}
 	}
 	c.start = func() {
-		writers.Add(1)
-		go writer()
+		if writers.enter() {
+			go writer()
+		}
 	}
+	c.pool, c.tryWrite = &h.pool, ww.tryWrite
 	c.onSlow = func() {
 		h.m.slow.Inc()
 		// A writer blocked on a full socket would hold the connection
@@ -197,12 +205,10 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	// writer (stop, below, comes before writers.Wait, so none starts
 	// after it).
 	rv := h.watchKeys(r.Context(), func() {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
+		writers.goDo(func() {
 			ws.Close(closeRevoked, "API key revoked")
 			cancel()
-		}()
+		})
 	})
 	p := h.startPinger(ctx, ws)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
@@ -219,7 +225,7 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		} else {
 			ws.CloseNow()
 		}
-		writers.Wait()
+		writers.close()
 		cancel()
 	})
 	return nil
