@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -229,53 +228,6 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		cancel()
 	})
 	return nil
-}
-
-// pinger checks liveness without a goroutine per idle connection: a timer
-// fires every PingInterval, and only the ping in flight (at most one) has a
-// goroutine of its own.
-type pinger struct {
-	ws       *websocket.Conn
-	timeout  time.Duration
-	inFlight atomic.Bool
-	timer    atomic.Pointer[time.Timer] // set before the timer can fire
-}
-
-// startPinger pings ws every PingInterval until ctx ends or stop.
-func (h *Hub) startPinger(ctx context.Context, ws *websocket.Conn) *pinger {
-	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
-	every := h.cfg.PingInterval
-	t := time.AfterFunc(time.Hour, func() {
-		if ctx.Err() != nil {
-			return
-		}
-		p.ping(ctx)
-		p.timer.Load().Reset(every)
-	})
-	p.timer.Store(t)
-	t.Reset(every)
-	return p
-}
-
-func (p *pinger) stop() { p.timer.Load().Stop() }
-
-func (p *pinger) ping(ctx context.Context) {
-	if !p.inFlight.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer p.inFlight.Store(false)
-		// The ping's context must not end with ctx: coder/websocket drops
-		// the connection when a write's context ends mid-write, and on /ws
-		// ctx ends at a drain just before the 1012 is sent, which a ping
-		// in flight would then beat (the client saw the connection cut,
-		// not told to move). The ping still ends with the connection.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
-		defer cancel()
-		if err := p.ws.Ping(pctx); err != nil && ctx.Err() == nil {
-			p.ws.CloseNow() // no pong in time
-		}
-	}()
 }
 
 func (h *Hub) logEnd(ctx context.Context, runID, transport string, err error) {

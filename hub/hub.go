@@ -204,7 +204,8 @@ type Hub struct {
 	workMu sync.Mutex
 	closed bool // guarded by workMu
 
-	pool writePool // the shared WebSocket writers
+	pool  writePool // the shared WebSocket writers
+	pings pingWheel // the WebSockets' liveness checks
 
 	brokerMu   sync.Mutex              // guards brokerRuns (never held across broker I/O)
 	brokerRuns map[string]*brokerState // runs with a broker subscription or a call in flight
@@ -298,6 +299,7 @@ func New(cfg Config) (*Hub, error) {
 		log: cfg.Logger, runs: map[string]*runState{}, brokerRuns: map[string]*brokerState{}, m: newMetrics()}
 	h.ctx, h.stop = context.WithCancel(context.Background())
 	h.pool.h = h
+	h.pings.h = h
 	return h, nil
 }
 
