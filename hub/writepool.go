@@ -15,7 +15,10 @@ import (
 // a connection whose socket is full, whose queue overflowed, that has a
 // catch-up to read from the store or that must wait out its WriteInterval
 // is handed to its own writer (conn.start), which may block and sleep, and
-// gives the connection back when its queue is empty.
+// gives the connection back when its queue is empty. A connection that
+// must wait out its WriteInterval (events arriving faster than that) waits
+// in its shared writer's list of later writes, which one timer per writer
+// serves, rather than in a sleeping goroutine of its own.
 type writePool struct {
 	h      *Hub
 	once   sync.Once
@@ -29,6 +32,17 @@ type writeShard struct {
 	ready  []*conn
 	closed bool // its writer ended (the hub closed): connections go to their own
 	wake   chan struct{}
+	// later holds connections waiting out their WriteInterval, in the
+	// order they were added (so roughly by due time); the shard's writer
+	// alone uses it.
+	later []delayed
+	head  int // later[head:] are waiting
+}
+
+// delayed is a connection whose next write is due at due.
+type delayed struct {
+	c   *conn
+	due time.Time
 }
 
 // start starts the writers, owned by the hub (Close ends and waits for
@@ -72,7 +86,15 @@ func (p *writePool) schedule(c *conn) {
 func (p *writePool) run(sh *writeShard) {
 	defer p.h.work.Done()
 	var batch []*conn
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
+		var due <-chan time.Time
+		if sh.head < len(sh.later) {
+			timer.Reset(time.Until(sh.later[sh.head].due))
+			due = timer.C
+		}
 		select {
 		case <-p.h.ctx.Done():
 			sh.mu.Lock()
@@ -83,8 +105,28 @@ func (p *writePool) run(sh *writeShard) {
 			for _, c := range rest {
 				c.start()
 			}
+			for _, d := range sh.later[sh.head:] {
+				d.c.start()
+			}
 			return
 		case <-sh.wake:
+		case <-due:
+		}
+		timer.Stop()
+		now := time.Now()
+		for sh.head < len(sh.later) && !sh.later[sh.head].due.After(now) {
+			c := sh.later[sh.head].c
+			sh.later[sh.head] = delayed{}
+			sh.head++
+			p.write(sh, c)
+		}
+		if sh.head == len(sh.later) {
+			sh.later, sh.head = sh.later[:0], 0
+		} else if sh.head > 64 && sh.head*2 > len(sh.later) {
+			// Never empty under a steady load: keep the list from growing.
+			n := copy(sh.later, sh.later[sh.head:])
+			clear(sh.later[n:])
+			sh.later, sh.head = sh.later[:n], 0
 		}
 		for {
 			sh.mu.Lock()
@@ -94,7 +136,7 @@ func (p *writePool) run(sh *writeShard) {
 				break
 			}
 			for i, c := range batch {
-				p.write(c)
+				p.write(sh, c)
 				batch[i] = nil
 			}
 		}
@@ -105,12 +147,16 @@ func (p *writePool) run(sh *writeShard) {
 // writer (see writePool). A connection given more frames meanwhile goes to
 // the back of a list, so that one busy connection does not hold up the
 // others.
-func (p *writePool) write(c *conn) {
+func (p *writePool) write(sh *writeShard, c *conn) {
 	c.mu.Lock()
-	if c.slow || c.end || len(c.catchups) > 0 ||
-		(c.interval > 0 && time.Since(c.lastWrite) < c.interval) {
+	if c.slow || c.end || len(c.catchups) > 0 {
 		c.mu.Unlock()
 		c.start()
+		return
+	}
+	if c.interval > 0 && time.Since(c.lastWrite) < c.interval {
+		c.mu.Unlock()
+		sh.later = append(sh.later, delayed{c: c, due: c.lastWrite.Add(c.interval)})
 		return
 	}
 	frames := c.frames
