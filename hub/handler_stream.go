@@ -191,7 +191,9 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 			go writer()
 		}
 	}
-	c.pool, c.tryWrite = &h.pool, ww.tryWrite
+	if gw.CanTry() {
+		c.pool, c.tryWrite = &h.pool, ww.tryWrite
+	}
 	c.onSlow = func() {
 		h.m.slow.Inc()
 		// A writer blocked on a full socket would hold the connection

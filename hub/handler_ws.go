@@ -177,7 +177,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 			go writer()
 		}
 	}
-	m.c.pool, m.c.tryWrite = &h.pool, ww.tryWrite
+	if gw.CanTry() {
+		m.c.pool, m.c.tryWrite = &h.pool, ww.tryWrite
+	}
 	// The connection closes (4001) when a key that authenticated it, or a
 	// token it used, is revoked; rest's authorizer notes token keys on ctx.
 	rv := h.watchKeys(r.Context(), func() {

@@ -86,18 +86,24 @@ type GatherWriter struct {
 	conn net.Conn
 	mu   sync.Mutex
 	hold bool
+	off  int32 // bytes of *buf already written (a backlog; messages are far below 2 GiB)
 	buf  *[]byte
-	off  int   // bytes of *buf already written (a backlog)
 	err  error // a failed write of TryRelease: every later write fails with it
 
 	// dmu guards the deadline state; unlike mu it is never held across a
 	// write, so that Shorten reaches a write blocked on a full socket.
 	dmu      sync.Mutex
-	active   int       // writes between Begin and End
-	deadline time.Time // the socket's write deadline (zero: none)
+	active   int32 // writes between Begin and End
+	deadline int64 // the socket's write deadline, Unix ns (0: none)
 
-	raw   syscall.RawConn // made at the first TryRelease
-	tryFn func(fd uintptr) bool
+	raw *rawWriter // made at the first TryRelease
+}
+
+// rawWriter is what TryRelease needs of the socket, made once it is first
+// used (an idle connection that never received an event goes without).
+type rawWriter struct {
+	conn syscall.RawConn
+	try  func(fd uintptr) bool
 }
 
 func (g *GatherWriter) Write(p []byte) (int, error) {
@@ -122,8 +128,8 @@ func (g *GatherWriter) Write(p []byte) (int, error) {
 // write between Begin and End is in progress.
 func (g *GatherWriter) clearIdleDeadline() {
 	g.dmu.Lock()
-	if g.active == 0 && !g.deadline.IsZero() {
-		g.deadline = time.Time{}
+	if g.active == 0 && g.deadline != 0 {
+		g.deadline = 0
 		g.conn.SetWriteDeadline(time.Time{})
 	}
 	g.dmu.Unlock()
@@ -136,9 +142,10 @@ func (g *GatherWriter) Begin(timeout time.Duration) {
 	g.dmu.Lock()
 	g.active++
 	now := time.Now()
-	if left := g.deadline.Sub(now); g.deadline.IsZero() || left < timeout-timeout/4 || left > timeout {
-		g.deadline = now.Add(timeout)
-		g.conn.SetWriteDeadline(g.deadline)
+	if left := time.Duration(g.deadline - now.UnixNano()); g.deadline == 0 || left < timeout-timeout/4 || left > timeout {
+		t := now.Add(timeout)
+		g.deadline = t.UnixNano()
+		g.conn.SetWriteDeadline(t)
 	}
 	g.dmu.Unlock()
 }
@@ -155,8 +162,9 @@ func (g *GatherWriter) Shorten(d time.Duration) {
 	g.dmu.Lock()
 	defer g.dmu.Unlock()
 	if g.active > 0 {
-		g.deadline = time.Now().Add(d)
-		g.conn.SetWriteDeadline(g.deadline)
+		t := time.Now().Add(d)
+		g.deadline = t.UnixNano()
+		g.conn.SetWriteDeadline(t)
 	}
 }
 
@@ -208,6 +216,14 @@ func (g *GatherWriter) dropLocked() {
 	g.buf, g.off = nil, 0
 }
 
+// CanTry reports whether TryRelease can write without blocking: the
+// connection is a socket (a TLS connection is not: TryRelease leaves all
+// it gathered for Release).
+func (g *GatherWriter) CanTry() bool {
+	_, ok := g.conn.(syscall.Conn)
+	return ok
+}
+
 // TryRelease ends gathering and writes what was gathered, after any
 // backlog, as far as the socket takes it without blocking. blocked
 // reports that a backlog may remain (or that another goroutine is writing,
@@ -229,26 +245,27 @@ func (g *GatherWriter) TryRelease() (blocked bool, err error) {
 	if g.raw == nil {
 		sc, ok := g.conn.(syscall.Conn)
 		if !ok {
-			return false, g.flushLocked()
+			return true, nil // for Release to write (see CanTry)
 		}
-		if g.raw, err = sc.SyscallConn(); err != nil {
+		rc, err := sc.SyscallConn()
+		if err != nil {
 			g.err = err
 			g.dropLocked()
 			return false, err
 		}
-		g.tryFn = g.try
+		g.raw = &rawWriter{conn: rc, try: g.try}
 	}
 	// A deadline left from an earlier write, now past, would fail this
 	// write before it is tried.
 	g.clearIdleDeadline()
-	if err := g.raw.Write(g.tryFn); err != nil && g.err == nil {
+	if err := g.raw.conn.Write(g.raw.try); err != nil && g.err == nil {
 		g.err = err
 	}
 	if g.err != nil {
 		g.dropLocked()
 		return false, g.err
 	}
-	if g.off < len(*g.buf) {
+	if int(g.off) < len(*g.buf) {
 		return true, nil
 	}
 	g.dropLocked()
@@ -258,10 +275,10 @@ func (g *GatherWriter) TryRelease() (blocked bool, err error) {
 // try is one non-blocking attempt to write the backlog (RawConn.Write
 // calls it once: it always reports done).
 func (g *GatherWriter) try(fd uintptr) bool {
-	for g.off < len(*g.buf) {
+	for int(g.off) < len(*g.buf) {
 		n, err := syscall.Write(int(fd), (*g.buf)[g.off:])
 		if n > 0 {
-			g.off += n
+			g.off += int32(n)
 		}
 		switch {
 		case err == syscall.EINTR:
