@@ -52,6 +52,10 @@ type conn struct {
 	// write sends frames to the client, coalesced where the transport can.
 	write func(ctx context.Context, frames [][]byte) error
 	start func() // nil: a loop waits on signal
+	// pool, if set, writes the connection while its socket takes frames
+	// at once (tryWrite), rather than a start()ed writer (WebSockets).
+	pool     *writePool
+	tryWrite func(frames [][]byte) (sent int, blocked bool, err error)
 	// onSlow is called once, without c.mu, when the queue overflows.
 	onSlow func()
 	// hide, if set, names the events this connection does not send (its
@@ -112,7 +116,9 @@ func (c *conn) wantWriterLocked() bool {
 // or signals the loop that writes (loop mode).
 func (c *conn) startOrSignal(start bool) {
 	if c.start != nil {
-		if start {
+		if start && c.pool != nil {
+			c.pool.schedule(c)
+		} else if start {
 			c.start()
 		}
 		return

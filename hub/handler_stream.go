@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -165,12 +163,19 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	})
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	c := newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
-	var writers sync.WaitGroup
+	// writers owns the connection's writer and close goroutines; after
+	// writers.close none starts (a shared writer may still hand the
+	// connection back by calling c.start).
+	var writers group
 	// The writer is built once: starting it (go writer()) allocates
 	// nothing per wake-up.
 	writer := func() {
-		defer writers.Done()
-		if err := c.drain(ctx, h); err != nil {
+		defer writers.leave()
+		err := ww.flush() // what a shared writer left unsent comes first
+		if err == nil {
+			err = c.drain(ctx, h)
+		}
+		if err != nil {
 			h.logEnd(ctx, run.ID, "ws", err)
 			switch {
 			case errors.Is(err, errSlowConsumer):
@@ -182,8 +187,12 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		}
 	}
 	c.start = func() {
-		writers.Add(1)
-		go writer()
+		if writers.enter() {
+			go writer()
+		}
+	}
+	if gw.CanTry() {
+		c.pool, c.tryWrite = &h.pool, ww.tryWrite
 	}
 	c.onSlow = func() {
 		h.m.slow.Inc()
@@ -197,12 +206,10 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	// writer (stop, below, comes before writers.Wait, so none starts
 	// after it).
 	rv := h.watchKeys(r.Context(), func() {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
+		writers.goDo(func() {
 			ws.Close(closeRevoked, "API key revoked")
 			cancel()
-		}()
+		})
 	})
 	p := h.startPinger(ctx, ws)
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
@@ -219,57 +226,10 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 		} else {
 			ws.CloseNow()
 		}
-		writers.Wait()
+		writers.close()
 		cancel()
 	})
 	return nil
-}
-
-// pinger checks liveness without a goroutine per idle connection: a timer
-// fires every PingInterval, and only the ping in flight (at most one) has a
-// goroutine of its own.
-type pinger struct {
-	ws       *websocket.Conn
-	timeout  time.Duration
-	inFlight atomic.Bool
-	timer    atomic.Pointer[time.Timer] // set before the timer can fire
-}
-
-// startPinger pings ws every PingInterval until ctx ends or stop.
-func (h *Hub) startPinger(ctx context.Context, ws *websocket.Conn) *pinger {
-	p := &pinger{ws: ws, timeout: h.cfg.PongTimeout}
-	every := h.cfg.PingInterval
-	t := time.AfterFunc(time.Hour, func() {
-		if ctx.Err() != nil {
-			return
-		}
-		p.ping(ctx)
-		p.timer.Load().Reset(every)
-	})
-	p.timer.Store(t)
-	t.Reset(every)
-	return p
-}
-
-func (p *pinger) stop() { p.timer.Load().Stop() }
-
-func (p *pinger) ping(ctx context.Context) {
-	if !p.inFlight.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer p.inFlight.Store(false)
-		// The ping's context must not end with ctx: coder/websocket drops
-		// the connection when a write's context ends mid-write, and on /ws
-		// ctx ends at a drain just before the 1012 is sent, which a ping
-		// in flight would then beat (the client saw the connection cut,
-		// not told to move). The ping still ends with the connection.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
-		defer cancel()
-		if err := p.ws.Ping(pctx); err != nil && ctx.Err() == nil {
-			p.ws.CloseNow() // no pong in time
-		}
-	}()
 }
 
 func (h *Hub) logEnd(ctx context.Context, runID, transport string, err error) {

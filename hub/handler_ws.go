@@ -156,7 +156,11 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	// nothing per wake-up.
 	writer := func() {
 		defer tasks.leave()
-		if err := m.c.drain(ctx, h); err != nil {
+		err := ww.flush() // what a shared writer left unsent comes first
+		if err == nil {
+			err = m.c.drain(ctx, h)
+		}
+		if err != nil {
 			h.logEnd(ctx, "", "ws-mux", err)
 			switch {
 			case errors.Is(err, errSlowConsumer):
@@ -172,6 +176,9 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		if tasks.enter() {
 			go writer()
 		}
+	}
+	if gw.CanTry() {
+		m.c.pool, m.c.tryWrite = &h.pool, ww.tryWrite
 	}
 	// The connection closes (4001) when a key that authenticated it, or a
 	// token it used, is revoked; rest's authorizer notes token keys on ctx.

@@ -204,6 +204,9 @@ type Hub struct {
 	workMu sync.Mutex
 	closed bool // guarded by workMu
 
+	pool  writePool // the shared WebSocket writers
+	pings pingWheel // the WebSockets' liveness checks
+
 	brokerMu   sync.Mutex              // guards brokerRuns (never held across broker I/O)
 	brokerRuns map[string]*brokerState // runs with a broker subscription or a call in flight
 }
@@ -295,6 +298,8 @@ func New(cfg Config) (*Hub, error) {
 	h := &Hub{cfg: cfg, src: cfg.Store, broker: cfg.Broker, commands: cfg.Commands, guard: cfg.Guard,
 		log: cfg.Logger, runs: map[string]*runState{}, brokerRuns: map[string]*brokerState{}, m: newMetrics()}
 	h.ctx, h.stop = context.WithCancel(context.Background())
+	h.pool.h = h
+	h.pings.h = h
 	return h, nil
 }
 

@@ -24,18 +24,17 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, wsBatchBytes); 
 // wake-up rather than one per event. A lone notification is sent as a plain
 // object.
 //
-// The write deadline is the socket's own (net.Conn.SetWriteDeadline), set
-// while writes are in progress: a write that overruns fails, and
-// coder/websocket then closes the connection. Unlike a timer, or a context
-// per write (which coder/websocket keeps until the next write), it costs an
-// idle connection nothing.
+// write blocks, under the socket's own write deadline (kept by the
+// GatherWriter, set only when the one in place runs short): a write that
+// overruns fails, and coder/websocket then closes the connection. Unlike a
+// timer, or a context per write (which coder/websocket keeps until the
+// next write), it costs an idle connection nothing. tryWrite never blocks
+// and needs no deadline: it is what the hub's shared writers use
+// (writePool).
 type wsWriter struct {
 	ws      *websocket.Conn
 	gw      *wsrpc.GatherWriter
 	timeout time.Duration
-
-	mu      sync.Mutex // writing, and the deadline against shorten
-	writing int        // writes in progress (events, and replies on /ws)
 }
 
 func newWSWriter(ws *websocket.Conn, gw *wsrpc.GatherWriter, timeout time.Duration) *wsWriter {
@@ -43,34 +42,12 @@ func newWSWriter(ws *websocket.Conn, gw *wsrpc.GatherWriter, timeout time.Durati
 }
 
 // shorten makes the writes in progress, if any, end within d.
-func (w *wsWriter) shorten(d time.Duration) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.writing > 0 {
-		w.gw.SetWriteDeadline(time.Now().Add(d))
-	}
-}
-
-func (w *wsWriter) begin() {
-	w.mu.Lock()
-	w.writing++
-	w.gw.SetWriteDeadline(time.Now().Add(w.timeout))
-	w.mu.Unlock()
-}
-
-func (w *wsWriter) end() {
-	w.mu.Lock()
-	w.writing--
-	if w.writing == 0 {
-		w.gw.SetWriteDeadline(time.Time{})
-	}
-	w.mu.Unlock()
-}
+func (w *wsWriter) shorten(d time.Duration) { w.gw.Shorten(d) }
 
 // writeMessage sends one message (a /ws reply) under the write deadline.
 func (w *wsWriter) writeMessage(b []byte) error {
-	w.begin()
-	defer w.end()
+	w.gw.Begin(w.timeout)
+	defer w.gw.End()
 	w.gw.Gather()
 	err := w.ws.Write(context.Background(), websocket.MessageText, b)
 	if rerr := w.gw.Release(); err == nil {
@@ -79,17 +56,40 @@ func (w *wsWriter) writeMessage(b []byte) error {
 	return err
 }
 
+// flush writes what a tryWrite left unsent, under the write deadline.
+func (w *wsWriter) flush() error {
+	w.gw.Begin(w.timeout)
+	defer w.gw.End()
+	return w.gw.Release()
+}
+
 func (w *wsWriter) write(_ context.Context, frames [][]byte) error {
-	w.begin()
-	defer w.end()
+	w.gw.Begin(w.timeout)
+	defer w.gw.End()
+	_, _, err := w.send(frames, false)
+	return err
+}
+
+// tryWrite writes frames as far as the socket takes them without
+// blocking: blocked reports that bytes may remain for flush to write, and
+// sent how many frames were written or left to flush; the others were not
+// touched (another goroutine was writing), and go back to the queue.
+func (w *wsWriter) tryWrite(frames [][]byte) (sent int, blocked bool, err error) {
+	return w.send(frames, true)
+}
+
+func (w *wsWriter) send(frames [][]byte, try bool) (sent int, blocked bool, err error) {
 	for len(frames) > 0 {
 		n, size := 1, len(frames[0])
 		for n < len(frames) && size+len(frames[n])+1 <= wsBatchBytes-2 {
 			size += len(frames[n]) + 1
 			n++
 		}
-		var err error
-		w.gw.Gather()
+		if !try {
+			w.gw.Gather()
+		} else if !w.gw.TryGather() {
+			return sent, true, nil
+		}
 		if n == 1 {
 			err = w.ws.Write(context.Background(), websocket.MessageText, frames[0])
 		} else {
@@ -106,13 +106,22 @@ func (w *wsWriter) write(_ context.Context, frames [][]byte) error {
 			*bp = b
 			batchBufs.Put(bp)
 		}
-		if rerr := w.gw.Release(); err == nil {
+		var rerr error
+		if try {
+			blocked, rerr = w.gw.TryRelease()
+		} else {
+			rerr = w.gw.Release()
+		}
+		if err == nil {
 			err = rerr
 		}
 		if err != nil {
-			return err
+			return sent, false, err
 		}
-		frames = frames[n:]
+		frames, sent = frames[n:], sent+n
+		if blocked {
+			return sent, true, nil
+		}
 	}
-	return nil
+	return sent, false, nil
 }

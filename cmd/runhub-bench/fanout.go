@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"path"
 	"runtime"
 	"slices"
 	"strconv"
@@ -76,6 +78,7 @@ func fanoutCmd(args []string) error {
 	common := addCommon(fs)
 	subs := fs.Int("subs", 2000, "subscribers on the run")
 	transport := fs.String("transport", "ws", "ws or sse")
+	endpoint := fs.String("endpoint", "stream", "with -transport ws: stream (the run's own WebSocket) or ws (GET /ws, subscribed to the run)")
 	publishers := fs.Int("publishers", 16, "concurrent publishers")
 	size := fs.Int("size", 200, "bytes per entry")
 	rate := fs.Float64("rate", 0, "appends per second in total (0: as fast as possible)")
@@ -87,6 +90,9 @@ func fanoutCmd(args []string) error {
 	if *subs < 1 || *subs > 20000 || *publishers < 1 || *publishers > 256 || *duration > 10*time.Minute ||
 		*batch < 1 || *batch > 1000 || *slow < 0 || *slow > 1000 {
 		return fmt.Errorf("bounds: 1..20000 subs, 1..256 publishers, 1..1000 entries per batch, 0..1000 slow, at most 10m")
+	}
+	if *endpoint != "stream" && *endpoint != "ws" {
+		return fmt.Errorf("-endpoint: stream or ws, not %q", *endpoint)
 	}
 	ctx, cancel := withTimeout(*duration)
 	defer cancel()
@@ -116,7 +122,7 @@ func fanoutCmd(args []string) error {
 				if *transport == "sse" {
 					err = followSSE(subCtx, srv, runPath, s, &connected, first)
 				} else {
-					err = followWS(subCtx, srv, runPath, s, &connected, first)
+					err = followWS(subCtx, srv, runPath, *endpoint, s, &connected, first)
 				}
 				if !errors.Is(err, errMoved) || subCtx.Err() != nil {
 					break
@@ -138,8 +144,12 @@ func fanoutCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	label := *transport
+	if label == "ws" {
+		label = "ws (" + *endpoint + ")"
+	}
 	fmt.Printf("fanout: %d %s subscribers connected (and %d that never read); %d publishers, %d entries of %d bytes per append, rate %v/s, %v\n",
-		*subs, *transport, len(stuck), *publishers, *batch, *size, *rate, *duration)
+		*subs, label, len(stuck), *publishers, *batch, *size, *rate, *duration)
 
 	// Publishers.
 	pad := strings.Repeat("x", max(0, *size-70))
@@ -277,8 +287,17 @@ func resumeQuery(s *subscriber, first bool) string {
 	return "?after=" + strconv.FormatInt(s.next-1, 10)
 }
 
-func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, connected *atomic.Int64, first bool) error {
-	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.base, "http")+runPath+"/stream"+resumeQuery(s, first), &websocket.DialOptions{HTTPHeader: authHeader(srv)})
+// followWS follows the run over a WebSocket: the run's own (endpoint
+// "stream"), or GET /ws subscribed to the run ("ws"), where the subscriber
+// counts as connected once its subscribe is answered.
+func followWS(ctx context.Context, srv *server, runPath, endpoint string, s *subscriber, connected *atomic.Int64, first bool) error {
+	url := "ws" + strings.TrimPrefix(srv.base, "http")
+	if endpoint == "ws" {
+		url += "/ws"
+	} else {
+		url += runPath + "/stream" + resumeQuery(s, first)
+	}
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: authHeader(srv)})
 	if err != nil {
 		return err
 	}
@@ -287,6 +306,14 @@ func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, c
 	// Reads without a context (a context per read costs a timer and an
 	// allocation); closing the connection ends the loop.
 	defer context.AfterFunc(ctx, func() { c.CloseNow() })()
+	if endpoint == "ws" {
+		s.mu.Lock()
+		after := s.next - 1
+		s.mu.Unlock()
+		if err := muxSubscribe(ctx, c, path.Base(runPath), after); err != nil {
+			return err
+		}
+	}
 	if first {
 		connected.Add(1)
 	}
@@ -305,6 +332,32 @@ func followWS(ctx context.Context, srv *server, runPath string, s *subscriber, c
 		}
 		observeMessage(s, buf.Bytes(), time.Now())
 	}
+}
+
+// muxSubscribe subscribes a /ws connection to a run after seq after
+// (a number, or "latest") and waits for the reply, which comes before any
+// of the run's events.
+func muxSubscribe(ctx context.Context, c *websocket.Conn, runID string, after any) error {
+	req, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "subscribe",
+		"params": map[string]any{"run_id": runID, "after": after}})
+	if err := c.Write(ctx, websocket.MessageText, req); err != nil {
+		return err
+	}
+	_, b, err := c.Read(ctx)
+	if err != nil {
+		return err
+	}
+	var reply struct {
+		Result json.RawMessage
+		Error  *struct{ Message string }
+	}
+	if err := json.Unmarshal(b, &reply); err != nil {
+		return fmt.Errorf("/ws reply: %w", err)
+	}
+	if reply.Error != nil || reply.Result == nil {
+		return fmt.Errorf("/ws subscribe: %.200s", b)
+	}
+	return nil
 }
 
 // observeMessage records the events of one WebSocket message (the stream

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -18,10 +19,14 @@ func idleCmd(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	common := addCommon(fs)
 	conns := fs.Int("conns", 10000, "idle subscribed WebSocket connections")
+	endpoint := fs.String("endpoint", "stream", "stream (the run's own WebSocket) or ws (GET /ws, subscribed to the run)")
 	hold := fs.Duration("hold", 0, "keep the connections open this long after measuring (to profile the server)")
 	fs.Parse(args)
 	if *conns < 1 || *conns > 50000 {
 		return fmt.Errorf("bounds: 1..50000 connections")
+	}
+	if *endpoint != "stream" && *endpoint != "ws" {
+		return fmt.Errorf("-endpoint: stream or ws, not %q", *endpoint)
 	}
 	ctx, cancel := withTimeout(time.Minute + min(*hold, 5*time.Minute))
 	defer cancel()
@@ -33,6 +38,9 @@ func idleCmd(args []string) error {
 	time.Sleep(idleSettle)
 	rss0, _, _ := procStat(srv.cmd.Process.Pid)
 	url := "ws" + strings.TrimPrefix(srv.base, "http") + runPath + "/stream?start=latest"
+	if *endpoint == "ws" {
+		url = "ws" + strings.TrimPrefix(srv.base, "http") + "/ws"
+	}
 	cs := make([]*websocket.Conn, 0, *conns)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -45,6 +53,11 @@ func idleCmd(args []string) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: authHeader(srv)})
+			if err == nil && *endpoint == "ws" {
+				if err = muxSubscribe(ctx, c, path.Base(runPath), "latest"); err != nil {
+					c.CloseNow()
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -65,7 +78,7 @@ func idleCmd(args []string) error {
 	}
 	time.Sleep(idleSettle)
 	rss1, _, _ := procStat(srv.cmd.Process.Pid)
-	fmt.Printf("idle: %d subscribed WebSocket connections\n", len(cs))
+	fmt.Printf("idle: %d subscribed WebSocket connections (%s)\n", len(cs), *endpoint)
 	fmt.Printf("server RSS: %.1f MiB before, %.1f MiB after: %.1f KiB per connection\n",
 		float64(rss0)/(1<<20), float64(rss1)/(1<<20), float64(rss1-rss0)/1024/float64(len(cs)))
 	time.Sleep(min(*hold, 5*time.Minute))

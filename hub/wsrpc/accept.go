@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -69,17 +70,50 @@ var gatherBufs = sync.Pool{New: func() any { b := make([]byte, 0, gatherBufBytes
 // in one write. Control frames coder/websocket writes from other
 // goroutines (pongs, close) pass through, or join the gathered bytes in
 // order.
+//
+// TryRelease sends what was gathered without blocking: what the socket
+// does not take stays as a backlog, which every later write joins in
+// order, until Release or Flush writes it (blocking). So a goroutine that
+// writes for many connections never waits on one of them.
+//
+// It also keeps the connection's write deadline for the writes between
+// Begin and End, lazily: the socket's deadline is set again only when the
+// one in place would leave a write less than three quarters of its
+// timeout, and a write made outside Begin and End (a pong, a close) first
+// clears a deadline left from an earlier write. Setting the deadline
+// twice per message was a measurable share of the delivery CPU.
 type GatherWriter struct {
 	conn net.Conn
 	mu   sync.Mutex
 	hold bool
+	off  int32 // bytes of *buf already written (a backlog; messages are far below 2 GiB)
 	buf  *[]byte
+	err  error // a failed write of TryRelease: every later write fails with it
+
+	// dmu guards the deadline state; unlike mu it is never held across a
+	// write, so that Shorten reaches a write blocked on a full socket.
+	dmu      sync.Mutex
+	active   int32 // writes between Begin and End
+	deadline int64 // the socket's write deadline, Unix ns (0: none)
+
+	raw *rawWriter // made at the first TryRelease
+}
+
+// rawWriter is what TryRelease needs of the socket, made once it is first
+// used (an idle connection that never received an event goes without).
+type rawWriter struct {
+	conn syscall.RawConn
+	try  func(fd uintptr) bool
 }
 
 func (g *GatherWriter) Write(p []byte) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.hold {
+	if g.err != nil {
+		return 0, g.err
+	}
+	if !g.hold && g.buf == nil {
+		g.clearIdleDeadline()
 		return g.conn.Write(p)
 	}
 	if g.buf == nil {
@@ -90,10 +124,49 @@ func (g *GatherWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// SetWriteDeadline sets the connection's write deadline (see
-// net.Conn.SetWriteDeadline): a write that overruns it fails, and
-// coder/websocket then closes the connection.
-func (g *GatherWriter) SetWriteDeadline(t time.Time) error { return g.conn.SetWriteDeadline(t) }
+// clearIdleDeadline clears a deadline left from an earlier write when no
+// write between Begin and End is in progress.
+func (g *GatherWriter) clearIdleDeadline() {
+	g.dmu.Lock()
+	if g.active == 0 && g.deadline != 0 {
+		g.deadline = 0
+		g.conn.SetWriteDeadline(time.Time{})
+	}
+	g.dmu.Unlock()
+}
+
+// Begin starts a write that must end within timeout, give or take its
+// last quarter (the deadline in place is kept while it is between three
+// quarters of timeout and timeout away); End ends it.
+func (g *GatherWriter) Begin(timeout time.Duration) {
+	g.dmu.Lock()
+	g.active++
+	now := time.Now()
+	if left := time.Duration(g.deadline - now.UnixNano()); g.deadline == 0 || left < timeout-timeout/4 || left > timeout {
+		t := now.Add(timeout)
+		g.deadline = t.UnixNano()
+		g.conn.SetWriteDeadline(t)
+	}
+	g.dmu.Unlock()
+}
+
+func (g *GatherWriter) End() {
+	g.dmu.Lock()
+	g.active--
+	g.dmu.Unlock()
+}
+
+// Shorten makes the writes in progress between Begin and End, if any, end
+// within d.
+func (g *GatherWriter) Shorten(d time.Duration) {
+	g.dmu.Lock()
+	defer g.dmu.Unlock()
+	if g.active > 0 {
+		t := time.Now().Add(d)
+		g.deadline = t.UnixNano()
+		g.conn.SetWriteDeadline(t)
+	}
+}
 
 func (g *GatherWriter) Gather() {
 	g.mu.Lock()
@@ -101,19 +174,124 @@ func (g *GatherWriter) Gather() {
 	g.mu.Unlock()
 }
 
+// TryGather is Gather unless a write holds the connection (a blocking
+// write of another goroutine: a pong, a reply, a flush), when it reports
+// false and the caller, which must not wait, writes nothing.
+func (g *GatherWriter) TryGather() bool {
+	if !g.mu.TryLock() {
+		return false
+	}
+	g.hold = true
+	g.mu.Unlock()
+	return true
+}
+
+// Release sends what was gathered, and any backlog before it, blocking
+// until the socket takes it (or its deadline passes). Called without a
+// Gather, it writes the backlog a TryRelease left.
 func (g *GatherWriter) Release() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.hold = false
+	return g.flushLocked()
+}
+
+func (g *GatherWriter) flushLocked() error {
+	if g.err != nil {
+		g.dropLocked()
+		return g.err
+	}
 	if g.buf == nil {
 		return nil
 	}
-	_, err := g.conn.Write(*g.buf)
-	if cap(*g.buf) <= 1<<20 {
+	_, err := g.conn.Write((*g.buf)[g.off:])
+	g.dropLocked()
+	return err
+}
+
+func (g *GatherWriter) dropLocked() {
+	if g.buf != nil && cap(*g.buf) <= 1<<20 {
 		gatherBufs.Put(g.buf)
 	}
-	g.buf = nil
-	return err
+	g.buf, g.off = nil, 0
+}
+
+// CanTry reports whether TryRelease can write without blocking: the
+// connection is a socket (a TLS connection is not: TryRelease leaves all
+// it gathered for Release).
+func (g *GatherWriter) CanTry() bool {
+	_, ok := g.conn.(syscall.Conn)
+	return ok
+}
+
+// TryRelease ends gathering and writes what was gathered, after any
+// backlog, as far as the socket takes it without blocking. blocked
+// reports that a backlog may remain (or that another goroutine is writing,
+// and gathering may not have ended), for Release to write. An error is
+// kept: every later write fails with it.
+func (g *GatherWriter) TryRelease() (blocked bool, err error) {
+	if !g.mu.TryLock() {
+		return true, nil
+	}
+	defer g.mu.Unlock()
+	g.hold = false
+	if g.err != nil {
+		g.dropLocked()
+		return false, g.err
+	}
+	if g.buf == nil {
+		return false, nil
+	}
+	if g.raw == nil {
+		sc, ok := g.conn.(syscall.Conn)
+		if !ok {
+			return true, nil // for Release to write (see CanTry)
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			g.err = err
+			g.dropLocked()
+			return false, err
+		}
+		g.raw = &rawWriter{conn: rc, try: g.try}
+	}
+	// A deadline left from an earlier write, now past, would fail this
+	// write before it is tried.
+	g.clearIdleDeadline()
+	if err := g.raw.conn.Write(g.raw.try); err != nil && g.err == nil {
+		g.err = err
+	}
+	if g.err != nil {
+		g.dropLocked()
+		return false, g.err
+	}
+	if int(g.off) < len(*g.buf) {
+		return true, nil
+	}
+	g.dropLocked()
+	return false, nil
+}
+
+// try is one non-blocking attempt to write the backlog (RawConn.Write
+// calls it once: it always reports done).
+func (g *GatherWriter) try(fd uintptr) bool {
+	for int(g.off) < len(*g.buf) {
+		n, err := syscall.Write(int(fd), (*g.buf)[g.off:])
+		if n > 0 {
+			g.off += int32(n)
+		}
+		switch {
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			return true
+		case err != nil:
+			g.err = &net.OpError{Op: "write", Net: "tcp", Err: err}
+			return true
+		case n == 0:
+			return true
+		}
+	}
+	return true
 }
 
 // Accept accepts a WebSocket with the small buffers above; the
