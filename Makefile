@@ -70,7 +70,11 @@ bench: build
 	bin/runhub-bench fanout -transport ws -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
 	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 16 -size 200 -duration 20s
 	bin/runhub-bench fanout -transport sse -subs 2000 -publishers 4 -size 200 -rate 20 -duration 20s
+	bin/runhub-bench fanout -transport ws -endpoint ws -subs 2000 -publishers 16 -size 200 -duration 20s
+	bin/runhub-bench fanout -transport ws -endpoint ws -subs 20 -publishers 4 -size 200 -rate 20 -duration 20s
 	bin/runhub-bench idle -conns 10000
+	bin/runhub-bench idle -conns 10000 -endpoint ws
+	bin/runhub-bench many-runs -path all -runs 2000 -subs 3 -rate 10000 -duration 20s
 	bin/runhub-bench command -n 2000
 	bin/runhub-bench append -writers 16 -runs 16 -batch 100 -size 200 -duration 10s
 	bin/runhub-bench append -writers 16 -runs 1 -batch 100 -size 200 -duration 10s

@@ -3,8 +3,8 @@
 // drives it, and reports what it measured. Every scenario is bounded in
 // connections and time and talks only to 127.0.0.1.
 //
-//	runhub-bench fanout [-subs 2000] [-transport ws|sse] [-publishers 16] [-size 200] [-rate 0] [-duration 20s]
-//	runhub-bench idle   [-conns 10000]
+//	runhub-bench fanout [-subs 2000] [-transport ws|sse] [-endpoint stream|ws] [-publishers 16] [-size 200] [-rate 0] [-duration 20s]
+//	runhub-bench idle   [-conns 10000] [-endpoint stream|ws]
 //	runhub-bench command [-n 2000] [-cross=true]
 //	runhub-bench append  [-writers 16] [-runs 16] [-batch 100] [-size 200] [-duration 10s] [-server-args "..."]
 //	runhub-bench many-runs [-path rest|agent|ingest|all] [-runs 2000] [-subs 3] [-rate 10000] [-size 200] [-duration 20s] [-server-args "..."] [-server-profile FILE]
@@ -40,6 +40,10 @@
 //
 // idle: N WebSocket connections each subscribed to a run, then quiet; it
 // prints the server's RSS growth per connection.
+//
+// -endpoint picks the WebSocket fanout and idle use: the run's own
+// .../stream (default) or the multiplexed /ws, where each connection
+// subscribes to the run over JSON-RPC.
 //
 // nodes: -n runhub nodes (each its own data directory and --node-id) on one
 // PostgreSQL (a database of its own, created beside the one -database-url
