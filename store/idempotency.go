@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -71,4 +72,18 @@ func DecodeRunSnapshot(b []byte) (*Run, error) {
 		Environment: s.Environment, ErrorMessage: s.ErrorMessage, Output: s.Output, State: s.State, Artifacts: s.Artifacts,
 		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, CompletedAt: s.CompletedAt, LastSeq: s.LastSeq, LogCount: s.LogCount,
 	}, nil
+}
+
+// Replay is the answer to a request whose key was recorded with hash and
+// snapshot: the run as the first response showed it, or
+// ErrIdempotencyMismatch when the key was recorded for another request.
+func (k *Idempotency) Replay(hash, snapshot []byte) (*MutationResult, error) {
+	if !bytes.Equal(hash, k.RequestHash) {
+		return nil, ErrIdempotencyMismatch
+	}
+	prev, err := DecodeRunSnapshot(snapshot)
+	if err != nil {
+		return nil, err
+	}
+	return &MutationResult{Run: prev, Replayed: true}, nil
 }

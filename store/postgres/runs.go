@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -267,14 +266,7 @@ func (s *Store) mutate(ctx context.Context, ref store.RunRef, idem *store.Idempo
 		err := tx.QueryRow(ctx, "SELECT request_hash, response FROM idempotency_keys WHERE rid = $1 AND key = $2", r.rid, idem.StoredKey()).Scan(&hash, &snapshot)
 		switch {
 		case err == nil:
-			if !bytes.Equal(hash, idem.RequestHash) {
-				return nil, store.ErrIdempotencyMismatch
-			}
-			prev, err := store.DecodeRunSnapshot(snapshot)
-			if err != nil {
-				return nil, err
-			}
-			return &store.MutationResult{Run: prev, Replayed: true}, nil
+			return idem.Replay(hash, snapshot)
 		case !errors.Is(err, pgx.ErrNoRows):
 			return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
 		}

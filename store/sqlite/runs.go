@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -255,14 +254,7 @@ func (s *Store) mutateRun(ctx context.Context, ref store.RunRef, idem *store.Ide
 			err := tx.queryRow(qIdemLookup, r.rid, idem.StoredKey()).Scan(&hash, &snapshot)
 			switch {
 			case err == nil:
-				if !bytes.Equal(hash, idem.RequestHash) {
-					return nil, store.ErrIdempotencyMismatch
-				}
-				prev, err := store.DecodeRunSnapshot(snapshot)
-				if err != nil {
-					return nil, err
-				}
-				return &store.MutationResult{Run: prev, Replayed: true}, nil
+				return idem.Replay(hash, snapshot)
 			case !errors.Is(err, sql.ErrNoRows):
 				return nil, fmt.Errorf("idempotency lookup: %w", classify(err))
 			}
