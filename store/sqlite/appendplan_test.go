@@ -27,21 +27,7 @@ func TestAppendPathPlans(t *testing.T) {
 		{qFindRunVersion, []any{"r", 1, "t"}, "SEARCH e USING PRIMARY KEY (rid=?)"},
 	} {
 		q := preparedQueries[tc.q]
-		rows, err := s.r.QueryContext(t.Context(), "EXPLAIN QUERY PLAN "+q, tc.args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
-		if got := strings.Join(plan, "; "); !strings.Contains(got, tc.want) {
+		if got := queryPlan(t, s, q, tc.args...); !strings.Contains(got, tc.want) {
 			t.Errorf("%s: plan %q, want %q in it", q, got, tc.want)
 		}
 	}
