@@ -38,7 +38,7 @@ func FuzzWSMessage(f *testing.F) {
 		}
 		defer h.Close()
 		nop := func(context.Context, [][]byte) error { return nil }
-		m := &muxSession{h: h, c: newConn(kindWS, 1<<20, 0, nop), subs: map[string]*sub{},
+		m := &muxSession{h: h, c: newConn(kindWS, 1<<20, 0, nop),
 			authorize: func(_ context.Context, id, _ string) (*store.Run, bool, error) {
 				return &store.Run{ID: id, LastSeq: 3, Status: store.StatusInProgress}, false, nil
 			}}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,7 +81,11 @@ type muxSession struct {
 	c         *conn
 	authorize RunAuthorizer
 	mu        sync.Mutex
-	subs      map[string]*sub
+	// subs are the connection's subscriptions, one per run. A slice,
+	// searched: a connection follows a run or a few (a map costs an idle
+	// one about 250 bytes), and at MaxSubscriptions a subscribe scans
+	// 1,000 run IDs, a few microseconds.
+	subs []*sub
 	// authed: the connection carried credentials, or a request's token
 	// was accepted; until then it lives at most AuthTimeout.
 	authed atomic.Bool
@@ -93,6 +98,7 @@ type muxSession struct {
 	// between writes.
 	out         *wsWriter
 	restartOnce sync.Once
+	drain       drainEntry // on the hub's drains while open
 }
 
 // ServeWS serves the multiplexed JSON-RPC 2.0 endpoint GET /ws:
@@ -123,7 +129,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		return
 	}
 	ws.SetReadLimit(maxWSMessage)
-	m := &muxSession{h: h, authorize: authorize, subs: map[string]*sub{}}
+	m := &muxSession{h: h, authorize: authorize}
 	m.authed.Store(authenticatedAtUpgrade(r.Context()))
 	// The connection's life is its own, not the request's (the handler
 	// returns now, and what the request holds is freed; what the
@@ -133,7 +139,8 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	// ends: coder/websocket drops the connection when a read's context
 	// ends, which would beat the 1012 of a drain; closing the connection
 	// is what ends the reader.
-	ctx, cancel := context.WithCancel(context.Background())
+	cctx := new(connContext)
+	var ctx context.Context = cctx
 	var tasks group
 	ww := newWSWriter(ws, gw, h.cfg.WriteTimeout)
 	m.out = ww
@@ -142,12 +149,12 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	// (A sync.Once in the session, not sync.OnceFunc: that costs an idle
 	// connection three allocations.)
 	restart := func() { m.restartOnce.Do(func() { closeRestart(ws) }) }
-	stopDrain := context.AfterFunc(h.ctx, func() {
+	h.drains.add(&m.drain, func() {
 		if tasks.enter() {
 			defer tasks.leave()
 			restart()
 		}
-		cancel()
+		cctx.cancel()
 	})
 	m.c = newConn(kindWS, h.cfg.QueueBytes, h.cfg.WriteInterval, ww.write)
 	m.c.mux = true
@@ -169,7 +176,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 				restart()
 			}
 			ws.CloseNow()
-			cancel()
+			cctx.cancel()
 		}
 	}
 	m.c.start = func() {
@@ -185,10 +192,10 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 	rv := h.watchKeys(r.Context(), func() {
 		tasks.goDo(func() {
 			ws.Close(closeRevoked, "API key revoked")
-			cancel()
+			cctx.cancel()
 		})
 	})
-	ctx = context.WithValue(ctx, revocationKey{}, rv)
+	cctx.rv = rv
 	var authTimer *time.Timer
 	if !m.authed.Load() {
 		peer := r.RemoteAddr
@@ -199,7 +206,7 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 			defer tasks.leave()
 			h.log.Info("unauthenticated /ws connection closed", "peer", peer, "after", h.cfg.AuthTimeout.String())
 			ws.Close(closeUnauthenticated, "not authenticated")
-			cancel()
+			cctx.cancel()
 		})
 	}
 	p := h.startPinger(ctx, ws)
@@ -211,10 +218,10 @@ func (h *Hub) ServeWS(w http.ResponseWriter, r *http.Request, authorize RunAutho
 		// the callbacks are stopped none runs; tasks.close waits for what
 		// is running (the connection is closed by then, so a writer in
 		// the middle of a write fails at once).
-		cancel()
+		cctx.cancel()
 		m.running.Wait()
 		m.closeAll()
-		stopDrain()
+		h.drains.remove(&m.drain)
 		rv.stop()
 		p.stop()
 		if authTimer != nil {
@@ -335,7 +342,7 @@ func (g *group) close() {
 func (m *muxSession) closeAll() {
 	m.mu.Lock()
 	subs := m.subs
-	m.subs = map[string]*sub{}
+	m.subs = nil
 	m.mu.Unlock()
 	for _, s := range subs {
 		m.h.unsubscribe(s)
@@ -446,23 +453,16 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 				return nil, rpcError(jsonrpc2.CodeInvalidParams, `after must be a non-negative seq or "latest"`)
 			}
 		}
-		m.mu.Lock()
-		old := m.subs[run.ID]
-		delete(m.subs, run.ID)
-		m.mu.Unlock()
-		if old != nil {
+		if old := m.take(run.ID); old != nil {
 			m.h.unsubscribe(old)
 		}
 		s := m.h.register(ctx, m.c, run.ID, after, run.LastSeq, run.Status)
 		m.mu.Lock()
-		m.subs[run.ID] = s
+		m.subs = append(m.subs, s)
 		m.mu.Unlock()
 		return &subscribed{RunID: run.ID, LastSeq: run.LastSeq, sub: s}, nil
 	case "unsubscribe":
-		m.mu.Lock()
-		s := m.subs[p.RunID]
-		delete(m.subs, p.RunID)
-		m.mu.Unlock()
+		s := m.take(p.RunID)
 		if s != nil {
 			m.h.unsubscribe(s)
 		}
@@ -479,7 +479,7 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 // else subscribes in between.
 func (m *muxSession) full(runID string) bool {
 	m.mu.Lock()
-	_, again := m.subs[runID]
+	again := slices.ContainsFunc(m.subs, func(s *sub) bool { return s.run.id == runID })
 	n := len(m.subs)
 	m.mu.Unlock()
 	if again || n < m.h.cfg.MaxSubscriptions {
@@ -487,21 +487,34 @@ func (m *muxSession) full(runID string) bool {
 	}
 	var ended []*sub
 	m.mu.Lock()
-	for id, s := range m.subs {
+	m.subs = slices.DeleteFunc(m.subs, func(s *sub) bool {
 		s.run.mu.Lock()
 		done := s.ended
 		s.run.mu.Unlock()
 		if done {
 			ended = append(ended, s)
-			delete(m.subs, id)
 		}
-	}
+		return done
+	})
 	n = len(m.subs)
 	m.mu.Unlock()
 	for _, s := range ended {
 		m.h.unsubscribe(s)
 	}
 	return n >= m.h.cfg.MaxSubscriptions
+}
+
+// take removes and returns the connection's subscription to runID, if any.
+func (m *muxSession) take(runID string) *sub {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := slices.IndexFunc(m.subs, func(s *sub) bool { return s.run.id == runID })
+	if i < 0 {
+		return nil
+	}
+	s := m.subs[i]
+	m.subs = slices.Delete(m.subs, i, i+1)
+	return s
 }
 
 // runIDParam checks a run_id param and returns its canonical form.

@@ -204,8 +204,9 @@ type Hub struct {
 	workMu sync.Mutex
 	closed bool // guarded by workMu
 
-	pool  writePool // the shared WebSocket writers
-	pings pingWheel // the WebSockets' liveness checks
+	pool   writePool // the shared WebSocket writers
+	pings  pingWheel // the WebSockets' liveness checks
+	drains drainList // the /ws connections to tell at Drain
 
 	brokerMu   sync.Mutex              // guards brokerRuns (never held across broker I/O)
 	brokerRuns map[string]*brokerState // runs with a broker subscription or a call in flight
@@ -323,6 +324,7 @@ func (h *Hub) Drain() {
 	h.closed = true
 	h.workMu.Unlock()
 	h.stop()
+	h.drains.drain()
 }
 
 // draining reports whether Drain (or Close) has begun.

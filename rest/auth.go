@@ -190,7 +190,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, r, err)
 			return
 		}
-		key = k
+		// The connection keeps what its subscribes check (for its life),
+		// not the whole key.
+		key = &store.APIKey{Scopes: k.Scopes, AllProjects: k.AllProjects, Projects: k.Projects}
 		r = r.WithContext(hub.WithKey(r.Context(), k.ID))
 	}
 	if key != nil || claims != nil {

@@ -21,10 +21,12 @@ import (
 // message is being written, so that each message still leaves in one
 // write syscall.
 const (
-	// wsReadBuffer holds a pong or a close frame (at most 131 bytes)
-	// and a usual request (a subscribe is about 120 bytes) in one read; a
-	// larger request takes a few reads, and requests are rare.
-	wsReadBuffer  = 256
+	// wsReadBuffer is bufio's least: it holds a frame header (at most 14
+	// bytes) and a usual pong. A payload longer than the buffer is read
+	// straight into the message (bufio reads a large read directly), so a
+	// request costs a read or two more than with a larger buffer, and
+	// requests are rare; an idle connection keeps 240 bytes less.
+	wsReadBuffer  = 16
 	wsWriteBuffer = 64 // frame headers; payloads pass through to GatherWriter
 	// gatherBufBytes is the size a pooled gather buffer starts with: a
 	// message of 16 KiB (the hub's largest batch of notifications) and
