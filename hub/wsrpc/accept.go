@@ -26,8 +26,11 @@ const (
 	// straight into the message (bufio reads a large read directly), so a
 	// request costs a read or two more than with a larger buffer, and
 	// requests are rare; an idle connection keeps 240 bytes less.
-	wsReadBuffer  = 16
-	wsWriteBuffer = 64 // frame headers; payloads pass through to GatherWriter
+	wsReadBuffer = 16
+	// wsWriteBuffer holds a frame header (at most 14 bytes) and a ping's
+	// payload (a counter); a larger payload passes through to the
+	// GatherWriter, which gathers a message's frames into one write.
+	wsWriteBuffer = 16
 	// gatherBufBytes is the size a pooled gather buffer starts with: a
 	// message of 16 KiB (the hub's largest batch of notifications) and
 	// its frame header, so that the usual message never grows it.
