@@ -530,6 +530,10 @@ func (b *batch) statusAt(i int) string {
 // for up to reorderWait and releases them as soon as the gap fills; only a
 // gap that outlives the wait (a message really lost) makes subscribers
 // backfill from the store.
+//
+// A run with at most inlineFanOut subscribers has its frames written here,
+// in the caller's goroutine (the publisher's with the memory broker, the
+// pub/sub reader's with Redis), without blocking on any client.
 func (h *Hub) Deliver(runID string, events []store.Event) {
 	h.mu.Lock()
 	rs := h.runs[runID]
