@@ -150,6 +150,14 @@ func (c *conn) drain(ctx context.Context, h *Hub) error {
 // enqueue adds a frame, or marks the connection slow when it would overflow
 // the queue. It never blocks.
 func (c *conn) enqueue(frame []byte, end bool) {
+	c.startOrSignal(c.push(frame, end))
+}
+
+// push is enqueue without the writer's start: it reports whether the
+// caller claimed the connection (marked it busy) and must have it written,
+// by startOrSignal or, for a small fan-out, by writePool.writeNow once the
+// run's lock is released.
+func (c *conn) push(frame []byte, end bool) (start bool) {
 	c.mu.Lock()
 	if c.slow {
 		c.mu.Unlock()
@@ -168,9 +176,9 @@ func (c *conn) enqueue(frame []byte, end bool) {
 		c.bytes += len(frame)
 		c.end = c.end || (end && !c.mux)
 	}
-	start := c.wantWriterLocked()
+	start = c.wantWriterLocked()
 	c.mu.Unlock()
-	c.startOrSignal(start)
+	return start
 }
 
 func (c *conn) needCatchUp(s *sub) {

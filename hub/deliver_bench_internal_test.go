@@ -204,3 +204,41 @@ func TestWSDeliveryAllocs(t *testing.T) {
 		}
 	}
 }
+
+// scheduledForTest is how many connections were given to the shared
+// writers so far.
+func (p *writePool) scheduledForTest() uint64 {
+	p.once.Do(p.start) // the shards, seen after their start
+	var n uint64
+	for _, sh := range p.shards {
+		sh.mu.Lock()
+		n += sh.scheduled
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// TestSmallFanOutWritesInline: an event of a run with a few subscribers
+// (at most inlineFanOut) is written by its publisher, within Deliver, and
+// wakes no shared writer; a run with more subscribers keeps the shared
+// writers.
+func TestSmallFanOutWritesInline(t *testing.T) {
+	for _, subs := range []int{1, inlineFanOut, inlineFanOut + 1} {
+		e := newFanEnv(t, subs, -1)
+		e.publish()
+		e.quiet()
+		before := e.h.pool.scheduledForTest()
+		const events = 20
+		for range events {
+			e.publish()
+			e.quiet()
+		}
+		woke := e.h.pool.scheduledForTest() - before
+		if subs <= inlineFanOut && woke != 0 {
+			t.Errorf("%d subscribers: %d connections handed to the shared writers for %d events, want none", subs, woke, events)
+		}
+		if subs > inlineFanOut && woke < events {
+			t.Errorf("%d subscribers: %d connections handed to the shared writers for %d events, want at least one per event", subs, woke, events)
+		}
+	}
+}

@@ -532,6 +532,10 @@ func (b *batch) statusAt(i int) string {
 // for up to reorderWait and releases them as soon as the gap fills; only a
 // gap that outlives the wait (a message really lost) makes subscribers
 // backfill from the store.
+//
+// A run with at most inlineFanOut subscribers has its frames written here,
+// in the caller's goroutine (the publisher's with the memory broker, the
+// pub/sub reader's with Redis), without blocking on any client.
 func (h *Hub) Deliver(runID string, events []store.Event) {
 	h.mu.Lock()
 	rs := h.runs[runID]
@@ -539,7 +543,9 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 	if rs == nil || len(events) == 0 {
 		return
 	}
+	var inl inlineWrites
 	rs.mu.Lock()
+	defer inl.write() // after rs.mu.Unlock (deferred calls run last in, first out)
 	defer rs.mu.Unlock()
 	if len(rs.pending) == 0 && rs.inOrder(events) {
 		// The usual message: nothing held, and it continues head. It
@@ -550,7 +556,7 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 				rs.head = ev.Seq
 			}
 		}
-		h.fanOut(rs, events)
+		h.fanOut(rs, events, &inl)
 		return
 	}
 	ready := make([]store.Event, 0, len(events))
@@ -575,7 +581,7 @@ func (h *Hub) Deliver(runID string, events []store.Event) {
 	} else if len(rs.pending) > 0 && rs.gapTimer == nil {
 		rs.gapTimer = time.AfterFunc(h.cfg.ReorderWait, func() { h.gapExpired(rs) })
 	}
-	h.fanOut(rs, ready)
+	h.fanOut(rs, ready, &inl)
 }
 
 // inOrder reports whether events would all be ready as they come, in
@@ -677,14 +683,61 @@ func (h *Hub) gapExpired(rs *runState) {
 	if len(rs.pending) > 0 {
 		ready = rs.releaseAll(ready)
 	}
-	h.fanOut(rs, ready)
+	h.fanOut(rs, ready, nil)
+}
+
+// inlineFanOut is the most subscribers a run may have for its publisher to
+// write their frames itself (inlineWrites) rather than wake a shared
+// writer. A hand-off to a writer costs a goroutine wake-up, and under load
+// its wait for a CPU, before every delivery; the few non-blocking writes of
+// a run with a few viewers (the common case) cost the publisher about as
+// much as the hand-off. A large fan-out keeps the shared writers, which
+// spread it over the CPUs and do not hold its publisher for thousands of
+// writes.
+const inlineFanOut = 8
+
+// inlineWrites are the connections a small fan-out claimed (conn.push),
+// for its publisher to write once the run's lock is released: a fixed
+// array, so that it lives on the publisher's stack.
+type inlineWrites struct {
+	n     int
+	conns [inlineFanOut]*conn
+}
+
+// enqueue queues frame on c (conn.enqueue), keeping c for write when the
+// caller claimed it and it is a pooled WebSocket; anything else (SSE's
+// loop, a connection without the pool, no set, a full set) has its writer
+// started or signalled at once, as conn.enqueue does.
+func (w *inlineWrites) enqueue(c *conn, frame []byte) {
+	start := c.push(frame, false)
+	if !start || w == nil || c.pool == nil || w.n == len(w.conns) {
+		c.startOrSignal(start)
+		return
+	}
+	w.conns[w.n] = c
+	w.n++
+}
+
+// write writes the claimed connections (writePool.writeNow), without any
+// lock held.
+func (w *inlineWrites) write() {
+	for i, c := range w.conns[:w.n] {
+		w.conns[i] = nil
+		c.pool.writeNow(c)
+	}
+	w.n = 0
 }
 
 // fanOut queues events, in the order given, for every live subscriber of
-// the run. Called with rs.mu held.
-func (h *Hub) fanOut(rs *runState, events []store.Event) {
+// the run. Called with rs.mu held. inl, if not nil, takes the connections
+// to write once rs.mu is released when the run has at most inlineFanOut
+// subscribers; nil, or a larger run, has the shared writers write them.
+func (h *Hub) fanOut(rs *runState, events []store.Event, inl *inlineWrites) {
 	if len(events) == 0 {
 		return
+	}
+	if len(rs.subs) > inlineFanOut {
+		inl = nil
 	}
 	b := rs.batch(events)
 	for s := range rs.subs {
@@ -695,7 +748,7 @@ func (h *Hub) fanOut(rs *runState, events []store.Event) {
 		for i, ev := range events {
 			if ev.Seq == 0 {
 				if s.c.shows(ev) {
-					s.c.enqueue(b.frame(i, s.c.kind), false)
+					inl.enqueue(s.c, b.frame(i, s.c.kind))
 				}
 				continue
 			}
@@ -712,7 +765,7 @@ func (h *Hub) fanOut(rs *runState, events []store.Event) {
 				s.status = st
 			}
 			if s.c.shows(ev) {
-				s.c.enqueue(b.frame(i, s.c.kind), false)
+				inl.enqueue(s.c, b.frame(i, s.c.kind))
 			}
 		}
 		h.maybeEnd(rs, s)

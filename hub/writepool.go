@@ -37,6 +37,10 @@ type writeShard struct {
 	// alone uses it.
 	later []delayed
 	head  int // later[head:] are waiting
+	// scheduled counts the connections given to this writer (under mu,
+	// which schedule holds anyway): tests see by it which deliveries woke
+	// a shared writer.
+	scheduled uint64
 }
 
 // delayed is a connection whose next write is due at due.
@@ -73,6 +77,7 @@ func (p *writePool) schedule(c *conn) {
 		return
 	}
 	sh.ready = append(sh.ready, c)
+	sh.scheduled++
 	first := len(sh.ready) == 1
 	sh.mu.Unlock()
 	if first {
@@ -143,10 +148,19 @@ func (p *writePool) run(sh *writeShard) {
 	}
 }
 
+// writeNow is write in the caller's goroutine, for a publisher that
+// claimed c (a small fan-out, see inlineFanOut): the frames go out without
+// waking a shared writer, and a connection that must wait out its
+// WriteInterval goes to the shared writers, which keep the list of later
+// writes.
+func (p *writePool) writeNow(c *conn) {
+	p.write(nil, c)
+}
+
 // write writes c's queued frames without blocking, or hands c to its own
 // writer (see writePool). A connection given more frames meanwhile goes to
 // the back of a list, so that one busy connection does not hold up the
-// others.
+// others. sh is the shared writer calling, nil for writeNow.
 func (p *writePool) write(sh *writeShard, c *conn) {
 	c.mu.Lock()
 	if c.slow || c.end || len(c.catchups) > 0 {
@@ -156,6 +170,10 @@ func (p *writePool) write(sh *writeShard, c *conn) {
 	}
 	if c.interval > 0 && time.Since(c.lastWrite) < c.interval {
 		c.mu.Unlock()
+		if sh == nil {
+			p.schedule(c)
+			return
+		}
 		sh.later = append(sh.later, delayed{c: c, due: c.lastWrite.Add(c.interval)})
 		return
 	}

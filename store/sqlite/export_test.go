@@ -58,3 +58,13 @@ func (s *Store) WriteRunFunc(ctx context.Context, ref store.RunRef, fn func() er
 	})
 	return err
 }
+
+// HandOffs is how many batches a leader handed to a queued caller.
+func (s *Store) HandOffs() int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return s.group.handOffs
+}
+
+// MaxLeaderBatches is maxLeaderBatches, the most batches one leader runs.
+const MaxLeaderBatches = maxLeaderBatches

@@ -21,6 +21,17 @@ import (
 // one WAL write carries. More callers than that wait for the next batch.
 const maxGroupCommit = 64
 
+// maxLeaderBatches is the most batches one leader runs in a row: after its
+// own, it runs the batches that queued meanwhile itself rather than hand
+// the writer to a queued caller. A hand-off wakes a goroutine that, under
+// load, waits for a CPU (measured: 0.3-1.3 ms at 10,000 appends/s on 2
+// cores) while the writer stands idle and the queue grows; a leader that
+// goes on starts the next commit at once. The bound limits what the
+// leader's own caller waits for beyond its commit: 3 more batches, each
+// at most maxGroupCommit small mutations (about a millisecond), usually a
+// few (0.1-0.2 ms).
+const maxLeaderBatches = 4
+
 // txFunc is one mutation's work inside a write transaction. It answers
 // the caller; an error leaves nothing of the mutation in the store (the
 // batch undoes it with a savepoint).
@@ -63,6 +74,9 @@ type group struct {
 	queue   []*pending // waiting, not yet taken into a batch
 	// onBatch, when set (tests), is told the size of every batch before it runs.
 	onBatch func(n int)
+	// handOffs counts the batches handed to a queued caller (tests see
+	// by it that a leader ran the next ones itself).
+	handOffs int
 }
 
 // write runs fn in a write transaction, sharing it with concurrent
@@ -127,34 +141,43 @@ func (p *pending) run(tx *wtx) {
 	p.res, p.err = p.fn(tx)
 }
 
-// runBatch runs batch (batch[0] is the calling goroutine's own mutation),
-// answers every other member, then hands the queue to its next leader.
+// runBatch runs batch (batch[0] is the calling goroutine's own mutation)
+// and answers every other member, then runs the batches queued meanwhile
+// (up to maxLeaderBatches in all, answering all their members) before it
+// hands the queue to its next leader.
 func (s *Store) runBatch(batch []*pending) {
-	if g := &s.group; g.onBatch != nil {
-		g.onBatch(len(batch))
-	}
-	if err := s.commitBatch(batch); err != nil {
-		for _, p := range batch {
-			if p.err == nil { // a member's own error stands: it stored nothing either way
-				p.res, p.err = nil, err
+	own := 1 // batch[0] is answered by returning
+	for round := 1; ; round++ {
+		if g := &s.group; g.onBatch != nil {
+			g.onBatch(len(batch))
+		}
+		if err := s.commitBatch(batch); err != nil {
+			for _, p := range batch {
+				if p.err == nil { // a member's own error stands: it stored nothing either way
+					p.res, p.err = nil, err
+				}
 			}
 		}
+		for _, p := range batch[own:] {
+			p.wake <- struct{}{}
+		}
+		if batch = s.handOff(round < maxLeaderBatches); batch == nil {
+			return
+		}
+		own = 0
 	}
-	for _, p := range batch[1:] {
-		p.wake <- struct{}{}
-	}
-	s.handOff()
 }
 
-// handOff makes the first queued caller the leader of the next batch, or
-// marks the writer idle when nobody waits.
-func (s *Store) handOff() {
+// handOff takes the next batch from the queue: it returns it when keep
+// (the caller runs it), else makes its first member the leader of it. It
+// returns nil, marking the writer idle, when nobody waits.
+func (s *Store) handOff(keep bool) []*pending {
 	g := &s.group
 	g.mu.Lock()
 	if len(g.queue) == 0 {
 		g.running = false
 		g.mu.Unlock()
-		return
+		return nil
 	}
 	n := min(len(g.queue), maxGroupCommit)
 	batch := make([]*pending, n)
@@ -162,9 +185,15 @@ func (s *Store) handOff() {
 	rest := copy(g.queue, g.queue[n:])
 	clear(g.queue[rest:])
 	g.queue = g.queue[:rest]
+	if keep {
+		g.mu.Unlock()
+		return batch
+	}
+	g.handOffs++
 	g.mu.Unlock()
 	batch[0].batch = batch
 	batch[0].wake <- struct{}{}
+	return nil
 }
 
 // commitBatch runs the members' mutations in one transaction and commits

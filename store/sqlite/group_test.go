@@ -592,3 +592,45 @@ func TestGroupCommitBound(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupCommitLeaderGoesOn: the leader runs the batches queued behind
+// it itself, up to MaxLeaderBatches in all, rather than wake a queued
+// caller for each (a wake-up that waits for a CPU under load while the
+// writer idles); only the rest is handed to a queued caller, and every
+// mutation is stored once.
+func TestGroupCommitLeaderGoesOn(t *testing.T) {
+	const extra = 2 // batches past what the leader runs
+	var batches batchSizes
+	n := (sqlite.MaxLeaderBatches - 1 + extra) * sqlite.MaxGroupCommit
+	s, path, refs := groupFixture(t, n+1, sqlite.WithBusyTimeout(groupBusyTimeout), sqlite.WithBatchHook(batches.hook))
+	ctx := t.Context()
+	errs := make([]error, n)
+	others := make([]func(), n)
+	for i := range others {
+		others[i] = func() { _, errs[i] = s.AppendLog(ctx, refs[i+1], tagged(t, "queued", ""), nil) }
+	}
+	before, handOffs := len(batches.seen()), s.HandOffs()
+	queueBehindLeader(t, s, path, &batches, func() {
+		if _, err := s.AppendLog(ctx, refs[0], tagged(t, "leader", ""), nil); err != nil {
+			t.Errorf("leader: %v", err)
+		}
+	}, others)
+	want := []int{1}
+	for range sqlite.MaxLeaderBatches - 1 + extra {
+		want = append(want, sqlite.MaxGroupCommit)
+	}
+	if got := batches.seen()[before:]; !slices.Equal(got, want) {
+		t.Errorf("batch sizes %v, want %v", got, want)
+	}
+	// The leader ran its own and MaxLeaderBatches-1 more; the next leader
+	// runs the extra ones.
+	if got := s.HandOffs() - handOffs; got != 1 {
+		t.Errorf("%d hand-offs, want 1", got)
+	}
+	for i, err := range errs {
+		must(t, err)
+		if tags := storedTags(t, s, refs[i+1]); len(tags["queued"]) != 1 {
+			t.Errorf("queued %d stored %v", i, tags)
+		}
+	}
+}
