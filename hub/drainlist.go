@@ -2,10 +2,10 @@ package hub
 
 import "sync"
 
-// drainList is what the hub calls on its open /ws connections when it
-// drains, in place of a context.AfterFunc on the hub's context per
-// connection: that costs an idle connection about 180 bytes (the
-// AfterFunc's context and its entry in the hub context's table of
+// drainList is what the hub calls on its open WebSockets (/ws and
+// .../stream) when it drains, in place of a context.AfterFunc on the hub's
+// context per connection: that costs an idle connection about 180 bytes
+// (the AfterFunc's context and its entry in the hub context's table of
 // children); an entry here is two pointers and the callback.
 type drainList struct {
 	mu      sync.Mutex
@@ -13,7 +13,7 @@ type drainList struct {
 	head    *drainEntry
 }
 
-// drainEntry is one connection's place in the list; the connection embeds
+// drainEntry is one connection's place in the list; a /ws session embeds
 // it, so joining allocates nothing.
 type drainEntry struct {
 	prev, next *drainEntry

@@ -157,7 +157,8 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	// before the 1012 is sent).
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx = ws.CloseRead(ctx)
-	stopDrain := context.AfterFunc(h.ctx, func() {
+	drain := new(drainEntry)
+	h.drains.add(drain, func() {
 		closeRestart(ws)
 		cancel()
 	})
@@ -215,7 +216,7 @@ func (h *Hub) serveWS(w http.ResponseWriter, r *http.Request, run *store.Run, af
 	s := h.subscribe(ctx, c, run.ID, after, run.LastSeq, run.Status)
 	context.AfterFunc(ctx, func() {
 		defer h.work.Done()
-		stopDrain()
+		h.drains.remove(drain)
 		rv.stop()
 		// No wake-up reaches c once it is unsubscribed, so no writer
 		// starts after this; wait for the one that may be running.

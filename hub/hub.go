@@ -206,7 +206,7 @@ type Hub struct {
 
 	pool   writePool // the shared WebSocket writers
 	pings  pingWheel // the WebSockets' liveness checks
-	drains drainList // the /ws connections to tell at Drain
+	drains drainList // the WebSockets to tell at Drain
 
 	brokerMu   sync.Mutex              // guards brokerRuns (never held across broker I/O)
 	brokerRuns map[string]*brokerState // runs with a broker subscription or a call in flight
