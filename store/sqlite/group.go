@@ -201,15 +201,15 @@ func (s *Store) handOff(keep bool) []*pending {
 // savepoint and answered its own error; the others go on. The returned
 // error (begin, savepoint, commit) means nothing of the batch was stored.
 func (s *Store) commitBatch(batch []*pending) error {
-	// Alone, a mutation runs under its caller's context, as it always
-	// has. Shared, the transaction must not die with one member's
-	// context (an interrupted statement rolls the whole transaction back),
-	// so it runs detached: a member whose context ended before its turn is
+	// The transaction runs detached from its members' contexts: shared,
+	// it must not die with one member's (an interrupted statement rolls the
+	// whole transaction back); alone, a context that can end costs a
+	// goroutine per statement (the driver's interrupt watch) and one per
+	// transaction and per query (database/sql's), half a dozen per append,
+	// while what it could interrupt is bounded anyway (a request's size, the
+	// busy timeout). A member whose context ended before its turn is
 	// answered with that and skipped.
-	ctx := batch[0].ctx
-	if len(batch) > 1 {
-		ctx = context.WithoutCancel(ctx)
-	}
+	ctx := context.WithoutCancel(batch[0].ctx)
 	sqlTx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", classify(err))
@@ -218,6 +218,10 @@ func (s *Store) commitBatch(batch []*pending) error {
 	tx := &wtx{Tx: sqlTx, s: s, ctx: ctx}
 	if len(batch) == 1 {
 		p := batch[0]
+		if err := p.ctx.Err(); err != nil {
+			p.err = fmt.Errorf("begin: %w", err)
+			return nil
+		}
 		if p.run(tx); p.err != nil {
 			return nil // rolled back by the deferred Rollback
 		}

@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	modsqlite "modernc.org/sqlite"
 
 	"runhub/store"
 	"runhub/store/sqlite"
@@ -319,6 +322,55 @@ func TestGroupCommitCallerGivesUp(t *testing.T) {
 	}
 	if tags := storedTags(t, s, refs[2]); len(tags["other"]) != 1 {
 		t.Errorf("the other queued caller stored %v", tags)
+	}
+}
+
+// cancelCaller is the cancel function the SQL function
+// test_cancel_caller() calls (TestWriteOutlivesCallerContext).
+var (
+	cancelCallerOnce sync.Once
+	cancelCaller     atomic.Pointer[context.CancelFunc]
+)
+
+// TestWriteOutlivesCallerContext: a mutation whose turn began runs to its
+// commit even when its caller's context ends meanwhile (the transaction is
+// detached, alone as in a batch), and the caller is told it is stored. A
+// trigger cancels the caller's context from inside the mutation's INSERT:
+// with the caller's context on the transaction, the commit that follows
+// was refused (and database/sql rolled the transaction back).
+func TestWriteOutlivesCallerContext(t *testing.T) {
+	cancelCallerOnce.Do(func() {
+		err := modsqlite.RegisterScalarFunction("test_cancel_caller", 0, func(*modsqlite.FunctionContext, []driver.Value) (driver.Value, error) {
+			if f := cancelCaller.Load(); f != nil {
+				(*f)()
+			}
+			return nil, nil
+		})
+		must(t, err)
+	})
+	s, path, refs := groupFixture(t, 1)
+	execSQL(t, path, `CREATE TRIGGER cancel_caller AFTER INSERT ON run_events WHEN instr(NEW.data, '"cancel":true') > 0
+		BEGIN SELECT test_cancel_caller(); END`)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cancelCaller.Store(&cancel)
+	defer cancelCaller.Store(nil)
+	res, err := s.AppendLog(ctx, refs[0], tagged(t, "cancelled", `,"cancel":true`), nil)
+	if ctx.Err() == nil {
+		t.Fatal("the trigger did not cancel the caller's context")
+	}
+	if err != nil {
+		t.Fatalf("append whose caller gave up during its turn: %v, want it stored", err)
+	}
+	if tags := storedTags(t, s, refs[0]); len(tags["cancelled"]) != 1 || res.Run.LastSeq != tags["cancelled"][0] {
+		t.Errorf("stored %v, answered last_seq %d", tags, res.Run.LastSeq)
+	}
+	// A caller whose context ended before its turn is refused, and stores nothing.
+	if _, err := s.AppendLog(ctx, refs[0], tagged(t, "late", ""), nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("append with an ended context: %v, want context.Canceled", err)
+	}
+	if tags := storedTags(t, s, refs[0]); len(tags["late"]) != 0 {
+		t.Errorf("an append with an ended context stored %v", tags["late"])
 	}
 }
 
