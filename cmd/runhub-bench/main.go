@@ -7,7 +7,7 @@
 //	runhub-bench idle   [-conns 10000] [-endpoint stream|ws]
 //	runhub-bench command [-n 2000] [-cross=true]
 //	runhub-bench append  [-writers 16] [-runs 16] [-batch 100] [-size 200] [-duration 10s] [-server-args "..."]
-//	runhub-bench many-runs [-path rest|agent|ingest|all] [-runs 2000] [-subs 3] [-rate 10000] [-size 200] [-duration 20s] [-server-args "..."] [-server-profile FILE]
+//	runhub-bench many-runs [-path rest|agent|ingest|all] [-runs 2000] [-subs 3] [-rate 10000] [-size 200] [-duration 20s] [-database-url postgres://...] [-server-args "..."] [-server-profile FILE]
 //	runhub-bench nodes   -database-url postgres://... [-n 3] [-redis-url ...] [-subs 600] [-runs 20] [-rate 200] [-transport ws|stream|sse|mix] [-duration 20s] [-kill]
 //
 // fanout: N subscribers follow one run while publishers append one entry

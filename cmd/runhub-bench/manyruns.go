@@ -69,6 +69,7 @@ type manyConfig struct {
 	duration      time.Duration
 	publishers    int
 	serverArgs    []string
+	databaseURL   string // PostgreSQL: each path gets a fresh database on this server ("": SQLite)
 	serverProfile string // a CPU profile of the server over the window ("": none)
 	keep          bool
 	uploadEvents  int // lines per ingest upload (0: manyIngestUploadEvents; tests rotate sooner)
@@ -118,7 +119,8 @@ func manyRunsCmd(args []string) error {
 	fs.IntVar(&c.size, "size", 200, "bytes per entry")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "publishing time per path")
 	fs.IntVar(&c.publishers, "publishers", 256, "appends in flight at most (REST requests, agent batches, upload lines)")
-	serverArgs := fs.String("server-args", "", `extra flags for runhub serve, space-separated (e.g. "--database-url postgres://...")`)
+	serverArgs := fs.String("server-args", "", `extra flags for runhub serve, space-separated`)
+	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL URL of an existing database: each path runs on a fresh database of its own on that server, created and dropped by the bench (default: SQLite)")
 	fs.StringVar(&c.serverProfile, "server-profile", "", "write a CPU profile of the server over the window to this file (suffixed .PATH with -path all)")
 	fs.Parse(args)
 	c.binary, c.keep, c.serverArgs = common.binary, common.keep, strings.Fields(*serverArgs)
@@ -181,6 +183,17 @@ type manyRun struct {
 // starts is stopped and waited for before it returns.
 func runMany(ctx context.Context, c manyConfig, out io.Writer) (*manyReport, error) {
 	extra := slices.Clone(c.serverArgs)
+	if c.databaseURL != "" {
+		// A database the server bootstraps, as the SQLite path's empty data
+		// directory: one a previous path filled holds its API key, so the
+		// server would write no bootstrap key for the bench to use.
+		url, drop, err := freshDatabase(ctx, c.databaseURL)
+		if err != nil {
+			return nil, err
+		}
+		defer drop()
+		extra = append(extra, "--database-url", url)
+	}
 	var pprofAddr string
 	if c.serverProfile != "" {
 		a, err := freeLoopback()

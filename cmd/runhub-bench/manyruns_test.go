@@ -7,11 +7,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"runhub/store/postgres/pgtest"
 )
 
 // TestManyRunsScenario runs many-runs tiny through each publishing path
-// against a real server: every accepted append reaches every subscriber
-// of its run exactly once.
+// against a real server, on SQLite and on PostgreSQL (the paths one after
+// another on one -database-url, as -path all runs them): every accepted
+// append reaches every subscriber of its run exactly once.
 func TestManyRunsScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -20,35 +23,46 @@ func TestManyRunsScenario(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../runhub").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	for _, p := range manyPaths {
-		t.Run(p, func(t *testing.T) {
-			// 20 lines per run: the ingest path ends an upload and opens
-			// the next every 7 lines.
-			c := manyConfig{binary: bin, path: p, runs: 20, subs: 2, rate: 200, size: 200, duration: 2 * time.Second, publishers: 16, uploadEvents: 7}
-			if err := c.check(); err != nil {
-				t.Fatal(err)
+	for _, backend := range []string{"sqlite", "postgres"} {
+		t.Run(backend, func(t *testing.T) {
+			var databaseURL string
+			if backend == "postgres" {
+				databaseURL = pgtest.DB(t)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			var out strings.Builder
-			rep, err := runMany(ctx, c, &out)
-			t.Log(out.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Accepted == 0 || rep.Accepted != rep.Offered-rep.Behind-rep.Failed || rep.Failed != 0 {
-				t.Errorf("offered %d, behind %d, accepted %d, failed %d", rep.Offered, rep.Behind, rep.Accepted, rep.Failed)
-			}
-			if rep.Delivered != rep.Accepted*int64(c.subs) {
-				t.Errorf("%d accepted, %d delivered to %d subscribers per run", rep.Accepted, rep.Delivered, c.subs)
-			}
-			if rep.Lost != 0 || rep.Dup != 0 || rep.Extra != 0 {
-				t.Errorf("lost %d, duplicated %d, extra %d, want 0", rep.Lost, rep.Dup, rep.Extra)
-			}
-			if rep.ServerCPU <= 0 || rep.Latency[0] <= 0 {
-				t.Errorf("server CPU %v, latency p50 %v", rep.ServerCPU, rep.Latency[0])
+			for _, p := range manyPaths {
+				t.Run(p, func(t *testing.T) { manyRunsTiny(t, bin, p, databaseURL) })
 			}
 		})
+	}
+}
+
+func manyRunsTiny(t *testing.T, bin, path, databaseURL string) {
+	// 20 lines per run: the ingest path ends an upload and opens the next
+	// every 7 lines.
+	c := manyConfig{binary: bin, path: path, runs: 20, subs: 2, rate: 200, size: 200, duration: 2 * time.Second, publishers: 16,
+		uploadEvents: 7, databaseURL: databaseURL}
+	if err := c.check(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out strings.Builder
+	rep, err := runMany(ctx, c, &out)
+	t.Log(out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Accepted == 0 || rep.Accepted != rep.Offered-rep.Behind-rep.Failed || rep.Failed != 0 {
+		t.Errorf("offered %d, behind %d, accepted %d, failed %d", rep.Offered, rep.Behind, rep.Accepted, rep.Failed)
+	}
+	if rep.Delivered != rep.Accepted*int64(c.subs) {
+		t.Errorf("%d accepted, %d delivered to %d subscribers per run", rep.Accepted, rep.Delivered, c.subs)
+	}
+	if rep.Lost != 0 || rep.Dup != 0 || rep.Extra != 0 {
+		t.Errorf("lost %d, duplicated %d, extra %d, want 0", rep.Lost, rep.Dup, rep.Extra)
+	}
+	if rep.ServerCPU <= 0 || rep.Latency[0] <= 0 {
+		t.Errorf("server CPU %v, latency p50 %v", rep.ServerCPU, rep.Latency[0])
 	}
 }
 
