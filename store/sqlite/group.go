@@ -209,6 +209,10 @@ func (s *Store) commitBatch(batch []*pending) error {
 	// while what it could interrupt is bounded anyway (a request's size, the
 	// busy timeout). A member whose context ended before its turn is
 	// answered with that and skipped.
+	if p := batch[0]; len(batch) == 1 && p.ctx.Err() != nil {
+		p.err = fmt.Errorf("begin: %w", p.ctx.Err())
+		return nil
+	}
 	ctx := context.WithoutCancel(batch[0].ctx)
 	sqlTx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -218,10 +222,6 @@ func (s *Store) commitBatch(batch []*pending) error {
 	tx := &wtx{Tx: sqlTx, s: s, ctx: ctx}
 	if len(batch) == 1 {
 		p := batch[0]
-		if err := p.ctx.Err(); err != nil {
-			p.err = fmt.Errorf("begin: %w", err)
-			return nil
-		}
 		if p.run(tx); p.err != nil {
 			return nil // rolled back by the deferred Rollback
 		}
