@@ -505,7 +505,7 @@ func (m *muxSession) handle(ctx context.Context, req *jsonrpc2.Request) (any, *j
 // else subscribes in between.
 func (m *muxSession) full(runID string) bool {
 	m.mu.Lock()
-	again := slices.ContainsFunc(m.subs, func(s *sub) bool { return s.run.id == runID })
+	again := m.index(runID) >= 0
 	n := len(m.subs)
 	m.mu.Unlock()
 	if again || n < m.h.cfg.MaxSubscriptions {
@@ -534,13 +534,19 @@ func (m *muxSession) full(runID string) bool {
 func (m *muxSession) take(runID string) *sub {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := slices.IndexFunc(m.subs, func(s *sub) bool { return s.run.id == runID })
+	i := m.index(runID)
 	if i < 0 {
 		return nil
 	}
 	s := m.subs[i]
 	m.subs = slices.Delete(m.subs, i, i+1)
 	return s
+}
+
+// index is the place of the connection's subscription to runID in subs,
+// or -1. Called with m.mu held.
+func (m *muxSession) index(runID string) int {
+	return slices.IndexFunc(m.subs, func(s *sub) bool { return s.run.id == runID })
 }
 
 // runIDParam checks a run_id param and returns its canonical form.
