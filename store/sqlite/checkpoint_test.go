@@ -236,3 +236,110 @@ func TestCloseStopsCheckpointer(t *testing.T) {
 		t.Errorf("%d goroutines after Close, %d before Open", n, before)
 	}
 }
+
+// TestCheckpointRestartsWAL: under appends that never pause for as long
+// as a checkpoint takes (its syncs), so that a PASSIVE checkpoint never
+// copies the whole WAL before the next commit and SQLite never starts it
+// over, and with no reader holding it, the checkpointer still keeps the WAL
+// near its restart bound: it finishes the copy with writes held, and the
+// next write starts the WAL over. No TRUNCATE checkpoint is needed (it
+// would hold writes while it waits for readers). Without that, the WAL
+// grows with every append until the hard bound.
+func TestCheckpointRestartsWAL(t *testing.T) {
+	const (
+		restartFrames = 100
+		hardFrames    = 1 << 30 // never: the restart alone must bound the WAL
+		interval      = 20 * time.Millisecond
+		appends       = 3000
+		runs          = 50
+		// 4 callers, 1 ms between appends each: at most 4,000 appends/s,
+		// a commit every 0.25 ms, far less than two syncs take.
+		callers = 4
+		pause   = time.Millisecond
+		// maxFrames is what a checkpoint may find: the restart bound and
+		// what an interval and a checkpoint add, about 2 frames per append
+		// at 4,000/s (160 per 20 ms), with room for a slow machine's late
+		// checkpoints. Without the restart, the WAL reaches several
+		// thousand here.
+		maxFrames = 1000
+	)
+	var largest, passive, truncate atomic.Int64
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, t.TempDir()+"/runhub.db", sqlite.WithWALRestart(restartFrames),
+		sqlite.WithCheckpoints(interval, hardFrames, func(mode string, frames int) {
+			switch mode {
+			case "PASSIVE":
+				passive.Add(1)
+			case "TRUNCATE":
+				truncate.Add(1)
+			}
+			for {
+				l := largest.Load()
+				if int64(frames) <= l || largest.CompareAndSwap(l, int64(frames)) {
+					break
+				}
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, err := s.CreateProject(ctx, "WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := s.CreateTask(ctx, p.ID, store.NewTask{Title: "wal", OriginProduct: "user_created"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := make([]store.RunRef, runs)
+	for i := range refs {
+		res, err := s.CreateRun(ctx, p.ID, task.ID, store.NewRun{Status: store.StatusInProgress})
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs[i] = store.RunRef{ProjectID: p.ID, TaskID: task.ID, RunID: res.Run.ID}
+	}
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Go(func() {
+			for {
+				time.Sleep(pause)
+				i := int(next.Add(1) - 1)
+				if i >= appends {
+					return
+				}
+				if _, err := s.AppendLog(ctx, refs[i%runs], benchBatch(t, i, 1), nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("largest WAL a checkpoint found: %d frames; %d passive and %d truncate checkpoints", largest.Load(), passive.Load(), truncate.Load())
+	if largest.Load() > maxFrames {
+		t.Errorf("the WAL reached %d frames, bound %d", largest.Load(), maxFrames)
+	}
+	if truncate.Load() != 0 {
+		t.Errorf("%d TRUNCATE checkpoints, want none", truncate.Load())
+	}
+	if passive.Load() == 0 {
+		t.Error("no checkpoint ran while appends went on")
+	}
+	for i, ref := range refs {
+		r, err := s.GetRun(ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := int64(appends/runs + 1); r.LastSeq != want {
+			t.Fatalf("run %d: last_seq %d, want %d", i, r.LastSeq, want)
+		}
+	}
+}

@@ -42,6 +42,12 @@ func WithCheckpoints(interval time.Duration, hardFrames int, fn func(mode string
 	return func(s *Store) { s.ckpt.interval, s.ckpt.hard, s.ckpt.onCheckpoint = interval, hardFrames, fn }
 }
 
+// WithWALRestart replaces walRestartFrames.
+func WithWALRestart(frames int) Option { return func(s *Store) { s.ckpt.restart = frames } }
+
+// Exclusive is exclusive: it runs f while no write transaction is open.
+func (s *Store) Exclusive(ctx context.Context, f func()) error { return s.exclusive(ctx, f) }
+
 // WALSizeLimit is walSizeLimit, the size the WAL file is cut back to.
 const WALSizeLimit = walSizeLimit
 

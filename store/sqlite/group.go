@@ -41,8 +41,11 @@ type txFunc func(tx *wtx) (*store.MutationResult, error)
 type pending struct {
 	ctx context.Context
 	fn  txFunc
-	res *store.MutationResult
-	err error
+	// alone, when set instead of fn, runs by itself while no write
+	// transaction is open (see Store.exclusive).
+	alone func()
+	res   *store.MutationResult
+	err   error
 	// wake is told once, by the leader of the batch that took this
 	// mutation: either its outcome is set, or (batch set) it leads batch.
 	wake  chan struct{}
@@ -83,10 +86,24 @@ type group struct {
 // mutations when there are any, and returns fn's answer once its commit
 // succeeded.
 func (s *Store) write(ctx context.Context, fn txFunc) (*store.MutationResult, error) {
+	return s.take(&pending{ctx: ctx, fn: fn})
+}
+
+// exclusive runs f while the writer has no transaction open: writes that
+// arrive meanwhile queue in the group, as behind a batch, and are woken
+// when f returns. It fails only when ctx ends before f's turn.
+func (s *Store) exclusive(ctx context.Context, f func()) error {
+	_, err := s.take(&pending{ctx: ctx, alone: f})
+	return err
+}
+
+// take runs p in its turn: at once when the writer is idle, else in a
+// batch of the queue's.
+func (s *Store) take(p *pending) (*store.MutationResult, error) {
+	ctx := p.ctx
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
-	p := &pending{ctx: ctx, fn: fn}
 	g := &s.group
 	g.mu.Lock()
 	if !g.running {
@@ -141,6 +158,18 @@ func (p *pending) run(tx *wtx) {
 	p.res, p.err = p.fn(tx)
 }
 
+// runAlone runs the member's alone function, recovering a panic as run
+// does.
+func (p *pending) runAlone() {
+	defer func() {
+		if r := recover(); r != nil {
+			p.err = errPanicked
+			p.panicked = fmt.Sprintf("%v [recovered from a store exclusive section]\n%s", r, debug.Stack())
+		}
+	}()
+	p.alone()
+}
+
 // runBatch runs batch (batch[0] is the calling goroutine's own mutation)
 // and answers every other member, then runs the batches queued meanwhile
 // (up to maxLeaderBatches in all, answering all their members) before it
@@ -151,7 +180,9 @@ func (s *Store) runBatch(batch []*pending) {
 		if g := &s.group; g.onBatch != nil {
 			g.onBatch(len(batch))
 		}
-		if err := s.commitBatch(batch); err != nil {
+		if p := batch[0]; p.alone != nil {
+			p.runAlone()
+		} else if err := s.commitBatch(batch); err != nil {
 			for _, p := range batch {
 				if p.err == nil { // a member's own error stands: it stored nothing either way
 					p.res, p.err = nil, err
@@ -180,6 +211,13 @@ func (s *Store) handOff(keep bool) []*pending {
 		return nil
 	}
 	n := min(len(g.queue), maxGroupCommit)
+	// An exclusive member runs in a batch of its own, by its own caller
+	// (it may take long: the leader's caller is not made to wait for it).
+	if g.queue[0].alone != nil {
+		n, keep = 1, false
+	} else if i := slices.IndexFunc(g.queue[:n], func(p *pending) bool { return p.alone != nil }); i >= 0 {
+		n = i
+	}
 	batch := make([]*pending, n)
 	copy(batch, g.queue)
 	rest := copy(g.queue, g.queue[n:])

@@ -686,3 +686,87 @@ func TestGroupCommitLeaderGoesOn(t *testing.T) {
 		}
 	}
 }
+
+// tryWriteLock takes and releases the write lock of the database at path
+// from a connection of its own, without waiting: it fails when another
+// connection has a write transaction open.
+func tryWriteLock(ctx context.Context, path string) error {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(0)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	_, err = conn.ExecContext(ctx, "ROLLBACK")
+	return err
+}
+
+// TestExclusiveRunsAlone: a function run in the group's exclusive section
+// (the checkpointer's, see walRestartFrames) runs while the store's writer
+// has no transaction open (another connection takes the write lock at
+// once), after the batch that ran when it asked and before the writes
+// queued behind it, and never in a batch with them: they run together
+// after it.
+func TestExclusiveRunsAlone(t *testing.T) {
+	var batches batchSizes
+	s, path, refs := groupFixture(t, 3, sqlite.WithBusyTimeout(groupBusyTimeout), sqlite.WithBatchHook(batches.hook))
+	ctx := t.Context()
+	release := holdWriteLock(t, path)
+	before := len(batches.seen())
+	var mu sync.Mutex
+	var order []string
+	note := func(what string) {
+		mu.Lock()
+		order = append(order, what)
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := s.AppendLog(ctx, refs[0], tagged(t, "leader", ""), nil); err != nil {
+			t.Errorf("leader: %v", err)
+		}
+	})
+	waitFor(t, "the leader to start its batch", func() bool { return len(batches.seen()) > before })
+	var lockErr error
+	wg.Go(func() {
+		if err := s.Exclusive(ctx, func() {
+			note("exclusive")
+			lockErr = tryWriteLock(ctx, path)
+		}); err != nil {
+			t.Errorf("exclusive: %v", err)
+		}
+	})
+	waitFor(t, "the exclusive section to queue", func() bool { return s.QueuedWrites() == 1 })
+	for i := 1; i <= 2; i++ {
+		wg.Go(func() {
+			if _, err := s.AppendLog(ctx, refs[i], tagged(t, "after", ""), nil); err != nil {
+				t.Errorf("append %d: %v", i, err)
+			}
+			note("after")
+		})
+	}
+	waitFor(t, "the appends to queue behind it", func() bool { return s.QueuedWrites() == 3 })
+	release()
+	wg.Wait()
+	if got, want := batches.seen()[before:], []int{1, 1, 2}; !slices.Equal(got, want) {
+		t.Errorf("batch sizes %v, want %v (leader, exclusive section, the appends behind it)", got, want)
+	}
+	if want := []string{"exclusive", "after", "after"}; !slices.Equal(order, want) {
+		t.Errorf("order %v, want %v", order, want)
+	}
+	if lockErr != nil {
+		t.Errorf("the writer had a transaction open during the exclusive section: %v", lockErr)
+	}
+	for i := 1; i <= 2; i++ {
+		if tags := storedTags(t, s, refs[i]); len(tags["after"]) != 1 {
+			t.Errorf("run %d stored %v", i, tags)
+		}
+	}
+}

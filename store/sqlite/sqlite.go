@@ -95,7 +95,8 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	f.Close()
 	s := &Store{now: time.Now, busy: busyTimeout, dir: filepath.Dir(path)}
-	s.ckpt.interval, s.ckpt.hard = checkpointInterval, walHardFrames
+	s.ckpt.interval, s.ckpt.hard, s.ckpt.restart = checkpointInterval, walHardFrames, walRestartFrames
+	s.ckpt.exclusive = s.exclusive
 	for _, o := range opts {
 		o(s)
 	}
