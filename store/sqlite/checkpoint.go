@@ -60,7 +60,8 @@ const walHardFrames = 32768
 // every 2 to 3 s, most of the append latency's worst 1%. Past this size
 // the checkpointer copies what the PASSIVE checkpoint left (what was
 // committed while it ran) with writes held in the group, so the next
-// write starts the WAL over. 8,192 frames is 32 MiB: about half a second
+// write starts the WAL over (unless a reader still reads it then: readers
+// that always do are what walHardFrames bounds). 8,192 frames is 32 MiB: about half a second
 // of the heaviest load, so that a light one never holds writes (its WAL
 // restarts between commits).
 const walRestartFrames = 8192
