@@ -265,7 +265,7 @@ func TestCheckpointRestartsWAL(t *testing.T) {
 	)
 	var largest, passive, truncate atomic.Int64
 	ctx := context.Background()
-	s, err := sqlite.Open(ctx, t.TempDir()+"/runhub.db", sqlite.WithWALRestart(restartFrames),
+	s, refs := perfRuns(t, runs, sqlite.WithWALRestart(restartFrames),
 		sqlite.WithCheckpoints(interval, hardFrames, func(mode string, frames int) {
 			switch mode {
 			case "PASSIVE":
@@ -280,26 +280,6 @@ func TestCheckpointRestartsWAL(t *testing.T) {
 				}
 			}
 		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	p, err := s.CreateProject(ctx, "WAL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := s.CreateTask(ctx, p.ID, store.NewTask{Title: "wal", OriginProduct: "user_created"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	refs := make([]store.RunRef, runs)
-	for i := range refs {
-		res, err := s.CreateRun(ctx, p.ID, task.ID, store.NewRun{Status: store.StatusInProgress})
-		if err != nil {
-			t.Fatal(err)
-		}
-		refs[i] = store.RunRef{ProjectID: p.ID, TaskID: task.ID, RunID: res.Run.ID}
-	}
 	var wg sync.WaitGroup
 	var next atomic.Int64
 	errs := make(chan error, callers)
