@@ -44,30 +44,32 @@ const checkpointInterval = 500 * time.Millisecond
 // (checkpoint starvation, which SQLite's automatic checkpoint suffers
 // too). Past this size the checkpointer runs a TRUNCATE checkpoint, which
 // waits (up to truncateWait) for the readers of the WAL to finish,
-// holding new writes meanwhile, and empties the WAL file. 32,768 frames is
-// 128 MiB of 4 KiB pages: three times what a checkpointInterval of the
-// heaviest load adds, so it runs only when readers really pin the WAL.
-const walHardFrames = 32768
+// holding new writes meanwhile, and empties the WAL file. 65,536 frames is
+// 256 MiB of 4 KiB pages: twice walRestartFrames, so it runs only when
+// readers really pin the WAL.
+const walHardFrames = 65536
 
 // walRestartFrames is the WAL's size, in frames, past which the
 // checkpointer finishes a checkpoint while no write runs. SQLite starts
 // the WAL over from its beginning only when a write begins after a
 // checkpoint copied all of it; under a steady load a PASSIVE checkpoint
 // (tens of milliseconds: a sync of each file) never does, since appends
-// commit while it runs, so the WAL grew until walHardFrames and its
+// commit while it runs, so the WAL grew until the hard bound and its
 // TRUNCATE checkpoint, which held writes for up to truncateWait: measured
 // at 8,000 appends/s on 2,000 runs, a begin that waited 60 to 100 ms
 // every 2 to 3 s. Past this size the checkpointer copies what the PASSIVE
 // checkpoint left (what was committed while it ran) with writes held in
-// the group, 5 to 25 ms (its two syncs), so the next write starts the WAL
-// over (unless a reader still reads it then: readers that always do are
-// what walHardFrames bounds). 16,384 frames is 64 MiB (walSizeLimit, so
-// that starting over seldom cuts the file back): about a second of the
-// heaviest load. Measured side by side at 10,000 appends/s, the worst
-// append went from 119-146 ms to 58-80 ms, the p99 from 18.8 to 20.6 ms
-// (more appends meet a short hold than met the long one); at 8,192
-// frames (a hold every interval) the p99 was 22-25 ms.
-const walRestartFrames = 16384
+// the group, so the next write starts the WAL over (unless a reader still
+// reads it then: readers that always do are what walHardFrames bounds).
+// The hold is two syncs, whatever it copies: 10 to 25 ms on this disk
+// (median 11 to 15 ms). So the bound sets how often writes are held, and
+// how often decides the p99: measured at 10,000 appends/s, a hold at
+// 8,192 frames (every interval) took the p99 from about 20 to 22-25 ms,
+// at 16,384 (every second, 1.1% of the time) 20.6 against 18.8 ms side
+// by side; at 32,768 frames, 128 MiB (every 2 s, 0.7% of the time), 20.1
+// against 20.1 ms side by side (17.3-17.5 against 19.6-21.4 ms in runs of
+// its own), and the worst append 60-80 ms against 124-134 ms.
+const walRestartFrames = 32768
 
 // truncateWait is the checkpointer connection's busy timeout: how long a
 // TRUNCATE checkpoint waits for readers (PASSIVE ones never wait). It
@@ -80,10 +82,13 @@ const truncateWait = 100 * time.Millisecond
 
 // walSizeLimit is the size (bytes) the WAL file is truncated to when it is
 // reset (journal_size_limit): without it the file keeps the size of its
-// largest burst on disk forever. 64 MiB keeps the file from being shrunk
-// and regrown by every interval of a heavy load (about 40 MiB, see
-// checkpointInterval).
-const walSizeLimit = 64 << 20
+// largest burst on disk forever. 192 MiB is past what the WAL reaches
+// under a steady heavy load (walRestartFrames, 128 MiB, and an interval's
+// 40 MiB, see checkpointInterval), so that a restart does not cut the file
+// back for the load to grow it again: growing a file costs each write
+// there block allocation and journaling, cutting it back a truncation (64
+// MiB cut the file back at every restart).
+const walSizeLimit = 192 << 20
 
 // checkpointer runs the store's WAL checkpoints; see checkpointInterval.
 type checkpointer struct {
