@@ -107,24 +107,7 @@ func TestCheckpointBoundsWAL(t *testing.T) {
 	}
 
 	var largest int64
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	errs := make(chan error, callers)
-	for range callers {
-		wg.Go(func() {
-			for {
-				time.Sleep(pause)
-				i := int(next.Add(1) - 1)
-				if i >= appends {
-					return
-				}
-				if _, err := s.AppendLog(ctx, refs[i%runs], benchBatch(t, i, 1), nil); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
+	appended := appendSteadily(ctx, t, s, refs, callers, appends, pause)
 	watch := make(chan struct{})
 	go func() {
 		defer close(watch)
@@ -139,14 +122,13 @@ func TestCheckpointBoundsWAL(t *testing.T) {
 			}
 		}
 	}()
-	wg.Wait()
+	appendErr := <-appended
 	close(stop)
 	readers.Wait()
 	<-watch
-	close(errs)
 	close(readErrs)
-	for err := range errs {
-		t.Fatal(err)
+	if appendErr != nil {
+		t.Fatal(appendErr)
 	}
 	for err := range readErrs {
 		t.Fatal(err)
@@ -280,27 +262,7 @@ func TestCheckpointRestartsWAL(t *testing.T) {
 				}
 			}
 		}))
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	errs := make(chan error, callers)
-	for range callers {
-		wg.Go(func() {
-			for {
-				time.Sleep(pause)
-				i := int(next.Add(1) - 1)
-				if i >= appends {
-					return
-				}
-				if _, err := s.AppendLog(ctx, refs[i%runs], benchBatch(t, i, 1), nil); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := <-appendSteadily(ctx, t, s, refs, callers, appends, pause); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("largest WAL a checkpoint found: %d frames; %d passive and %d truncate checkpoints", largest.Load(), passive.Load(), truncate.Load())
@@ -322,4 +284,35 @@ func TestCheckpointRestartsWAL(t *testing.T) {
 			t.Fatalf("run %d: last_seq %d, want %d", i, r.LastSeq, want)
 		}
 	}
+}
+
+// appendSteadily has callers append one entry each, pause apart, to refs in
+// turn until appends were made; the channel it returns is told the first
+// error (or nil) once all of them are done.
+func appendSteadily(ctx context.Context, t *testing.T, s *sqlite.Store, refs []store.RunRef, callers, appends int, pause time.Duration) <-chan error {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Go(func() {
+			for {
+				time.Sleep(pause)
+				i := int(next.Add(1) - 1)
+				if i >= appends {
+					return
+				}
+				if _, err := s.AppendLog(ctx, refs[i%len(refs)], benchBatch(t, i, 1), nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	done := make(chan error, 1)
+	go func() {
+		wg.Wait()
+		close(errs)
+		done <- <-errs // the first error, or nil once closed
+	}()
+	return done
 }
