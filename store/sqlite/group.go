@@ -145,9 +145,10 @@ func (p *pending) answer() (*store.MutationResult, error) {
 	return p.res, p.err
 }
 
-// run runs the member's mutation. A panic is recovered, so that the batch
-// still rolls it back, answers every member and hands the writer on (else
-// every later write would wait forever); the caller panics with it.
+// run runs the member's mutation, or its alone function. A panic is
+// recovered, so that the batch still rolls it back, answers every member
+// and hands the writer on (else every later write would wait forever); the
+// caller panics with it.
 func (p *pending) run(tx *wtx) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -155,19 +156,11 @@ func (p *pending) run(tx *wtx) {
 			p.panicked = fmt.Sprintf("%v [recovered from a store mutation]\n%s", r, debug.Stack())
 		}
 	}()
+	if p.alone != nil {
+		p.alone()
+		return
+	}
 	p.res, p.err = p.fn(tx)
-}
-
-// runAlone runs the member's alone function, recovering a panic as run
-// does.
-func (p *pending) runAlone() {
-	defer func() {
-		if r := recover(); r != nil {
-			p.err = errPanicked
-			p.panicked = fmt.Sprintf("%v [recovered from a store exclusive section]\n%s", r, debug.Stack())
-		}
-	}()
-	p.alone()
 }
 
 // runBatch runs batch (batch[0] is the calling goroutine's own mutation)
@@ -181,7 +174,7 @@ func (s *Store) runBatch(batch []*pending) {
 			g.onBatch(len(batch))
 		}
 		if p := batch[0]; p.alone != nil {
-			p.runAlone()
+			p.run(nil)
 		} else if err := s.commitBatch(batch); err != nil {
 			for _, p := range batch {
 				if p.err == nil { // a member's own error stands: it stored nothing either way
